@@ -1,0 +1,926 @@
+#include "server.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/addr.h"
+#include "core/err.h"
+#include "core/log.h"
+#include "gl_build_config.h"
+#include "proto/wire.h"
+#include "sd.h"
+#include "tls.h"
+
+#define GL_MAX_LISTENERS 16
+/* Connections beyond max_clients are still accepted long enough to be told
+ * why they are refused, up to this many at once. */
+#define GL_REJECT_SLACK 64
+/* After a fatal error the server keeps reading (and discarding) for this
+ * long, so that the peer sees the Error rather than a reset. */
+#define GL_LINGER_MS 2000
+/* A client that does not read its answers stops being read from once this
+ * much output is queued for it, and is resumed below the low mark. */
+#define GL_WRITE_HIGH (4u << 20)
+#define GL_WRITE_LOW (1u << 20)
+#define GL_READ_CHUNK 65536
+
+typedef Geoloc__V1__Error__Code gl_err_code;
+
+union gl_stream {
+  uv_handle_t handle;
+  uv_stream_t stream;
+  uv_tcp_t tcp;
+  uv_pipe_t pipe;
+};
+
+struct gl_listener {
+  union gl_stream io;
+  struct gl_server *srv;
+  bool tls;
+  bool is_pipe;
+  char name[160];    /* for the log: "tls 127.0.0.1:7443" */
+  char *unlink_path; /* unix socket file we created, removed on stop */
+};
+
+enum gl_conn_state {
+  GL_CONN_HANDSHAKE, /* waiting for TLS and Hello */
+  GL_CONN_READY,     /* Welcome sent */
+  GL_CONN_CLOSING,   /* no more messages are read; flushing, then close */
+};
+
+struct gl_conn {
+  struct gl_server *srv;
+  union gl_stream io;
+  uv_timer_t timer; /* handshake, idle or linger deadline, by state */
+  uv_shutdown_t shutdown_req;
+  struct gl_conn *prev, *next;
+  struct gl_tls_conn *tls; /* NULL for plaintext */
+  struct gl_wire_decoder dec;
+  enum gl_conn_state state;
+  bool tls_up;     /* TLS handshake complete */
+  bool admitted;   /* holds one of max_clients slots */
+  bool reject;     /* over the limit: refuse once we can speak */
+  bool read_paused;
+  bool peer_eof;
+  bool shutdown_done;
+  bool closing; /* uv_close issued */
+  int open_handles;
+  uint64_t session_id;
+  char peer[96];
+};
+
+struct gl_write {
+  uv_write_t req;
+  struct gl_conn *conn;
+  uv_buf_t buf;
+  uint8_t data[];
+};
+
+struct gl_server {
+  uv_loop_t *loop;
+  struct gl_config cfg;
+  struct gl_tls_ctx *tls_ctx;
+  struct gl_listener listeners[GL_MAX_LISTENERS];
+  int n_listeners;
+  bool activated; /* listeners came from systemd */
+  uv_signal_t sig_term, sig_int, sig_hup;
+  uv_timer_t watchdog, drain;
+  uint64_t watchdog_ms;
+  struct gl_conn *conns;
+  uint32_t n_conns, n_admitted;
+  uint64_t next_session;
+  bool stopping, finished;
+  uint8_t read_buf[GL_READ_CHUNK]; /* the loop reads one chunk at a time */
+  uint8_t plain_buf[GL_READ_CHUNK];
+};
+
+static void gl__conn_finish(struct gl_conn *c);
+static void gl__conn_close(struct gl_conn *c);
+static void gl__on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+static void gl__on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+static void gl__srv_maybe_done(struct gl_server *srv);
+
+static uint64_t gl__realtime_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+/* ---- output ------------------------------------------------------------ */
+
+static void gl__on_write(uv_write_t *req, int status) {
+  struct gl_write *w = (struct gl_write *)req;
+  struct gl_conn *c = w->conn;
+  free(w);
+  if (status < 0 && status != UV_ECANCELED) {
+    GL_LOG_D("session %llu: write failed: %s", (unsigned long long)c->session_id,
+             uv_strerror(status));
+    gl__conn_close(c);
+    return;
+  }
+  if (c->read_paused && !c->closing &&
+      uv_stream_get_write_queue_size(&c->io.stream) < GL_WRITE_LOW) {
+    c->read_paused = false;
+    if (c->state != GL_CONN_CLOSING || !c->peer_eof)
+      uv_read_start(&c->io.stream, gl__on_alloc, gl__on_read);
+  }
+}
+
+/* Queues len bytes from a buffer made by gl__write_alloc. */
+static struct gl_write *gl__write_alloc(struct gl_conn *c, size_t len) {
+  struct gl_write *w = malloc(sizeof *w + len);
+  if (w) {
+    w->conn = c;
+    w->buf = uv_buf_init((char *)w->data, (unsigned)len);
+  }
+  return w;
+}
+
+static int gl__write_queue(struct gl_conn *c, struct gl_write *w) {
+  int r = uv_write(&w->req, &c->io.stream, &w->buf, 1, gl__on_write);
+  if (r < 0) {
+    free(w);
+    GL_LOG_D("session %llu: write: %s", (unsigned long long)c->session_id, uv_strerror(r));
+    return GL_EIO;
+  }
+  return GL_OK;
+}
+
+static int gl__tls_flush(struct gl_conn *c) {
+  size_t n = gl_tls_conn_pending_output(c->tls);
+  if (n == 0)
+    return GL_OK;
+  struct gl_write *w = gl__write_alloc(c, n);
+  if (!w)
+    return GL_ENOMEM;
+  w->buf.len = (unsigned)gl_tls_conn_take_output(c->tls, w->data, n);
+  return gl__write_queue(c, w);
+}
+
+static void gl__conn_send(struct gl_conn *c, const gl_server_msg *m) {
+  if (c->closing)
+    return;
+  size_t n = gl_wire_encoded_size(&m->base);
+  struct gl_write *w = gl__write_alloc(c, n);
+  int rc = GL_ENOMEM;
+  if (!w)
+    goto fail;
+  gl_wire_encode(&m->base, w->data);
+  if (!c->tls) {
+    rc = gl__write_queue(c, w);
+  } else {
+    rc = gl_tls_conn_write(c->tls, w->data, n);
+    free(w);
+    if (rc == GL_OK)
+      rc = gl__tls_flush(c);
+  }
+  if (rc == GL_OK)
+    return;
+fail:
+  GL_LOG_W("session %llu: cannot send: %s", (unsigned long long)c->session_id, gl_strerror(rc));
+  gl__conn_close(c);
+}
+
+static void gl__conn_error(struct gl_conn *c, gl_err_code code, const uint64_t *frame_id,
+                           bool fatal, const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
+/* Sends an Error; a fatal one ends the connection after it is flushed. */
+static void gl__conn_error(struct gl_conn *c, gl_err_code code, const uint64_t *frame_id,
+                           bool fatal, const char *fmt, ...) {
+  char text[256];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(text, sizeof text, fmt, ap);
+  va_end(ap);
+  const ProtobufCEnumValue *ev =
+      protobuf_c_enum_descriptor_get_value(&geoloc__v1__error__code__descriptor, (int)code);
+  gl_log(fatal ? GL_LOG_NOTICE : GL_LOG_DEBUG, "session %llu (%s): %s error %s: %s",
+         (unsigned long long)c->session_id, c->peer, fatal ? "fatal" : "frame",
+         ev ? ev->name : "?", text);
+
+  Geoloc__V1__Error e = GEOLOC__V1__ERROR__INIT;
+  gl_server_msg m = GEOLOC__V1__SERVER_MESSAGE__INIT;
+  e.has_code = 1;
+  e.code = code;
+  e.message = text;
+  e.has_fatal = 1;
+  e.fatal = fatal;
+  if (frame_id) {
+    e.has_frame_id = 1;
+    e.frame_id = *frame_id;
+  }
+  m.msg_case = GEOLOC__V1__SERVER_MESSAGE__MSG_ERROR;
+  m.error = &e;
+  gl__conn_send(c, &m);
+  if (fatal)
+    gl__conn_finish(c);
+}
+
+/* ---- connection lifecycle ---------------------------------------------- */
+
+static void gl__on_conn_closed(uv_handle_t *h) {
+  struct gl_conn *c = h->data;
+  if (--c->open_handles > 0)
+    return;
+  struct gl_server *srv = c->srv;
+  if (c->prev)
+    c->prev->next = c->next;
+  else
+    srv->conns = c->next;
+  if (c->next)
+    c->next->prev = c->prev;
+  if (c->admitted)
+    srv->n_admitted--;
+  srv->n_conns--;
+  GL_LOG_D("session %llu (%s): closed", (unsigned long long)c->session_id, c->peer);
+  gl_tls_conn_destroy(c->tls);
+  gl_wire_decoder_fini(&c->dec);
+  free(c);
+  gl__srv_maybe_done(srv);
+}
+
+static void gl__conn_close(struct gl_conn *c) {
+  if (c->closing)
+    return;
+  c->closing = true;
+  c->state = GL_CONN_CLOSING;
+  uv_close(&c->io.handle, gl__on_conn_closed);
+  uv_close((uv_handle_t *)&c->timer, gl__on_conn_closed);
+}
+
+static void gl__on_shutdown(uv_shutdown_t *req, int status) {
+  struct gl_conn *c = req->data;
+  c->shutdown_done = true;
+  if (status < 0 || c->peer_eof)
+    gl__conn_close(c);
+  /* Otherwise the linger timer or the peer's EOF closes it. */
+}
+
+static void gl__on_timer(uv_timer_t *t);
+
+/* Ends the conversation: flushes what is queued, tells TLS and TCP we are
+ * done, and closes once the peer has closed too (or the linger expires). */
+static void gl__conn_finish(struct gl_conn *c) {
+  if (c->state == GL_CONN_CLOSING)
+    return;
+  c->state = GL_CONN_CLOSING;
+  if (c->admitted) {
+    c->admitted = false;
+    c->srv->n_admitted--;
+  }
+  if (c->tls) {
+    gl_tls_conn_shutdown(c->tls);
+    if (gl__tls_flush(c) != GL_OK) {
+      gl__conn_close(c);
+      return;
+    }
+  }
+  uv_timer_start(&c->timer, gl__on_timer, GL_LINGER_MS, 0);
+  c->shutdown_req.data = c;
+  if (uv_shutdown(&c->shutdown_req, &c->io.stream, gl__on_shutdown) < 0)
+    gl__conn_close(c);
+}
+
+static void gl__conn_arm_timer(struct gl_conn *c) {
+  const struct gl_config *cfg = &c->srv->cfg;
+  if (c->state == GL_CONN_HANDSHAKE)
+    uv_timer_start(&c->timer, gl__on_timer, cfg->handshake_timeout_ms, 0);
+  else if (c->state == GL_CONN_READY && cfg->idle_timeout_ms)
+    uv_timer_start(&c->timer, gl__on_timer, cfg->idle_timeout_ms, 0);
+  else if (c->state == GL_CONN_READY)
+    uv_timer_stop(&c->timer);
+}
+
+static void gl__on_timer(uv_timer_t *t) {
+  struct gl_conn *c = t->data;
+  switch (c->state) {
+  case GL_CONN_HANDSHAKE:
+    if (c->tls && !c->tls_up) {
+      GL_LOG_N("session %llu (%s): TLS handshake not done within %u ms",
+               (unsigned long long)c->session_id, c->peer, c->srv->cfg.handshake_timeout_ms);
+      gl__conn_close(c);
+      return;
+    }
+    gl__conn_error(c, GEOLOC__V1__ERROR__CODE__TIMEOUT, NULL, true, "no Hello within %u ms",
+                   c->srv->cfg.handshake_timeout_ms);
+    return;
+  case GL_CONN_READY:
+    gl__conn_error(c, GEOLOC__V1__ERROR__CODE__TIMEOUT, NULL, true, "no message for %u ms",
+                   c->srv->cfg.idle_timeout_ms);
+    return;
+  case GL_CONN_CLOSING:
+    gl__conn_close(c); /* the peer never closed its side */
+    return;
+  }
+}
+
+/* ---- protocol ---------------------------------------------------------- */
+
+static void gl__conn_hello(struct gl_conn *c, const Geoloc__V1__Hello *h) {
+  const struct gl_config *cfg = &c->srv->cfg;
+  uint32_t version = h->has_protocol_version ? h->protocol_version : 0;
+  if (version != GL_PROTOCOL_VERSION) {
+    gl__conn_error(c, GEOLOC__V1__ERROR__CODE__VERSION, NULL, true,
+                   "protocol version %u is not supported; this server speaks version %d", version,
+                   GL_PROTOCOL_VERSION);
+    return;
+  }
+  if (h->map && h->map[0]) {
+    gl__conn_error(c, GEOLOC__V1__ERROR__CODE__UNAVAILABLE, NULL, true,
+                   "map '%.64s' is not loaded (this server has no maps)", h->map);
+    return;
+  }
+  Geoloc__V1__Welcome w = GEOLOC__V1__WELCOME__INIT;
+  gl_server_msg m = GEOLOC__V1__SERVER_MESSAGE__INIT;
+  w.has_protocol_version = 1;
+  w.protocol_version = GL_PROTOCOL_VERSION;
+  w.server = (char *)"geolocd " GL_VERSION;
+  w.map = (char *)"";
+  w.has_max_message_bytes = 1;
+  w.max_message_bytes = cfg->max_message_bytes;
+  w.has_session_id = 1;
+  w.session_id = c->session_id;
+  m.msg_case = GEOLOC__V1__SERVER_MESSAGE__MSG_WELCOME;
+  m.welcome = &w;
+  c->state = GL_CONN_READY;
+  GL_LOG_D("session %llu (%s): hello from '%.64s'", (unsigned long long)c->session_id, c->peer,
+           h->client_name ? h->client_name : "");
+  gl__conn_send(c, &m);
+}
+
+static void gl__conn_ping(struct gl_conn *c, const Geoloc__V1__Ping *p) {
+  Geoloc__V1__Pong pong = GEOLOC__V1__PONG__INIT;
+  gl_server_msg m = GEOLOC__V1__SERVER_MESSAGE__INIT;
+  pong.has_nonce = p->has_nonce;
+  pong.nonce = p->nonce;
+  pong.has_send_time_us = p->has_send_time_us;
+  pong.send_time_us = p->send_time_us;
+  pong.has_server_time_us = 1;
+  pong.server_time_us = gl__realtime_us();
+  m.msg_case = GEOLOC__V1__SERVER_MESSAGE__MSG_PONG;
+  m.pong = &pong;
+  gl__conn_send(c, &m);
+}
+
+static void gl__conn_message(struct gl_conn *c, const uint8_t *body, size_t len) {
+  gl_client_msg *m;
+  if (gl_wire_unpack_client(body, len, &m) != GL_OK) {
+    gl__conn_error(c, GEOLOC__V1__ERROR__CODE__MALFORMED, NULL, true,
+                   "%zu bytes that are not a geoloc.v1.ClientMessage", len);
+    return;
+  }
+  const bool ready = c->state == GL_CONN_READY;
+  switch (m->msg_case) {
+  case GEOLOC__V1__CLIENT_MESSAGE__MSG_HELLO:
+    if (ready)
+      gl__conn_error(c, GEOLOC__V1__ERROR__CODE__PROTOCOL, NULL, true, "second Hello");
+    else
+      gl__conn_hello(c, m->hello);
+    break;
+  case GEOLOC__V1__CLIENT_MESSAGE__MSG_PING:
+    if (ready)
+      gl__conn_ping(c, m->ping);
+    else
+      gl__conn_error(c, GEOLOC__V1__ERROR__CODE__PROTOCOL, NULL, true, "Ping before Hello");
+    break;
+  case GEOLOC__V1__CLIENT_MESSAGE__MSG_FRAME: {
+    const Geoloc__V1__Frame *f = m->frame;
+    uint64_t id = f->frame_id;
+    /* Every frame gets exactly one answer naming it. */
+    if (ready)
+      gl__conn_error(c, GEOLOC__V1__ERROR__CODE__UNAVAILABLE, &id, false,
+                     "frame %llu: no model or map is loaded", (unsigned long long)id);
+    else
+      gl__conn_error(c, GEOLOC__V1__ERROR__CODE__PROTOCOL, &id, true, "Frame before Hello");
+    break;
+  }
+  default: /* gl_wire_unpack_client refuses a message without a oneof */
+    break;
+  }
+  gl_wire_free(m);
+  gl__conn_arm_timer(c);
+}
+
+/* Plaintext protocol bytes in. */
+static void gl__conn_input(struct gl_conn *c, const uint8_t *data, size_t len) {
+  while (len > 0 && c->state != GL_CONN_CLOSING) {
+    size_t used;
+    const uint8_t *body;
+    size_t body_len;
+    int r = gl_wire_decoder_feed(&c->dec, data, len, &used, &body, &body_len);
+    data += used;
+    len -= used;
+    if (r == GL_ETOOBIG) {
+      gl__conn_error(c, GEOLOC__V1__ERROR__CODE__TOO_LARGE, NULL, true,
+                     "message of %u bytes exceeds the limit of %u bytes", c->dec.body_len,
+                     c->dec.max_bytes);
+      return;
+    }
+    if (r < 0) {
+      gl__conn_error(c, GEOLOC__V1__ERROR__CODE__INTERNAL, NULL, true, "%s", gl_strerror(r));
+      return;
+    }
+    if (r == 1)
+      gl__conn_message(c, body, body_len);
+  }
+}
+
+static void gl__conn_tls_input(struct gl_conn *c, const uint8_t *data, size_t len) {
+  if (gl_tls_conn_feed(c->tls, data, len) != GL_OK)
+    goto tls_failed;
+  if (!c->tls_up) {
+    int r = gl_tls_conn_handshake(c->tls);
+    if (gl__tls_flush(c) != GL_OK) {
+      gl__conn_close(c);
+      return;
+    }
+    if (r < 0)
+      goto tls_failed;
+    if (r == 0)
+      return;
+    c->tls_up = true;
+    char subject[256];
+    gl_tls_conn_peer(c->tls, subject, sizeof subject);
+    GL_LOG_D("session %llu (%s): TLS up, client '%s'", (unsigned long long)c->session_id,
+             c->peer, subject);
+    if (c->reject) {
+      gl__conn_error(c, GEOLOC__V1__ERROR__CODE__RESOURCE_EXHAUSTED, NULL, true,
+                     "server full: %u clients", c->srv->cfg.max_clients);
+      return;
+    }
+  }
+  while (c->state != GL_CONN_CLOSING) {
+    int n = gl_tls_conn_read(c->tls, c->srv->plain_buf, sizeof c->srv->plain_buf);
+    if (n > 0) {
+      gl__conn_input(c, c->srv->plain_buf, (size_t)n);
+      continue;
+    }
+    if (n == GL_ECLOSED) { /* close_notify: the client is done */
+      gl__conn_finish(c);
+      return;
+    }
+    if (n < 0)
+      goto tls_failed;
+    break;
+  }
+  if (gl__tls_flush(c) != GL_OK)
+    gl__conn_close(c);
+  return;
+tls_failed:
+  GL_LOG_N("session %llu (%s): %s", (unsigned long long)c->session_id, c->peer,
+           gl_tls_conn_error(c->tls));
+  /* The alert is queued; send it, then close. */
+  gl__tls_flush(c);
+  gl__conn_finish(c);
+}
+
+static void gl__on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  struct gl_conn *c = h->data;
+  (void)suggested;
+  *buf = uv_buf_init((char *)c->srv->read_buf, sizeof c->srv->read_buf);
+}
+
+static void gl__on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+  struct gl_conn *c = s->data;
+  if (nread == 0 || c->closing)
+    return;
+  if (nread < 0) {
+    c->peer_eof = true;
+    if (nread != UV_EOF)
+      GL_LOG_D("session %llu (%s): read: %s", (unsigned long long)c->session_id, c->peer,
+               uv_strerror((int)nread));
+    if (nread != UV_EOF || c->shutdown_done)
+      gl__conn_close(c);
+    else
+      gl__conn_finish(c); /* flush our answers, then close */
+    return;
+  }
+  if (c->state == GL_CONN_CLOSING)
+    return; /* lingering: what the peer still sends is discarded */
+  if (c->tls)
+    gl__conn_tls_input(c, (const uint8_t *)buf->base, (size_t)nread);
+  else
+    gl__conn_input(c, (const uint8_t *)buf->base, (size_t)nread);
+  if (!c->closing && c->state != GL_CONN_CLOSING &&
+      uv_stream_get_write_queue_size(&c->io.stream) > GL_WRITE_HIGH) {
+    c->read_paused = true;
+    uv_read_stop(&c->io.stream);
+  }
+}
+
+static void gl__on_connection(uv_stream_t *ls, int status) {
+  struct gl_listener *l = ls->data;
+  struct gl_server *srv = l->srv;
+  if (status < 0) {
+    GL_LOG_W("%s: accept: %s", l->name, uv_strerror(status));
+    return;
+  }
+  struct gl_conn *c = calloc(1, sizeof *c);
+  if (!c) {
+    GL_LOG_E("%s: out of memory accepting a connection", l->name);
+    return;
+  }
+  c->srv = srv;
+  c->session_id = ++srv->next_session;
+  c->io.handle.data = c;
+  c->timer.data = c;
+  if (l->is_pipe)
+    uv_pipe_init(srv->loop, &c->io.pipe, 0);
+  else
+    uv_tcp_init(srv->loop, &c->io.tcp);
+  uv_timer_init(srv->loop, &c->timer);
+  c->open_handles = 2;
+  c->next = srv->conns;
+  if (srv->conns)
+    srv->conns->prev = c;
+  srv->conns = c;
+  srv->n_conns++;
+  gl_wire_decoder_init(&c->dec, srv->cfg.max_message_bytes);
+
+  int r = uv_accept(ls, &c->io.stream);
+  if (r < 0) {
+    GL_LOG_W("%s: accept: %s", l->name, uv_strerror(r));
+    gl__conn_close(c);
+    return;
+  }
+  if (l->is_pipe) {
+    snprintf(c->peer, sizeof c->peer, "unix");
+  } else {
+    struct sockaddr_storage ss;
+    int len = sizeof ss;
+    uv_tcp_nodelay(&c->io.tcp, 1); /* answers are small and latency matters */
+    if (uv_tcp_getpeername(&c->io.tcp, (struct sockaddr *)&ss, &len) == 0)
+      gl_addr_format(&ss, c->peer, sizeof c->peer);
+  }
+  if (srv->n_conns > srv->cfg.max_clients + GL_REJECT_SLACK) {
+    GL_LOG_W("%s: %u connections open, dropping %s", l->name, srv->n_conns, c->peer);
+    gl__conn_close(c);
+    return;
+  }
+  if (srv->n_admitted >= srv->cfg.max_clients) {
+    c->reject = true;
+  } else {
+    c->admitted = true;
+    srv->n_admitted++;
+  }
+  if (l->tls && gl_tls_conn_create(srv->tls_ctx, &c->tls) != GL_OK) {
+    GL_LOG_E("%s: cannot create TLS state for %s", l->name, c->peer);
+    gl__conn_close(c);
+    return;
+  }
+  GL_LOG_D("session %llu (%s): connected on %s", (unsigned long long)c->session_id, c->peer,
+           l->name);
+  gl__conn_arm_timer(c);
+  uv_read_start(&c->io.stream, gl__on_alloc, gl__on_read);
+  if (c->reject && !c->tls)
+    gl__conn_error(c, GEOLOC__V1__ERROR__CODE__RESOURCE_EXHAUSTED, NULL, true,
+                   "server full: %u clients", srv->cfg.max_clients);
+}
+
+/* ---- listeners --------------------------------------------------------- */
+
+static int gl__listener_start(struct gl_server *srv, struct gl_listener *l, char *err,
+                              size_t errlen) {
+  l->srv = srv;
+  l->io.handle.data = l;
+  int r = uv_listen(&l->io.stream, 511, gl__on_connection);
+  if (r < 0) {
+    snprintf(err, errlen, "%s: listen: %s", l->name, uv_strerror(r));
+    return GL_EADDR;
+  }
+  GL_LOG_I("listening: %s", l->name);
+  return GL_OK;
+}
+
+static int gl__listen_tcp(struct gl_server *srv, const char *addr, bool tls, char *err,
+                          size_t errlen) {
+  struct gl_listener *l = &srv->listeners[srv->n_listeners];
+  struct sockaddr_storage ss;
+  if (gl_addr_parse(addr, &ss) != GL_OK) {
+    snprintf(err, errlen, "[listen] %s: bad address '%s'", tls ? "tls" : "tcp", addr);
+    return GL_EADDR;
+  }
+  uv_tcp_init(srv->loop, &l->io.tcp);
+  srv->n_listeners++; /* from here on it is closed with the others */
+  l->tls = tls;
+  snprintf(l->name, sizeof l->name, "%s %s", tls ? "tls" : "tcp", addr);
+  int r = uv_tcp_bind(&l->io.tcp, (const struct sockaddr *)&ss, 0);
+  if (r < 0) {
+    snprintf(err, errlen, "%s: bind: %s", l->name, uv_strerror(r));
+    return GL_EADDR;
+  }
+  return gl__listener_start(srv, l, err, errlen);
+}
+
+static int gl__listen_unix(struct gl_server *srv, const char *path, char *err, size_t errlen) {
+  struct gl_listener *l = &srv->listeners[srv->n_listeners];
+  struct stat st;
+  uv_pipe_init(srv->loop, &l->io.pipe, 0);
+  srv->n_listeners++;
+  l->is_pipe = true;
+  snprintf(l->name, sizeof l->name, "unix %s", path);
+  /* A socket file left by a previous run would make bind fail; anything
+   * that is not a socket is left alone. */
+  if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode))
+    unlink(path);
+  int r = uv_pipe_bind(&l->io.pipe, path);
+  if (r < 0) {
+    snprintf(err, errlen, "%s: bind: %s", l->name, uv_strerror(r));
+    return GL_EADDR;
+  }
+  l->unlink_path = strdup(path);
+  return gl__listener_start(srv, l, err, errlen);
+}
+
+/* Sockets from systemd: FileDescriptorName=tls marks TLS ones. */
+static int gl__listen_activated(struct gl_server *srv, int n, char **names, char *err,
+                                size_t errlen) {
+  for (int i = 0; i < n && srv->n_listeners < GL_MAX_LISTENERS; i++) {
+    int fd = 3 + i;
+    struct gl_listener *l = &srv->listeners[srv->n_listeners];
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    char addr[96];
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) != 0) {
+      snprintf(err, errlen, "socket activation: fd %d: %s", fd, strerror(errno));
+      return GL_EADDR;
+    }
+    l->tls = names && names[i] && strcmp(names[i], "tls") == 0;
+    int r;
+    if (ss.ss_family == AF_UNIX) {
+      uv_pipe_init(srv->loop, &l->io.pipe, 0);
+      l->is_pipe = true;
+      snprintf(addr, sizeof addr, "unix fd %d", fd);
+      r = uv_pipe_open(&l->io.pipe, fd);
+    } else {
+      uv_tcp_init(srv->loop, &l->io.tcp);
+      gl_addr_format(&ss, addr, sizeof addr);
+      r = uv_tcp_open(&l->io.tcp, fd);
+    }
+    srv->n_listeners++;
+    snprintf(l->name, sizeof l->name, "%s %s (systemd)", l->tls ? "tls" : "plain", addr);
+    if (r < 0) {
+      snprintf(err, errlen, "%s: %s", l->name, uv_strerror(r));
+      return GL_EADDR;
+    }
+    if (!l->tls && ss.ss_family != AF_UNIX && !gl_addr_is_loopback(&ss) &&
+        !srv->cfg.allow_remote_plaintext) {
+      snprintf(err, errlen,
+               "%s: plaintext socket on a non-loopback address (name it 'tls' with "
+               "FileDescriptorName=, or set [listen] allow_remote_plaintext = true)",
+               l->name);
+      return GL_EADDR;
+    }
+    if (gl__listener_start(srv, l, err, errlen) != GL_OK)
+      return GL_EADDR;
+  }
+  return GL_OK;
+}
+
+static int gl__listen_all(struct gl_server *srv, char *err, size_t errlen) {
+  const struct gl_config *cfg = &srv->cfg;
+  char **names = NULL;
+  int n = gl_sd_listen_fds(&names);
+  int rc = GL_OK;
+  if (n < 0) {
+    snprintf(err, errlen, "socket activation: invalid LISTEN_FDS");
+    return GL_EADDR;
+  }
+  if (n > 0) {
+    srv->activated = true;
+    GL_LOG_I("%d socket(s) from systemd replace the [listen] addresses", n);
+    rc = gl__listen_activated(srv, n, names, err, errlen);
+    gl_sd_free_names(names);
+    return rc;
+  }
+  if (cfg->tcp)
+    rc = gl__listen_tcp(srv, cfg->tcp, false, err, errlen);
+  if (rc == GL_OK && cfg->unix_path)
+    rc = gl__listen_unix(srv, cfg->unix_path, err, errlen);
+  if (rc == GL_OK && cfg->tls)
+    rc = gl__listen_tcp(srv, cfg->tls, true, err, errlen);
+  if (rc == GL_OK && srv->n_listeners == 0) {
+    snprintf(err, errlen, "%s: no listener: set [listen] tcp, unix or tls", cfg->path);
+    rc = GL_ECONFIG;
+  }
+  return rc;
+}
+
+static bool gl__has_tls_listener(const struct gl_server *srv) {
+  for (int i = 0; i < srv->n_listeners; i++)
+    if (srv->listeners[i].tls)
+      return true;
+  return false;
+}
+
+/* ---- signals, watchdog, stop and reload ------------------------------- */
+
+static void gl__notify_status(struct gl_server *srv, const char *prefix) {
+  gl_sd_notifyf("%sSTATUS=%s: %u client(s), %d listener(s)", prefix,
+                srv->stopping ? "draining" : "serving", srv->n_admitted, srv->n_listeners);
+}
+
+static void gl__on_watchdog(uv_timer_t *t) {
+  struct gl_server *srv = t->data;
+  gl__notify_status(srv, "WATCHDOG=1\n");
+}
+
+static void gl__on_server_handle_closed(uv_handle_t *h) { (void)h; }
+
+static void gl__srv_maybe_done(struct gl_server *srv) {
+  if (!srv->stopping || srv->conns || srv->finished)
+    return;
+  srv->finished = true;
+  uv_close((uv_handle_t *)&srv->sig_term, gl__on_server_handle_closed);
+  uv_close((uv_handle_t *)&srv->sig_int, gl__on_server_handle_closed);
+  uv_close((uv_handle_t *)&srv->sig_hup, gl__on_server_handle_closed);
+  uv_close((uv_handle_t *)&srv->watchdog, gl__on_server_handle_closed);
+  uv_close((uv_handle_t *)&srv->drain, gl__on_server_handle_closed);
+}
+
+static void gl__on_drain_timeout(uv_timer_t *t) {
+  struct gl_server *srv = t->data;
+  GL_LOG_W("drain timeout: closing %u remaining connection(s)", srv->n_conns);
+  for (struct gl_conn *c = srv->conns; c; c = c->next)
+    gl__conn_close(c);
+}
+
+static void gl__close_listeners(struct gl_server *srv) {
+  for (int i = 0; i < srv->n_listeners; i++) {
+    struct gl_listener *l = &srv->listeners[i];
+    if (!uv_is_closing(&l->io.handle))
+      uv_close(&l->io.handle, gl__on_server_handle_closed);
+    if (l->unlink_path) {
+      unlink(l->unlink_path);
+      free(l->unlink_path);
+      l->unlink_path = NULL;
+    }
+  }
+}
+
+static void gl__srv_stop(struct gl_server *srv, int signum) {
+  if (srv->stopping)
+    return;
+  srv->stopping = true;
+  GL_LOG_N("%s: draining %u connection(s)", strsignal(signum), srv->n_conns);
+  gl__notify_status(srv, "STOPPING=1\n");
+  gl__close_listeners(srv);
+  for (struct gl_conn *c = srv->conns, *next; c; c = next) {
+    next = c->next; /* closing may unlink c */
+    if (c->state == GL_CONN_CLOSING)
+      continue;
+    if (c->tls && !c->tls_up)
+      gl__conn_close(c);
+    else
+      gl__conn_error(c, GEOLOC__V1__ERROR__CODE__SHUTTING_DOWN, NULL, true,
+                     "server is shutting down");
+  }
+  if (srv->cfg.drain_timeout_ms)
+    uv_timer_start(&srv->drain, gl__on_drain_timeout, srv->cfg.drain_timeout_ms, 0);
+  else
+    gl__on_drain_timeout(&srv->drain);
+  gl__srv_maybe_done(srv);
+}
+
+static bool gl__str_differs(const char *a, const char *b) {
+  return (a == NULL) != (b == NULL) || (a && strcmp(a, b) != 0);
+}
+
+static void gl__swap_str(char **a, char **b) {
+  char *t = *a;
+  *a = *b;
+  *b = t;
+}
+
+static void gl__srv_reload(struct gl_server *srv) {
+  struct gl_config nc;
+  struct gl_tls_ctx *ctx = NULL;
+  char err[512];
+  gl_sd_notify("RELOADING=1");
+  GL_LOG_N("SIGHUP: reloading %s", srv->cfg.path);
+  int rc = gl_config_load(srv->cfg.path, &nc, err, sizeof err);
+  if (rc != GL_OK)
+    goto fail;
+  if (gl__has_tls_listener(srv)) {
+    if (!nc.tls_cert || !nc.tls_key) {
+      snprintf(err, sizeof err, "%s: [tls] cert and key are required while a TLS listener is open",
+               nc.path);
+      gl_config_fini(&nc);
+      goto fail;
+    }
+    if (gl_tls_ctx_create(&nc, &ctx, err, sizeof err) != GL_OK) {
+      gl_config_fini(&nc);
+      goto fail;
+    }
+  }
+  if (!srv->activated &&
+      (gl__str_differs(nc.tcp, srv->cfg.tcp) || gl__str_differs(nc.unix_path, srv->cfg.unix_path) ||
+       gl__str_differs(nc.tls, srv->cfg.tls)))
+    GL_LOG_W("[listen] changed: the new addresses take effect at the next restart");
+  if (ctx) {
+    gl_tls_ctx_release(srv->tls_ctx); /* open connections keep their reference */
+    srv->tls_ctx = ctx;
+  }
+  /* The listeners in use stay recorded as they were opened: swap their
+   * addresses into nc, free the rest of the old config, adopt nc. */
+  gl__swap_str(&nc.tcp, &srv->cfg.tcp);
+  gl__swap_str(&nc.unix_path, &srv->cfg.unix_path);
+  gl__swap_str(&nc.tls, &srv->cfg.tls);
+  gl_config_fini(&srv->cfg);
+  srv->cfg = nc;
+  gl_log_init(srv->cfg.log_level);
+  for (struct gl_conn *c = srv->conns; c; c = c->next)
+    gl_wire_decoder_set_max(&c->dec, srv->cfg.max_message_bytes);
+  GL_LOG_N("configuration reloaded");
+  gl__notify_status(srv, "READY=1\n");
+  return;
+fail:
+  GL_LOG_E("reload failed, keeping the running configuration: %s", err);
+  gl_sd_notify("READY=1\nSTATUS=serving; last reload failed, see the log");
+}
+
+static void gl__on_signal(uv_signal_t *h, int signum) {
+  struct gl_server *srv = h->data;
+  if (signum == SIGHUP)
+    gl__srv_reload(srv);
+  else
+    gl__srv_stop(srv, signum);
+}
+
+/* ---- public ------------------------------------------------------------ */
+
+int gl_server_create(uv_loop_t *loop, struct gl_config *cfg, struct gl_server **out, char *err,
+                     size_t errlen) {
+  struct gl_server *srv = calloc(1, sizeof *srv);
+  int rc;
+  *out = NULL;
+  if (!srv) {
+    snprintf(err, errlen, "out of memory");
+    return GL_ENOMEM;
+  }
+  srv->loop = loop;
+  srv->cfg = *cfg;
+  gl_config_defaults(cfg); /* ownership moved */
+  uv_signal_init(loop, &srv->sig_term);
+  uv_signal_init(loop, &srv->sig_int);
+  uv_signal_init(loop, &srv->sig_hup);
+  uv_timer_init(loop, &srv->watchdog);
+  uv_timer_init(loop, &srv->drain);
+  srv->sig_term.data = srv->sig_int.data = srv->sig_hup.data = srv;
+  srv->watchdog.data = srv->drain.data = srv;
+
+  rc = gl__listen_all(srv, err, errlen);
+  if (rc != GL_OK)
+    goto fail;
+  if (gl__has_tls_listener(srv)) {
+    if (!srv->cfg.tls_cert || !srv->cfg.tls_key) {
+      snprintf(err, errlen, "%s: a TLS socket needs [tls] cert and key", srv->cfg.path);
+      rc = GL_ECONFIG;
+      goto fail;
+    }
+    rc = gl_tls_ctx_create(&srv->cfg, &srv->tls_ctx, err, errlen);
+    if (rc != GL_OK)
+      goto fail;
+  }
+  uv_signal_start(&srv->sig_term, gl__on_signal, SIGTERM);
+  uv_signal_start(&srv->sig_int, gl__on_signal, SIGINT);
+  uv_signal_start(&srv->sig_hup, gl__on_signal, SIGHUP);
+  uint64_t wd = gl_sd_watchdog_usec();
+  if (wd) {
+    /* Ping at half the interval, as sd_watchdog_enabled(3) advises. */
+    srv->watchdog_ms = wd / 2000 ? wd / 2000 : 1;
+    uv_timer_start(&srv->watchdog, gl__on_watchdog, srv->watchdog_ms, srv->watchdog_ms);
+  }
+  *out = srv;
+  return GL_OK;
+fail:
+  srv->stopping = true;
+  gl__close_listeners(srv);
+  gl__srv_maybe_done(srv);
+  uv_run(loop, UV_RUN_DEFAULT); /* completes the closes */
+  gl_server_destroy(srv);
+  return rc;
+}
+
+int gl_server_run(struct gl_server *srv) {
+  gl__notify_status(srv, "READY=1\n");
+  GL_LOG_N("geolocd %s ready (protocol %d)", GL_VERSION, GL_PROTOCOL_VERSION);
+  uv_run(srv->loop, UV_RUN_DEFAULT);
+  GL_LOG_N("stopped");
+  return GL_OK;
+}
+
+void gl_server_destroy(struct gl_server *srv) {
+  if (!srv)
+    return;
+  gl_tls_ctx_release(srv->tls_ctx);
+  gl_config_fini(&srv->cfg);
+  free(srv);
+}

@@ -1,0 +1,63 @@
+/* A blocking client for the geoloc protocol over TCP, TLS or a unix socket.
+ *
+ * Used by the CLI and the tests. Sending and receiving are independent, so a
+ * caller can pipeline frames: send many, then receive the answers. */
+#ifndef GL_CLIENT_CLIENT_H
+#define GL_CLIENT_CLIENT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "proto/wire.h"
+
+struct gl_client;
+
+struct gl_client_opts {
+  /* "host:port", "[v6]:port" or "unix:/path/to.sock". */
+  const char *address;
+  /* TLS when true: the server is verified against tls_ca (required), and
+   * tls_cert/tls_key (both or neither) are presented as the client's. */
+  bool tls;
+  const char *tls_ca;
+  const char *tls_cert;
+  const char *tls_key;
+  /* Name verified in the server certificate; default: the host of address. */
+  const char *server_name;
+  /* Connect, TLS handshake and send timeout; 0 means 10 s. */
+  int timeout_ms;
+  /* Largest server message accepted; 0 means 64 MiB. */
+  uint32_t max_message_bytes;
+};
+
+/* Connects (and completes the TLS handshake). On failure writes the reason to
+ * err and returns GL_ECONNECT, GL_EADDR, GL_ETLS or GL_ETIMEDOUT. */
+int gl_client_connect(const struct gl_client_opts *opts, struct gl_client **out, char *err,
+                      size_t errlen);
+
+void gl_client_destroy(struct gl_client *c);
+
+/* Sends one message. Returns 0, GL_ECLOSED, GL_ETIMEDOUT, GL_ETLS or GL_EIO. */
+int gl_client_send(struct gl_client *c, const gl_client_msg *msg);
+
+/* Sends raw bytes as they are (tests use it to send broken streams). */
+int gl_client_send_raw(struct gl_client *c, const void *data, size_t len);
+
+/* Receives one message, waiting at most timeout_ms (-1: forever). Returns 0
+ * with *out set (free with gl_wire_free), GL_ETIMEDOUT, GL_ECLOSED on an
+ * orderly close by the server, GL_EMALFORMED, GL_ETOOBIG, GL_ETLS or GL_EIO. */
+int gl_client_recv(struct gl_client *c, int timeout_ms, gl_server_msg **out);
+
+/* Sends Hello (protocol version GL_PROTOCOL_VERSION unless version is not 0)
+ * and waits for the answer, which is returned in *reply (a Welcome, or the
+ * server's Error). Returns 0 when a reply arrived, else as gl_client_recv. */
+int gl_client_hello(struct gl_client *c, const char *client_name, const char *map,
+                    uint32_t version, int timeout_ms, gl_server_msg **reply);
+
+/* Text of the last TLS or system error on this client, "" when none. */
+const char *gl_client_last_error(const struct gl_client *c);
+
+/* The socket, e.g. for shutdown(2) in tests. */
+int gl_client_fd(const struct gl_client *c);
+
+#endif

@@ -1,0 +1,283 @@
+#include "core/config.h"
+
+#include <errno.h>
+#include <ini.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "core/addr.h"
+#include "core/err.h"
+#include "core/log.h"
+
+enum gl__cfg_type { GL__CFG_U32, GL__CFG_BOOL, GL__CFG_STR, GL__CFG_LEVEL };
+
+struct gl__cfg_key {
+  const char *section;
+  const char *name;
+  enum gl__cfg_type type;
+  size_t off;
+  uint32_t min, max;
+  bool zero_ok; /* 0 is allowed besides min..max ("none") */
+};
+
+#define GL__K(sec, key, type, field, min, max, zero_ok) \
+  {sec, key, type, offsetof(struct gl_config, field), min, max, zero_ok}
+
+/* The one list of keys: loading, defaults and errors all come from it. */
+static const struct gl__cfg_key gl__keys[] = {
+    GL__K("daemon", "log_level", GL__CFG_LEVEL, log_level, 0, 0, false),
+    GL__K("daemon", "max_clients", GL__CFG_U32, max_clients, 1, 65535, false),
+    GL__K("daemon", "max_message_bytes", GL__CFG_U32, max_message_bytes, 1024, 268435456, false),
+    GL__K("daemon", "handshake_timeout_ms", GL__CFG_U32, handshake_timeout_ms, 100, 600000, false),
+    GL__K("daemon", "idle_timeout_ms", GL__CFG_U32, idle_timeout_ms, 100, 86400000, true),
+    GL__K("daemon", "drain_timeout_ms", GL__CFG_U32, drain_timeout_ms, 0, 600000, false),
+    GL__K("listen", "tcp", GL__CFG_STR, tcp, 0, 0, false),
+    GL__K("listen", "unix", GL__CFG_STR, unix_path, 0, 0, false),
+    GL__K("listen", "tls", GL__CFG_STR, tls, 0, 0, false),
+    GL__K("listen", "allow_remote_plaintext", GL__CFG_BOOL, allow_remote_plaintext, 0, 0, false),
+    GL__K("tls", "cert", GL__CFG_STR, tls_cert, 0, 0, false),
+    GL__K("tls", "key", GL__CFG_STR, tls_key, 0, 0, false),
+    GL__K("tls", "ca", GL__CFG_STR, tls_ca, 0, 0, false),
+    GL__K("tls", "require_client_cert", GL__CFG_BOOL, require_client_cert, 0, 0, false),
+};
+#define GL__NKEYS (sizeof gl__keys / sizeof gl__keys[0])
+
+struct gl__cfg_parse {
+  struct gl_config *cfg;
+  FILE *f;
+  int line;                /* line being parsed, counted by the reader */
+  int key_line[GL__NKEYS]; /* where each key was set, 0 when absent */
+  char *err;
+  size_t errlen;
+  bool failed;
+};
+
+static void gl__cfg_fail(struct gl__cfg_parse *p, int line, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void gl__cfg_fail(struct gl__cfg_parse *p, int line, const char *fmt, ...) {
+  if (p->failed)
+    return; /* the first error is the one worth reading */
+  p->failed = true;
+  int n = line > 0 ? snprintf(p->err, p->errlen, "%s:%d: ", p->cfg->path, line)
+                   : snprintf(p->err, p->errlen, "%s: ", p->cfg->path);
+  if (n < 0 || (size_t)n >= p->errlen)
+    return;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(p->err + n, p->errlen - (size_t)n, fmt, ap);
+  va_end(ap);
+}
+
+static int gl__parse_bool(const char *v, bool *out) {
+  static const char *const yes[] = {"true", "yes", "on", "1"};
+  static const char *const no[] = {"false", "no", "off", "0"};
+  for (size_t i = 0; i < 4; i++) {
+    if (strcasecmp(v, yes[i]) == 0) {
+      *out = true;
+      return GL_OK;
+    }
+    if (strcasecmp(v, no[i]) == 0) {
+      *out = false;
+      return GL_OK;
+    }
+  }
+  return GL_EINVAL;
+}
+
+static int gl__parse_u32(const char *v, const struct gl__cfg_key *k, uint32_t *out) {
+  char *end;
+  errno = 0;
+  if (*v < '0' || *v > '9')
+    return GL_EINVAL;
+  unsigned long long x = strtoull(v, &end, 10);
+  if (*end != '\0' || errno != 0)
+    return GL_EINVAL;
+  if (!(k->zero_ok && x == 0) && (x < k->min || x > k->max))
+    return GL_EINVAL;
+  *out = (uint32_t)x;
+  return GL_OK;
+}
+
+/* libinih reads through this so that the handler knows the line number
+ * (Debian's libinih is built without INI_HANDLER_LINENO). */
+static char *gl__cfg_reader(char *buf, int size, void *stream) {
+  struct gl__cfg_parse *p = stream;
+  char *r = fgets(buf, size, p->f);
+  if (r)
+    p->line++;
+  return r;
+}
+
+static int gl__cfg_handler(void *user, const char *section, const char *name, const char *value) {
+  struct gl__cfg_parse *p = user;
+  const struct gl__cfg_key *k = NULL;
+  bool section_known = false;
+  size_t i;
+  for (i = 0; i < GL__NKEYS; i++) {
+    if (strcmp(section, gl__keys[i].section) != 0)
+      continue;
+    section_known = true;
+    if (strcmp(name, gl__keys[i].name) == 0) {
+      k = &gl__keys[i];
+      break;
+    }
+  }
+  if (!section_known) {
+    if (*section == '\0')
+      gl__cfg_fail(p, p->line, "key '%s' outside any section", name);
+    else
+      gl__cfg_fail(p, p->line, "unknown section [%s]", section);
+    return 0;
+  }
+  if (!k) {
+    gl__cfg_fail(p, p->line, "unknown key '%s' in [%s]", name, section);
+    return 0;
+  }
+  if (p->key_line[i]) {
+    gl__cfg_fail(p, p->line, "[%s] %s: duplicate key (first set on line %d)", section, name,
+                 p->key_line[i]);
+    return 0;
+  }
+  p->key_line[i] = p->line;
+  void *field = (char *)p->cfg + k->off;
+  switch (k->type) {
+  case GL__CFG_U32:
+    if (gl__parse_u32(value, k, field) != GL_OK) {
+      gl__cfg_fail(p, p->line, "[%s] %s: expected an integer in %s%u..%u, got '%s'", section,
+                   name, k->zero_ok ? "0 or " : "", k->min, k->max, value);
+      return 0;
+    }
+    break;
+  case GL__CFG_BOOL:
+    if (gl__parse_bool(value, field) != GL_OK) {
+      gl__cfg_fail(p, p->line, "[%s] %s: expected true or false, got '%s'", section, name, value);
+      return 0;
+    }
+    break;
+  case GL__CFG_LEVEL:
+    if (gl_log_level_parse(value, field) != GL_OK) {
+      gl__cfg_fail(p, p->line, "[%s] %s: expected err, warning, notice, info or debug, got '%s'",
+                   section, name, value);
+      return 0;
+    }
+    break;
+  case GL__CFG_STR: {
+    char **s = field;
+    free(*s);
+    *s = NULL;
+    if (*value == '\0')
+      break; /* an empty value means "not set" */
+    *s = strdup(value);
+    if (!*s) {
+      gl__cfg_fail(p, p->line, "out of memory");
+      return 0;
+    }
+    break;
+  }
+  }
+  return 1;
+}
+
+static int gl__key_index(const char *section, const char *name) {
+  for (size_t i = 0; i < GL__NKEYS; i++)
+    if (strcmp(gl__keys[i].section, section) == 0 && strcmp(gl__keys[i].name, name) == 0)
+      return (int)i;
+  return -1;
+}
+
+static int gl__line_of(const struct gl__cfg_parse *p, const char *section, const char *name) {
+  return p->key_line[gl__key_index(section, name)];
+}
+
+/* Rules that involve more than one key. */
+static void gl__cfg_validate(struct gl__cfg_parse *p) {
+  struct gl_config *c = p->cfg;
+  struct sockaddr_storage ss;
+  char buf[64];
+  if (c->tcp) {
+    int line = gl__line_of(p, "listen", "tcp");
+    if (gl_addr_parse(c->tcp, &ss) != GL_OK)
+      gl__cfg_fail(p, line, "[listen] tcp: expected a numeric IP:port or [IPv6]:port, got '%s'",
+                   c->tcp);
+    else if (!gl_addr_is_loopback(&ss) && !c->allow_remote_plaintext)
+      gl__cfg_fail(p, line,
+                   "[listen] tcp: plaintext listener on non-loopback address %s "
+                   "(set allow_remote_plaintext = true to allow)",
+                   gl_addr_format(&ss, buf, sizeof buf));
+  }
+  if (c->unix_path && strlen(c->unix_path) >= 108)
+    gl__cfg_fail(p, gl__line_of(p, "listen", "unix"), "[listen] unix: path longer than 107 bytes");
+  if (c->tls) {
+    int line = gl__line_of(p, "listen", "tls");
+    if (gl_addr_parse(c->tls, &ss) != GL_OK)
+      gl__cfg_fail(p, line, "[listen] tls: expected a numeric IP:port or [IPv6]:port, got '%s'",
+                   c->tls);
+    if (!c->tls_cert)
+      gl__cfg_fail(p, line, "[tls] cert: missing required key (needed by [listen] tls)");
+    if (!c->tls_key)
+      gl__cfg_fail(p, line, "[tls] key: missing required key (needed by [listen] tls)");
+    if (!c->tls_ca && c->require_client_cert)
+      gl__cfg_fail(p, line,
+                   "[tls] ca: missing required key (needed by [listen] tls with "
+                   "require_client_cert = true)");
+  }
+}
+
+void gl_config_defaults(struct gl_config *cfg) {
+  memset(cfg, 0, sizeof *cfg);
+  cfg->log_level = GL_LOG_INFO;
+  cfg->max_clients = 256;
+  cfg->max_message_bytes = 16u << 20;
+  cfg->handshake_timeout_ms = 5000;
+  cfg->idle_timeout_ms = 60000;
+  cfg->drain_timeout_ms = 10000;
+  cfg->require_client_cert = true;
+}
+
+int gl_config_load(const char *path, struct gl_config *cfg, char *err, size_t errlen) {
+  struct gl__cfg_parse p = {.cfg = cfg, .err = err, .errlen = errlen};
+  int rc;
+  gl_config_defaults(cfg);
+  if (errlen)
+    err[0] = '\0';
+  cfg->path = strdup(path);
+  if (!cfg->path) {
+    rc = GL_ENOMEM;
+    goto fail;
+  }
+  p.f = fopen(path, "r");
+  if (!p.f) {
+    snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+    rc = GL_ENOENT;
+    goto fail;
+  }
+  int line = ini_parse_stream(gl__cfg_reader, &p, gl__cfg_handler, &p);
+  fclose(p.f);
+  if (line != 0 && !p.failed)
+    gl__cfg_fail(&p, line, "syntax error (expected '[section]' or 'key = value')");
+  if (!p.failed)
+    gl__cfg_validate(&p);
+  if (p.failed) {
+    rc = GL_ECONFIG;
+    goto fail;
+  }
+  return GL_OK;
+fail:
+  gl_config_fini(cfg);
+  return rc;
+}
+
+void gl_config_fini(struct gl_config *cfg) {
+  free(cfg->path);
+  free(cfg->tcp);
+  free(cfg->unix_path);
+  free(cfg->tls);
+  free(cfg->tls_cert);
+  free(cfg->tls_key);
+  free(cfg->tls_ca);
+  gl_config_defaults(cfg);
+}
