@@ -31,6 +31,8 @@ int gl_addr_parse(const char *text, struct sockaddr_storage *ss) {
   }
   char *end;
   errno = 0;
+  if (colon[1] < '0' || colon[1] > '9') /* strtol would take spaces and signs */
+    return GL_EADDR;
   long port = strtol(colon + 1, &end, 10);
   if (colon[1] == '\0' || *end != '\0' || errno != 0 || port < 1 || port > 65535)
     return GL_EADDR;

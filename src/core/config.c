@@ -103,13 +103,27 @@ static int gl__parse_u32(const char *v, const struct gl__cfg_key *k, uint32_t *o
 }
 
 /* libinih reads through this so that the handler knows the line number
- * (Debian's libinih is built without INI_HANDLER_LINENO). */
+ * (Debian's libinih is built without INI_HANDLER_LINENO). Its line buffer is
+ * small (INI_MAX_LINE, 200 bytes in Debian's build) and it would silently
+ * split a longer line, so such a line is an error here. */
 static char *gl__cfg_reader(char *buf, int size, void *stream) {
   struct gl__cfg_parse *p = stream;
-  char *r = fgets(buf, size, p->f);
-  if (r)
-    p->line++;
-  return r;
+  char *line = NULL;
+  size_t cap = 0;
+  ssize_t n = getline(&line, &cap, p->f);
+  if (n < 0 || p->failed) {
+    free(line);
+    return NULL;
+  }
+  p->line++;
+  if (n >= size) {
+    gl__cfg_fail(p, p->line, "line longer than %d bytes", size - 1);
+    free(line);
+    return NULL; /* ends parsing; the error above is reported */
+  }
+  memcpy(buf, line, (size_t)n + 1);
+  free(line);
+  return buf;
 }
 
 static int gl__cfg_handler(void *user, const char *section, const char *name, const char *value) {

@@ -25,6 +25,8 @@ int gl_wire_decoder_feed(struct gl_wire_decoder *d, const uint8_t *data, size_t 
                          size_t *consumed, const uint8_t **msg, size_t *msg_len) {
   size_t used = 0;
   *consumed = 0;
+  if (d->error)
+    return d->error;
   while (d->header_len < GL_WIRE_HEADER_BYTES) {
     if (used == len)
       goto more;
@@ -37,13 +39,13 @@ int gl_wire_decoder_feed(struct gl_wire_decoder *d, const uint8_t *data, size_t 
     /* The limit is checked before anything is allocated for the body. */
     if (d->body_len > d->max_bytes) {
       *consumed = used;
-      return GL_ETOOBIG;
+      return d->error = GL_ETOOBIG;
     }
     if (d->body_len > d->body_cap) {
       uint8_t *b = realloc(d->body, d->body_len);
       if (!b) {
         *consumed = used;
-        return GL_ENOMEM;
+        return d->error = GL_ENOMEM;
       }
       d->body = b;
       d->body_cap = d->body_len;

@@ -25,6 +25,7 @@ struct gl_wire_decoder {
   uint32_t body_have;  /* body bytes seen so far */
   uint8_t *body;       /* grows to the largest message seen, reused */
   size_t body_cap;
+  int error;           /* sticky: once set, every feed returns it */
 };
 
 void gl_wire_decoder_init(struct gl_wire_decoder *d, uint32_t max_bytes);
@@ -37,8 +38,8 @@ void gl_wire_decoder_set_max(struct gl_wire_decoder *d, uint32_t max_bytes);
  * message. *consumed is set to the bytes taken. Returns 1 when a message is
  * complete: *msg and *msg_len then point at its body, valid until the next
  * call. Returns 0 when all bytes were taken and more are needed; GL_ETOOBIG
- * when a length prefix exceeds the limit (the stream cannot be resynchronised
- * after that); GL_ENOMEM. */
+ * when a length prefix exceeds the limit; GL_ENOMEM. After an error the
+ * stream cannot be resynchronised: every later call returns the same error. */
 int gl_wire_decoder_feed(struct gl_wire_decoder *d, const uint8_t *data, size_t len,
                          size_t *consumed, const uint8_t **msg, size_t *msg_len);
 
@@ -46,7 +47,8 @@ int gl_wire_decoder_feed(struct gl_wire_decoder *d, const uint8_t *data, size_t 
 int gl_wire_decoder_partial(const struct gl_wire_decoder *d);
 
 /* Unpacks a message body. A body that is not valid protobuf, or whose oneof
- * is not set, is GL_EMALFORMED. Free the result with gl_wire_free(). */
+ * is not set, is GL_EMALFORMED (and *out is NULL). Free the result with
+ * gl_wire_free(). */
 int gl_wire_unpack_client(const uint8_t *body, size_t len, gl_client_msg **out);
 int gl_wire_unpack_server(const uint8_t *body, size_t len, gl_server_msg **out);
 void gl_wire_free(void *msg); /* any unpacked message; NULL is fine */
