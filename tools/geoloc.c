@@ -1,138 +1,31 @@
 /* geoloc: the command-line tool of geoloc. */
-#include <getopt.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
-#include "client/client.h"
-#include "core/err.h"
+#include "commands.h"
 #include "gl_build_config.h"
 
+static int cmd_version(int argc, char **argv) {
+  (void)argc;
+  (void)argv;
+  printf("geoloc %s (protocol %d)\n", GL_VERSION, GL_PROTOCOL_VERSION);
+  return 0;
+}
+
+static const struct {
+  const char *name;
+  int (*run)(int argc, char **argv);
+  const char *help;
+} commands[] = {
+    {"ping", gl_cmd_ping, "handshake with geolocd, then measure round trips"},
+    {"version", cmd_version, "print the version"},
+};
+
 static void usage(FILE *f) {
-  fprintf(f, "usage: geoloc <command> [options]\n"
-             "\n"
-             "commands:\n"
-             "  ping --connect ADDR [--count N] [TLS options]\n"
-             "        handshake with geolocd, then measure round trips\n"
-             "  version\n"
-             "\n"
-             "ADDR is HOST:PORT, [IPv6]:PORT or unix:PATH. TLS options:\n"
-             "  --tls-ca FILE     CA that signed the server certificate (enables TLS)\n"
-             "  --tls-cert FILE   client certificate\n"
-             "  --tls-key FILE    client private key\n"
-             "  --server-name N   name to verify in the server certificate\n");
-}
-
-static uint64_t now_us(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
-
-/* Prints a server Error and returns 1, or returns 0 for any other message. */
-static int print_if_error(const gl_server_msg *m) {
-  if (m->msg_case != GEOLOC__V1__SERVER_MESSAGE__MSG_ERROR)
-    return 0;
-  const ProtobufCEnumValue *ev =
-      protobuf_c_enum_descriptor_get_value(&geoloc__v1__error__code__descriptor, m->error->code);
-  fprintf(stderr, "geoloc: server error %s: %s\n", ev ? ev->name : "?",
-          m->error->message ? m->error->message : "");
-  return 1;
-}
-
-static int cmd_ping(int argc, char **argv) {
-  static const struct option opts[] = {
-      {"connect", required_argument, NULL, 'c'},  {"count", required_argument, NULL, 'n'},
-      {"tls-ca", required_argument, NULL, 'a'},   {"tls-cert", required_argument, NULL, 'e'},
-      {"tls-key", required_argument, NULL, 'k'},  {"server-name", required_argument, NULL, 's'},
-      {NULL, 0, NULL, 0},
-  };
-  struct gl_client_opts co = {0};
-  long count = 4;
-  int o;
-  while ((o = getopt_long(argc, argv, "c:n:", opts, NULL)) != -1) {
-    switch (o) {
-    case 'c':
-      co.address = optarg;
-      break;
-    case 'n':
-      count = strtol(optarg, NULL, 10);
-      break;
-    case 'a':
-      co.tls_ca = optarg;
-      co.tls = true;
-      break;
-    case 'e':
-      co.tls_cert = optarg;
-      break;
-    case 'k':
-      co.tls_key = optarg;
-      break;
-    case 's':
-      co.server_name = optarg;
-      break;
-    default:
-      usage(stderr);
-      return 2;
-    }
-  }
-  if (!co.address || count < 1 || count > 1000000 || optind != argc) {
-    usage(stderr);
-    return 2;
-  }
-  if ((co.tls_cert || co.tls_key) && !co.tls) {
-    fprintf(stderr, "geoloc: --tls-cert/--tls-key need --tls-ca\n");
-    return 2;
-  }
-  char err[256];
-  struct gl_client *c;
-  int rc = gl_client_connect(&co, &c, err, sizeof err);
-  if (rc != GL_OK) {
-    fprintf(stderr, "geoloc: %s\n", err);
-    return 1;
-  }
-  gl_server_msg *m = NULL;
-  int status = 1;
-  rc = gl_client_hello(c, "geoloc ping", NULL, 0, 10000, &m);
-  if (rc != GL_OK)
-    goto io_error;
-  if (print_if_error(m))
-    goto done;
-  printf("connected to %s: %s, protocol %u, session %llu\n", co.address,
-         m->welcome->server ? m->welcome->server : "?", m->welcome->protocol_version,
-         (unsigned long long)m->welcome->session_id);
-  for (long i = 0; i < count; i++) {
-    Geoloc__V1__Ping ping = GEOLOC__V1__PING__INIT;
-    gl_client_msg cm = GEOLOC__V1__CLIENT_MESSAGE__INIT;
-    uint64_t t0 = now_us();
-    ping.has_nonce = 1;
-    ping.nonce = (uint64_t)i;
-    cm.msg_case = GEOLOC__V1__CLIENT_MESSAGE__MSG_PING;
-    cm.ping = &ping;
-    gl_wire_free(m);
-    m = NULL;
-    rc = gl_client_send(c, &cm);
-    if (rc == GL_OK)
-      rc = gl_client_recv(c, 10000, &m);
-    if (rc != GL_OK)
-      goto io_error;
-    if (print_if_error(m))
-      goto done;
-    if (m->msg_case != GEOLOC__V1__SERVER_MESSAGE__MSG_PONG || m->pong->nonce != (uint64_t)i) {
-      fprintf(stderr, "geoloc: unexpected answer to ping %ld\n", i);
-      goto done;
-    }
-    printf("pong %ld: %.3f ms\n", i, (double)(now_us() - t0) / 1000.0);
-  }
-  status = 0;
-  goto done;
-io_error:
-  fprintf(stderr, "geoloc: %s: %s\n", gl_strerror(rc), gl_client_last_error(c));
-done:
-  gl_wire_free(m);
-  gl_client_destroy(c);
-  return status;
+  fprintf(f, "usage: geoloc <command> [options]   (geoloc <command> --help for its options)\n\n"
+             "commands:\n");
+  for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+    fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].help);
 }
 
 int main(int argc, char **argv) {
@@ -140,16 +33,13 @@ int main(int argc, char **argv) {
     usage(stderr);
     return 2;
   }
-  if (strcmp(argv[1], "ping") == 0)
-    return cmd_ping(argc - 1, argv + 1);
-  if (strcmp(argv[1], "version") == 0) {
-    printf("geoloc %s (protocol %d)\n", GL_VERSION, GL_PROTOCOL_VERSION);
-    return 0;
-  }
   if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "help") == 0) {
     usage(stdout);
     return 0;
   }
+  for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+    if (strcmp(argv[1], commands[i].name) == 0)
+      return commands[i].run(argc - 1, argv + 1);
   fprintf(stderr, "geoloc: unknown command '%s'\n", argv[1]);
   usage(stderr);
   return 2;

@@ -1,0 +1,136 @@
+/* geoloc ping: handshake with geolocd and measure round trips. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "client/client.h"
+#include "commands.h"
+#include "core/err.h"
+
+static void usage(FILE *f) {
+  fprintf(f, "usage: geoloc ping --connect ADDR [--count N] [TLS options]\n"
+             "\n"
+             "ADDR is HOST:PORT, [IPv6]:PORT or unix:PATH. TLS options:\n"
+             "  --tls-ca FILE     CA that signed the server certificate (enables TLS)\n"
+             "  --tls-cert FILE   client certificate\n"
+             "  --tls-key FILE    client private key\n"
+             "  --server-name N   name to verify in the server certificate\n");
+}
+
+static uint64_t now_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+/* Prints a server Error and returns 1, or returns 0 for any other message. */
+static int print_if_error(const gl_server_msg *m) {
+  if (m->msg_case != GEOLOC__V1__SERVER_MESSAGE__MSG_ERROR)
+    return 0;
+  const ProtobufCEnumValue *ev =
+      protobuf_c_enum_descriptor_get_value(&geoloc__v1__error__code__descriptor, m->error->code);
+  fprintf(stderr, "geoloc: server error %s: %s\n", ev ? ev->name : "?",
+          m->error->message ? m->error->message : "");
+  return 1;
+}
+
+int gl_cmd_ping(int argc, char **argv) {
+  static const struct option opts[] = {
+      {"connect", required_argument, NULL, 'c'},  {"count", required_argument, NULL, 'n'},
+      {"tls-ca", required_argument, NULL, 'a'},   {"tls-cert", required_argument, NULL, 'e'},
+      {"tls-key", required_argument, NULL, 'k'},  {"server-name", required_argument, NULL, 's'},
+      {"help", no_argument, NULL, 'h'},
+      {NULL, 0, NULL, 0},
+  };
+  struct gl_client_opts co = {0};
+  long count = 4;
+  int o;
+  while ((o = getopt_long(argc, argv, "c:n:", opts, NULL)) != -1) {
+    switch (o) {
+    case 'c':
+      co.address = optarg;
+      break;
+    case 'n':
+      count = strtol(optarg, NULL, 10);
+      break;
+    case 'a':
+      co.tls_ca = optarg;
+      co.tls = true;
+      break;
+    case 'e':
+      co.tls_cert = optarg;
+      break;
+    case 'k':
+      co.tls_key = optarg;
+      break;
+    case 's':
+      co.server_name = optarg;
+      break;
+    case 'h':
+      usage(stdout);
+      return 0;
+    default:
+      usage(stderr);
+      return 2;
+    }
+  }
+  if (!co.address || count < 1 || count > 1000000 || optind != argc) {
+    usage(stderr);
+    return 2;
+  }
+  if ((co.tls_cert || co.tls_key) && !co.tls) {
+    fprintf(stderr, "geoloc: --tls-cert/--tls-key need --tls-ca\n");
+    return 2;
+  }
+  char err[256];
+  struct gl_client *c;
+  int rc = gl_client_connect(&co, &c, err, sizeof err);
+  if (rc != GL_OK) {
+    fprintf(stderr, "geoloc: %s\n", err);
+    return 1;
+  }
+  gl_server_msg *m = NULL;
+  int status = 1;
+  rc = gl_client_hello(c, "geoloc ping", NULL, 0, 10000, &m);
+  if (rc != GL_OK)
+    goto io_error;
+  if (print_if_error(m))
+    goto done;
+  printf("connected to %s: %s, protocol %u, session %llu\n", co.address,
+         m->welcome->server ? m->welcome->server : "?", m->welcome->protocol_version,
+         (unsigned long long)m->welcome->session_id);
+  for (long i = 0; i < count; i++) {
+    Geoloc__V1__Ping ping = GEOLOC__V1__PING__INIT;
+    gl_client_msg cm = GEOLOC__V1__CLIENT_MESSAGE__INIT;
+    uint64_t t0 = now_us();
+    ping.has_nonce = 1;
+    ping.nonce = (uint64_t)i;
+    cm.msg_case = GEOLOC__V1__CLIENT_MESSAGE__MSG_PING;
+    cm.ping = &ping;
+    gl_wire_free(m);
+    m = NULL;
+    rc = gl_client_send(c, &cm);
+    if (rc == GL_OK)
+      rc = gl_client_recv(c, 10000, &m);
+    if (rc != GL_OK)
+      goto io_error;
+    if (print_if_error(m))
+      goto done;
+    if (m->msg_case != GEOLOC__V1__SERVER_MESSAGE__MSG_PONG || m->pong->nonce != (uint64_t)i) {
+      fprintf(stderr, "geoloc: unexpected answer to ping %ld\n", i);
+      goto done;
+    }
+    printf("pong %ld: %.3f ms\n", i, (double)(now_us() - t0) / 1000.0);
+  }
+  status = 0;
+  goto done;
+io_error:
+  fprintf(stderr, "geoloc: %s: %s\n", gl_strerror(rc), gl_client_last_error(c));
+done:
+  gl_wire_free(m);
+  gl_client_destroy(c);
+  return status;
+}
+

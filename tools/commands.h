@@ -1,0 +1,8 @@
+/* Subcommands of the geoloc CLI. Each takes argv from its own name on and
+ * returns the process exit status (0 ok, 1 failure, 2 usage). */
+#ifndef GL_TOOLS_COMMANDS_H
+#define GL_TOOLS_COMMANDS_H
+
+int gl_cmd_ping(int argc, char **argv);
+
+#endif
