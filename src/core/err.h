@@ -14,6 +14,7 @@
   XX(ECONFIG, "invalid configuration")                                 \
   XX(EPROTO, "protocol violation")                                     \
   XX(EMALFORMED, "malformed message")                                  \
+  XX(EFORMAT, "invalid file or data format")                           \
   XX(ETOOBIG, "message too large")                                     \
   XX(EVERSION, "unsupported protocol version")                         \
   XX(ETIMEDOUT, "timed out")                                           \

@@ -1,0 +1,37 @@
+/* Images: decoding camera frames and map tiles into packed 8-bit RGB. */
+#ifndef GL_IMG_IMG_H
+#define GL_IMG_IMG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum gl_img_format {
+  GL_IMG_AUTO = 0, /* detect JPEG or PNG from the magic bytes */
+  GL_IMG_JPEG = 1,
+  GL_IMG_PNG = 2,
+  GL_IMG_RGB8 = 3, /* raw packed RGB rows: width and height must be given */
+};
+
+/* Packed RGB8 pixels, rows of width*3 bytes, top row first. */
+struct gl_image {
+  uint8_t *rgb;
+  uint32_t width, height;
+};
+
+/* Decodes bytes of the given format into *out (free with gl_img_free).
+ * Images with more than max_pixels pixels (width*height) are refused before
+ * their pixels are decoded (decompression bombs). For GL_IMG_RGB8, width and
+ * height give the size and len must equal width*height*3. JPEG is decoded by
+ * libjpeg-turbo in accurate-DCT mode. Returns 0, GL_EFORMAT for bytes that are
+ * not a valid image of that format (err says why), GL_ETOOBIG, GL_ENOMEM. */
+int gl_img_decode(const uint8_t *data, size_t len, enum gl_img_format fmt, uint32_t width,
+                  uint32_t height, uint64_t max_pixels, struct gl_image *out, char *err,
+                  size_t errlen);
+
+/* Reads and decodes a JPEG or PNG file. */
+int gl_img_load(const char *path, uint64_t max_pixels, struct gl_image *out, char *err,
+                size_t errlen);
+
+void gl_img_free(struct gl_image *img);
+
+#endif

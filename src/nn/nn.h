@@ -1,0 +1,65 @@
+/* The neural engine: geoloc models (safetensors with an architecture config,
+ * see python/geoloc_train/OPS.md) turned into descriptors.
+ *
+ * A model is loaded once and is immutable; an engine plans its memory for a
+ * backend and a maximum batch once, at creation, and encoding allocates
+ * nothing. One engine is used by one thread at a time; a model can back
+ * several engines. */
+#ifndef GL_NN_NN_H
+#define GL_NN_NN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "img/img.h"
+
+struct gl_nn_model;
+struct gl_nn_engine;
+
+/* Loads and validates a model file: header, JSON, dtypes, shapes against the
+ * config, offsets inside the file, no overlaps. A bad file is GL_EFORMAT with
+ * err saying what is wrong; an unreadable one GL_ENOENT or GL_EIO. Batch-norm
+ * is folded into the convolutions here. */
+int gl_nn_model_load(const char *path, struct gl_nn_model **out, char *err, size_t errlen);
+void gl_nn_model_destroy(struct gl_nn_model *m);
+
+/* The architecture config as stored in the file (JSON text). */
+const char *gl_nn_model_config_json(const struct gl_nn_model *m);
+/* Number of scalar parameters in the file. */
+uint64_t gl_nn_model_param_count(const struct gl_nn_model *m);
+/* Floats per descriptor (0 for a model without a descriptor head). */
+uint32_t gl_nn_model_descriptor_dim(const struct gl_nn_model *m);
+/* SHA-256 of the model file, as 64 lowercase hex digits. */
+const char *gl_nn_model_sha256(const struct gl_nn_model *m);
+
+enum gl_nn_backend_kind {
+  GL_NN_BACKEND_CPU = 0,
+  GL_NN_BACKEND_CUDA = 1,
+};
+
+struct gl_nn_engine_opts {
+  enum gl_nn_backend_kind backend;
+  uint32_t max_batch;  /* images per gl_nn_engine_encode call; 0 means 1 */
+  uint32_t threads;    /* CPU backend threads; 0 means all cores */
+  /* Largest input image in pixels (width*height) the engine accepts; it
+   * sizes the buffers of ops that run at the input's own resolution. 0 means
+   * 1920*1080. */
+  uint64_t max_input_pixels;
+};
+
+/* Plans the graph of m on a backend. Returns GL_ENOTSUP for a backend this
+ * build or machine lacks (the caller may fall back to the CPU). */
+int gl_nn_engine_create(const struct gl_nn_model *m, const struct gl_nn_engine_opts *opts,
+                        struct gl_nn_engine **out, char *err, size_t errlen);
+void gl_nn_engine_destroy(struct gl_nn_engine *e);
+
+/* Computes the descriptors of n images (n <= max_batch, each of any size up
+ * to max_input_pixels) into out, n * descriptor_dim floats, L2-normalised.
+ * Returns 0, GL_EINVAL (bad n or image size) or GL_EGPU. */
+int gl_nn_engine_encode(struct gl_nn_engine *e, const struct gl_image *images, uint32_t n,
+                        float *out);
+
+/* The backend in use ("cpu-onednn", "cuda"). */
+const char *gl_nn_engine_backend_name(const struct gl_nn_engine *e);
+
+#endif
