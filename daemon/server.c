@@ -835,9 +835,8 @@ static void gl__srv_reload(struct gl_server *srv) {
   gl__swap_str(&nc.tls, &srv->cfg.tls);
   gl_config_fini(&srv->cfg);
   srv->cfg = nc;
+  /* Open connections keep the message limit their Welcome announced. */
   gl_log_init(srv->cfg.log_level);
-  for (struct gl_conn *c = srv->conns; c; c = c->next)
-    gl_wire_decoder_set_max(&c->dec, srv->cfg.max_message_bytes);
   GL_LOG_N("configuration reloaded");
   gl__notify_status(srv, "READY=1\n");
   return;
