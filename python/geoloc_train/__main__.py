@@ -1,0 +1,131 @@
+"""Command line: PYTHONPATH=python /usr/bin/python3 -m geoloc_train <command> ...
+
+  export-random [--config C.json] --seed S --out M.safetensors
+  encode --model M.safetensors IMAGE...        one JSON array per image, one per line
+  import-tflite --tflite F.tflite --out M.safetensors
+  classify --model M.safetensors [--labels L] IMAGE
+  testvectors --out DIR [--seed S] [--configs a,b] [--sizes 224x224,1280x720]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+from . import image, model as M, testvectors, tflite
+from .config import ConfigError, ModelConfig
+from .safetensors import SafetensorsError
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEFAULT_LABELS = os.path.join(REPO_ROOT, "data", "backbone", "imagenet_labels.txt")
+
+
+def cmd_export_random(a) -> int:
+    cfg = ModelConfig.load(a.config)
+    model = testvectors.random_model(cfg, a.seed)
+    M.save_model(model, a.out)
+    print(f"wrote {a.out}: {sum(t.numel() for t in M.model_tensors(model).values())} parameters")
+    return 0
+
+
+def cmd_encode(a) -> int:
+    model = M.load_model(a.model)
+    for path in a.images:
+        with torch.no_grad():
+            d = model(image.to_batch(image.load_image(path)))[0]
+        print(json.dumps(d.tolist()))
+    return 0
+
+
+def cmd_import_tflite(a) -> int:
+    model = tflite.import_file(a.tflite)
+    M.save_model(model, a.out)
+    c = model.cfg
+    print(f"wrote {a.out}: MobileNetV2, {c.num_classes} classes, input {c.input_size}, "
+          f"mean {c.mean[0]} std {c.std[0]}")
+    return 0
+
+
+def cmd_classify(a) -> int:
+    model = M.load_model(a.model)
+    with open(a.labels, encoding="utf-8") as f:
+        labels = f.read().splitlines()
+    if len(labels) != model.cfg.num_classes:
+        raise ConfigError(f"{a.labels}: {len(labels)} labels but the model has "
+                          f"{model.cfg.num_classes} classes")
+    with torch.no_grad():
+        p = torch.softmax(model.classify(image.to_batch(image.load_image(a.image))), dim=1)[0]
+    top = torch.topk(p, 5)
+    for prob, idx in zip(top.values.tolist(), top.indices.tolist()):
+        print(f"{prob:.4f}  {idx:4d}  {labels[idx]}")
+    return 0
+
+
+def _parse_sizes(text: str):
+    sizes = []
+    for s in text.split(","):
+        try:
+            w, h = s.lower().split("x")
+            sizes.append((int(w), int(h)))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"size {s!r} is not WIDTHxHEIGHT") from None
+    return sizes
+
+
+def cmd_testvectors(a) -> int:
+    configs = a.configs.split(",") if a.configs else None
+    testvectors.generate(a.out, configs, a.sizes, a.seed)
+    print(f"wrote {os.path.join(a.out, 'index.json')}")
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m geoloc_train",
+                                description="geoloc reference model tools")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("export-random", help="write a model with random weights")
+    s.add_argument("--config", help="JSON architecture config (default: the default architecture)")
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_export_random)
+
+    s = sub.add_parser("encode", help="print the descriptor of each image as a JSON array")
+    s.add_argument("--model", required=True)
+    s.add_argument("images", nargs="+", metavar="IMAGE")
+    s.set_defaults(func=cmd_encode)
+
+    s = sub.add_parser("import-tflite", help="dequantize the TFLite MobileNetV2 into a model file")
+    s.add_argument("--tflite", required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_import_tflite)
+
+    s = sub.add_parser("classify", help="top-5 ImageNet classes of an image")
+    s.add_argument("--model", required=True)
+    s.add_argument("--labels", default=DEFAULT_LABELS)
+    s.add_argument("image", metavar="IMAGE")
+    s.set_defaults(func=cmd_classify)
+
+    s = sub.add_parser("testvectors", help="write C parity test vectors")
+    s.add_argument("--out", required=True)
+    s.add_argument("--seed", type=int, default=testvectors.DEFAULT_SEED)
+    s.add_argument("--configs", help=f"comma-separated subset of {','.join(testvectors.CONFIGS)}")
+    s.add_argument("--sizes", type=_parse_sizes, help="comma-separated WIDTHxHEIGHT list (default "
+                   + ",".join(f"{w}x{h}" for w, h in testvectors.SIZES) + ")")
+    s.set_defaults(func=cmd_testvectors)
+
+    a = p.parse_args(argv)
+    try:
+        return a.func(a)
+    except (ConfigError, SafetensorsError, tflite.TFLiteError, image.ImageError, OSError,
+            ValueError) as e:
+        print(f"geoloc_train {a.command}: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
