@@ -72,6 +72,16 @@ static int gl__wait(struct gl_client *c, short events, int64_t deadline) {
   }
 }
 
+/* After a send or recv failed: waits when the socket would block (or the
+ * call was interrupted), else maps errno to an error. */
+static int gl__io_retry(struct gl_client *c, const char *what, short ev, int64_t deadline) {
+  int e = errno;
+  if (e == EAGAIN || e == EINTR)
+    return gl__wait(c, ev, deadline);
+  gl__cerr(c, "%s: %s", what, strerror(e));
+  return e == EPIPE || e == ECONNRESET ? GL_ECLOSED : GL_EIO;
+}
+
 static int64_t gl__deadline(int timeout_ms) {
   return timeout_ms < 0 ? -1 : gl__now_ms() + timeout_ms;
 }
@@ -311,15 +321,7 @@ int gl_client_send_raw(struct gl_client *c, const void *data, size_t len) {
       len -= (size_t)n;
       continue;
     }
-    if (errno == EPIPE || errno == ECONNRESET) {
-      gl__cerr(c, "send: %s", strerror(errno));
-      return GL_ECLOSED;
-    }
-    if (errno != EAGAIN && errno != EINTR) {
-      gl__cerr(c, "send: %s", strerror(errno));
-      return GL_EIO;
-    }
-    int rc = gl__wait(c, ev, deadline);
+    int rc = gl__io_retry(c, "send", ev, deadline);
     if (rc != GL_OK)
       return rc;
   }
@@ -367,15 +369,7 @@ static int gl__fill(struct gl_client *c, int64_t deadline) {
       gl__cerr(c, "server closed the connection");
       return GL_ECLOSED;
     }
-    if (errno == ECONNRESET) {
-      gl__cerr(c, "connection reset by the server");
-      return GL_ECLOSED;
-    }
-    if (errno != EAGAIN && errno != EINTR) {
-      gl__cerr(c, "recv: %s", strerror(errno));
-      return GL_EIO;
-    }
-    int rc = gl__wait(c, ev, deadline);
+    int rc = gl__io_retry(c, "recv", ev, deadline);
     if (rc != GL_OK)
       return rc;
   }
