@@ -4,5 +4,6 @@
 #define GL_TOOLS_COMMANDS_H
 
 int gl_cmd_ping(int argc, char **argv);
+int gl_cmd_query(int argc, char **argv);
 
 #endif

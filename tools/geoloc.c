@@ -18,6 +18,7 @@ static const struct {
   const char *help;
 } commands[] = {
     {"ping", gl_cmd_ping, "handshake with geolocd, then measure round trips"},
+    {"query", gl_cmd_query, "stream images to geolocd and print the estimates"},
     {"version", cmd_version, "print the version"},
 };
 

@@ -1,0 +1,128 @@
+#include "client/report.h"
+
+#include <string.h>
+
+#include "client/nmea.h"
+#include "core/err.h"
+
+int gl_report_format_parse(const char *name, enum gl_report_format *out) {
+  static const char *const names[] = {"table", "csv", "geojson", "nmea"};
+  for (int i = 0; i < 4; i++) {
+    if (strcmp(name, names[i]) == 0) {
+      *out = (enum gl_report_format)i;
+      return GL_OK;
+    }
+  }
+  return GL_EINVAL;
+}
+
+/* RFC 4180: a field with a comma, quote or line break is quoted, quotes
+ * doubled. */
+static void gl__csv_field(FILE *f, const char *s) {
+  if (!strpbrk(s, ",\"\r\n")) {
+    fputs(s, f);
+    return;
+  }
+  fputc('"', f);
+  for (; *s; s++) {
+    if (*s == '"')
+      fputc('"', f);
+    fputc(*s, f);
+  }
+  fputc('"', f);
+}
+
+/* A JSON string (RFC 8259): quotes, backslashes and control bytes escaped;
+ * other bytes pass through (file names are taken to be UTF-8). */
+static void gl__json_string(FILE *f, const char *s) {
+  fputc('"', f);
+  for (; *s; s++) {
+    unsigned char ch = (unsigned char)*s;
+    if (ch == '"' || ch == '\\')
+      fprintf(f, "\\%c", ch);
+    else if (ch < 0x20)
+      fprintf(f, "\\u%04x", ch);
+    else
+      fputc(ch, f);
+  }
+  fputc('"', f);
+}
+
+void gl_report_begin(struct gl_report *r, FILE *f, enum gl_report_format fmt) {
+  r->f = f;
+  r->fmt = fmt;
+  r->features = 0;
+  switch (fmt) {
+  case GL_REPORT_TABLE:
+    fprintf(f, "%-32s %4s %12s %13s %7s %6s %9s %10s  %s\n", "image", "rank", "lat", "lon",
+            "score", "conf", "radius_m", "latency_ms", "status");
+    break;
+  case GL_REPORT_CSV:
+    fputs("image,rank,lat,lon,score,confidence,radius_m,tile_id,latency_ms,status\n", f);
+    break;
+  case GL_REPORT_GEOJSON:
+    fputs("{\"type\":\"FeatureCollection\",\"features\":[", f);
+    break;
+  case GL_REPORT_NMEA:
+    break;
+  }
+}
+
+void gl_report_frame(struct gl_report *r, const char *image, const char *status,
+                     const struct gl_report_candidate *c, size_t n, uint64_t time_us,
+                     double latency_ms) {
+  FILE *f = r->f;
+  switch (r->fmt) {
+  case GL_REPORT_TABLE:
+    if (n == 0)
+      fprintf(f, "%-32s %4s %12s %13s %7s %6s %9s %10.2f  %s\n", image, "-", "-", "-", "-", "-",
+              "-", latency_ms, status);
+    for (size_t i = 0; i < n; i++)
+      fprintf(f, "%-32s %4zu %12.7f %13.7f %7.4f %6.3f %9.1f %10.2f  %s\n", image, i + 1,
+              c[i].lat, c[i].lon, (double)c[i].score, (double)c[i].confidence,
+              (double)c[i].radius_m, latency_ms, status);
+    break;
+  case GL_REPORT_CSV:
+    if (n == 0) {
+      gl__csv_field(f, image);
+      fprintf(f, ",,,,,,,,%.3f,%s\n", latency_ms, status);
+    }
+    for (size_t i = 0; i < n; i++) {
+      gl__csv_field(f, image);
+      fprintf(f, ",%zu,%.8f,%.8f,%.6f,%.6f,%.2f,%llu,%.3f,%s\n", i + 1, c[i].lat, c[i].lon,
+              (double)c[i].score, (double)c[i].confidence, (double)c[i].radius_m,
+              (unsigned long long)c[i].tile_id, latency_ms, status);
+    }
+    break;
+  case GL_REPORT_GEOJSON:
+    for (size_t i = 0; i < n; i++) {
+      fprintf(f,
+              "%s\n{\"type\":\"Feature\",\"geometry\":{\"type\":\"Point\",\"coordinates\":[%.8f,"
+              "%.8f]},\"properties\":{\"image\":",
+              r->features++ ? "," : "", c[i].lon, c[i].lat);
+      gl__json_string(f, image);
+      fprintf(f,
+              ",\"rank\":%zu,\"score\":%.6f,\"confidence\":%.6f,\"radius_m\":%.2f,"
+              "\"tile_id\":%llu}}",
+              i + 1, (double)c[i].score, (double)c[i].confidence, (double)c[i].radius_m,
+              (unsigned long long)c[i].tile_id);
+    }
+    break;
+  case GL_REPORT_NMEA:
+    if (n > 0) {
+      char s[128];
+      if (gl_nmea_gga(s, sizeof s, time_us, c[0].lat, c[0].lon))
+        fputs(s, f);
+      if (gl_nmea_rmc(s, sizeof s, time_us, c[0].lat, c[0].lon))
+        fputs(s, f);
+    }
+    break;
+  }
+  fflush(f); /* estimates stream: a reader sees each frame as it is answered */
+}
+
+void gl_report_end(struct gl_report *r) {
+  if (r->fmt == GL_REPORT_GEOJSON)
+    fputs("\n]}\n", r->f);
+  fflush(r->f);
+}

@@ -1,0 +1,41 @@
+/* Printing ranked estimates as a table, CSV, GeoJSON or NMEA, for the CLI
+ * commands that produce them (query, locate). */
+#ifndef GL_CLIENT_REPORT_H
+#define GL_CLIENT_REPORT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+enum gl_report_format { GL_REPORT_TABLE, GL_REPORT_CSV, GL_REPORT_GEOJSON, GL_REPORT_NMEA };
+
+struct gl_report_candidate {
+  double lat, lon;
+  float score, confidence, radius_m;
+  uint64_t tile_id;
+};
+
+struct gl_report {
+  FILE *f;
+  enum gl_report_format fmt;
+  unsigned features; /* GeoJSON features written so far */
+};
+
+/* Parses "table", "csv", "geojson" or "nmea". Returns 0 or GL_EINVAL. */
+int gl_report_format_parse(const char *name, enum gl_report_format *out);
+
+/* Writes the header (CSV, table) or the opening of the collection (GeoJSON). */
+void gl_report_begin(struct gl_report *r, FILE *f, enum gl_report_format fmt);
+
+/* Writes one frame's answer: status is "OK" or the name of what went wrong
+ * (an Error code or an Estimate status), candidates best first. time_us
+ * (Unix epoch, UTC) stamps NMEA sentences; NMEA carries only the best
+ * candidate, and nothing for a frame without one. */
+void gl_report_frame(struct gl_report *r, const char *image, const char *status,
+                     const struct gl_report_candidate *c, size_t n, uint64_t time_us,
+                     double latency_ms);
+
+/* Closes the GeoJSON collection and flushes. */
+void gl_report_end(struct gl_report *r);
+
+#endif
