@@ -12,7 +12,7 @@
 #include "core/err.h"
 #include "core/log.h"
 
-enum gl__cfg_type { GL__CFG_U32, GL__CFG_BOOL, GL__CFG_STR, GL__CFG_LEVEL };
+enum gl__cfg_type { GL__CFG_U32, GL__CFG_BOOL, GL__CFG_STR, GL__CFG_LEVEL, GL__CFG_ENUM };
 
 struct gl__cfg_key {
   const char *section;
@@ -20,11 +20,17 @@ struct gl__cfg_key {
   enum gl__cfg_type type;
   size_t off;
   uint32_t min, max;
-  bool zero_ok; /* 0 is allowed besides min..max ("none") */
+  bool zero_ok;               /* 0 is allowed besides min..max ("none") */
+  const char *const *choices; /* GL__CFG_ENUM: names of values 0, 1, ..., NULL */
 };
 
 #define GL__K(sec, key, type, field, min, max, zero_ok) \
-  {sec, key, type, offsetof(struct gl_config, field), min, max, zero_ok}
+  {sec, key, type, offsetof(struct gl_config, field), min, max, zero_ok, NULL}
+#define GL__E(sec, key, field, choices) \
+  {sec, key, GL__CFG_ENUM, offsetof(struct gl_config, field), 0, 0, false, choices}
+
+static const char *const gl__backends[] = {"auto", "cuda", "cpu", NULL};
+static const char *const gl__precisions[] = {"fp32", "fp16", NULL};
 
 /* The one list of keys: loading, defaults and errors all come from it. */
 static const struct gl__cfg_key gl__keys[] = {
@@ -34,6 +40,22 @@ static const struct gl__cfg_key gl__keys[] = {
     GL__K("daemon", "handshake_timeout_ms", GL__CFG_U32, handshake_timeout_ms, 100, 600000, false),
     GL__K("daemon", "idle_timeout_ms", GL__CFG_U32, idle_timeout_ms, 100, 86400000, true),
     GL__K("daemon", "drain_timeout_ms", GL__CFG_U32, drain_timeout_ms, 0, 600000, false),
+    GL__K("daemon", "decode_threads", GL__CFG_U32, decode_threads, 0, 64, false),
+    GL__K("daemon", "max_frames_in_flight", GL__CFG_U32, max_frames_in_flight, 1, 4096, false),
+    GL__K("daemon", "queue_depth", GL__CFG_U32, queue_depth, 1, 65536, false),
+    GL__K("daemon", "stale_after_ms", GL__CFG_U32, stale_after_ms, 1, 600000, true),
+    GL__K("daemon", "max_decoded_pixels", GL__CFG_U32, max_decoded_pixels, 1024, 268435456,
+          false),
+    GL__K("daemon", "default_top_k", GL__CFG_U32, default_top_k, 1, 100, false),
+    GL__K("model", "path", GL__CFG_STR, model_path, 0, 0, false),
+    GL__E("model", "backend", backend, gl__backends),
+    GL__E("model", "precision", precision, gl__precisions),
+    GL__K("model", "max_batch", GL__CFG_U32, max_batch, 1, 1024, false),
+    GL__K("model", "batch_window_us", GL__CFG_U32, batch_window_us, 0, 1000000, false),
+    GL__K("model", "threads", GL__CFG_U32, model_threads, 0, 256, false),
+    GL__K("search", "tiles", GL__CFG_U32, search_tiles, 1, 1024, false),
+    GL__K("search", "bandwidth_m", GL__CFG_U32, bandwidth_m, 0, 100000, false),
+    GL__K("metrics", "listen", GL__CFG_STR, metrics_listen, 0, 0, false),
     GL__K("listen", "tcp", GL__CFG_STR, tcp, 0, 0, false),
     GL__K("listen", "unix", GL__CFG_STR, unix_path, 0, 0, false),
     GL__K("listen", "tls", GL__CFG_STR, tls, 0, 0, false),
@@ -50,6 +72,7 @@ struct gl__cfg_parse {
   FILE *f;
   int line;                /* line being parsed, counted by the reader */
   int key_line[GL__NKEYS]; /* where each key was set, 0 when absent */
+  int model_line;          /* where [model] starts, 0 when absent */
   char *err;
   size_t errlen;
   bool failed;
@@ -102,6 +125,70 @@ static int gl__parse_u32(const char *v, const struct gl__cfg_key *k, uint32_t *o
   return GL_OK;
 }
 
+static bool gl__section_known(const char *section) {
+  for (size_t i = 0; i < GL__NKEYS; i++)
+    if (strcmp(section, gl__keys[i].section) == 0)
+      return true;
+  return false;
+}
+
+/* A map name becomes a metric label and a protocol string: keep it plain. */
+static bool gl__map_name_ok(const char *name) {
+  size_t n = strlen(name);
+  if (n == 0 || n > 64)
+    return false;
+  for (const char *c = name; *c; c++)
+    if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
+          *c == '_' || *c == '-' || *c == '.'))
+      return false;
+  return true;
+}
+
+/* Section headers are seen here, not in the handler, because libinih only
+ * reports a section through its keys: an empty [map x] or a misspelt empty
+ * section would otherwise pass unnoticed. */
+static void gl__cfg_section_line(struct gl__cfg_parse *p, const char *line) {
+  const char *b = line + strspn(line, " \t");
+  if (*b != '[')
+    return;
+  const char *e = strchr(b, ']');
+  if (!e)
+    return; /* libinih reports the syntax error */
+  char name[128];
+  snprintf(name, sizeof name, "%.*s", (int)(e - b - 1), b + 1);
+  struct gl_config *c = p->cfg;
+  if (strncmp(name, "map ", 4) == 0) {
+    const char *mn = name + 4;
+    if (!gl__map_name_ok(mn)) {
+      gl__cfg_fail(p, p->line, "[%s]: a map name is 1..64 letters, digits, '_', '-' or '.'",
+                   name);
+      return;
+    }
+    for (uint32_t i = 0; i < c->n_maps; i++) {
+      if (strcmp(c->maps[i].name, mn) == 0) {
+        gl__cfg_fail(p, p->line, "[%s]: duplicate map (first on line %d)", name, c->maps[i].line);
+        return;
+      }
+    }
+    if (c->n_maps == GL_CONFIG_MAX_MAPS) {
+      gl__cfg_fail(p, p->line, "[%s]: more than %d maps", name, GL_CONFIG_MAX_MAPS);
+      return;
+    }
+    struct gl_config_map *m = &c->maps[c->n_maps];
+    m->name = strdup(mn);
+    m->line = p->line;
+    if (!m->name)
+      gl__cfg_fail(p, p->line, "out of memory");
+    else
+      c->n_maps++;
+    return;
+  }
+  if (!gl__section_known(name))
+    gl__cfg_fail(p, p->line, "unknown section [%s]", name);
+  else if (strcmp(name, "model") == 0)
+    p->model_line = p->line;
+}
+
 /* libinih reads through this so that the handler knows the line number
  * (Debian's libinih is built without INI_HANDLER_LINENO). Its line buffer is
  * small (INI_MAX_LINE, 200 bytes in Debian's build) and it would silently
@@ -123,6 +210,7 @@ static char *gl__cfg_reader(char *buf, int size, void *stream) {
   }
   memcpy(buf, line, (size_t)n + 1);
   free(line);
+  gl__cfg_section_line(p, buf);
   return buf;
 }
 
@@ -131,6 +219,23 @@ static int gl__cfg_handler(void *user, const char *section, const char *name, co
   const struct gl__cfg_key *k = NULL;
   bool section_known = false;
   size_t i;
+  if (strncmp(section, "map ", 4) == 0 && p->cfg->n_maps > 0) {
+    /* The reader registered this section as the last map. */
+    struct gl_config_map *m = &p->cfg->maps[p->cfg->n_maps - 1];
+    if (strcmp(name, "path") != 0) {
+      gl__cfg_fail(p, p->line, "unknown key '%s' in [%s] (maps have only 'path')", name, section);
+      return 0;
+    }
+    if (m->path) {
+      gl__cfg_fail(p, p->line, "[%s] path: duplicate key", section);
+      return 0;
+    }
+    if (*value && !(m->path = strdup(value))) {
+      gl__cfg_fail(p, p->line, "out of memory");
+      return 0;
+    }
+    return 1;
+  }
   for (i = 0; i < GL__NKEYS; i++) {
     if (strcmp(section, gl__keys[i].section) != 0)
       continue;
@@ -172,6 +277,23 @@ static int gl__cfg_handler(void *user, const char *section, const char *name, co
       return 0;
     }
     break;
+  case GL__CFG_ENUM: {
+    int v = -1;
+    for (int j = 0; k->choices[j]; j++)
+      if (strcmp(value, k->choices[j]) == 0)
+        v = j;
+    if (v < 0) {
+      char list[128] = "";
+      for (int j = 0; k->choices[j]; j++)
+        snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", j ? ", " : "",
+                 k->choices[j]);
+      gl__cfg_fail(p, p->line, "[%s] %s: expected one of %s, got '%s'", section, name, list,
+                   value);
+      return 0;
+    }
+    *(int *)field = v;
+    break;
+  }
   case GL__CFG_LEVEL:
     if (gl_log_level_parse(value, field) != GL_OK) {
       gl__cfg_fail(p, p->line, "[%s] %s: expected err, warning, notice, info or debug, got '%s'",
@@ -223,6 +345,26 @@ static void gl__cfg_validate(struct gl__cfg_parse *p) {
                    "(set allow_remote_plaintext = true to allow)",
                    gl_addr_format(&ss, buf, sizeof buf));
   }
+  if (c->metrics_listen) {
+    int line = gl__line_of(p, "metrics", "listen");
+    if (gl_addr_parse(c->metrics_listen, &ss) != GL_OK)
+      gl__cfg_fail(p, line, "[metrics] listen: expected a numeric IP:port or [IPv6]:port, got '%s'",
+                   c->metrics_listen);
+    else if (!gl_addr_is_loopback(&ss) && !c->allow_remote_plaintext)
+      gl__cfg_fail(p, line,
+                   "[metrics] listen: plaintext HTTP on non-loopback address %s "
+                   "(set [listen] allow_remote_plaintext = true to allow)",
+                   gl_addr_format(&ss, buf, sizeof buf));
+  }
+  if (p->model_line && !c->model_path)
+    gl__cfg_fail(p, p->model_line, "[model] path: missing required key");
+  for (uint32_t i = 0; i < c->n_maps; i++) {
+    if (!c->maps[i].path)
+      gl__cfg_fail(p, c->maps[i].line, "[map %s] path: missing required key", c->maps[i].name);
+    else if (!c->model_path)
+      gl__cfg_fail(p, c->maps[i].line, "[map %s]: a map needs a [model] with a path",
+                   c->maps[i].name);
+  }
   if (c->unix_path && strlen(c->unix_path) >= 108)
     gl__cfg_fail(p, gl__line_of(p, "listen", "unix"), "[listen] unix: path longer than 107 bytes");
   if (c->tls) {
@@ -250,6 +392,16 @@ void gl_config_defaults(struct gl_config *cfg) {
   cfg->idle_timeout_ms = 60000;
   cfg->drain_timeout_ms = 10000;
   cfg->require_client_cert = true;
+  cfg->max_frames_in_flight = 32;
+  cfg->queue_depth = 256;
+  cfg->stale_after_ms = 1000;
+  cfg->max_decoded_pixels = 4096u * 4096u;
+  cfg->default_top_k = 5;
+  cfg->backend = GL_CONFIG_BACKEND_AUTO;
+  cfg->precision = GL_CONFIG_FP32;
+  cfg->max_batch = 32;
+  cfg->batch_window_us = 2000;
+  cfg->search_tiles = 64;
 }
 
 int gl_config_load(const char *path, struct gl_config *cfg, char *err, size_t errlen) {
@@ -293,5 +445,11 @@ void gl_config_fini(struct gl_config *cfg) {
   free(cfg->tls_cert);
   free(cfg->tls_key);
   free(cfg->tls_ca);
+  free(cfg->model_path);
+  free(cfg->metrics_listen);
+  for (uint32_t i = 0; i < cfg->n_maps; i++) {
+    free(cfg->maps[i].name);
+    free(cfg->maps[i].path);
+  }
   gl_config_defaults(cfg);
 }

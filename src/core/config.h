@@ -12,6 +12,20 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* [model] backend */
+enum gl_config_backend { GL_CONFIG_BACKEND_AUTO, GL_CONFIG_BACKEND_CUDA, GL_CONFIG_BACKEND_CPU };
+/* [model] precision */
+enum gl_config_precision { GL_CONFIG_FP32, GL_CONFIG_FP16 };
+
+/* One [map NAME] section. */
+struct gl_config_map {
+  char *name; /* letters, digits, '_', '-', '.'; 1..64 bytes */
+  char *path; /* path: the map pack directory (required) */
+  int line;   /* of the section header, for messages */
+};
+
+#define GL_CONFIG_MAX_MAPS 64
+
 struct gl_config {
   char *path;
 
@@ -22,6 +36,31 @@ struct gl_config {
   uint32_t handshake_timeout_ms; /* handshake_timeout_ms: connect to Hello */
   uint32_t idle_timeout_ms;      /* idle_timeout_ms: between messages, 0 = none */
   uint32_t drain_timeout_ms;     /* drain_timeout_ms: SIGTERM grace period */
+  uint32_t decode_threads;       /* decode_threads: image decoding workers, 0 = cores */
+  uint32_t max_frames_in_flight; /* max_frames_in_flight: per client */
+  uint32_t queue_depth;          /* queue_depth: frames waiting for inference, all clients */
+  uint32_t stale_after_ms;       /* stale_after_ms: answer DROPPED_STALE past this, 0 = never */
+  uint32_t max_decoded_pixels;   /* max_decoded_pixels: width*height of a frame */
+  uint32_t default_top_k;        /* default_top_k: estimates per frame when it does not say */
+
+  /* [model]; model_path NULL when the section is absent */
+  char *model_path;                   /* path */
+  enum gl_config_backend backend;     /* backend: auto|cuda|cpu */
+  enum gl_config_precision precision; /* precision: fp32|fp16 */
+  uint32_t max_batch;                 /* max_batch */
+  uint32_t batch_window_us;           /* batch_window_us */
+  uint32_t model_threads;             /* threads: CPU backend threads, 0 = cores */
+
+  /* [search] */
+  uint32_t search_tiles; /* tiles: nearest tiles clustered into estimates */
+  uint32_t bandwidth_m;  /* bandwidth_m: clustering bandwidth, 0 = the map's tile size */
+
+  /* [map NAME] sections, in file order */
+  struct gl_config_map maps[GL_CONFIG_MAX_MAPS];
+  uint32_t n_maps;
+
+  /* [metrics] */
+  char *metrics_listen; /* listen: "IP:port" of /metrics, /healthz, /readyz, or NULL */
 
   /* [listen] */
   char *tcp;                   /* tcp: plaintext "IP:port" or NULL */

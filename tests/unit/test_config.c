@@ -88,7 +88,8 @@ static bool names_key(const char *msg, const char *section, const char *key) {
 
 static bool cfg_is_empty(const struct gl_config *cfg) {
   return !cfg->path && !cfg->tcp && !cfg->unix_path && !cfg->tls && !cfg->tls_cert &&
-         !cfg->tls_key && !cfg->tls_ca;
+         !cfg->tls_key && !cfg->tls_ca && !cfg->model_path && !cfg->metrics_listen &&
+         cfg->n_maps == 0;
 }
 
 /* Loads content and expects failure with code rc, a message that names the
@@ -706,6 +707,81 @@ static void test_addr(void) {
   }
 }
 
+/* ---- serving: [model], [map NAME], [search], [metrics] ------------------- */
+
+static void test_serving(void) {
+  struct gl_config cfg;
+
+  if (LOAD_OK("[daemon]\n"
+              "max_frames_in_flight = 8\n"
+              "queue_depth = 100\n"
+              "stale_after_ms = 0\n"
+              "default_top_k = 3\n"
+              "[model]\n"
+              "path = /m/model.safetensors\n"
+              "backend = cpu\n"
+              "precision = fp16\n"
+              "max_batch = 16\n"
+              "batch_window_us = 500\n"
+              "threads = 2\n"
+              "[map north]\n"
+              "path = /maps/north.map\n"
+              "[map south-2020.v1]\n"
+              "path = /maps/south.map\n"
+              "[search]\n"
+              "tiles = 32\n"
+              "[metrics]\n"
+              "listen = 127.0.0.1:9100\n",
+              &cfg)) {
+    CHECK_EQ_INT(cfg.max_frames_in_flight, 8);
+    CHECK_EQ_INT(cfg.queue_depth, 100);
+    CHECK_EQ_INT(cfg.stale_after_ms, 0);
+    CHECK_EQ_INT(cfg.default_top_k, 3);
+    CHECK_EQ_STR(cfg.model_path, "/m/model.safetensors");
+    CHECK_EQ_INT(cfg.backend, GL_CONFIG_BACKEND_CPU);
+    CHECK_EQ_INT(cfg.precision, GL_CONFIG_FP16);
+    CHECK_EQ_INT(cfg.max_batch, 16);
+    CHECK_EQ_INT(cfg.batch_window_us, 500);
+    CHECK_EQ_INT(cfg.model_threads, 2);
+    CHECK_EQ_INT(cfg.n_maps, 2);
+    CHECK_EQ_STR(cfg.maps[0].name, "north");
+    CHECK_EQ_STR(cfg.maps[0].path, "/maps/north.map");
+    CHECK_EQ_STR(cfg.maps[1].name, "south-2020.v1");
+    CHECK_EQ_INT(cfg.maps[1].line, 15);
+    CHECK_EQ_INT(cfg.search_tiles, 32);
+    CHECK_EQ_STR(cfg.metrics_listen, "127.0.0.1:9100");
+    gl_config_fini(&cfg);
+  }
+  /* No [model]: the daemon serves the protocol without localization. */
+  if (LOAD_OK("[listen]\ntcp = 127.0.0.1:7700\n", &cfg)) {
+    CHECK(cfg.model_path == NULL);
+    CHECK_EQ_INT(cfg.backend, GL_CONFIG_BACKEND_AUTO);
+    CHECK_EQ_INT(cfg.precision, GL_CONFIG_FP32);
+    CHECK_EQ_INT(cfg.n_maps, 0);
+    gl_config_fini(&cfg);
+  }
+  EXPECT_ERR("[model]\npath = /m\nbackend = tpu\n", GL_ECONFIG, 3, 0, "model", "backend");
+  EXPECT_ERR("[model]\nprecision = fp8\npath = /m\n", GL_ECONFIG, 2, 0, "model", "precision");
+  EXPECT_ERR("[daemon]\n[model]\nmax_batch = 4\n", GL_ECONFIG, 2, 0, "model", "path");
+  EXPECT_ERR("[model]\npath = /m\nmax_batch = 0\n", GL_ECONFIG, 3, 0, "model", "max_batch");
+  EXPECT_ERR("[model]\npath = /m\n\n[map a]\n", GL_ECONFIG, 4, 0, "map a", "path");
+  EXPECT_ERR("[map a]\npath = /a.map\n", GL_ECONFIG, 1, 0, "map a", "model");
+  EXPECT_ERR("[model]\npath = /m\n[map a]\npath = /a\n[map a]\npath = /b\n", GL_ECONFIG, 5, 0,
+             "map a", "duplicate");
+  EXPECT_ERR("[model]\npath = /m\n[map a]\npath = /a\npath = /b\n", GL_ECONFIG, 5, 0, "map a",
+             "path");
+  EXPECT_ERR("[model]\npath = /m\n[map a]\nfile = /a\n", GL_ECONFIG, 4, 0, "map a", "file");
+  EXPECT_ERR("[model]\npath = /m\n[map a/b]\npath = /a\n", GL_ECONFIG, 3, 0, "map a/b",
+             "name");
+  /* An empty section is checked too, not only sections with keys. */
+  EXPECT_ERR("[daemon]\nmax_clients = 4\n[deamon]\n", GL_ECONFIG, 3, 0, "deamon", "deamon");
+  EXPECT_ERR("[metrics]\nlisten = 0.0.0.0:9100\n", GL_ECONFIG, 2, 0, "metrics", "listen");
+  EXPECT_ERR("[metrics]\nlisten = localhost:9100\n", GL_ECONFIG, 2, 0, "metrics", "listen");
+  if (LOAD_OK("[listen]\nallow_remote_plaintext = true\n[metrics]\nlisten = 0.0.0.0:9100\n",
+              &cfg))
+    gl_config_fini(&cfg);
+}
+
 int main(void) {
   make_tmpdir();
   RUN(test_full);
@@ -722,6 +798,7 @@ int main(void) {
   RUN(test_small_err_buffer);
   RUN(test_long_line);
   RUN(test_addr);
+  RUN(test_serving);
   remove_tmpdir();
   return TEST_END();
 }
