@@ -4,6 +4,8 @@
 #define GL_TOOLS_COMMANDS_H
 
 int gl_cmd_ping(int argc, char **argv);
+int gl_cmd_encode(int argc, char **argv);
+int gl_cmd_inspect(int argc, char **argv);
 int gl_cmd_query(int argc, char **argv);
 
 #endif

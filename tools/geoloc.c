@@ -17,6 +17,8 @@ static const struct {
   int (*run)(int argc, char **argv);
   const char *help;
 } commands[] = {
+    {"encode", gl_cmd_encode, "print the descriptor of each image (JSON arrays)"},
+    {"inspect", gl_cmd_inspect, "print a model's config, size and sha256"},
     {"ping", gl_cmd_ping, "handshake with geolocd, then measure round trips"},
     {"query", gl_cmd_query, "stream images to geolocd and print the estimates"},
     {"version", cmd_version, "print the version"},

@@ -1,0 +1,220 @@
+/* geoloc encode: descriptors of image files, computed on the CPU by the C
+ * engine; one JSON array per image and line, like `python -m geoloc_train
+ * encode` (the parity test compares the two). */
+#include <getopt.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "commands.h"
+#include "core/err.h"
+#include "img/img.h"
+#include "nn/nn.h"
+
+#define DEFAULT_BATCH 8u
+#define DEFAULT_MAX_PIXELS (64ull << 20)
+/* The engine is planned for at least a full-HD frame, and re-planned only
+ * when an image is larger than everything so far. */
+#define ENGINE_MIN_PIXELS (1920ull * 1080ull)
+#define ENGINE_MAX_PIXELS (1ull << 32)
+
+static void usage(FILE *f) {
+  fprintf(f, "usage: geoloc encode --model M.safetensors [options] IMAGE...\n"
+             "\n"
+             "Prints the descriptor of each JPEG or PNG image as a JSON array of floats,\n"
+             "one line per image, in the order given.\n"
+             "\n"
+             "  --model FILE       model file (safetensors, see python/geoloc_train)\n"
+             "  --threads N        CPU threads (default: all cores)\n"
+             "  --batch N          images per engine call (default 8)\n"
+             "  --max-pixels N     refuse images with more pixels (default 67108864)\n");
+}
+
+/* Parses a whole decimal number in [min, max]; 0 on success. */
+static int parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *out) {
+  char *end;
+  if (!s || !*s || *s == '-')
+    return -1;
+  unsigned long long v = strtoull(s, &end, 10);
+  if (*end || v < min || v > max)
+    return -1;
+  *out = v;
+  return 0;
+}
+
+/* %.9g round-trips a float; non-finite values are spelled as Python's
+ * json.dumps spells them. */
+static void print_vector(const float *v, uint32_t n) {
+  putchar('[');
+  for (uint32_t i = 0; i < n; i++) {
+    if (i)
+      fputs(", ", stdout);
+    if (isnan(v[i]))
+      fputs("NaN", stdout);
+    else if (isinf(v[i]))
+      fputs(v[i] > 0 ? "Infinity" : "-Infinity", stdout);
+    else
+      printf("%.9g", (double)v[i]);
+  }
+  fputs("]\n", stdout);
+}
+
+/* Prints err, naming path unless the message already does. */
+static void report(const char *path, const char *err) {
+  if (strstr(err, path))
+    fprintf(stderr, "geoloc encode: %s\n", err);
+  else
+    fprintf(stderr, "geoloc encode: %s: %s\n", path, err);
+}
+
+int gl_cmd_encode(int argc, char **argv) {
+  static const struct option opts[] = {
+      {"model", required_argument, NULL, 'm'}, {"threads", required_argument, NULL, 't'},
+      {"batch", required_argument, NULL, 'b'}, {"max-pixels", required_argument, NULL, 'p'},
+      {"help", no_argument, NULL, 'h'},        {NULL, 0, NULL, 0},
+  };
+  const char *model_path = NULL;
+  uint64_t threads = 0, batch = DEFAULT_BATCH, max_pixels = DEFAULT_MAX_PIXELS;
+  int o;
+  while ((o = getopt_long(argc, argv, "m:", opts, NULL)) != -1) {
+    switch (o) {
+    case 'm':
+      model_path = optarg;
+      break;
+    case 't':
+      if (parse_u64(optarg, 1, 4096, &threads)) {
+        fprintf(stderr, "geoloc encode: --threads wants a number from 1 to 4096\n");
+        return 2;
+      }
+      break;
+    case 'b':
+      if (parse_u64(optarg, 1, 1024, &batch)) {
+        fprintf(stderr, "geoloc encode: --batch wants a number from 1 to 1024\n");
+        return 2;
+      }
+      break;
+    case 'p':
+      if (parse_u64(optarg, 1, ENGINE_MAX_PIXELS, &max_pixels)) {
+        fprintf(stderr, "geoloc encode: --max-pixels wants a number from 1 to %llu\n",
+                (unsigned long long)ENGINE_MAX_PIXELS);
+        return 2;
+      }
+      break;
+    case 'h':
+      usage(stdout);
+      return 0;
+    default:
+      usage(stderr);
+      return 2;
+    }
+  }
+  if (!model_path || optind >= argc) {
+    usage(stderr);
+    return 2;
+  }
+  char **paths = argv + optind;
+  uint32_t n_paths = (uint32_t)(argc - optind);
+  if ((uint64_t)n_paths < batch)
+    batch = n_paths;
+
+  char err[512];
+  int status = 1, rc;
+  struct gl_nn_model *model = NULL;
+  struct gl_nn_engine *engine = NULL;
+  uint64_t engine_pixels = 0;
+  struct gl_image *imgs = NULL;
+  float *out = NULL;
+
+  rc = gl_nn_model_load(model_path, &model, err, sizeof err);
+  if (rc != GL_OK) {
+    report(model_path, err[0] ? err : gl_strerror(rc));
+    return 1;
+  }
+  uint32_t dim = gl_nn_model_descriptor_dim(model);
+  if (dim == 0) {
+    report(model_path, "the model has no descriptor head");
+    goto done;
+  }
+  imgs = calloc(batch, sizeof *imgs);
+  out = malloc((size_t)batch * dim * sizeof *out);
+  if (!imgs || !out) {
+    fprintf(stderr, "geoloc encode: out of memory\n");
+    goto done;
+  }
+
+  for (uint32_t first = 0; first < n_paths; first += (uint32_t)batch) {
+    uint32_t n = n_paths - first < batch ? n_paths - first : (uint32_t)batch;
+    uint64_t need = 0;
+    /* On a bad image, the ones before it are still encoded and printed (as
+     * the Python command does), then the command fails. */
+    const char *bad_path = NULL;
+    char img_err[512];
+    for (uint32_t k = 0; k < n; k++) {
+      rc = gl_img_load(paths[first + k], max_pixels, &imgs[k], img_err, sizeof img_err);
+      if (rc != GL_OK) {
+        if (!img_err[0])
+          snprintf(img_err, sizeof img_err, "%s", gl_strerror(rc));
+        bad_path = paths[first + k];
+        n = k;
+        break;
+      }
+      uint64_t px = (uint64_t)imgs[k].width * imgs[k].height;
+      if (px > need)
+        need = px;
+    }
+    if (n > 0 && (!engine || need > engine_pixels)) {
+      gl_nn_engine_destroy(engine);
+      engine = NULL;
+      engine_pixels = need > ENGINE_MIN_PIXELS ? need : ENGINE_MIN_PIXELS;
+      struct gl_nn_engine_opts eo = {
+          .backend = GL_NN_BACKEND_CPU,
+          .max_batch = (uint32_t)batch,
+          .threads = (uint32_t)threads,
+          .max_input_pixels = engine_pixels,
+      };
+      err[0] = '\0';
+      rc = gl_nn_engine_create(model, &eo, &engine, err, sizeof err);
+      if (rc != GL_OK) {
+        fprintf(stderr, "geoloc encode: cannot create the CPU engine: %s\n",
+                err[0] ? err : gl_strerror(rc));
+        engine = NULL;
+        goto free_batch;
+      }
+    }
+    if (n > 0) {
+      rc = gl_nn_engine_encode(engine, imgs, n, out);
+      if (rc != GL_OK) {
+        fprintf(stderr, "geoloc encode: encoding %s%s failed: %s\n", paths[first],
+                n > 1 ? " and the rest of its batch" : "", gl_strerror(rc));
+        goto free_batch;
+      }
+    }
+    for (uint32_t k = 0; k < n; k++) {
+      print_vector(out + (size_t)k * dim, dim);
+      gl_img_free(&imgs[k]);
+    }
+    if (bad_path) {
+      fflush(stdout);
+      report(bad_path, img_err);
+      goto free_batch;
+    }
+  }
+  if (fflush(stdout) != 0 || ferror(stdout)) {
+    fprintf(stderr, "geoloc encode: cannot write the output\n");
+    goto done;
+  }
+  status = 0;
+  goto done;
+
+free_batch:
+  for (uint32_t k = 0; k < batch; k++)
+    gl_img_free(&imgs[k]);
+done:
+  free(out);
+  free(imgs);
+  gl_nn_engine_destroy(engine);
+  gl_nn_model_destroy(model);
+  return status;
+}
