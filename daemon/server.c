@@ -14,7 +14,10 @@
 #include "core/err.h"
 #include "core/log.h"
 #include "gl_build_config.h"
+#include "metrics.h"
+#include "pipeline.h"
 #include "proto/wire.h"
+#include "runtime.h"
 #include "sd.h"
 #include "tls.h"
 
@@ -70,7 +73,12 @@ struct gl_conn {
   bool read_paused;
   bool peer_eof;
   bool shutdown_done;
-  bool closing; /* uv_close issued */
+  bool closing;  /* uv_close issued */
+  bool draining; /* SIGTERM: answer what is in flight, then say goodbye */
+  uint32_t inflight; /* frames accepted and not answered yet */
+  gl_err_code bye_code; /* while draining: the fatal Error to send last */
+  char bye_text[256];
+  char map[65];      /* the map this stream localizes against */
   int open_handles;
   uint64_t session_id;
   char peer[96];
@@ -86,6 +94,19 @@ struct gl_write {
 struct gl_server {
   uv_loop_t *loop;
   struct gl_config cfg;
+  struct gl_runtime *rt; /* NULL without a [model] */
+  struct gl_metrics *metrics;
+  uv_timer_t heartbeat;
+  struct gl_pipeline *pipe;
+  uint32_t queued; /* frames in the pipeline, all clients */
+  /* A SIGHUP loads the new runtime on the thread pool. */
+  bool reloading, reload_again;
+  uv_work_t reload_work;
+  struct gl_config reload_cfg;
+  struct gl_runtime *reload_rt;
+  struct gl_tls_ctx *reload_ctx;
+  int reload_rc;
+  char reload_err[512];
   struct gl_tls_ctx *tls_ctx;
   struct gl_listener listeners[GL_MAX_LISTENERS];
   int n_listeners;
@@ -125,7 +146,7 @@ static void gl__on_write(uv_write_t *req, int status) {
     gl__conn_close(c);
     return;
   }
-  if (c->read_paused && !c->closing &&
+  if (c->read_paused && !c->closing && !c->draining &&
       uv_stream_get_write_queue_size(&c->io.stream) < GL_WRITE_LOW) {
     c->read_paused = false;
     if (c->state != GL_CONN_CLOSING || !c->peer_eof)
@@ -199,6 +220,16 @@ static void gl__conn_error(struct gl_conn *c, gl_err_code code, const uint64_t *
   va_start(ap, fmt);
   vsnprintf(text, sizeof text, fmt, ap);
   va_end(ap);
+  if (fatal && c->inflight > 0) {
+    /* Frames in flight are answered first; the stream ends after them. */
+    if (!c->draining) {
+      c->draining = true;
+      c->bye_code = code;
+      snprintf(c->bye_text, sizeof c->bye_text, "%s", text);
+      uv_read_stop(&c->io.stream);
+    }
+    return;
+  }
   const ProtobufCEnumValue *ev =
       protobuf_c_enum_descriptor_get_value(&geoloc__v1__error__code__descriptor, (int)code);
   gl_log(fatal ? GL_LOG_NOTICE : GL_LOG_DEBUG, "session %llu (%s): %s error %s: %s",
@@ -225,9 +256,10 @@ static void gl__conn_error(struct gl_conn *c, gl_err_code code, const uint64_t *
 
 /* ---- connection lifecycle ---------------------------------------------- */
 
-static void gl__on_conn_closed(uv_handle_t *h) {
-  struct gl_conn *c = h->data;
-  if (--c->open_handles > 0)
+/* A connection is freed once its handles are closed and none of its frames
+ * is still in the pipeline (a job points at it until it is answered). */
+static void gl__conn_release(struct gl_conn *c) {
+  if (c->open_handles > 0 || c->inflight > 0)
     return;
   struct gl_server *srv = c->srv;
   if (c->prev)
@@ -238,12 +270,19 @@ static void gl__on_conn_closed(uv_handle_t *h) {
     c->next->prev = c->prev;
   if (c->admitted)
     srv->n_admitted--;
+  gl_metrics_set_clients(srv->metrics, srv->n_admitted);
   srv->n_conns--;
   GL_LOG_D("session %llu (%s): closed", (unsigned long long)c->session_id, c->peer);
   gl_tls_conn_destroy(c->tls);
   gl_wire_decoder_fini(&c->dec);
   free(c);
   gl__srv_maybe_done(srv);
+}
+
+static void gl__on_conn_closed(uv_handle_t *h) {
+  struct gl_conn *c = h->data;
+  c->open_handles--;
+  gl__conn_release(c);
 }
 
 static void gl__conn_close(struct gl_conn *c) {
@@ -274,6 +313,7 @@ static void gl__conn_finish(struct gl_conn *c) {
   if (c->admitted) {
     c->admitted = false;
     c->srv->n_admitted--;
+    gl_metrics_set_clients(c->srv->metrics, c->srv->n_admitted);
   }
   if (c->tls) {
     gl_tls_conn_shutdown(c->tls);
@@ -332,17 +372,43 @@ static void gl__conn_hello(struct gl_conn *c, const Geoloc__V1__Hello *h) {
                    GL_PROTOCOL_VERSION);
     return;
   }
-  if (h->map && h->map[0]) {
+  const struct gl_runtime *rt = c->srv->rt;
+  const char *names[GL_CONFIG_MAX_MAPS];
+  uint32_t n_maps = rt ? rt->n_maps : 0;
+  char list[256] = "";
+  for (uint32_t i = 0; i < n_maps; i++) {
+    names[i] = rt->maps[i].name;
+    snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", i ? ", " : "", names[i]);
+  }
+  if (n_maps == 0 && h->map && h->map[0]) {
     gl__conn_error(c, GEOLOC__V1__ERROR__CODE__UNAVAILABLE, NULL, true,
                    "map '%.64s' is not loaded (this server has no maps)", h->map);
     return;
+  }
+  if (n_maps > 0) {
+    int i = gl_runtime_find_map(rt, h->map);
+    if (i < 0 && h->map && h->map[0]) {
+      gl__conn_error(c, GEOLOC__V1__ERROR__CODE__UNAVAILABLE, NULL, true,
+                     "no map named '%.64s' (maps: %s)", h->map, list);
+      return;
+    }
+    if (i < 0) {
+      gl__conn_error(c, GEOLOC__V1__ERROR__CODE__BAD_REQUEST, NULL, true,
+                     "this server has several maps: name one of %s in Hello", list);
+      return;
+    }
+    snprintf(c->map, sizeof c->map, "%s", rt->maps[i].name);
   }
   Geoloc__V1__Welcome w = GEOLOC__V1__WELCOME__INIT;
   gl_server_msg m = GEOLOC__V1__SERVER_MESSAGE__INIT;
   w.has_protocol_version = 1;
   w.protocol_version = GL_PROTOCOL_VERSION;
   w.server = (char *)"geolocd " GL_VERSION;
-  w.map = (char *)"";
+  w.map = c->map;
+  w.n_maps = n_maps;
+  w.maps = (char **)names;
+  w.has_max_frames_in_flight = 1;
+  w.max_frames_in_flight = cfg->max_frames_in_flight;
   w.has_max_message_bytes = 1;
   w.max_message_bytes = cfg->max_message_bytes;
   w.has_session_id = 1;
@@ -369,6 +435,100 @@ static void gl__conn_ping(struct gl_conn *c, const Geoloc__V1__Ping *p) {
   gl__conn_send(c, &m);
 }
 
+/* Estimate{status} with no candidates, for frames answered before
+ * inference (BUSY). */
+static void gl__conn_status(struct gl_conn *c, uint64_t frame_id,
+                            Geoloc__V1__Estimate__Status status) {
+  Geoloc__V1__Estimate e = GEOLOC__V1__ESTIMATE__INIT;
+  gl_server_msg m = GEOLOC__V1__SERVER_MESSAGE__INIT;
+  e.has_frame_id = e.has_status = 1;
+  e.frame_id = frame_id;
+  e.status = status;
+  e.map = c->map;
+  m.msg_case = GEOLOC__V1__SERVER_MESSAGE__MSG_ESTIMATE;
+  m.estimate = &e;
+  gl__conn_send(c, &m);
+}
+
+/* Checks a Frame and queues it. Takes ownership of m when it returns true
+ * (the job frees it); every path answers the frame or queues it, so it is
+ * answered exactly once. */
+static bool gl__conn_frame(struct gl_conn *c, gl_client_msg *m) {
+  struct gl_server *srv = c->srv;
+  const struct gl_config *cfg = &srv->cfg;
+  const Geoloc__V1__Frame *f = m->frame;
+  uint64_t id = f->frame_id;
+  const gl_err_code BAD = GEOLOC__V1__ERROR__CODE__BAD_REQUEST;
+  if (c->state != GL_CONN_READY) {
+    gl__conn_error(c, GEOLOC__V1__ERROR__CODE__PROTOCOL, &id, true, "Frame before Hello");
+    return false;
+  }
+  int map = srv->rt ? gl_runtime_find_map(srv->rt, c->map) : -1;
+  if (map < 0)
+    gl_metrics_frame(srv->metrics, GL_METRICS_FRAME_UNAVAILABLE);
+  if (map < 0 && (!srv->rt || srv->rt->n_maps == 0)) {
+    gl__conn_error(c, GEOLOC__V1__ERROR__CODE__UNAVAILABLE, &id, false,
+                   "frame %llu: no model or map is loaded", (unsigned long long)id);
+    return false;
+  }
+  if (map < 0) { /* a reload dropped the stream's map */
+    gl__conn_error(c, GEOLOC__V1__ERROR__CODE__UNAVAILABLE, &id, false,
+                   "frame %llu: map '%s' is no longer loaded", (unsigned long long)id, c->map);
+    return false;
+  }
+  if (!f->has_image || f->image.len == 0) {
+    gl_metrics_frame(srv->metrics, GL_METRICS_FRAME_BAD_IMAGE);
+    gl__conn_error(c, GEOLOC__V1__ERROR__CODE__BAD_IMAGE, &id, false, "frame %llu has no image",
+                   (unsigned long long)id);
+    return false;
+  }
+  if (f->top_k > GL_JOB_MAX_CANDIDATES) {
+    gl_metrics_frame(srv->metrics, GL_METRICS_FRAME_ERROR);
+    gl__conn_error(c, BAD, &id, false, "top_k %u is above the limit of %d", f->top_k,
+                   GL_JOB_MAX_CANDIDATES);
+    return false;
+  }
+  const Geoloc__V1__Prior *pr = f->prior;
+  if (pr && !(pr->lat >= -90 && pr->lat <= 90 && pr->lon >= -180 && pr->lon <= 180 &&
+              pr->radius_m > 0 && pr->radius_m <= 20037509)) {
+    gl_metrics_frame(srv->metrics, GL_METRICS_FRAME_ERROR);
+    gl__conn_error(c, BAD, &id, false,
+                   "prior needs lat in [-90, 90], lon in [-180, 180] and radius_m in "
+                   "(0, 20037509]");
+    return false;
+  }
+  /* Backpressure: a bounded pipeline answers BUSY at once rather than
+   * letting frames grow stale in a queue. */
+  if (c->inflight >= cfg->max_frames_in_flight || srv->queued >= cfg->queue_depth) {
+    gl_metrics_frame(srv->metrics, GL_METRICS_FRAME_BUSY);
+    gl__conn_status(c, id, GEOLOC__V1__ESTIMATE__STATUS__BUSY);
+    return false;
+  }
+  struct gl_job *job = calloc(1, sizeof *job);
+  if (!job) {
+    gl_metrics_frame(srv->metrics, GL_METRICS_FRAME_ERROR);
+    gl__conn_error(c, GEOLOC__V1__ERROR__CODE__INTERNAL, &id, false, "out of memory");
+    return false;
+  }
+  job->owner = c;
+  job->rt = gl_runtime_ref(srv->rt);
+  job->map = (uint32_t)map;
+  job->msg = m;
+  job->frame_id = id;
+  job->top_k = f->top_k ? f->top_k : cfg->default_top_k;
+  job->max_pixels = cfg->max_decoded_pixels;
+  job->t_received = gl_pipeline_now_us();
+  if (pr) {
+    job->has_prior = true;
+    job->prior = (struct gl_map_prior){pr->lat, pr->lon, pr->radius_m};
+  }
+  c->inflight++;
+  srv->queued++;
+  gl_metrics_add_in_flight(srv->metrics, 1);
+  gl_pipeline_submit(srv->pipe, job);
+  return true;
+}
+
 static void gl__conn_message(struct gl_conn *c, const uint8_t *body, size_t len) {
   gl_client_msg *m;
   if (gl_wire_unpack_client(body, len, &m) != GL_OK) {
@@ -390,17 +550,10 @@ static void gl__conn_message(struct gl_conn *c, const uint8_t *body, size_t len)
     else
       gl__conn_error(c, GEOLOC__V1__ERROR__CODE__PROTOCOL, NULL, true, "Ping before Hello");
     break;
-  case GEOLOC__V1__CLIENT_MESSAGE__MSG_FRAME: {
-    const Geoloc__V1__Frame *f = m->frame;
-    uint64_t id = f->frame_id;
-    /* Every frame gets exactly one answer naming it. */
-    if (ready)
-      gl__conn_error(c, GEOLOC__V1__ERROR__CODE__UNAVAILABLE, &id, false,
-                     "frame %llu: no model or map is loaded", (unsigned long long)id);
-    else
-      gl__conn_error(c, GEOLOC__V1__ERROR__CODE__PROTOCOL, &id, true, "Frame before Hello");
+  case GEOLOC__V1__CLIENT_MESSAGE__MSG_FRAME:
+    if (gl__conn_frame(c, m))
+      m = NULL; /* the job owns it */
     break;
-  }
   default: /* gl_wire_unpack_client refuses a message without a oneof */
     break;
   }
@@ -408,9 +561,98 @@ static void gl__conn_message(struct gl_conn *c, const uint8_t *body, size_t len)
   gl__conn_arm_timer(c);
 }
 
+static void gl__job_metrics(struct gl_metrics *mx, const struct gl_job *job) {
+  static const enum gl_metrics_status status[] = {
+      [GL_JOB_OK] = GL_METRICS_FRAME_OK,
+      [GL_JOB_BAD_IMAGE] = GL_METRICS_FRAME_BAD_IMAGE,
+      [GL_JOB_STALE] = GL_METRICS_FRAME_DROPPED_STALE,
+      [GL_JOB_FAILED] = GL_METRICS_FRAME_ERROR,
+  };
+  gl_metrics_add_in_flight(mx, -1);
+  gl_metrics_frame(mx, job->result == GL_JOB_OK && job->n_cand == 0 ? GL_METRICS_FRAME_NO_MATCH
+                                                                    : status[job->result]);
+  gl_metrics_observe(mx, GL_METRICS_DECODE, job->decode_us);
+  if (job->result == GL_JOB_BAD_IMAGE)
+    return;
+  gl_metrics_observe(mx, GL_METRICS_QUEUE, job->t_batched - job->t_decoded);
+  if (job->result != GL_JOB_OK)
+    return;
+  gl_metrics_observe(mx, GL_METRICS_INFER, job->infer_us);
+  gl_metrics_observe(mx, GL_METRICS_SEARCH, job->search_us);
+  if (job->batch_first)
+    gl_metrics_batch(mx, job->batch_size);
+}
+
+/* A finished job, on the loop thread: the frame's one answer. */
+static void gl__on_job_done(void *ud, struct gl_job *job) {
+  struct gl_server *srv = ud;
+  struct gl_conn *c = job->owner;
+  uint64_t id = job->frame_id;
+  srv->queued--;
+  c->inflight--;
+  gl__job_metrics(srv->metrics, job);
+  if (c->state != GL_CONN_CLOSING) {
+    switch (job->result) {
+    case GL_JOB_BAD_IMAGE:
+      gl__conn_error(c, GEOLOC__V1__ERROR__CODE__BAD_IMAGE, &id, false, "frame %llu: %s",
+                     (unsigned long long)id, job->error);
+      break;
+    case GL_JOB_FAILED:
+      gl__conn_error(c, GEOLOC__V1__ERROR__CODE__INTERNAL, &id, false, "frame %llu: %s",
+                     (unsigned long long)id, job->error);
+      break;
+    case GL_JOB_STALE:
+      gl__conn_status(c, id, GEOLOC__V1__ESTIMATE__STATUS__DROPPED_STALE);
+      break;
+    case GL_JOB_OK: {
+      Geoloc__V1__Candidate cand[GL_JOB_MAX_CANDIDATES], *cp[GL_JOB_MAX_CANDIDATES];
+      Geoloc__V1__Timing t = GEOLOC__V1__TIMING__INIT;
+      Geoloc__V1__Estimate e = GEOLOC__V1__ESTIMATE__INIT;
+      gl_server_msg m = GEOLOC__V1__SERVER_MESSAGE__INIT;
+      for (uint32_t i = 0; i < job->n_cand; i++) {
+        const struct gl_job_candidate *jc = &job->cand[i];
+        geoloc__v1__candidate__init(&cand[i]);
+        cand[i].has_lat = cand[i].has_lon = cand[i].has_score = cand[i].has_radius_m = 1;
+        cand[i].has_tile_id = cand[i].has_confidence = 1;
+        cand[i].lat = jc->lat;
+        cand[i].lon = jc->lon;
+        cand[i].score = jc->score;
+        cand[i].radius_m = jc->radius_m;
+        cand[i].tile_id = (uint64_t)jc->tile_id;
+        cand[i].confidence = jc->confidence;
+        cp[i] = &cand[i];
+      }
+      t.has_decode_us = t.has_queue_us = t.has_infer_us = t.has_search_us = t.has_total_us = 1;
+      t.decode_us = job->decode_us;
+      t.queue_us = (uint32_t)(job->t_batched - job->t_decoded);
+      t.infer_us = job->infer_us;
+      t.search_us = job->search_us;
+      t.total_us = (uint32_t)(job->t_done - job->t_received);
+      e.has_frame_id = e.has_status = 1;
+      e.frame_id = id;
+      e.status = job->n_cand ? GEOLOC__V1__ESTIMATE__STATUS__OK
+                             : GEOLOC__V1__ESTIMATE__STATUS__NO_MATCH;
+      e.n_candidates = job->n_cand;
+      e.candidates = cp;
+      e.timing = &t;
+      e.map = job->rt->maps[job->map].name;
+      m.msg_case = GEOLOC__V1__SERVER_MESSAGE__MSG_ESTIMATE;
+      m.estimate = &e;
+      gl__conn_send(c, &m);
+      break;
+    }
+    }
+    if (c->draining && c->inflight == 0 && c->state != GL_CONN_CLOSING)
+      gl__conn_error(c, c->bye_code, NULL, true, "%s", c->bye_text);
+  }
+  gl_runtime_unref(job->rt);
+  gl_job_free(job);
+  gl__conn_release(c);
+}
+
 /* Plaintext protocol bytes in. */
 static void gl__conn_input(struct gl_conn *c, const uint8_t *data, size_t len) {
-  while (len > 0 && c->state != GL_CONN_CLOSING) {
+  while (len > 0 && c->state != GL_CONN_CLOSING && !c->draining) {
     size_t used;
     const uint8_t *body;
     size_t body_len;
@@ -502,8 +744,8 @@ static void gl__on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
       gl__conn_finish(c); /* flush our answers, then close */
     return;
   }
-  if (c->state == GL_CONN_CLOSING)
-    return; /* lingering: what the peer still sends is discarded */
+  if (c->state == GL_CONN_CLOSING || c->draining)
+    return; /* lingering or draining: what the peer still sends is discarded */
   if (c->tls)
     gl__conn_tls_input(c, (const uint8_t *)buf->base, (size_t)nread);
   else
@@ -569,6 +811,7 @@ static void gl__on_connection(uv_stream_t *ls, int status) {
   } else {
     c->admitted = true;
     srv->n_admitted++;
+    gl_metrics_set_clients(srv->metrics, srv->n_admitted);
   }
   if (l->tls && gl_tls_conn_create(srv->tls_ctx, &c->tls) != GL_OK) {
     GL_LOG_E("%s: cannot create TLS state for %s", l->name, c->peer);
@@ -734,15 +977,22 @@ static void gl__on_watchdog(uv_timer_t *t) {
 
 static void gl__on_server_handle_closed(uv_handle_t *h) { (void)h; }
 
+static void gl__on_heartbeat(uv_timer_t *t) {
+  struct gl_server *srv = t->data;
+  gl_metrics_heartbeat(srv->metrics);
+}
+
 static void gl__srv_maybe_done(struct gl_server *srv) {
   if (!srv->stopping || srv->conns || srv->finished)
     return;
   srv->finished = true;
+  gl_pipeline_stop(srv->pipe); /* nothing is pending: no connection is left */
   uv_close((uv_handle_t *)&srv->sig_term, gl__on_server_handle_closed);
   uv_close((uv_handle_t *)&srv->sig_int, gl__on_server_handle_closed);
   uv_close((uv_handle_t *)&srv->sig_hup, gl__on_server_handle_closed);
   uv_close((uv_handle_t *)&srv->watchdog, gl__on_server_handle_closed);
   uv_close((uv_handle_t *)&srv->drain, gl__on_server_handle_closed);
+  uv_close((uv_handle_t *)&srv->heartbeat, gl__on_server_handle_closed);
 }
 
 static void gl__on_drain_timeout(uv_timer_t *t) {
@@ -771,6 +1021,7 @@ static void gl__srv_stop(struct gl_server *srv, int signum) {
   srv->stopping = true;
   GL_LOG_N("%s: draining %u connection(s)", strsignal(signum), srv->n_conns);
   gl__notify_status(srv, "STOPPING=1\n");
+  gl_metrics_set_ready(srv->metrics, false);
   gl__close_listeners(srv);
   for (struct gl_conn *c = srv->conns, *next; c; c = next) {
     next = c->next; /* closing may unlink c */
@@ -799,10 +1050,82 @@ static void gl__swap_str(char **a, char **b) {
   *b = t;
 }
 
+static void gl__srv_reload(struct gl_server *srv);
+
+static void gl__report_runtime(struct gl_server *srv) {
+  gl_metrics_set_backend(srv->metrics, srv->rt ? gl_nn_engine_backend_name(srv->rt->engine)
+                                               : "none");
+  gl_metrics_set_maps(srv->metrics, srv->rt ? srv->rt->n_maps : 0);
+}
+
+/* Adopts a reloaded configuration, its TLS context and runtime (NULL when
+ * it has no [model]): everything changes at once, on the loop thread. */
+static void gl__srv_apply(struct gl_server *srv, struct gl_config *nc, struct gl_tls_ctx *ctx,
+                          struct gl_runtime *rt) {
+  if (!srv->activated &&
+      (gl__str_differs(nc->tcp, srv->cfg.tcp) ||
+       gl__str_differs(nc->unix_path, srv->cfg.unix_path) || gl__str_differs(nc->tls, srv->cfg.tls)))
+    GL_LOG_W("[listen] changed: the new addresses take effect at the next restart");
+  if (ctx) {
+    gl_tls_ctx_release(srv->tls_ctx); /* open connections keep their reference */
+    srv->tls_ctx = ctx;
+  }
+  /* Frames in flight keep the runtime they were accepted with. */
+  gl_runtime_unref(srv->rt);
+  srv->rt = rt;
+  gl__report_runtime(srv);
+  /* The listeners in use stay recorded as they were opened: swap their
+   * addresses into nc, free the rest of the old config, adopt nc. */
+  gl__swap_str(&nc->tcp, &srv->cfg.tcp);
+  gl__swap_str(&nc->unix_path, &srv->cfg.unix_path);
+  gl__swap_str(&nc->tls, &srv->cfg.tls);
+  gl_config_fini(&srv->cfg);
+  srv->cfg = *nc;
+  gl_config_defaults(nc);
+  /* Open connections keep the message limit their Welcome announced. */
+  gl_log_init(srv->cfg.log_level);
+  GL_LOG_N("configuration reloaded%s", rt ? " with its model and maps" : "");
+  gl__notify_status(srv, "READY=1\n");
+}
+
+static void gl__reload_work(uv_work_t *w) {
+  struct gl_server *srv = w->data;
+  srv->reload_rc =
+      gl_runtime_load(&srv->reload_cfg, &srv->reload_rt, srv->reload_err, sizeof srv->reload_err);
+}
+
+static void gl__reload_done(uv_work_t *w, int status) {
+  struct gl_server *srv = w->data;
+  struct gl_tls_ctx *ctx = srv->reload_ctx;
+  srv->reloading = false;
+  srv->reload_ctx = NULL;
+  if (status == 0 && srv->reload_rc == GL_OK && !srv->stopping) {
+    gl__srv_apply(srv, &srv->reload_cfg, ctx, srv->reload_rt);
+  } else {
+    if (!srv->stopping) {
+      GL_LOG_E("reload failed, keeping the running model, maps and configuration: %s",
+               status == 0 ? srv->reload_err : uv_strerror(status));
+      gl_sd_notify("READY=1\nSTATUS=serving; last reload failed, see the log");
+    }
+    gl_runtime_unref(srv->reload_rt);
+    gl_tls_ctx_release(ctx);
+    gl_config_fini(&srv->reload_cfg);
+  }
+  srv->reload_rt = NULL;
+  if (srv->reload_again && !srv->stopping) {
+    srv->reload_again = false;
+    gl__srv_reload(srv);
+  }
+}
+
 static void gl__srv_reload(struct gl_server *srv) {
   struct gl_config nc;
   struct gl_tls_ctx *ctx = NULL;
   char err[512];
+  if (srv->reloading) {
+    srv->reload_again = true; /* after the model being loaded now */
+    return;
+  }
   gl_sd_notify("RELOADING=1");
   GL_LOG_N("SIGHUP: reloading %s", srv->cfg.path);
   int rc = gl_config_load(srv->cfg.path, &nc, err, sizeof err);
@@ -820,25 +1143,24 @@ static void gl__srv_reload(struct gl_server *srv) {
       goto fail;
     }
   }
-  if (!srv->activated &&
-      (gl__str_differs(nc.tcp, srv->cfg.tcp) || gl__str_differs(nc.unix_path, srv->cfg.unix_path) ||
-       gl__str_differs(nc.tls, srv->cfg.tls)))
-    GL_LOG_W("[listen] changed: the new addresses take effect at the next restart");
-  if (ctx) {
-    gl_tls_ctx_release(srv->tls_ctx); /* open connections keep their reference */
-    srv->tls_ctx = ctx;
+  if (!nc.model_path) {
+    gl__srv_apply(srv, &nc, ctx, NULL);
+    return;
   }
-  /* The listeners in use stay recorded as they were opened: swap their
-   * addresses into nc, free the rest of the old config, adopt nc. */
-  gl__swap_str(&nc.tcp, &srv->cfg.tcp);
-  gl__swap_str(&nc.unix_path, &srv->cfg.unix_path);
-  gl__swap_str(&nc.tls, &srv->cfg.tls);
-  gl_config_fini(&srv->cfg);
-  srv->cfg = nc;
-  /* Open connections keep the message limit their Welcome announced. */
-  gl_log_init(srv->cfg.log_level);
-  GL_LOG_N("configuration reloaded");
-  gl__notify_status(srv, "READY=1\n");
+  /* Loading a model and maps takes seconds: off the loop, while the old
+   * ones keep serving. */
+  srv->reloading = true;
+  srv->reload_cfg = nc;
+  srv->reload_ctx = ctx;
+  srv->reload_work.data = srv;
+  rc = uv_queue_work(srv->loop, &srv->reload_work, gl__reload_work, gl__reload_done);
+  if (rc < 0) {
+    srv->reloading = false;
+    snprintf(err, sizeof err, "cannot queue the model load: %s", uv_strerror(rc));
+    gl_tls_ctx_release(ctx);
+    gl_config_fini(&srv->reload_cfg);
+    goto fail;
+  }
   return;
 fail:
   GL_LOG_E("reload failed, keeping the running configuration: %s", err);
@@ -872,12 +1194,31 @@ int gl_server_create(uv_loop_t *loop, struct gl_config *cfg, struct gl_server **
   uv_signal_init(loop, &srv->sig_hup);
   uv_timer_init(loop, &srv->watchdog);
   uv_timer_init(loop, &srv->drain);
+  uv_timer_init(loop, &srv->heartbeat);
+  srv->heartbeat.data = srv;
   srv->sig_term.data = srv->sig_int.data = srv->sig_hup.data = srv;
   srv->watchdog.data = srv->drain.data = srv;
 
+  /* The model and maps load before any socket is opened: a client never
+   * reaches a daemon that is not ready to serve it. */
+  if (srv->cfg.model_path) {
+    rc = gl_runtime_load(&srv->cfg, &srv->rt, err, errlen);
+    if (rc != GL_OK)
+      goto fail;
+  }
+  rc = gl_pipeline_create(loop, gl__on_job_done, srv, &srv->pipe, err, errlen);
+  if (rc != GL_OK)
+    goto fail;
   rc = gl__listen_all(srv, err, errlen);
   if (rc != GL_OK)
     goto fail;
+  /* A NULL listen address gives a registry without an HTTP server. */
+  rc = gl_metrics_create(srv->cfg.metrics_listen, &srv->metrics, err, errlen);
+  if (rc != GL_OK)
+    goto fail;
+  gl__report_runtime(srv);
+  uv_timer_start(&srv->heartbeat, gl__on_heartbeat, GL_METRICS_HEARTBEAT_MS,
+                 GL_METRICS_HEARTBEAT_MS);
   if (gl__has_tls_listener(srv)) {
     if (!srv->cfg.tls_cert || !srv->cfg.tls_key) {
       snprintf(err, errlen, "%s: a TLS socket needs [tls] cert and key", srv->cfg.path);
@@ -910,6 +1251,7 @@ fail:
 
 int gl_server_run(struct gl_server *srv) {
   gl__notify_status(srv, "READY=1\n");
+  gl_metrics_set_ready(srv->metrics, true);
   GL_LOG_N("geolocd %s ready (protocol %d)", GL_VERSION, GL_PROTOCOL_VERSION);
   uv_run(srv->loop, UV_RUN_DEFAULT);
   GL_LOG_N("stopped");
@@ -919,6 +1261,9 @@ int gl_server_run(struct gl_server *srv) {
 void gl_server_destroy(struct gl_server *srv) {
   if (!srv)
     return;
+  gl_metrics_destroy(srv->metrics);
+  gl_pipeline_destroy(srv->pipe);
+  gl_runtime_unref(srv->rt);
   gl_tls_ctx_release(srv->tls_ctx);
   gl_config_fini(&srv->cfg);
   free(srv);

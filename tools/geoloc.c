@@ -19,6 +19,7 @@ static const struct {
 } commands[] = {
     {"encode", gl_cmd_encode, "print the descriptor of each image (JSON arrays)"},
     {"inspect", gl_cmd_inspect, "print a model's config, size and sha256"},
+    {"map", gl_cmd_map, "build (or inspect) a map pack from orthophotos"},
     {"ping", gl_cmd_ping, "handshake with geolocd, then measure round trips"},
     {"query", gl_cmd_query, "stream images to geolocd and print the estimates"},
     {"version", cmd_version, "print the version"},

@@ -1,0 +1,352 @@
+#include "pipeline.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/err.h"
+#include "core/log.h"
+#include "loc/loc.h"
+
+#define GL__MAX_BATCH 1024
+#define GL__MAX_TILES 1024
+
+struct gl_pipeline {
+  uv_loop_t *loop;
+  uv_async_t async;
+  gl_job_done_cb done_cb;
+  void *ud;
+  uint32_t pending; /* loop thread only */
+
+  pthread_t thread;
+  bool thread_started;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  bool stop;                       /* under mu */
+  struct gl_job *in_head, *in_tail; /* decoded, waiting for inference; under mu */
+  struct gl_job *done_head, *done_tail; /* finished, for the loop; under mu */
+
+  /* Inference thread only. Sized for the largest batch and descriptor seen:
+   * they grow when a reloaded model needs more, never per frame. */
+  struct gl_loc_workspace *ws;
+  float *desc;
+  size_t desc_cap;
+  struct gl_job *batch[GL__MAX_BATCH];
+  struct gl_image images[GL__MAX_BATCH];
+  struct gl_map_hit hits[GL__MAX_TILES];
+  struct gl_loc_match matches[GL__MAX_TILES];
+  struct gl_loc_estimate est[GL_JOB_MAX_CANDIDATES];
+};
+
+uint64_t gl_pipeline_now_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+void gl_job_free(struct gl_job *job) {
+  if (!job)
+    return;
+  gl_wire_free(job->msg);
+  gl_img_free(&job->image);
+  free(job);
+}
+
+static void gl__append(struct gl_job **head, struct gl_job **tail, struct gl_job *job) {
+  job->next = NULL;
+  if (*tail)
+    (*tail)->next = job;
+  else
+    *head = job;
+  *tail = job;
+}
+
+static void gl__finish_on_loop(struct gl_pipeline *p, struct gl_job *job) {
+  job->t_done = gl_pipeline_now_us();
+  p->pending--;
+  p->done_cb(p->ud, job);
+}
+
+/* ---- decoding, on the libuv thread pool --------------------------------- */
+
+static void gl__decode_work(uv_work_t *w) {
+  struct gl_job *job = w->data;
+  const Geoloc__V1__Frame *f = job->msg->frame;
+  uint64_t t0 = gl_pipeline_now_us();
+  enum gl_img_format fmt = GL_IMG_AUTO;
+  switch (f->format) {
+  case GEOLOC__V1__IMAGE_FORMAT__JPEG:
+    fmt = GL_IMG_JPEG;
+    break;
+  case GEOLOC__V1__IMAGE_FORMAT__PNG:
+    fmt = GL_IMG_PNG;
+    break;
+  case GEOLOC__V1__IMAGE_FORMAT__RGB8:
+    fmt = GL_IMG_RGB8;
+    break;
+  default:
+    break;
+  }
+  int rc = gl_img_decode(f->image.data, f->image.len, fmt, f->width, f->height, job->max_pixels,
+                         &job->image, job->error, sizeof job->error);
+  if (rc != GL_OK) {
+    job->result = GL_JOB_BAD_IMAGE;
+    if (!job->error[0])
+      snprintf(job->error, sizeof job->error, "%s", gl_strerror(rc));
+  }
+  /* The encoded bytes are not needed any more: free them while the frame
+   * waits for inference. */
+  gl_wire_free(job->msg);
+  job->msg = NULL;
+  job->t_decoded = gl_pipeline_now_us();
+  job->decode_us = (uint32_t)(job->t_decoded - t0);
+}
+
+static void gl__decode_done(uv_work_t *w, int status) {
+  struct gl_job *job = w->data;
+  struct gl_pipeline *p = job->pipe;
+  if (status == UV_ECANCELED && job->result == GL_JOB_OK) {
+    job->result = GL_JOB_FAILED;
+    snprintf(job->error, sizeof job->error, "decoding was cancelled");
+  }
+  if (job->result != GL_JOB_OK) {
+    gl__finish_on_loop(p, job);
+    return;
+  }
+  pthread_mutex_lock(&p->mu);
+  gl__append(&p->in_head, &p->in_tail, job);
+  pthread_cond_signal(&p->cv);
+  pthread_mutex_unlock(&p->mu);
+}
+
+void gl_pipeline_submit(struct gl_pipeline *p, struct gl_job *job) {
+  job->pipe = p;
+  job->work.data = job;
+  p->pending++;
+  int rc = uv_queue_work(p->loop, &job->work, gl__decode_work, gl__decode_done);
+  if (rc < 0) {
+    job->result = GL_JOB_FAILED;
+    snprintf(job->error, sizeof job->error, "cannot queue the frame: %s", uv_strerror(rc));
+    gl__finish_on_loop(p, job);
+  }
+}
+
+uint32_t gl_pipeline_pending(const struct gl_pipeline *p) { return p->pending; }
+
+/* ---- inference, search and clustering, on the inference thread ---------- */
+
+/* Search and clustering of one job whose descriptor is d. */
+static void gl__localize(struct gl_pipeline *p, struct gl_job *job, const float *d) {
+  const struct gl_runtime *rt = job->rt;
+  struct gl_map *map = rt->maps[job->map].map;
+  uint32_t k = rt->search_tiles < GL__MAX_TILES ? rt->search_tiles : GL__MAX_TILES;
+  uint32_t found = 0;
+  uint64_t t0 = gl_pipeline_now_us();
+  int rc = gl_map_search(map, d, 1, k, job->has_prior ? &job->prior : NULL, p->hits, &found,
+                         job->error, sizeof job->error);
+  if (rc != GL_OK) {
+    job->result = GL_JOB_FAILED;
+    return;
+  }
+  for (uint32_t i = 0; i < found; i++)
+    p->matches[i] = (struct gl_loc_match){p->hits[i].tile_id, p->hits[i].lat, p->hits[i].lon,
+                                          p->hits[i].score};
+  struct gl_loc_params lp;
+  gl_loc_params_init(&lp);
+  lp.bandwidth_m = rt->bandwidth_m > 0 ? rt->bandwidth_m : gl_map_tile_m(map);
+  lp.min_radius_m = gl_map_stride_m(map) / 2;
+  size_t n_est = 0;
+  uint32_t want = job->top_k < GL_JOB_MAX_CANDIDATES ? job->top_k : GL_JOB_MAX_CANDIDATES;
+  rc = gl_loc_cluster(p->ws, &lp, p->matches, found, p->est, want, &n_est);
+  if (rc != GL_OK) {
+    job->result = GL_JOB_FAILED;
+    snprintf(job->error, sizeof job->error, "clustering: %s", gl_strerror(rc));
+    return;
+  }
+  for (size_t i = 0; i < n_est; i++)
+    job->cand[i] = (struct gl_job_candidate){p->est[i].lat,
+                                             p->est[i].lon,
+                                             (float)p->est[i].best_score,
+                                             (float)p->est[i].confidence,
+                                             (float)p->est[i].radius_m,
+                                             p->est[i].tile_id};
+  job->n_cand = (uint32_t)n_est;
+  job->search_us = (uint32_t)(gl_pipeline_now_us() - t0);
+}
+
+static void gl__run_batch(struct gl_pipeline *p, struct gl_job **jobs, uint32_t n) {
+  const struct gl_runtime *rt = jobs[0]->rt;
+  uint64_t now = gl_pipeline_now_us();
+  uint32_t m = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    struct gl_job *job = jobs[i];
+    job->t_batched = now;
+    if (rt->stale_after_ms && now - job->t_received > (uint64_t)rt->stale_after_ms * 1000u) {
+      job->result = GL_JOB_STALE;
+      continue;
+    }
+    p->batch[m] = job;
+    p->images[m++] = job->image;
+  }
+  if (m == 0)
+    return;
+  size_t need = (size_t)m * rt->dim;
+  if (need > p->desc_cap) {
+    float *d = realloc(p->desc, need * sizeof *d);
+    if (!d) {
+      for (uint32_t i = 0; i < m; i++) {
+        p->batch[i]->result = GL_JOB_FAILED;
+        snprintf(p->batch[i]->error, sizeof p->batch[i]->error, "out of memory");
+      }
+      return;
+    }
+    p->desc = d;
+    p->desc_cap = need;
+  }
+  uint64_t t0 = gl_pipeline_now_us();
+  int rc = gl_nn_engine_encode(rt->engine, p->images, m, p->desc);
+  uint64_t t1 = gl_pipeline_now_us();
+  for (uint32_t i = 0; i < m; i++) {
+    struct gl_job *job = p->batch[i];
+    gl_img_free(&job->image);
+    job->t_inferred = t1;
+    job->infer_us = (uint32_t)(t1 - t0);
+    job->batch_size = m;
+    job->batch_first = i == 0;
+    if (rc != GL_OK) {
+      job->result = GL_JOB_FAILED;
+      snprintf(job->error, sizeof job->error, "inference failed: %s", gl_strerror(rc));
+      continue;
+    }
+    gl__localize(p, job, p->desc + (size_t)i * rt->dim);
+  }
+}
+
+/* Jobs at the head of the queue that share the head's runtime: they are
+ * the next batch (a reload makes batches end where the runtime changes). */
+static uint32_t gl__ready(const struct gl_pipeline *p) {
+  uint32_t n = 0;
+  for (const struct gl_job *j = p->in_head; j && j->rt == p->in_head->rt; j = j->next)
+    n++;
+  return n;
+}
+
+static void *gl__infer_main(void *arg) {
+  struct gl_pipeline *p = arg;
+  pthread_mutex_lock(&p->mu);
+  for (;;) {
+    while (!p->stop && !p->in_head)
+      pthread_cond_wait(&p->cv, &p->mu);
+    if (!p->in_head)
+      break; /* stopping with nothing queued */
+    const struct gl_runtime *rt = p->in_head->rt;
+    uint32_t max = rt->max_batch < GL__MAX_BATCH ? rt->max_batch : GL__MAX_BATCH;
+    /* Dynamic batching: take the largest batch ready, waiting at most the
+     * batch window after the oldest frame was decoded. */
+    uint64_t deadline = p->in_head->t_decoded + rt->batch_window_us;
+    while (!p->stop && gl__ready(p) < max) {
+      uint64_t now = gl_pipeline_now_us();
+      if (now >= deadline)
+        break;
+      struct timespec ts;
+      clock_gettime(CLOCK_MONOTONIC, &ts);
+      uint64_t ns = (uint64_t)ts.tv_nsec + (deadline - now) * 1000u;
+      ts.tv_sec += (time_t)(ns / 1000000000u);
+      ts.tv_nsec = (long)(ns % 1000000000u);
+      pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+    }
+    struct gl_job *jobs[GL__MAX_BATCH];
+    uint32_t n = 0;
+    while (n < max && p->in_head && p->in_head->rt == rt) {
+      jobs[n++] = p->in_head;
+      p->in_head = p->in_head->next;
+    }
+    if (!p->in_head)
+      p->in_tail = NULL;
+    pthread_mutex_unlock(&p->mu);
+
+    gl__run_batch(p, jobs, n);
+
+    pthread_mutex_lock(&p->mu);
+    for (uint32_t i = 0; i < n; i++)
+      gl__append(&p->done_head, &p->done_tail, jobs[i]);
+    uv_async_send(&p->async);
+  }
+  pthread_mutex_unlock(&p->mu);
+  return NULL;
+}
+
+static void gl__on_async(uv_async_t *a) {
+  struct gl_pipeline *p = a->data;
+  pthread_mutex_lock(&p->mu);
+  struct gl_job *job = p->done_head;
+  p->done_head = p->done_tail = NULL;
+  pthread_mutex_unlock(&p->mu);
+  while (job) {
+    struct gl_job *next = job->next;
+    gl__finish_on_loop(p, job);
+    job = next;
+  }
+}
+
+int gl_pipeline_create(uv_loop_t *loop, gl_job_done_cb done_cb, void *ud,
+                       struct gl_pipeline **out, char *err, size_t errlen) {
+  struct gl_pipeline *p = calloc(1, sizeof *p);
+  pthread_condattr_t ca;
+  *out = NULL;
+  if (!p)
+    return GL_ENOMEM;
+  p->loop = loop;
+  p->done_cb = done_cb;
+  p->ud = ud;
+  pthread_mutex_init(&p->mu, NULL);
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC); /* the batch window is monotonic time */
+  pthread_cond_init(&p->cv, &ca);
+  pthread_condattr_destroy(&ca);
+  int rc = gl_loc_workspace_create(GL__MAX_TILES, &p->ws);
+  if (rc != GL_OK) {
+    snprintf(err, errlen, "clustering workspace: %s", gl_strerror(rc));
+    goto fail;
+  }
+  /* The thread touches the async handle only for jobs, which come after
+   * this function returns, so the handle is set up last: it is the one
+   * step that needs the loop to undo. */
+  if (pthread_create(&p->thread, NULL, gl__infer_main, p) != 0) {
+    snprintf(err, errlen, "cannot start the inference thread");
+    rc = GL_ENOMEM;
+    goto fail;
+  }
+  p->thread_started = true;
+  uv_async_init(loop, &p->async, gl__on_async);
+  p->async.data = p;
+  *out = p;
+  return GL_OK;
+fail:
+  gl_pipeline_destroy(p);
+  return rc;
+}
+
+void gl_pipeline_stop(struct gl_pipeline *p) {
+  if (!p || !p->thread_started)
+    return;
+  pthread_mutex_lock(&p->mu);
+  p->stop = true;
+  pthread_cond_signal(&p->cv);
+  pthread_mutex_unlock(&p->mu);
+  pthread_join(p->thread, NULL);
+  p->thread_started = false;
+  uv_close((uv_handle_t *)&p->async, NULL);
+}
+
+void gl_pipeline_destroy(struct gl_pipeline *p) {
+  if (!p)
+    return;
+  gl_loc_workspace_destroy(p->ws);
+  free(p->desc);
+  pthread_cond_destroy(&p->cv);
+  pthread_mutex_destroy(&p->mu);
+  free(p);
+}

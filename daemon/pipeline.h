@@ -1,0 +1,87 @@
+/* The frame pipeline: decoding on the libuv thread pool, dynamic batching and
+ * inference on one thread per device, then search and clustering on that
+ * thread; finished jobs come back to the event loop through a uv_async_t.
+ *
+ * Jobs are created and finished on the loop thread. Every submitted job is
+ * finished exactly once, whatever happens to it (decoded or not, stale or
+ * not), which is how every accepted frame gets exactly one answer. */
+#ifndef GL_DAEMON_PIPELINE_H
+#define GL_DAEMON_PIPELINE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "img/img.h"
+#include "map/map.h"
+#include "proto/wire.h"
+#include "runtime.h"
+
+#define GL_JOB_MAX_CANDIDATES 100
+
+enum gl_job_result {
+  GL_JOB_OK,        /* candidates filled (possibly none: no match) */
+  GL_JOB_BAD_IMAGE, /* the image did not decode; error says why */
+  GL_JOB_STALE,     /* waited longer than stale_after_ms */
+  GL_JOB_FAILED,    /* inference or search failed; error says why */
+};
+
+struct gl_job_candidate {
+  double lat, lon;
+  float score, confidence, radius_m;
+  int64_t tile_id;
+};
+
+struct gl_job {
+  struct gl_job *next;
+  uv_work_t work;
+  struct gl_pipeline *pipe;
+  void *owner; /* the connection, for the done callback */
+  struct gl_runtime *rt;
+  uint32_t map;
+  /* The request: the unpacked Frame, owned by the job (its image bytes are
+   * decoded in place, without a copy). */
+  gl_client_msg *msg;
+  uint64_t frame_id;
+  uint32_t top_k;
+  bool has_prior;
+  struct gl_map_prior prior;
+  uint64_t max_pixels;
+  /* Progress, microseconds on CLOCK_MONOTONIC. */
+  uint64_t t_received, t_decoded, t_batched, t_inferred, t_done;
+  uint32_t decode_us, infer_us, search_us;
+  uint32_t batch_size;
+  bool batch_first; /* the first frame of its batch: counts the batch once */
+  struct gl_image image;
+  /* The outcome. */
+  enum gl_job_result result;
+  char error[200];
+  struct gl_job_candidate cand[GL_JOB_MAX_CANDIDATES];
+  uint32_t n_cand;
+};
+
+typedef void (*gl_job_done_cb)(void *ud, struct gl_job *job);
+
+struct gl_pipeline;
+
+/* Starts the inference thread. done_cb runs on the loop thread for every
+ * finished job, which it then owns (free with gl_job_free). */
+int gl_pipeline_create(uv_loop_t *loop, gl_job_done_cb done_cb, void *ud,
+                       struct gl_pipeline **out, char *err, size_t errlen);
+
+/* Queues a job (on the loop thread): decoding first, then inference. */
+void gl_pipeline_submit(struct gl_pipeline *p, struct gl_job *job);
+
+/* Jobs submitted and not yet finished. */
+uint32_t gl_pipeline_pending(const struct gl_pipeline *p);
+
+/* Stops the thread and closes the async handle; call with nothing pending,
+ * and gl_pipeline_destroy only after the loop has run the close. */
+void gl_pipeline_stop(struct gl_pipeline *p);
+void gl_pipeline_destroy(struct gl_pipeline *p);
+
+uint64_t gl_pipeline_now_us(void);
+
+void gl_job_free(struct gl_job *job);
+
+#endif

@@ -1,0 +1,49 @@
+/* What a geolocd localizes with: the model's engine and the map packs, loaded
+ * and verified together from one configuration. A runtime never changes once
+ * loaded; SIGHUP loads a new one beside it and swaps. Its reference count is
+ * touched only on the event loop thread. */
+#ifndef GL_DAEMON_RUNTIME_H
+#define GL_DAEMON_RUNTIME_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/config.h"
+#include "loc/loc.h"
+#include "map/map.h"
+#include "nn/nn.h"
+
+struct gl_runtime_map {
+  char *name;
+  struct gl_map *map;
+};
+
+struct gl_runtime {
+  int refs;
+  struct gl_nn_model *model;
+  struct gl_nn_engine *engine;
+  uint32_t dim;
+  struct gl_runtime_map maps[GL_CONFIG_MAX_MAPS];
+  uint32_t n_maps;
+  /* Snapshot of the settings the inference thread reads, so that a reload
+   * of the configuration never races with it. */
+  uint32_t max_batch, batch_window_us, stale_after_ms;
+  uint32_t search_tiles;
+  double bandwidth_m; /* 0: each map's tile size */
+};
+
+/* Loads cfg's [model] and [map NAME] sections: the model, an engine on the
+ * configured backend (auto: CUDA when available, else the CPU), and every
+ * map, which must have been built with this model. Slow (seconds): call it
+ * off the event loop once serving. Writes what failed to err. */
+int gl_runtime_load(const struct gl_config *cfg, struct gl_runtime **out, char *err,
+                    size_t errlen);
+
+struct gl_runtime *gl_runtime_ref(struct gl_runtime *rt);
+void gl_runtime_unref(struct gl_runtime *rt);
+
+/* The map a Hello asks for: name, or the only map when name is empty.
+ * Returns its index or -1. */
+int gl_runtime_find_map(const struct gl_runtime *rt, const char *name);
+
+#endif

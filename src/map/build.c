@@ -1,0 +1,969 @@
+/* Building map packs: tile the sources, encode the tiles, write the tiles
+ * table, the FAISS index and the manifest into a temporary directory beside
+ * the target, make it durable, and rename it into place.
+ *
+ * Crash safety. The temporary directory is ".NAME.tmp-SUFFIX" next to
+ * NAME; a lock file ".NAME.tmp-SUFFIX.lock" beside it is flock()ed for as
+ * long as the build runs. The kernel drops the lock when the process dies,
+ * however it dies, so a later build of the same target knows that a
+ * temporary directory whose lock it can take is stale and removes it. The
+ * lock file lives outside the directory because the directory itself
+ * becomes the pack. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+#include <omp.h>
+#include <cpl_error.h>
+#include <faiss/c_api/IndexIVF_c.h>
+#include <faiss/c_api/Index_c.h>
+#include <faiss/c_api/MetaIndexes_c.h>
+#include <faiss/c_api/error_c.h>
+#include <faiss/c_api/index_factory_c.h>
+#include <faiss/c_api/index_io_c.h>
+#include <sqlite3.h>
+
+#include "core/err.h"
+#include "gl_build_config.h"
+#include "map/map.h"
+#include "map/map_internal.h"
+
+/* --- paths and temporary directories ---------------------------------------- */
+
+struct gl__paths {
+  char *dir;    /* parent directory of the target */
+  char *base;   /* target's last component */
+  char *target; /* dir/base */
+  char *tmp;    /* dir/.base.tmp-SUFFIX */
+  char *lock;   /* dir/.base.tmp-SUFFIX.lock */
+  char *old;    /* dir/.base.old-SUFFIX (fallback replace only) */
+  int lock_fd;
+};
+
+static char *gl__strdupf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static char *gl__strdupf(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  char *s = NULL;
+  if (vasprintf(&s, fmt, ap) < 0)
+    s = NULL;
+  va_end(ap);
+  return s;
+}
+
+static double gl__now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int gl__split_target(const char *out, struct gl__paths *p, char *err, size_t errlen) {
+  size_t n = strlen(out);
+  while (n > 1 && out[n - 1] == '/')
+    n--;
+  char *t = strndup(out, n);
+  if (!t)
+    return gl__map_fail(err, errlen, GL_ENOMEM, "out of memory");
+  char *slash = strrchr(t, '/');
+  if (slash) {
+    p->base = strdup(slash + 1);
+    p->dir = slash == t ? strdup("/") : strndup(t, (size_t)(slash - t));
+  } else {
+    p->base = strdup(t);
+    p->dir = strdup(".");
+  }
+  p->target = t;
+  if (!p->base || !p->dir)
+    return gl__map_fail(err, errlen, GL_ENOMEM, "out of memory");
+  if (!*p->base || strcmp(p->base, ".") == 0 || strcmp(p->base, "..") == 0 || strlen(p->base) > 200)
+    return gl__map_fail(err, errlen, GL_EINVAL, "'%s' is not a usable pack name", out);
+  struct stat st;
+  if (stat(p->dir, &st) != 0 || !S_ISDIR(st.st_mode))
+    return gl__map_fail(err, errlen, GL_ENOENT, "%s: the directory for the pack does not exist",
+                        p->dir);
+  return 0;
+}
+
+static void gl__paths_fini(struct gl__paths *p) {
+  free(p->dir);
+  free(p->base);
+  free(p->target);
+  free(p->tmp);
+  free(p->lock);
+  free(p->old);
+  if (p->lock_fd >= 0)
+    close(p->lock_fd);
+}
+
+/* Removes what killed builds of this target left: for every lock file of
+ * our naming pattern that no live process holds, its temporary directory,
+ * its ".old" directory (put back in place when the target is missing: the
+ * build died between moving the old pack aside and moving the new one in)
+ * and the lock file; and temporary directories without a lock file (their
+ * build died after removing the lock, or never got one). Errors are not
+ * fatal: the new build does not need the space. */
+static void gl__clean_stale(const struct gl__paths *p) {
+  DIR *d = opendir(p->dir);
+  if (!d)
+    return;
+  char *prefix = gl__strdupf(".%s.tmp-", p->base);
+  char *lkprefix = gl__strdupf(".%s.lk-", p->base);
+  char *oldprefix = gl__strdupf(".%s.old-", p->base);
+  if (!prefix || !lkprefix || !oldprefix)
+    goto cleanup;
+  size_t plen = strlen(prefix), lklen = strlen(lkprefix), oldlen = strlen(oldprefix);
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    const char *name = e->d_name;
+    bool is_tmp = strncmp(name, prefix, plen) == 0;
+    bool is_lk = strncmp(name, lkprefix, lklen) == 0;
+    bool is_old = strncmp(name, oldprefix, oldlen) == 0;
+    if (!is_tmp && !is_lk && !is_old)
+      continue;
+    size_t nlen = strlen(name);
+    bool is_lock = is_tmp && nlen > 5 && strcmp(name + nlen - 5, ".lock") == 0;
+    char *path = gl__strdupf("%s/%s", p->dir, name);
+    if (!path)
+      continue;
+    if (is_lock || is_lk) {
+      int fd = open(path, O_RDWR | O_CLOEXEC);
+      if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) == 0) {
+        if (is_lock) {
+          char *suffix = strndup(name + plen, nlen - plen - 5);
+          char *tmp = suffix ? gl__strdupf("%s/%s%s", p->dir, prefix, suffix) : NULL;
+          char *old = suffix ? gl__strdupf("%s/%s%s", p->dir, oldprefix, suffix) : NULL;
+          struct stat st;
+          if (old && lstat(old, &st) == 0) {
+            if (lstat(p->target, &st) != 0 && errno == ENOENT)
+              rename(old, p->target);
+            else
+              gl__map_rmtree(old);
+          }
+          if (tmp)
+            gl__map_rmtree(tmp);
+          free(suffix);
+          free(tmp);
+          free(old);
+        }
+        unlink(path);
+      }
+      if (fd >= 0)
+        close(fd);
+    } else if (is_tmp) {
+      char *lock = gl__strdupf("%s.lock", path);
+      struct stat st;
+      if (lock && lstat(lock, &st) != 0 && errno == ENOENT)
+        gl__map_rmtree(path);
+      free(lock);
+    }
+    free(path);
+  }
+cleanup:
+  free(prefix);
+  free(lkprefix);
+  free(oldprefix);
+  closedir(d);
+}
+
+/* Creates and locks the lock file, then the temporary directory. The lock
+ * file is created under a name the cleaner only removes when unlocked
+ * (".lk-"), locked, and then renamed to its ".tmp-SUFFIX.lock" name: so a
+ * concurrent build's cleaner never sees an unlocked ".lock" of a live
+ * build. */
+static int gl__make_tmp(struct gl__paths *p, char *err, size_t errlen) {
+  for (int attempt = 0; attempt < 100; attempt++) {
+    unsigned char rnd[6];
+    int ufd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+    if (ufd < 0 || read(ufd, rnd, sizeof rnd) != (ssize_t)sizeof rnd) {
+      if (ufd >= 0)
+        close(ufd);
+      return gl__map_fail(err, errlen, GL_EIO, "cannot read /dev/urandom");
+    }
+    close(ufd);
+    char suffix[32];
+    snprintf(suffix, sizeof suffix, "%ld-%02x%02x%02x%02x%02x%02x", (long)getpid(), rnd[0], rnd[1],
+             rnd[2], rnd[3], rnd[4], rnd[5]);
+    char *lk = gl__strdupf("%s/.%s.lk-%s", p->dir, p->base, suffix);
+    free(p->tmp);
+    free(p->lock);
+    free(p->old);
+    p->tmp = gl__strdupf("%s/.%s.tmp-%s", p->dir, p->base, suffix);
+    p->lock = gl__strdupf("%s.lock", p->tmp ? p->tmp : "");
+    p->old = gl__strdupf("%s/.%s.old-%s", p->dir, p->base, suffix);
+    if (!lk || !p->tmp || !p->lock || !p->old) {
+      free(lk);
+      return gl__map_fail(err, errlen, GL_ENOMEM, "out of memory");
+    }
+    int fd = open(lk, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0 && errno == EEXIST) {
+      free(lk);
+      continue;
+    }
+    if (fd < 0) {
+      int e = errno;
+      free(lk);
+      return gl__map_fail(err, errlen, GL_EIO, "cannot create a lock file in %s: %s", p->dir,
+                          strerror(e));
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0 || rename(lk, p->lock) != 0) {
+      int e = errno;
+      unlink(lk);
+      close(fd);
+      free(lk);
+      return gl__map_fail(err, errlen, GL_EIO, "cannot lock %s: %s", p->lock, strerror(e));
+    }
+    free(lk);
+    p->lock_fd = fd;
+    if (mkdir(p->tmp, 0755) != 0) {
+      int e = errno;
+      return gl__map_fail(err, errlen, GL_EIO, "cannot create %s: %s", p->tmp, strerror(e));
+    }
+    return 0;
+  }
+  return gl__map_fail(err, errlen, GL_EIO, "cannot find a free temporary name in %s", p->dir);
+}
+
+/* Moves the finished temporary directory onto the target. */
+static int gl__install(struct gl__paths *p, char *err, size_t errlen) {
+  struct stat st;
+  if (lstat(p->target, &st) != 0) {
+    if (errno != ENOENT)
+      return gl__map_fail(err, errlen, GL_EIO, "%s: %s", p->target, strerror(errno));
+    if (rename(p->tmp, p->target) != 0)
+      return gl__map_fail(err, errlen, GL_EIO, "cannot rename %s to %s: %s", p->tmp, p->target,
+                          strerror(errno));
+  } else {
+    /* Replacing: only a pack is ever replaced. renameat2(RENAME_EXCHANGE)
+     * swaps both names in one step, so the target always names a whole
+     * pack; the old one then sits at the temporary name and is removed. */
+    if (renameat2(AT_FDCWD, p->tmp, AT_FDCWD, p->target, RENAME_EXCHANGE) == 0) {
+      gl__map_rmtree(p->tmp);
+    } else if (errno == EINVAL || errno == ENOSYS || errno == ENOTSUP) {
+      /* Filesystems without exchange (some network and FUSE ones): move
+       * the old pack aside, the new in, and put the old back on failure.
+       * A crash between the two renames leaves the old pack at ".old-",
+       * which the next build's cleaner restores. */
+      if (rename(p->target, p->old) != 0)
+        return gl__map_fail(err, errlen, GL_EIO, "cannot move the old pack %s aside: %s",
+                            p->target, strerror(errno));
+      if (rename(p->tmp, p->target) != 0) {
+        int e = errno;
+        rename(p->old, p->target);
+        return gl__map_fail(err, errlen, GL_EIO, "cannot rename %s to %s: %s", p->tmp, p->target,
+                            strerror(e));
+      }
+      gl__map_rmtree(p->old);
+    } else {
+      return gl__map_fail(err, errlen, GL_EIO, "cannot replace %s: %s", p->target,
+                          strerror(errno));
+    }
+  }
+  if (gl__map_fsync_path(p->dir) != 0)
+    return gl__map_fail(err, errlen, GL_EIO, "cannot fsync %s", p->dir);
+  return 0;
+}
+
+/* The target may be replaced only when it is a pack (a directory with a
+ * manifest): a typo in --out must never delete someone's directory. */
+static int gl__check_target(const struct gl__paths *p, char *err, size_t errlen) {
+  struct stat st;
+  if (lstat(p->target, &st) != 0)
+    return errno == ENOENT ? 0 : gl__map_fail(err, errlen, GL_EIO, "%s: %s", p->target,
+                                              strerror(errno));
+  if (!S_ISDIR(st.st_mode) || !gl_map_is_pack(p->target))
+    return gl__map_fail(err, errlen, GL_EINVAL,
+                        "%s exists and is not a map pack (no manifest.json); not replacing it",
+                        p->target);
+  return 0;
+}
+
+/* --- the tiles table ------------------------------------------------------------ */
+
+static const char gl__schema[] =
+    "PRAGMA journal_mode=OFF;"
+    "PRAGMA synchronous=OFF;"
+    "PRAGMA application_id=1196444493;" /* 'GLMM' */
+    "PRAGMA user_version=1;"
+    "CREATE TABLE sources("
+    "  id INTEGER PRIMARY KEY,"
+    "  file TEXT NOT NULL,"
+    "  path TEXT NOT NULL,"
+    "  sha256 TEXT NOT NULL,"
+    "  crs TEXT NOT NULL,"
+    "  capture_date TEXT);"
+    "CREATE TABLE tiles("
+    "  id INTEGER PRIMARY KEY,"
+    "  lat REAL NOT NULL, lon REAL NOT NULL,"
+    "  min_lat REAL NOT NULL, max_lat REAL NOT NULL,"
+    "  min_lon REAL NOT NULL, max_lon REAL NOT NULL,"
+    "  grid_x REAL NOT NULL, grid_y REAL NOT NULL,"
+    "  m_per_px REAL NOT NULL,"
+    "  source_id INTEGER NOT NULL REFERENCES sources(id),"
+    "  source TEXT NOT NULL,"
+    "  capture_date TEXT);"
+    "CREATE VIRTUAL TABLE tiles_rtree USING rtree(id, min_lat, max_lat, min_lon, max_lon);"
+    "BEGIN;";
+
+struct gl__tile_meta {
+  double lat, lon, min_lat, max_lat, min_lon, max_lon, gx, gy;
+  uint32_t source;
+};
+
+static int gl__sql_fail(sqlite3 *db, char *err, size_t errlen, const char *what) {
+  return gl__map_fail(err, errlen, GL_EIO, "tiles.sqlite: %s: %s", what,
+                      db ? sqlite3_errmsg(db) : "cannot allocate");
+}
+
+/* Tile centre and bounds in WGS84: the bounds come from the four corners
+ * and the four edge midpoints (the footprint of a square in UTM is not a
+ * lat/lon rectangle). */
+static int gl__tile_meta(const struct gl__map_grid *g, double x0, double y0, uint32_t source,
+                         struct gl__tile_meta *t) {
+  double s = g->tile_m;
+  t->gx = x0 + s / 2;
+  t->gy = y0 + s / 2;
+  t->source = source;
+  if (gl__map_grid_to_wgs84(g, t->gx, t->gy, &t->lat, &t->lon) != 0)
+    return GL_EINTERNAL;
+  t->min_lat = t->max_lat = t->lat;
+  t->min_lon = t->max_lon = t->lon;
+  for (int i = 0; i < 3; i++)
+    for (int j = 0; j < 3; j++) {
+      if (i == 1 && j == 1)
+        continue;
+      double la, lo;
+      if (gl__map_grid_to_wgs84(g, x0 + s * i / 2, y0 + s * j / 2, &la, &lo) != 0)
+        return GL_EINTERNAL;
+      t->min_lat = fmin(t->min_lat, la);
+      t->max_lat = fmax(t->max_lat, la);
+      t->min_lon = fmin(t->min_lon, lo);
+      t->max_lon = fmax(t->max_lon, lo);
+    }
+  return 0;
+}
+
+/* --- the build -------------------------------------------------------------------- */
+
+struct gl__build {
+  const struct gl_map_build_opts *o;
+  const struct gl_map_encoder *enc;
+  struct gl__paths paths;
+  struct gl__map_grid grid;
+  struct gl__map_source *src;
+  uint32_t n_src;
+  uint64_t *src_tiles, *src_skipped;
+  sqlite3 *db;
+  sqlite3_stmt *ins_tile, *ins_rtree;
+  float *desc; /* n_tiles * dim */
+  uint64_t n_tiles, cap_tiles;
+  struct gl_map_progress prog;
+  double t0, last_cb;
+  FaissIndex *index;
+  char index_sha[65], tiles_sha[65];
+  uint64_t index_bytes, tiles_bytes;
+  size_t nprobe;
+  char index_type[512]; /* the index_factory string used */
+};
+
+static void gl__progress(struct gl__build *b, const char *stage, bool force) {
+  if (!b->o->progress_cb)
+    return;
+  double now = gl__now();
+  b->prog.stage = stage;
+  b->prog.elapsed_s = now - b->t0;
+  /* At most ten calls a second: a progress line per batch would flood a
+   * log when batches are fast. */
+  if (!force && now - b->last_cb < 0.1)
+    return;
+  b->last_cb = now;
+  b->o->progress_cb(b->o->progress_ctx, &b->prog);
+}
+
+static int gl__insert_sources(struct gl__build *b, char *err, size_t errlen) {
+  sqlite3_stmt *st = NULL;
+  if (sqlite3_prepare_v2(b->db,
+                         "INSERT INTO sources(id, file, path, sha256, crs, capture_date) "
+                         "VALUES(?,?,?,?,?,?)",
+                         -1, &st, NULL) != SQLITE_OK)
+    return gl__sql_fail(b->db, err, errlen, "prepare");
+  int rc = 0;
+  for (uint32_t i = 0; i < b->n_src && !rc; i++) {
+    const struct gl__map_source *s = &b->src[i];
+    const char *file = strrchr(s->path, '/') ? strrchr(s->path, '/') + 1 : s->path;
+    char *abs = realpath(s->path, NULL);
+    sqlite3_bind_int64(st, 1, i + 1);
+    sqlite3_bind_text(st, 2, file, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 3, abs ? abs : s->path, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 4, s->sha256, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 5, s->crs_name, -1, SQLITE_TRANSIENT);
+    if (s->date[0])
+      sqlite3_bind_text(st, 6, s->date, -1, SQLITE_TRANSIENT);
+    else
+      sqlite3_bind_null(st, 6);
+    if (sqlite3_step(st) != SQLITE_DONE)
+      rc = gl__sql_fail(b->db, err, errlen, "insert source");
+    sqlite3_reset(st);
+    free(abs);
+  }
+  sqlite3_finalize(st);
+  return rc;
+}
+
+static int gl__open_db(struct gl__build *b, char *err, size_t errlen) {
+  char *path = gl__strdupf("%s/" GL__MAP_TILES, b->paths.tmp);
+  if (!path)
+    return gl__map_fail(err, errlen, GL_ENOMEM, "out of memory");
+  int r = sqlite3_open_v2(path, &b->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
+  free(path);
+  if (r != SQLITE_OK)
+    return gl__sql_fail(b->db, err, errlen, "create");
+  char *msg = NULL;
+  if (sqlite3_exec(b->db, gl__schema, NULL, NULL, &msg) != SQLITE_OK) {
+    int rc = gl__map_fail(err, errlen, GL_EIO, "tiles.sqlite: schema: %s", msg ? msg : "?");
+    sqlite3_free(msg);
+    return rc;
+  }
+  if (sqlite3_prepare_v2(b->db,
+                         "INSERT INTO tiles(id, lat, lon, min_lat, max_lat, min_lon, max_lon, "
+                         "grid_x, grid_y, m_per_px, source_id, source, capture_date) "
+                         "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                         -1, &b->ins_tile, NULL) != SQLITE_OK ||
+      sqlite3_prepare_v2(b->db, "INSERT INTO tiles_rtree VALUES(?,?,?,?,?)", -1, &b->ins_rtree,
+                         NULL) != SQLITE_OK)
+    return gl__sql_fail(b->db, err, errlen, "prepare");
+  return gl__insert_sources(b, err, errlen);
+}
+
+static int gl__insert_tile(struct gl__build *b, int64_t id, const struct gl__tile_meta *t,
+                           char *err, size_t errlen) {
+  const struct gl__map_source *s = &b->src[t->source];
+  const char *file = strrchr(s->path, '/') ? strrchr(s->path, '/') + 1 : s->path;
+  sqlite3_stmt *st = b->ins_tile;
+  sqlite3_bind_int64(st, 1, id);
+  sqlite3_bind_double(st, 2, t->lat);
+  sqlite3_bind_double(st, 3, t->lon);
+  sqlite3_bind_double(st, 4, t->min_lat);
+  sqlite3_bind_double(st, 5, t->max_lat);
+  sqlite3_bind_double(st, 6, t->min_lon);
+  sqlite3_bind_double(st, 7, t->max_lon);
+  sqlite3_bind_double(st, 8, t->gx);
+  sqlite3_bind_double(st, 9, t->gy);
+  sqlite3_bind_double(st, 10, b->grid.tile_m / b->enc->width);
+  sqlite3_bind_int64(st, 11, t->source + 1);
+  sqlite3_bind_text(st, 12, file, -1, SQLITE_STATIC);
+  if (s->date[0])
+    sqlite3_bind_text(st, 13, s->date, -1, SQLITE_STATIC);
+  else
+    sqlite3_bind_null(st, 13);
+  int r = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (r != SQLITE_DONE)
+    return gl__sql_fail(b->db, err, errlen, "insert tile");
+  st = b->ins_rtree;
+  sqlite3_bind_int64(st, 1, id);
+  sqlite3_bind_double(st, 2, t->min_lat);
+  sqlite3_bind_double(st, 3, t->max_lat);
+  sqlite3_bind_double(st, 4, t->min_lon);
+  sqlite3_bind_double(st, 5, t->max_lon);
+  r = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (r != SQLITE_DONE)
+    return gl__sql_fail(b->db, err, errlen, "insert rtree");
+  return 0;
+}
+
+/* Encodes one batch and stores its tiles. */
+static int gl__flush(struct gl__build *b, struct gl_image *imgs, struct gl__tile_meta *meta,
+                     uint32_t n, char *err, size_t errlen) {
+  if (n == 0)
+    return 0;
+  uint32_t dim = b->enc->dim;
+  if (b->n_tiles + n > b->cap_tiles) {
+    uint64_t cap = b->cap_tiles ? b->cap_tiles * 2 : 1024;
+    while (cap < b->n_tiles + n)
+      cap *= 2;
+    float *d = realloc(b->desc, (size_t)cap * dim * sizeof(float));
+    if (!d)
+      return gl__map_fail(err, errlen, GL_ENOMEM, "out of memory for %llu descriptors",
+                          (unsigned long long)cap);
+    b->desc = d;
+    b->cap_tiles = cap;
+  }
+  float *out = b->desc + (size_t)b->n_tiles * dim;
+  int rc = b->enc->encode(b->enc->ctx, imgs, n, out);
+  if (rc)
+    return gl__map_fail(err, errlen, rc, "encoding a batch of %u tiles failed: %s", n,
+                        gl_strerror(rc));
+  for (uint32_t i = 0; i < n; i++) {
+    /* The index scores by inner product, which is the cosine only for
+     * unit vectors: a model that does not normalise must not build a pack
+     * whose scores silently mean something else. */
+    double ss = 0;
+    for (uint32_t j = 0; j < dim; j++)
+      ss += (double)out[(size_t)i * dim + j] * out[(size_t)i * dim + j];
+    if (!(fabs(ss - 1.0) < 1e-3))
+      return gl__map_fail(err, errlen, GL_EFORMAT,
+                          "the encoder returned a descriptor of norm %g; descriptors must be "
+                          "L2-normalised",
+                          sqrt(ss));
+  }
+  for (uint32_t i = 0; i < n; i++) {
+    if ((rc = gl__insert_tile(b, (int64_t)(b->n_tiles + i + 1), &meta[i], err, errlen)))
+      return rc;
+    b->src_tiles[meta[i].source]++;
+  }
+  b->n_tiles += n;
+  return 0;
+}
+
+static int gl__cut_and_encode(struct gl__build *b, char *err, size_t errlen) {
+  int rc = 0;
+  const struct gl_map_encoder *enc = b->enc;
+  size_t px = (size_t)enc->width * enc->height;
+  uint8_t *pixels = malloc(px * 3 * enc->max_batch);
+  uint8_t *mask = malloc(px);
+  struct gl_image *imgs = calloc(enc->max_batch, sizeof *imgs);
+  struct gl__tile_meta *meta = calloc(enc->max_batch, sizeof *meta);
+  if (!pixels || !mask || !imgs || !meta) {
+    rc = gl__map_fail(err, errlen, GL_ENOMEM, "out of memory");
+    goto cleanup;
+  }
+  uint32_t n = 0;
+  for (uint32_t si = 0; si < b->n_src; si++) {
+    const struct gl__map_source *s = &b->src[si];
+    for (int64_t r = 0; r < s->nrows; r++) {
+      for (int64_t c = 0; c < s->ncols; c++) {
+        double x0 = (double)(s->col0 + c) * b->grid.stride_m;
+        double y0 = (double)(s->row_top - r) * b->grid.stride_m;
+        bool valid;
+        imgs[n] = (struct gl_image){pixels + px * 3 * n, enc->width, enc->height};
+        if ((rc = gl__map_source_read_tile(s, &b->grid, x0, y0, enc->width, enc->height,
+                                           imgs[n].rgb, mask, &valid, err, errlen)))
+          goto cleanup;
+        b->prog.done++;
+        if (!valid) {
+          b->prog.skipped++;
+          b->src_skipped[si]++;
+          continue;
+        }
+        if ((rc = gl__tile_meta(&b->grid, x0, y0, si, &meta[n]))) {
+          rc = gl__map_fail(err, errlen, rc, "PROJ cannot convert %.3f,%.3f (%s) to WGS84", x0,
+                            y0, b->grid.name);
+          goto cleanup;
+        }
+        if (++n == enc->max_batch) {
+          if ((rc = gl__flush(b, imgs, meta, n, err, errlen)))
+            goto cleanup;
+          n = 0;
+          gl__progress(b, "tiles", false);
+        }
+      }
+    }
+  }
+  if ((rc = gl__flush(b, imgs, meta, n, err, errlen)))
+    goto cleanup;
+  gl__progress(b, "tiles", true);
+cleanup:
+  free(meta);
+  free(imgs);
+  free(mask);
+  free(pixels);
+  return rc;
+}
+
+static int gl__faiss_fail(char *err, size_t errlen, const char *what) {
+  const char *m = faiss_get_last_error();
+  return gl__map_fail(err, errlen, GL_EINTERNAL, "FAISS: %s: %s", what, m ? m : "unknown error");
+}
+
+/* The index_factory string actually used: each product-quantizer
+ * component "PQ<M>" or "PQ<M>x<bits>" gets the "np" suffix. Without it
+ * FAISS runs polysemous training, which only serves Hamming-filtered
+ * search (polysemous_ht), which the C API cannot switch on: pure cost, and
+ * a large one (measured on 2 cores: 7 s per sub-quantizer, so 7 minutes
+ * for PQ64, against 0.2 s for all of PQ16np). */
+static void gl__factory_string(const char *in, char *out, size_t n) {
+  size_t o = 0;
+  for (const char *p = in; *p && o + 1 < n;) {
+    bool start = p == in || p[-1] == ',';
+    size_t len = 0;
+    if (start && p[0] == 'P' && p[1] == 'Q') {
+      len = 2;
+      while (p[len] >= '0' && p[len] <= '9')
+        len++;
+      if (len > 2 && p[len] == 'x') {
+        size_t l2 = len + 1;
+        while (p[l2] >= '0' && p[l2] <= '9')
+          l2++;
+        len = l2 > len + 1 ? l2 : 0;
+      }
+      if (len <= 2 || (p[len] != ',' && p[len] != 0))
+        len = 0; /* not a plain PQ component (np, fs, ... already given) */
+    }
+    if (len && o + len + 3 < n) {
+      memcpy(out + o, p, len);
+      memcpy(out + o + len, "np", 2);
+      o += len + 2;
+      p += len;
+    } else {
+      out[o++] = *p++;
+    }
+  }
+  out[o] = 0;
+}
+
+static int gl__build_index(struct gl__build *b, char *err, size_t errlen) {
+  const char *type = b->index_type;
+  FaissIndex *sub = NULL;
+  FaissIndexIDMap *map = NULL;
+  idx_t *ids = NULL;
+  int rc = 0;
+  /* FAISS's own OpenMP threads are limited to one while it trains and
+   * adds. Its heavy work is BLAS (OpenBLAS runs its own threads), and
+   * OpenMP workers spinning beside OpenBLAS's threads oversubscribe the
+   * cores: k-means for IVF256,PQ32 on 20000 vectors took 77 s with the
+   * default and 14 s with one OpenMP thread (2 cores). The setting is per
+   * calling thread and restored after. */
+  int omp_threads = omp_get_max_threads();
+  omp_set_num_threads(1);
+  if (faiss_index_factory(&sub, (int)b->enc->dim, type, METRIC_INNER_PRODUCT) != 0) {
+    rc = gl__faiss_fail(err, errlen, type);
+    goto fail;
+  }
+  if (!faiss_Index_is_trained(sub) &&
+      faiss_Index_train(sub, (idx_t)b->n_tiles, b->desc) != 0) {
+    rc = gl__faiss_fail(err, errlen, "training the index");
+    char tmp[640];
+    snprintf(tmp, sizeof tmp, "index type '%s' on %llu tiles", type,
+             (unsigned long long)b->n_tiles);
+    gl__map_prefix(err, errlen, tmp);
+    goto fail;
+  }
+  if (faiss_IndexIDMap_new(&map, sub) != 0) {
+    rc = gl__faiss_fail(err, errlen, "IndexIDMap");
+    goto fail;
+  }
+  faiss_IndexIDMap_set_own_fields(map, 1);
+  sub = NULL;
+  if (!(ids = malloc(b->n_tiles * sizeof *ids))) {
+    rc = gl__map_fail(err, errlen, GL_ENOMEM, "out of memory");
+    goto fail;
+  }
+  for (uint64_t i = 0; i < b->n_tiles; i++)
+    ids[i] = (idx_t)(i + 1);
+  if (faiss_Index_add_with_ids(map, (idx_t)b->n_tiles, b->desc, ids) != 0) {
+    rc = gl__faiss_fail(err, errlen, "adding the descriptors");
+    goto fail;
+  }
+  FaissIndexIVF *ivf = faiss_IndexIVF_cast(faiss_IndexIDMap_sub_index(map));
+  if (ivf) {
+    /* nprobe 1 (FAISS's default) misses neighbours that fall just across
+     * a cell boundary; probing a few cells costs little on maps this size. */
+    size_t nlist = faiss_IndexIVF_nlist(ivf);
+    b->nprobe = nlist < 32 ? nlist : 32;
+  }
+  free(ids);
+  b->index = map;
+  omp_set_num_threads(omp_threads);
+  return 0;
+fail:
+  omp_set_num_threads(omp_threads);
+  free(ids);
+  if (map)
+    faiss_Index_free(map);
+  if (sub)
+    faiss_Index_free(sub);
+  return rc;
+}
+
+static int gl__write_index(struct gl__build *b, char *err, size_t errlen) {
+  char *path = gl__strdupf("%s/" GL__MAP_INDEX, b->paths.tmp);
+  if (!path)
+    return gl__map_fail(err, errlen, GL_ENOMEM, "out of memory");
+  int rc = 0;
+  FILE *f = fopen(path, "wb");
+  if (!f) {
+    rc = gl__map_fail(err, errlen, GL_EIO, "%s: %s", path, strerror(errno));
+    goto cleanup;
+  }
+  if (faiss_write_index(b->index, f) != 0) {
+    rc = gl__faiss_fail(err, errlen, "writing index.faiss");
+    fclose(f);
+    goto cleanup;
+  }
+  if (fflush(f) != 0 || fsync(fileno(f)) != 0) {
+    rc = gl__map_fail(err, errlen, GL_EIO, "%s: %s", path, strerror(errno));
+    fclose(f);
+    goto cleanup;
+  }
+  if (fclose(f) != 0) {
+    rc = gl__map_fail(err, errlen, GL_EIO, "%s: %s", path, strerror(errno));
+    goto cleanup;
+  }
+  if ((rc = gl__map_sha256_file(path, b->index_sha, &b->index_bytes)))
+    gl__map_fail(err, errlen, rc, "cannot checksum %s", path);
+cleanup:
+  free(path);
+  return rc;
+}
+
+static int gl__close_db(struct gl__build *b, char *err, size_t errlen) {
+  sqlite3_finalize(b->ins_tile);
+  sqlite3_finalize(b->ins_rtree);
+  b->ins_tile = b->ins_rtree = NULL;
+  char *msg = NULL;
+  if (sqlite3_exec(b->db, "COMMIT;", NULL, NULL, &msg) != SQLITE_OK) {
+    int rc = gl__map_fail(err, errlen, GL_EIO, "tiles.sqlite: commit: %s", msg ? msg : "?");
+    sqlite3_free(msg);
+    return rc;
+  }
+  if (sqlite3_close(b->db) != SQLITE_OK)
+    return gl__sql_fail(b->db, err, errlen, "close");
+  b->db = NULL;
+  char *path = gl__strdupf("%s/" GL__MAP_TILES, b->paths.tmp);
+  if (!path)
+    return gl__map_fail(err, errlen, GL_ENOMEM, "out of memory");
+  /* The database ran with synchronous=OFF (the rename is the commit
+   * point), so this fsync is what makes it durable. */
+  int rc = gl__map_fsync_path(path);
+  if (!rc)
+    rc = gl__map_sha256_file(path, b->tiles_sha, &b->tiles_bytes);
+  if (rc)
+    gl__map_fail(err, errlen, rc, "%s: cannot fsync or checksum it", path);
+  free(path);
+  return rc;
+}
+
+static cJSON *gl__json_file(const char *sha, uint64_t bytes) {
+  cJSON *f = cJSON_CreateObject();
+  cJSON_AddStringToObject(f, "sha256", sha);
+  cJSON_AddNumberToObject(f, "bytes", (double)bytes);
+  return f;
+}
+
+static int gl__write_manifest(struct gl__build *b, char *err, size_t errlen) {
+  const struct gl_map_encoder *enc = b->enc;
+  cJSON *m = cJSON_CreateObject(), *a;
+  char created[32];
+  time_t now = time(NULL);
+  struct tm tm;
+  gmtime_r(&now, &tm);
+  strftime(created, sizeof created, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  cJSON_AddStringToObject(m, "format", GL__MAP_FORMAT_NAME);
+  cJSON_AddNumberToObject(m, "format_version", GL_MAP_FORMAT_VERSION);
+  cJSON_AddStringToObject(m, "generator", "geoloc " GL_VERSION);
+  cJSON_AddStringToObject(m, "created", created);
+  cJSON_AddStringToObject(m, "model_sha256", enc->model_sha256);
+  cJSON_AddNumberToObject(m, "descriptor_dim", enc->dim);
+  cJSON_AddStringToObject(m, "metric", "inner_product");
+  cJSON_AddStringToObject(m, "index_type", b->index_type);
+  if (b->nprobe)
+    cJSON_AddNumberToObject(m, "index_nprobe", (double)b->nprobe);
+  cJSON *t = cJSON_AddObjectToObject(m, "tiling");
+  cJSON_AddStringToObject(t, "crs", b->grid.name);
+  cJSON_AddStringToObject(t, "crs_wkt", b->grid.wkt);
+  cJSON_AddNumberToObject(t, "tile_m", b->grid.tile_m);
+  cJSON_AddNumberToObject(t, "stride_m", b->grid.stride_m);
+  a = cJSON_AddArrayToObject(t, "tile_px");
+  cJSON_AddItemToArray(a, cJSON_CreateNumber(enc->width));
+  cJSON_AddItemToArray(a, cJSON_CreateNumber(enc->height));
+  cJSON_AddNumberToObject(t, "m_per_px", b->grid.tile_m / enc->width);
+  cJSON_AddStringToObject(t, "resampling", "bilinear");
+  cJSON *srcs = cJSON_AddArrayToObject(m, "sources");
+  for (uint32_t i = 0; i < b->n_src; i++) {
+    const struct gl__map_source *s = &b->src[i];
+    cJSON *j = cJSON_CreateObject();
+    const char *file = strrchr(s->path, '/') ? strrchr(s->path, '/') + 1 : s->path;
+    cJSON_AddStringToObject(j, "file", file);
+    cJSON_AddStringToObject(j, "sha256", s->sha256);
+    cJSON_AddNumberToObject(j, "bytes", (double)s->bytes);
+    cJSON_AddStringToObject(j, "crs", s->crs_name);
+    cJSON_AddBoolToObject(j, "warped", s->warped);
+    if (s->date[0])
+      cJSON_AddStringToObject(j, "capture_date", s->date);
+    else
+      cJSON_AddNullToObject(j, "capture_date");
+    cJSON_AddNumberToObject(j, "tiles", (double)b->src_tiles[i]);
+    cJSON_AddNumberToObject(j, "skipped", (double)b->src_skipped[i]);
+    cJSON_AddItemToArray(srcs, j);
+  }
+  cJSON *c = cJSON_AddObjectToObject(m, "counts");
+  cJSON_AddNumberToObject(c, "tiles", (double)b->n_tiles);
+  cJSON_AddNumberToObject(c, "sources", b->n_src);
+  cJSON_AddNumberToObject(c, "skipped", (double)b->prog.skipped);
+  cJSON *f = cJSON_AddObjectToObject(m, "files");
+  cJSON_AddItemToObject(f, GL__MAP_TILES, gl__json_file(b->tiles_sha, b->tiles_bytes));
+  cJSON_AddItemToObject(f, GL__MAP_INDEX, gl__json_file(b->index_sha, b->index_bytes));
+  char *text = cJSON_Print(m);
+  cJSON_Delete(m);
+  if (!text)
+    return gl__map_fail(err, errlen, GL_ENOMEM, "out of memory writing the manifest");
+  char *path = gl__strdupf("%s/" GL__MAP_MANIFEST, b->paths.tmp);
+  int rc = path ? 0 : GL_ENOMEM;
+  if (!rc) {
+    size_t len = strlen(text);
+    text[len] = '\n'; /* cJSON's terminator becomes the final newline */
+    rc = gl__map_write_file(path, text, len + 1);
+    if (rc)
+      gl__map_fail(err, errlen, rc, "%s: cannot write it", path);
+  } else {
+    gl__map_fail(err, errlen, rc, "out of memory");
+  }
+  free(path);
+  cJSON_free(text);
+  return rc;
+}
+
+static int gl__check_opts(const struct gl_map_build_opts *o, const struct gl_map_encoder *enc,
+                          char *err, size_t errlen) {
+  if (!o || !enc || !o->out || !o->orthos || o->n_orthos == 0)
+    return gl__map_fail(err, errlen, GL_EINVAL, "a pack needs --out and at least one --ortho");
+  for (uint32_t i = 0; i < o->n_orthos; i++)
+    if (!o->orthos[i])
+      return gl__map_fail(err, errlen, GL_EINVAL, "source raster %u is NULL", i);
+  if (!(o->tile_m > 0 && o->tile_m <= 1e6 && o->stride_m > 0 && o->stride_m <= 1e6))
+    return gl__map_fail(err, errlen, GL_EINVAL,
+                        "tile size and stride must be positive metres (got %g and %g)", o->tile_m,
+                        o->stride_m);
+  if (!enc->encode || enc->width == 0 || enc->height == 0 || enc->dim == 0 ||
+      enc->max_batch == 0 || (uint64_t)enc->width * enc->height > (1u << 26) ||
+      enc->dim > 65536 || enc->max_batch > 4096)
+    return gl__map_fail(err, errlen, GL_EINVAL, "unusable encoder (size %ux%u, dim %u, batch %u)",
+                        enc->width, enc->height, enc->dim, enc->max_batch);
+  if (strlen(enc->model_sha256) != 64 ||
+      strspn(enc->model_sha256, "0123456789abcdef") != 64)
+    return gl__map_fail(err, errlen, GL_EINVAL, "the encoder's model sha256 is not 64 hex digits");
+  const char *type = o->index_type ? o->index_type : "Flat";
+  /* We wrap the index in an IndexIDMap ourselves; an "IDMap" prefix would
+   * nest two and break the id checks on open. */
+  if (!*type || strlen(type) > 200 || strncmp(type, "IDMap", 5) == 0)
+    return gl__map_fail(err, errlen, GL_EINVAL, "unusable index type '%s'", type);
+  return 0;
+}
+
+int gl_map_build(const struct gl_map_build_opts *o, const struct gl_map_encoder *enc,
+                 struct gl_map_build_stats *stats, char *err, size_t errlen) {
+  int rc;
+  struct gl__build b = {.o = o, .enc = enc, .paths = {.lock_fd = -1}};
+  if ((rc = gl__check_opts(o, enc, err, errlen)))
+    return rc;
+  b.t0 = gl__now();
+  gl__factory_string(o->index_type ? o->index_type : "Flat", b.index_type, sizeof b.index_type);
+  gl__map_gdal_init();
+  /* GDAL's default handler prints to stderr; a library reports through
+   * err instead (messages are picked up with CPLGetLastErrorMsg). */
+  CPLPushErrorHandler(CPLQuietErrorHandler);
+  if ((rc = gl__split_target(o->out, &b.paths, err, errlen)))
+    goto cleanup;
+  gl__clean_stale(&b.paths);
+  if ((rc = gl__check_target(&b.paths, err, errlen)))
+    goto cleanup;
+
+  b.n_src = o->n_orthos;
+  b.src = calloc(b.n_src, sizeof *b.src);
+  b.src_tiles = calloc(b.n_src, sizeof *b.src_tiles);
+  b.src_skipped = calloc(b.n_src, sizeof *b.src_skipped);
+  if (!b.src || !b.src_tiles || !b.src_skipped) {
+    rc = gl__map_fail(err, errlen, GL_ENOMEM, "out of memory");
+    goto cleanup;
+  }
+  /* The grid CRS comes from the first raster, so it is opened on its own
+   * first; every source (the first included) is then opened against it. */
+  {
+    struct stat st;
+    if (stat(o->orthos[0], &st) != 0) {
+      rc = gl__map_fail(err, errlen, errno == ENOENT ? GL_ENOENT : GL_EIO, "%s: %s",
+                        o->orthos[0], strerror(errno));
+      goto cleanup;
+    }
+    GDALDatasetH first = GDALOpenEx(o->orthos[0], GDAL_OF_RASTER | GDAL_OF_READONLY, NULL, NULL,
+                                    NULL);
+    if (!first) {
+      rc = gl__map_fail(err, errlen, GL_EFORMAT, "%s: not a raster GDAL can read: %s",
+                        o->orthos[0], CPLGetLastErrorMsg());
+      goto cleanup;
+    }
+    rc = gl__map_grid_init(&b.grid, first, o->tile_m, o->stride_m, err, errlen);
+    GDALClose(first);
+    if (rc)
+      goto cleanup;
+  }
+  for (uint32_t i = 0; i < b.n_src; i++) {
+    if ((rc = gl__map_source_open(&b.src[i], o->orthos[i], &b.grid, err, errlen)))
+      goto cleanup;
+    b.prog.total += (uint64_t)(b.src[i].nrows * b.src[i].ncols);
+  }
+  if (b.prog.total == 0) {
+    rc = gl__map_fail(err, errlen, GL_EINVAL, "no %g m tile fits inside the source raster(s)",
+                      o->tile_m);
+    goto cleanup;
+  }
+
+  if ((rc = gl__make_tmp(&b.paths, err, errlen)))
+    goto cleanup;
+  if ((rc = gl__open_db(&b, err, errlen)))
+    goto cleanup;
+  gl__progress(&b, "tiles", true);
+  if ((rc = gl__cut_and_encode(&b, err, errlen)))
+    goto cleanup;
+  if (b.n_tiles == 0) {
+    rc = gl__map_fail(err, errlen, GL_EINVAL, "all %llu tiles hold nodata pixels",
+                      (unsigned long long)b.prog.total);
+    goto cleanup;
+  }
+  gl__progress(&b, "index", true);
+  if ((rc = gl__build_index(&b, err, errlen)))
+    goto cleanup;
+  gl__progress(&b, "write", true);
+  if ((rc = gl__write_index(&b, err, errlen)) || (rc = gl__close_db(&b, err, errlen)) ||
+      (rc = gl__write_manifest(&b, err, errlen)))
+    goto cleanup;
+  if (gl__map_fsync_path(b.paths.tmp) != 0) {
+    rc = gl__map_fail(err, errlen, GL_EIO, "cannot fsync %s", b.paths.tmp);
+    goto cleanup;
+  }
+  /* Checked again right before the rename: the target may have appeared
+   * while we encoded. */
+  if ((rc = gl__check_target(&b.paths, err, errlen)) || (rc = gl__install(&b.paths, err, errlen)))
+    goto cleanup;
+  gl__progress(&b, "done", true);
+  if (stats) {
+    stats->tiles = b.n_tiles;
+    stats->skipped = b.prog.skipped;
+    stats->seconds = gl__now() - b.t0;
+  }
+cleanup:
+  if (b.index)
+    faiss_Index_free(b.index);
+  sqlite3_finalize(b.ins_tile);
+  sqlite3_finalize(b.ins_rtree);
+  if (b.db)
+    sqlite3_close(b.db);
+  /* A failed build removes its own temporary directory (a killed one is
+   * left to the next build's cleaner); after a successful rename there is
+   * nothing left at the temporary name. */
+  if (b.paths.tmp)
+    gl__map_rmtree(b.paths.tmp);
+  if (b.paths.lock_fd >= 0 && b.paths.lock)
+    unlink(b.paths.lock);
+  for (uint32_t i = 0; b.src && i < b.n_src; i++)
+    gl__map_source_close(&b.src[i]);
+  free(b.src);
+  free(b.src_tiles);
+  free(b.src_skipped);
+  free(b.desc);
+  gl__map_grid_fini(&b.grid);
+  gl__paths_fini(&b.paths);
+  CPLPopErrorHandler();
+  return rc;
+}

@@ -1,0 +1,102 @@
+/* The map builder's encoder backed by the neural engine (CPU backend).
+ *
+ * Kept in its own file so that programs that only open and search packs
+ * (the daemon's map loader, the unit tests) do not pull the engine in. */
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+
+#include "core/err.h"
+#include "map/map.h"
+#include "map/map_internal.h"
+#include "nn/nn.h"
+
+struct gl__map_nn {
+  struct gl_nn_model *model;
+  struct gl_nn_engine *engine;
+};
+
+static int gl__nn_encode(void *ctx, const struct gl_image *images, uint32_t n, float *out) {
+  struct gl__map_nn *nn = ctx;
+  return gl_nn_engine_encode(nn->engine, images, n, out);
+}
+
+/* The model's input size from its config: "input_size" is [height, width]
+ * or one integer for a square; absent means the default 224 x 224 (see
+ * python/geoloc_train/config.py). */
+static int gl__input_size(const char *json, uint32_t *w, uint32_t *h, char *err, size_t errlen) {
+  *w = *h = 224;
+  if (!json || !*json)
+    return 0;
+  cJSON *cfg = cJSON_Parse(json);
+  if (!cfg)
+    return gl__map_fail(err, errlen, GL_EFORMAT, "model config is not valid JSON");
+  int rc = 0;
+  const cJSON *is = cJSON_GetObjectItemCaseSensitive(cfg, "input_size");
+  if (cJSON_IsNumber(is) && is->valuedouble >= 1 && is->valuedouble <= 65535) {
+    *w = *h = (uint32_t)is->valuedouble;
+  } else if (cJSON_IsArray(is) && cJSON_GetArraySize(is) == 2 &&
+             cJSON_IsNumber(cJSON_GetArrayItem(is, 0)) &&
+             cJSON_IsNumber(cJSON_GetArrayItem(is, 1))) {
+    double hh = cJSON_GetArrayItem(is, 0)->valuedouble, ww = cJSON_GetArrayItem(is, 1)->valuedouble;
+    if (hh < 1 || ww < 1 || hh > 65535 || ww > 65535)
+      rc = gl__map_fail(err, errlen, GL_EFORMAT, "model config: input_size out of range");
+    *h = (uint32_t)hh;
+    *w = (uint32_t)ww;
+  } else if (is) {
+    rc = gl__map_fail(err, errlen, GL_EFORMAT, "model config: input_size is not [h, w]");
+  }
+  cJSON_Delete(cfg);
+  return rc;
+}
+
+int gl_map_encoder_init_model(struct gl_map_encoder *enc, const char *model_path, uint32_t threads,
+                              uint32_t max_batch, char *err, size_t errlen) {
+  int rc;
+  memset(enc, 0, sizeof *enc);
+  struct gl__map_nn *nn = calloc(1, sizeof *nn);
+  if (!nn)
+    return gl__map_fail(err, errlen, GL_ENOMEM, "out of memory");
+  if ((rc = gl_nn_model_load(model_path, &nn->model, err, errlen)))
+    goto fail;
+  enc->dim = gl_nn_model_descriptor_dim(nn->model);
+  if (enc->dim == 0) {
+    rc = gl__map_fail(err, errlen, GL_EINVAL, "%s: the model has no descriptor head", model_path);
+    goto fail;
+  }
+  if ((rc = gl__input_size(gl_nn_model_config_json(nn->model), &enc->width, &enc->height, err,
+                           errlen))) {
+    gl__map_prefix(err, errlen, model_path);
+    goto fail;
+  }
+  enc->max_batch = max_batch ? max_batch : 16;
+  struct gl_nn_engine_opts eo = {
+      .backend = GL_NN_BACKEND_CPU,
+      .max_batch = enc->max_batch,
+      .threads = threads,
+      .max_input_pixels = (uint64_t)enc->width * enc->height,
+  };
+  if ((rc = gl_nn_engine_create(nn->model, &eo, &nn->engine, err, errlen)))
+    goto fail;
+  snprintf(enc->model_sha256, sizeof enc->model_sha256, "%s", gl_nn_model_sha256(nn->model));
+  enc->encode = gl__nn_encode;
+  enc->ctx = nn;
+  return 0;
+fail:
+  gl_nn_engine_destroy(nn->engine);
+  gl_nn_model_destroy(nn->model);
+  free(nn);
+  memset(enc, 0, sizeof *enc);
+  return rc;
+}
+
+void gl_map_encoder_fini(struct gl_map_encoder *enc) {
+  struct gl__map_nn *nn = enc->encode == gl__nn_encode ? enc->ctx : NULL;
+  if (nn) {
+    gl_nn_engine_destroy(nn->engine);
+    gl_nn_model_destroy(nn->model);
+    free(nn);
+  }
+  memset(enc, 0, sizeof *enc);
+}

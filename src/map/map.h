@@ -1,0 +1,193 @@
+/* Map packs: geo-referenced tile descriptors and the search over them.
+ *
+ * A pack is a directory NAME.map/ holding
+ *   manifest.json  format version, model sha256, descriptor size, index type,
+ *                  tiling, source rasters with their sha256, counts, and the
+ *                  sha256 of each other file;
+ *   tiles.sqlite   one row per tile (centre and bounds in WGS84, metres per
+ *                  pixel, source raster, capture date) with an R*Tree on the
+ *                  bounds for prior queries;
+ *   index.faiss    the descriptors in a FAISS IndexIDMap keyed by tile id.
+ *
+ * Tile ids run from 1 to the tile count, in the order the tiles were cut.
+ * Building writes into a temporary directory beside the target and renames
+ * it into place, so a crash never leaves a half-built pack. Opening verifies
+ * the manifest, every checksum and (when asked) the model. */
+#ifndef GL_MAP_MAP_H
+#define GL_MAP_MAP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "img/img.h"
+
+/* The pack format this code writes and the only one it reads. */
+#define GL_MAP_FORMAT_VERSION 1
+
+/* --- encoders ------------------------------------------------------------- */
+
+/* What turns tiles into descriptors. The builder hands encode() batches of
+ * at most max_batch RGB8 images of exactly width x height pixels and expects
+ * n * dim floats back, each descriptor L2-normalised. encode returns 0 or a
+ * negative GL_E* code. */
+struct gl_map_encoder {
+  uint32_t width, height; /* model input size in pixels */
+  uint32_t dim;           /* floats per descriptor */
+  uint32_t max_batch;     /* images per encode() call, >= 1 */
+  char model_sha256[65];  /* 64 lowercase hex digits: the model the pack is bound to */
+  int (*encode)(void *ctx, const struct gl_image *images, uint32_t n, float *out);
+  void *ctx;
+};
+
+/* Loads the model file at model_path and plans a CPU engine for it
+ * (threads: 0 for all cores; max_batch: 0 for 16), filling *enc. The tile
+ * size is the model's input_size from its config. Release with
+ * gl_map_encoder_fini. Returns 0 or the engine's error (err says what). */
+int gl_map_encoder_init_model(struct gl_map_encoder *enc, const char *model_path, uint32_t threads,
+                              uint32_t max_batch, char *err, size_t errlen);
+
+/* Releases what gl_map_encoder_init_model acquired; safe on a zeroed struct. */
+void gl_map_encoder_fini(struct gl_map_encoder *enc);
+
+/* --- building --------------------------------------------------------------- */
+
+/* Where a build is; passed to the progress callback. */
+struct gl_map_progress {
+  const char *stage;      /* "tiles" while encoding, then "index", "write", "done" */
+  uint64_t done;          /* tiles read so far (encoded + skipped) */
+  uint64_t total;         /* tiles on the grid over all sources */
+  uint64_t skipped;       /* tiles left out because they hold nodata pixels */
+  double elapsed_s;       /* since the build started */
+};
+
+struct gl_map_build_opts {
+  /* Source rasters (any GDAL-readable georeferenced raster, any CRS, first
+   * three bands 8-bit RGB), n_orthos >= 1. */
+  const char *const *orthos;
+  uint32_t n_orthos;
+  double tile_m;          /* tile side in metres, > 0 */
+  double stride_m;        /* grid step in metres, > 0 */
+  const char *index_type; /* FAISS index_factory string; NULL means "Flat" */
+  const char *out;        /* the pack directory to create or replace */
+  /* Called after every batch and at each stage change; may be NULL. */
+  void (*progress_cb)(void *ctx, const struct gl_map_progress *p);
+  void *progress_ctx;
+};
+
+/* Result counts of a build. */
+struct gl_map_build_stats {
+  uint64_t tiles;   /* tiles in the pack */
+  uint64_t skipped; /* grid tiles left out (nodata) */
+  double seconds;
+};
+
+/* Builds the pack o->out from o->orthos with enc (see the file comment for
+ * the layout). The grid is metric: tile corners lie on multiples of
+ * stride_m in the grid CRS, which is the first raster's CRS when it is
+ * projected in metres and otherwise the WGS84 UTM zone of its centre;
+ * rasters in another CRS are warped into the grid CRS. Tiles must lie
+ * wholly inside a raster; tiles with nodata pixels are skipped. Each tile is
+ * resampled (bilinear) to enc->width x enc->height pixels.
+ *
+ * Stale temporary directories of earlier builds of the same target that
+ * were killed are removed first. An existing pack at o->out is replaced
+ * atomically; anything else there is refused.
+ *
+ * Returns 0; GL_EINVAL (bad options, or o->out exists and is not a pack),
+ * GL_ENOENT or GL_EFORMAT (unreadable or unsuitable raster), GL_ENOTSUP
+ * (raster that is not 8-bit RGB), GL_EIO, GL_ENOMEM, GL_EINTERNAL (FAISS),
+ * or the encoder's code; err says what failed. */
+int gl_map_build(const struct gl_map_build_opts *o, const struct gl_map_encoder *enc,
+                 struct gl_map_build_stats *stats, char *err, size_t errlen);
+
+/* --- opening and searching -------------------------------------------------- */
+
+struct gl_map;
+
+/* Opens the pack at path: reads manifest.json, checks the format version,
+ * that every listed file exists and has its recorded sha256, that the
+ * tiles table and the index agree with the counts, and, when model_sha256
+ * is not NULL, that the pack was built with that model. Returns 0 with *out
+ * set (reference count 1), GL_ENOENT (no pack or a missing file),
+ * GL_EFORMAT (corrupt or inconsistent pack, checksum mismatch; err names the
+ * file and what differs), GL_EINVAL (built with another model; err gives
+ * both hashes), GL_EIO or GL_ENOMEM. */
+int gl_map_open(const char *path, const char *model_sha256, struct gl_map **out, char *err,
+                size_t errlen);
+
+/* Reference counting: a map shared by threads (the daemon swaps maps on
+ * reload while searches run) lives until its last reference goes. */
+struct gl_map *gl_map_ref(struct gl_map *m);
+/* Drops one reference; the last frees the map. NULL is ignored. */
+void gl_map_close(struct gl_map *m);
+
+uint64_t gl_map_tile_count(const struct gl_map *m);
+uint32_t gl_map_descriptor_dim(const struct gl_map *m);
+const char *gl_map_model_sha256(const struct gl_map *m);
+const char *gl_map_index_type(const struct gl_map *m);
+double gl_map_tile_m(const struct gl_map *m);
+double gl_map_stride_m(const struct gl_map *m);
+
+/* One tile, as stored in tiles.sqlite. */
+struct gl_map_tile {
+  int64_t id;
+  double lat, lon;                         /* centre, WGS84 degrees */
+  double min_lat, max_lat, min_lon, max_lon; /* bounds, WGS84 degrees */
+  double m_per_px;                         /* metres per pixel of the encoded tile */
+  char source[256];                        /* file name of the source raster */
+  char capture_date[11];                   /* "YYYY-MM-DD", or "" when unknown */
+};
+
+/* Fills *out for tile id. Returns 0, GL_EINVAL (no such id) or GL_EIO. */
+int gl_map_tile_get(struct gl_map *m, int64_t id, struct gl_map_tile *out);
+
+/* A search prior: only tiles whose centre lies within radius_m metres
+ * (geodesic distance on WGS84) of (lat, lon) are candidates. A radius <= 0
+ * means no prior. */
+struct gl_map_prior {
+  double lat, lon, radius_m;
+};
+
+struct gl_map_hit {
+  int64_t tile_id; /* -1 for an empty slot */
+  float score;     /* inner product of unit descriptors: cosine similarity */
+  double lat, lon; /* tile centre, WGS84 degrees */
+};
+
+/* Searches the top k tiles for each of n queries (n * dim floats, each
+ * L2-normalised), best first, into hits[i * k .. i * k + k - 1]. priors is
+ * NULL or n entries. counts (NULL or n entries) receives the number of
+ * hits found per query; slots past it have tile_id -1.
+ *
+ * Without a prior the FAISS index answers. With one, FAISS 1.7.3's C API
+ * has no SearchParameters/IDSelector search, so the candidates come from
+ * the R*Tree and the exact circle test, and their scores are inner products
+ * with the descriptors the index reconstructs (exact for Flat and HNSW, the
+ * quantized vector the index itself scores for IVF/PQ).
+ *
+ * Safe to call from several threads at once. Returns 0, GL_EINVAL (bad
+ * arguments), GL_ENOTSUP (a prior on an index type that cannot reconstruct
+ * its vectors), GL_ENOMEM, GL_EIO or GL_EINTERNAL. */
+int gl_map_search(struct gl_map *m, const float *queries, uint32_t n, uint32_t k,
+                  const struct gl_map_prior *priors, struct gl_map_hit *hits, uint32_t *counts,
+                  char *err, size_t errlen);
+
+/* Geodesic distance in metres between two WGS84 points (PROJ geod_inverse). */
+double gl_map_distance_m(double lat1, double lon1, double lat2, double lon2);
+
+/* --- inspection ---------------------------------------------------------------- */
+
+/* True when path is a directory holding a manifest.json (for `geoloc
+ * inspect`, which also inspects model files). */
+bool gl_map_is_pack(const char *path);
+
+/* Prints a summary of the pack at path to f: format, model, descriptor
+ * size, index, tiling, sources with dates and tile counts, files with
+ * sizes, and whether the checksums verify. Returns 0 when the pack verifies,
+ * else the gl_map_open error (the summary is still printed as far as the
+ * manifest could be read; err says what is wrong). */
+int gl_map_inspect(const char *path, FILE *f, char *err, size_t errlen);
+
+#endif

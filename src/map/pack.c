@@ -1,0 +1,738 @@
+/* Opening, verifying, searching and inspecting map packs. */
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+#include <faiss/c_api/IndexIVF_c.h>
+#include <faiss/c_api/Index_c.h>
+#include <faiss/c_api/MetaIndexes_c.h>
+#include <faiss/c_api/error_c.h>
+#include <faiss/c_api/index_io_c.h>
+#include <sqlite3.h>
+
+#include "core/err.h"
+#include "map/map.h"
+#include "map/map_internal.h"
+
+/* Largest k a search accepts: beyond it a caller wants a scan, not top-k. */
+#define GL__MAX_K 4096u
+
+/* The files a pack of this format version holds besides the manifest, in
+ * the order the manifest lists them. */
+static const char *const gl__pack_files[] = {GL__MAP_TILES, GL__MAP_INDEX};
+enum { GL__N_FILES = 2 };
+
+struct gl__manifest {
+  cJSON *root;
+  int version;
+  const char *generator, *created;
+  const char *model_sha256;
+  uint32_t dim;
+  const char *index_type;
+  size_t nprobe;
+  double tile_m, stride_m, m_per_px;
+  uint32_t tile_w, tile_h;
+  const char *crs;
+  uint64_t tiles, skipped;
+  const cJSON *sources;
+  const char *file_sha[GL__N_FILES];
+  uint64_t file_bytes[GL__N_FILES];
+};
+
+struct gl_map {
+  atomic_int refs;
+  char *path;
+  char model_sha256[65];
+  char index_type[512];
+  uint32_t dim;
+  uint64_t n;
+  double tile_m, stride_m;
+  FaissIndex *index; /* the IndexIDMap, owned */
+  FaissIndex *sub;   /* its inner index (position = tile id - 1) */
+  bool can_reconstruct;
+  double *lat, *lon; /* tile centres by id - 1 */
+  sqlite3 *db;
+  sqlite3_stmt *q_rtree, *q_tile;
+  /* One sqlite connection serves all threads: its statements are reused
+   * under this lock (R*Tree lookups take microseconds). */
+  pthread_mutex_t db_lock;
+};
+
+static bool gl__is_hex64(const char *s) {
+  return s && strlen(s) == 64 && strspn(s, "0123456789abcdef") == 64;
+}
+
+static bool gl__json_u64(const cJSON *j, uint64_t max, uint64_t *out) {
+  if (!cJSON_IsNumber(j) || !(j->valuedouble >= 0) || j->valuedouble > (double)max ||
+      j->valuedouble != floor(j->valuedouble))
+    return false;
+  *out = (uint64_t)j->valuedouble;
+  return true;
+}
+
+static const char *gl__json_str(const cJSON *obj, const char *key) {
+  const cJSON *j = cJSON_GetObjectItemCaseSensitive(obj, key);
+  return cJSON_IsString(j) ? j->valuestring : NULL;
+}
+
+/* Reads and checks manifest.json of the pack at path into *m (m->root owns
+ * the strings; free with cJSON_Delete(m->root)). */
+static int gl__manifest_read(const char *path, struct gl__manifest *m, char *err, size_t errlen) {
+  memset(m, 0, sizeof *m);
+  char *file = NULL, *text = NULL;
+  size_t len = 0;
+  int rc;
+  struct stat st;
+  if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode))
+    return gl__map_fail(err, errlen, GL_ENOENT, "%s: no map pack there (not a directory)", path);
+  if (asprintf(&file, "%s/" GL__MAP_MANIFEST, path) < 0)
+    return gl__map_fail(err, errlen, GL_ENOMEM, "out of memory");
+  rc = gl__map_read_file(file, GL__MAP_MANIFEST_MAX, &text, &len);
+  free(file);
+  if (rc == GL_ENOENT)
+    return gl__map_fail(err, errlen, rc, "%s: manifest.json is missing", path);
+  if (rc == GL_ETOOBIG)
+    return gl__map_fail(err, errlen, GL_EFORMAT, "%s: manifest.json is over %u bytes", path,
+                        GL__MAP_MANIFEST_MAX);
+  if (rc)
+    return gl__map_fail(err, errlen, rc, "%s: cannot read manifest.json", path);
+  m->root = cJSON_ParseWithLength(text, len);
+  free(text);
+#define BAD(...)                                                                                   \
+  do {                                                                                             \
+    rc = gl__map_fail(err, errlen, GL_EFORMAT, __VA_ARGS__);                                       \
+    goto fail;                                                                                     \
+  } while (0)
+  if (!cJSON_IsObject(m->root))
+    BAD("%s: manifest.json is not a JSON object", path);
+  const char *format = gl__json_str(m->root, "format");
+  if (!format || strcmp(format, GL__MAP_FORMAT_NAME) != 0)
+    BAD("%s: manifest.json: format is not \"" GL__MAP_FORMAT_NAME "\"", path);
+  uint64_t v;
+  if (!gl__json_u64(cJSON_GetObjectItemCaseSensitive(m->root, "format_version"), 1000000, &v))
+    BAD("%s: manifest.json: format_version missing", path);
+  m->version = (int)v;
+  if (m->version != GL_MAP_FORMAT_VERSION)
+    BAD("%s: pack format version %d; this build reads version %d", path, m->version,
+        GL_MAP_FORMAT_VERSION);
+  m->generator = gl__json_str(m->root, "generator");
+  m->created = gl__json_str(m->root, "created");
+  m->model_sha256 = gl__json_str(m->root, "model_sha256");
+  if (!gl__is_hex64(m->model_sha256))
+    BAD("%s: manifest.json: model_sha256 is not 64 lowercase hex digits", path);
+  if (!gl__json_u64(cJSON_GetObjectItemCaseSensitive(m->root, "descriptor_dim"), 65536, &v) ||
+      v == 0)
+    BAD("%s: manifest.json: descriptor_dim missing or out of range", path);
+  m->dim = (uint32_t)v;
+  const char *metric = gl__json_str(m->root, "metric");
+  if (!metric || strcmp(metric, "inner_product") != 0)
+    BAD("%s: manifest.json: metric is not \"inner_product\"", path);
+  m->index_type = gl__json_str(m->root, "index_type");
+  if (!m->index_type || strlen(m->index_type) >= 512)
+    BAD("%s: manifest.json: index_type missing", path);
+  const cJSON *np = cJSON_GetObjectItemCaseSensitive(m->root, "index_nprobe");
+  if (np && (!gl__json_u64(np, 1u << 20, &v) || v == 0))
+    BAD("%s: manifest.json: index_nprobe out of range", path);
+  m->nprobe = np ? (size_t)v : 0;
+  const cJSON *t = cJSON_GetObjectItemCaseSensitive(m->root, "tiling");
+  const cJSON *tm = cJSON_GetObjectItemCaseSensitive(t, "tile_m");
+  const cJSON *sm = cJSON_GetObjectItemCaseSensitive(t, "stride_m");
+  const cJSON *mp = cJSON_GetObjectItemCaseSensitive(t, "m_per_px");
+  const cJSON *px = cJSON_GetObjectItemCaseSensitive(t, "tile_px");
+  uint64_t pw, ph;
+  if (!cJSON_IsObject(t) || !cJSON_IsNumber(tm) || !(tm->valuedouble > 0) || !cJSON_IsNumber(sm) ||
+      !(sm->valuedouble > 0) || !cJSON_IsNumber(mp) || !cJSON_IsArray(px) ||
+      cJSON_GetArraySize(px) != 2 || !gl__json_u64(cJSON_GetArrayItem(px, 0), 65535, &pw) ||
+      !gl__json_u64(cJSON_GetArrayItem(px, 1), 65535, &ph))
+    BAD("%s: manifest.json: tiling incomplete", path);
+  m->tile_m = tm->valuedouble;
+  m->stride_m = sm->valuedouble;
+  m->m_per_px = mp->valuedouble;
+  m->tile_w = (uint32_t)pw;
+  m->tile_h = (uint32_t)ph;
+  m->crs = gl__json_str(t, "crs");
+  const cJSON *c = cJSON_GetObjectItemCaseSensitive(m->root, "counts");
+  if (!gl__json_u64(cJSON_GetObjectItemCaseSensitive(c, "tiles"), 1ull << 40, &m->tiles))
+    BAD("%s: manifest.json: counts.tiles missing", path);
+  if (!gl__json_u64(cJSON_GetObjectItemCaseSensitive(c, "skipped"), 1ull << 40, &m->skipped))
+    m->skipped = 0;
+  m->sources = cJSON_GetObjectItemCaseSensitive(m->root, "sources");
+  if (!cJSON_IsArray(m->sources))
+    BAD("%s: manifest.json: sources missing", path);
+  const cJSON *files = cJSON_GetObjectItemCaseSensitive(m->root, "files");
+  if (!cJSON_IsObject(files))
+    BAD("%s: manifest.json: files missing", path);
+  for (int i = 0; i < GL__N_FILES; i++) {
+    const cJSON *f = cJSON_GetObjectItemCaseSensitive(files, gl__pack_files[i]);
+    m->file_sha[i] = gl__json_str(f, "sha256");
+    if (!gl__is_hex64(m->file_sha[i]) ||
+        !gl__json_u64(cJSON_GetObjectItemCaseSensitive(f, "bytes"), UINT64_MAX >> 11,
+                      &m->file_bytes[i]))
+      BAD("%s: manifest.json: files.%s needs sha256 and bytes", path, gl__pack_files[i]);
+  }
+  if (cJSON_GetArraySize(files) != GL__N_FILES)
+    BAD("%s: manifest.json: files lists %d entries; format %d has exactly %s and %s", path,
+        cJSON_GetArraySize(files), GL_MAP_FORMAT_VERSION, GL__MAP_TILES, GL__MAP_INDEX);
+#undef BAD
+  return 0;
+fail:
+  cJSON_Delete(m->root);
+  m->root = NULL;
+  return rc;
+}
+
+/* Hashes the open file fd and compares with the manifest. */
+static int gl__verify_fd(const char *pack, const char *name, int fd, const char *want_sha,
+                         uint64_t want_bytes, char *err, size_t errlen) {
+  char sha[65];
+  uint64_t bytes;
+  int rc = gl__map_sha256_fd(fd, sha, &bytes);
+  if (rc)
+    return gl__map_fail(err, errlen, rc, "%s: cannot read %s", pack, name);
+  if (bytes != want_bytes)
+    return gl__map_fail(err, errlen, GL_EFORMAT,
+                        "%s: %s is corrupt: %llu bytes, the manifest says %llu", pack, name,
+                        (unsigned long long)bytes, (unsigned long long)want_bytes);
+  if (strcmp(sha, want_sha) != 0)
+    return gl__map_fail(err, errlen, GL_EFORMAT,
+                        "%s: %s is corrupt: sha256 %s, the manifest says %s", pack, name, sha,
+                        want_sha);
+  return 0;
+}
+
+static int gl__open_verified(const char *pack, const char *name, const char *sha, uint64_t bytes,
+                             int *fd_out, char *err, size_t errlen) {
+  char *p = NULL;
+  if (asprintf(&p, "%s/%s", pack, name) < 0)
+    return gl__map_fail(err, errlen, GL_ENOMEM, "out of memory");
+  int fd = open(p, O_RDONLY | O_CLOEXEC);
+  free(p);
+  if (fd < 0)
+    return gl__map_fail(err, errlen, errno == ENOENT ? GL_ENOENT : GL_EIO, "%s: %s is %s", pack,
+                        name, errno == ENOENT ? "missing" : strerror(errno));
+  int rc = gl__verify_fd(pack, name, fd, sha, bytes, err, errlen);
+  if (rc) {
+    close(fd);
+    return rc;
+  }
+  *fd_out = fd;
+  return 0;
+}
+
+static int gl__faiss_fail(char *err, size_t errlen, const char *pack, const char *what) {
+  const char *m = faiss_get_last_error();
+  return gl__map_fail(err, errlen, GL_EFORMAT, "%s: index.faiss: %s: %s", pack, what,
+                      m ? m : "unknown FAISS error");
+}
+
+static int gl__load_index(struct gl_map *map, const struct gl__manifest *mf, char *err,
+                          size_t errlen) {
+  int fd = -1, rc;
+  if ((rc = gl__open_verified(map->path, GL__MAP_INDEX, mf->file_sha[1], mf->file_bytes[1], &fd,
+                              err, errlen)))
+    return rc;
+  /* Parsed from the same open file that was just hashed, so the bytes
+   * FAISS reads are the bytes that were verified. */
+  FILE *f = NULL;
+  if (lseek(fd, 0, SEEK_SET) != 0 || !(f = fdopen(fd, "rb"))) {
+    close(fd);
+    return gl__map_fail(err, errlen, GL_EIO, "%s: index.faiss: %s", map->path, strerror(errno));
+  }
+  if (faiss_read_index(f, 0, &map->index) != 0) {
+    fclose(f);
+    return gl__faiss_fail(err, errlen, map->path, "cannot read it");
+  }
+  fclose(f);
+  FaissIndexIDMap *idmap = faiss_IndexIDMap_cast(map->index);
+  if (!idmap)
+    return gl__map_fail(err, errlen, GL_EFORMAT, "%s: index.faiss is not an IndexIDMap",
+                        map->path);
+  if (faiss_Index_d(map->index) != (int)mf->dim ||
+      (uint64_t)faiss_Index_ntotal(map->index) != mf->tiles ||
+      faiss_Index_metric_type(map->index) != METRIC_INNER_PRODUCT)
+    return gl__map_fail(err, errlen, GL_EFORMAT,
+                        "%s: index.faiss holds %lld vectors of %d floats (metric %d); the manifest "
+                        "says %llu of %u, inner product",
+                        map->path, (long long)faiss_Index_ntotal(map->index),
+                        faiss_Index_d(map->index), (int)faiss_Index_metric_type(map->index),
+                        (unsigned long long)mf->tiles, mf->dim);
+  idx_t *ids;
+  size_t nids;
+  faiss_IndexIDMap_id_map(idmap, &ids, &nids);
+  if (nids != mf->tiles)
+    return gl__map_fail(err, errlen, GL_EFORMAT, "%s: index.faiss maps %zu ids for %llu tiles",
+                        map->path, nids, (unsigned long long)mf->tiles);
+  /* Ids are tile ids 1..n in insertion order, so the inner index position
+   * of tile id is id - 1: the prior search relies on it. */
+  for (size_t i = 0; i < nids; i++)
+    if (ids[i] != (idx_t)(i + 1))
+      return gl__map_fail(err, errlen, GL_EFORMAT,
+                          "%s: index.faiss: position %zu holds id %lld, expected %zu", map->path, i,
+                          (long long)ids[i], i + 1);
+  map->sub = faiss_IndexIDMap_sub_index(idmap);
+  FaissIndexIVF *ivf = faiss_IndexIVF_cast(map->sub);
+  if (ivf) {
+    if (mf->nprobe)
+      faiss_IndexIVF_set_nprobe(ivf, mf->nprobe);
+    /* IVF indexes reconstruct by id only through a direct map (8 bytes a
+     * vector); the prior search needs it. */
+    if (faiss_IndexIVF_make_direct_map(ivf, 1) != 0)
+      return gl__faiss_fail(err, errlen, map->path, "direct map");
+  }
+  float *probe = malloc(mf->dim * sizeof(float));
+  if (!probe)
+    return gl__map_fail(err, errlen, GL_ENOMEM, "out of memory");
+  map->can_reconstruct = mf->tiles == 0 || faiss_Index_reconstruct(map->sub, 0, probe) == 0;
+  free(probe);
+  return 0;
+}
+
+static int gl__load_tiles(struct gl_map *map, const struct gl__manifest *mf, char *err,
+                          size_t errlen) {
+  int fd = -1, rc;
+  if ((rc = gl__open_verified(map->path, GL__MAP_TILES, mf->file_sha[0], mf->file_bytes[0], &fd,
+                              err, errlen)))
+    return rc;
+  close(fd);
+  char *p = NULL;
+  if (asprintf(&p, "%s/" GL__MAP_TILES, map->path) < 0)
+    return gl__map_fail(err, errlen, GL_ENOMEM, "out of memory");
+  int r = sqlite3_open_v2(p, &map->db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL);
+  free(p);
+  sqlite3_stmt *st = NULL;
+  if (r != SQLITE_OK)
+    goto sql_fail;
+  if (!(map->lat = malloc((mf->tiles ? mf->tiles : 1) * sizeof(double))) ||
+      !(map->lon = malloc((mf->tiles ? mf->tiles : 1) * sizeof(double))))
+    return gl__map_fail(err, errlen, GL_ENOMEM, "out of memory");
+  if (sqlite3_prepare_v2(map->db, "SELECT id, lat, lon FROM tiles ORDER BY id", -1, &st, NULL) !=
+      SQLITE_OK)
+    goto sql_fail;
+  uint64_t i = 0;
+  while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+    if (i >= mf->tiles || sqlite3_column_int64(st, 0) != (int64_t)(i + 1)) {
+      sqlite3_finalize(st);
+      return gl__map_fail(err, errlen, GL_EFORMAT,
+                          "%s: tiles.sqlite: tile ids are not 1..%llu as the manifest says",
+                          map->path, (unsigned long long)mf->tiles);
+    }
+    map->lat[i] = sqlite3_column_double(st, 1);
+    map->lon[i] = sqlite3_column_double(st, 2);
+    i++;
+  }
+  sqlite3_finalize(st);
+  st = NULL;
+  if (r != SQLITE_DONE)
+    goto sql_fail;
+  if (i != mf->tiles)
+    return gl__map_fail(err, errlen, GL_EFORMAT, "%s: tiles.sqlite holds %llu tiles, the manifest "
+                                                 "says %llu",
+                        map->path, (unsigned long long)i, (unsigned long long)mf->tiles);
+  if (sqlite3_prepare_v2(map->db,
+                         "SELECT id FROM tiles_rtree WHERE max_lat >= ?1 AND min_lat <= ?2 AND "
+                         "max_lon >= ?3 AND min_lon <= ?4",
+                         -1, &map->q_rtree, NULL) != SQLITE_OK ||
+      sqlite3_prepare_v2(map->db,
+                         "SELECT lat, lon, min_lat, max_lat, min_lon, max_lon, m_per_px, source, "
+                         "capture_date FROM tiles WHERE id = ?1",
+                         -1, &map->q_tile, NULL) != SQLITE_OK)
+    goto sql_fail;
+  return 0;
+sql_fail:
+  rc = gl__map_fail(err, errlen, GL_EFORMAT, "%s: tiles.sqlite: %s", map->path,
+                    map->db ? sqlite3_errmsg(map->db) : "cannot open");
+  sqlite3_finalize(st);
+  return rc;
+}
+
+static void gl__map_free(struct gl_map *m) {
+  if (!m)
+    return;
+  sqlite3_finalize(m->q_rtree);
+  sqlite3_finalize(m->q_tile);
+  if (m->db)
+    sqlite3_close(m->db);
+  if (m->index)
+    faiss_Index_free(m->index);
+  pthread_mutex_destroy(&m->db_lock);
+  free(m->lat);
+  free(m->lon);
+  free(m->path);
+  free(m);
+}
+
+int gl_map_open(const char *path, const char *model_sha256, struct gl_map **out, char *err,
+                size_t errlen) {
+  if (!path || !out)
+    return gl__map_fail(err, errlen, GL_EINVAL, "gl_map_open: NULL argument");
+  *out = NULL;
+  struct gl__manifest mf;
+  int rc = gl__manifest_read(path, &mf, err, errlen);
+  if (rc)
+    return rc;
+  struct gl_map *m = calloc(1, sizeof *m);
+  if (!m || !(m->path = strdup(path))) {
+    free(m);
+    cJSON_Delete(mf.root);
+    return gl__map_fail(err, errlen, GL_ENOMEM, "out of memory");
+  }
+  atomic_init(&m->refs, 1);
+  pthread_mutex_init(&m->db_lock, NULL);
+  snprintf(m->model_sha256, sizeof m->model_sha256, "%s", mf.model_sha256);
+  snprintf(m->index_type, sizeof m->index_type, "%s", mf.index_type);
+  m->dim = mf.dim;
+  m->n = mf.tiles;
+  m->tile_m = mf.tile_m;
+  m->stride_m = mf.stride_m;
+  /* The model first: it is the cheapest check and the likeliest mistake. */
+  if (model_sha256 && strcmp(model_sha256, mf.model_sha256) != 0) {
+    rc = gl__map_fail(err, errlen, GL_EINVAL,
+                      "%s was built with another model: the pack's model sha256 is %s, the "
+                      "loaded model's is %s",
+                      path, mf.model_sha256, model_sha256);
+    goto fail;
+  }
+  if ((rc = gl__load_tiles(m, &mf, err, errlen)) || (rc = gl__load_index(m, &mf, err, errlen)))
+    goto fail;
+  cJSON_Delete(mf.root);
+  *out = m;
+  return 0;
+fail:
+  cJSON_Delete(mf.root);
+  gl__map_free(m);
+  return rc;
+}
+
+struct gl_map *gl_map_ref(struct gl_map *m) {
+  if (m)
+    atomic_fetch_add_explicit(&m->refs, 1, memory_order_relaxed);
+  return m;
+}
+
+void gl_map_close(struct gl_map *m) {
+  if (m && atomic_fetch_sub_explicit(&m->refs, 1, memory_order_acq_rel) == 1)
+    gl__map_free(m);
+}
+
+uint64_t gl_map_tile_count(const struct gl_map *m) { return m->n; }
+uint32_t gl_map_descriptor_dim(const struct gl_map *m) { return m->dim; }
+const char *gl_map_model_sha256(const struct gl_map *m) { return m->model_sha256; }
+const char *gl_map_index_type(const struct gl_map *m) { return m->index_type; }
+double gl_map_tile_m(const struct gl_map *m) { return m->tile_m; }
+double gl_map_stride_m(const struct gl_map *m) { return m->stride_m; }
+
+int gl_map_tile_get(struct gl_map *m, int64_t id, struct gl_map_tile *out) {
+  if (!m || !out || id < 1 || (uint64_t)id > m->n)
+    return GL_EINVAL;
+  memset(out, 0, sizeof *out);
+  int rc = GL_EIO;
+  pthread_mutex_lock(&m->db_lock);
+  sqlite3_stmt *st = m->q_tile;
+  sqlite3_bind_int64(st, 1, id);
+  if (sqlite3_step(st) == SQLITE_ROW) {
+    out->id = id;
+    out->lat = sqlite3_column_double(st, 0);
+    out->lon = sqlite3_column_double(st, 1);
+    out->min_lat = sqlite3_column_double(st, 2);
+    out->max_lat = sqlite3_column_double(st, 3);
+    out->min_lon = sqlite3_column_double(st, 4);
+    out->max_lon = sqlite3_column_double(st, 5);
+    out->m_per_px = sqlite3_column_double(st, 6);
+    const unsigned char *s = sqlite3_column_text(st, 7);
+    snprintf(out->source, sizeof out->source, "%s", s ? (const char *)s : "");
+    const unsigned char *d = sqlite3_column_text(st, 8);
+    snprintf(out->capture_date, sizeof out->capture_date, "%s", d ? (const char *)d : "");
+    rc = 0;
+  }
+  sqlite3_reset(st);
+  pthread_mutex_unlock(&m->db_lock);
+  return rc;
+}
+
+/* --- search -------------------------------------------------------------------- */
+
+struct gl__cand {
+  int64_t id;
+  float score;
+};
+
+static int gl__cand_by_id(const void *a, const void *b) {
+  int64_t x = ((const struct gl__cand *)a)->id, y = ((const struct gl__cand *)b)->id;
+  return (x > y) - (x < y);
+}
+
+/* Best first; equal scores by id, so results are deterministic. */
+static int gl__cand_by_score(const void *a, const void *b) {
+  const struct gl__cand *x = a, *y = b;
+  if (x->score != y->score)
+    return x->score < y->score ? 1 : -1;
+  return (x->id > y->id) - (x->id < y->id);
+}
+
+/* Tile ids whose bounds meet the circle's boxes (R*Tree), deduplicated. */
+static int gl__rtree_candidates(struct gl_map *m, const struct gl_map_prior *p,
+                                struct gl__cand **out, size_t *n_out, char *err, size_t errlen) {
+  double box[2][4];
+  int nb = gl__map_circle_boxes(p->lat, p->lon, p->radius_m, box);
+  struct gl__cand *c = NULL;
+  size_t n = 0, cap = 0;
+  int rc = 0;
+  pthread_mutex_lock(&m->db_lock);
+  for (int b = 0; b < nb && !rc; b++) {
+    sqlite3_stmt *st = m->q_rtree;
+    for (int i = 0; i < 4; i++)
+      sqlite3_bind_double(st, i + 1, box[b][i]);
+    int r;
+    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+      if (n == cap) {
+        size_t nc = cap ? cap * 2 : 256;
+        struct gl__cand *t = realloc(c, nc * sizeof *c);
+        if (!t) {
+          rc = gl__map_fail(err, errlen, GL_ENOMEM, "out of memory");
+          break;
+        }
+        c = t;
+        cap = nc;
+      }
+      c[n++].id = sqlite3_column_int64(st, 0);
+    }
+    if (!rc && r != SQLITE_DONE)
+      rc = gl__map_fail(err, errlen, GL_EIO, "%s: tiles.sqlite: %s", m->path,
+                        sqlite3_errmsg(m->db));
+    sqlite3_reset(st);
+  }
+  pthread_mutex_unlock(&m->db_lock);
+  if (rc) {
+    free(c);
+    return rc;
+  }
+  if (nb > 1 && n > 1) {
+    qsort(c, n, sizeof *c, gl__cand_by_id);
+    size_t w = 1;
+    for (size_t i = 1; i < n; i++)
+      if (c[i].id != c[w - 1].id)
+        c[w++] = c[i];
+    n = w;
+  }
+  *out = c;
+  *n_out = n;
+  return 0;
+}
+
+/* FAISS 1.7.3's C API cannot pass SearchParameters (with an IDSelector)
+ * to a search: faiss_Index_search has no params argument and there is no
+ * faiss_SearchParameters_new in the headers. Restricting by post-filtering
+ * an unrestricted top-k would silently lose results whenever the prior's
+ * tiles rank below k. So the prior search scores exactly the candidates:
+ * the R*Tree gives tiles near the circle, the geodesic test keeps those
+ * whose centre lies inside, and each is scored against the vector the index
+ * reconstructs. */
+static int gl__search_prior(struct gl_map *m, const float *q, uint32_t k,
+                            const struct gl_map_prior *p, struct gl_map_hit *hits,
+                            uint32_t *count, char *err, size_t errlen) {
+  if (!m->can_reconstruct)
+    return gl__map_fail(err, errlen, GL_ENOTSUP,
+                        "%s: index type '%s' cannot reconstruct its vectors, which a prior search "
+                        "needs (FAISS 1.7.3's C API has no search with an ID selector)",
+                        m->path, m->index_type);
+  struct gl__cand *c = NULL;
+  size_t n = 0;
+  int rc = gl__rtree_candidates(m, p, &c, &n, err, errlen);
+  if (rc)
+    return rc;
+  float *v = malloc(m->dim * sizeof(float));
+  if (!v) {
+    free(c);
+    return gl__map_fail(err, errlen, GL_ENOMEM, "out of memory");
+  }
+  size_t w = 0;
+  for (size_t i = 0; i < n; i++) {
+    int64_t id = c[i].id;
+    if (id < 1 || (uint64_t)id > m->n) {
+      rc = gl__map_fail(err, errlen, GL_EFORMAT, "%s: tiles_rtree holds unknown tile id %lld",
+                        m->path, (long long)id);
+      goto cleanup;
+    }
+    if (gl_map_distance_m(p->lat, p->lon, m->lat[id - 1], m->lon[id - 1]) > p->radius_m)
+      continue;
+    if (faiss_Index_reconstruct(m->sub, (idx_t)(id - 1), v) != 0) {
+      const char *fe = faiss_get_last_error();
+      rc = gl__map_fail(err, errlen, GL_EINTERNAL, "%s: reconstructing tile %lld: %s", m->path,
+                        (long long)id, fe ? fe : "FAISS error");
+      goto cleanup;
+    }
+    double s = 0;
+    for (uint32_t j = 0; j < m->dim; j++)
+      s += (double)q[j] * v[j];
+    c[w].id = id;
+    c[w].score = (float)s;
+    w++;
+  }
+  if (w > 1)
+    qsort(c, w, sizeof *c, gl__cand_by_score);
+  *count = w < k ? (uint32_t)w : k;
+  for (uint32_t i = 0; i < *count; i++)
+    hits[i] = (struct gl_map_hit){c[i].id, c[i].score, m->lat[c[i].id - 1], m->lon[c[i].id - 1]};
+cleanup:
+  free(v);
+  free(c);
+  return rc;
+}
+
+int gl_map_search(struct gl_map *m, const float *queries, uint32_t n, uint32_t k,
+                  const struct gl_map_prior *priors, struct gl_map_hit *hits, uint32_t *counts,
+                  char *err, size_t errlen) {
+  if (!m || !queries || !hits || n == 0 || k == 0 || k > GL__MAX_K)
+    return gl__map_fail(err, errlen, GL_EINVAL, "gl_map_search: bad arguments (n %u, k %u)", n, k);
+  for (size_t i = 0; i < (size_t)n * k; i++)
+    hits[i] = (struct gl_map_hit){-1, 0, 0, 0};
+  if (counts)
+    memset(counts, 0, n * sizeof *counts);
+  int rc = 0;
+  /* Queries without a prior go to FAISS together, as one batch. */
+  uint32_t nfree = 0;
+  for (uint32_t i = 0; i < n; i++)
+    if (!priors || !(priors[i].radius_m > 0))
+      nfree++;
+  float *qbuf = NULL, *dist = NULL;
+  idx_t *lab = NULL;
+  uint32_t *which = NULL;
+  if (nfree) {
+    dist = malloc((size_t)nfree * k * sizeof *dist);
+    lab = malloc((size_t)nfree * k * sizeof *lab);
+    which = malloc(nfree * sizeof *which);
+    qbuf = nfree == n ? NULL : malloc((size_t)nfree * m->dim * sizeof *qbuf);
+    if (!dist || !lab || !which || (nfree != n && !qbuf)) {
+      rc = gl__map_fail(err, errlen, GL_ENOMEM, "out of memory");
+      goto cleanup;
+    }
+    uint32_t j = 0;
+    for (uint32_t i = 0; i < n; i++) {
+      if (priors && priors[i].radius_m > 0)
+        continue;
+      which[j] = i;
+      if (qbuf)
+        memcpy(qbuf + (size_t)j * m->dim, queries + (size_t)i * m->dim, m->dim * sizeof *qbuf);
+      j++;
+    }
+    if (faiss_Index_search(m->index, nfree, qbuf ? qbuf : queries, k, dist, lab) != 0) {
+      const char *fe = faiss_get_last_error();
+      rc = gl__map_fail(err, errlen, GL_EINTERNAL, "%s: search: %s", m->path,
+                        fe ? fe : "FAISS error");
+      goto cleanup;
+    }
+    for (uint32_t j2 = 0; j2 < nfree; j2++) {
+      struct gl_map_hit *h = hits + (size_t)which[j2] * k;
+      uint32_t c = 0;
+      for (uint32_t r = 0; r < k; r++) {
+        idx_t id = lab[(size_t)j2 * k + r];
+        if (id < 1 || (uint64_t)id > m->n)
+          continue; /* FAISS pads with -1 when it finds fewer than k */
+        h[c++] = (struct gl_map_hit){id, dist[(size_t)j2 * k + r], m->lat[id - 1], m->lon[id - 1]};
+      }
+      if (counts)
+        counts[which[j2]] = c;
+    }
+  }
+  for (uint32_t i = 0; priors && i < n && !rc; i++) {
+    if (!(priors[i].radius_m > 0))
+      continue;
+    if (!isfinite(priors[i].lat) || !isfinite(priors[i].lon) || fabs(priors[i].lat) > 90) {
+      rc = gl__map_fail(err, errlen, GL_EINVAL, "prior %u: bad position %g,%g", i, priors[i].lat,
+                        priors[i].lon);
+      break;
+    }
+    uint32_t c = 0;
+    rc = gl__search_prior(m, queries + (size_t)i * m->dim, k, &priors[i], hits + (size_t)i * k, &c,
+                          err, errlen);
+    if (counts)
+      counts[i] = c;
+  }
+cleanup:
+  free(qbuf);
+  free(dist);
+  free(lab);
+  free(which);
+  return rc;
+}
+
+/* --- inspection ---------------------------------------------------------------- */
+
+bool gl_map_is_pack(const char *path) {
+  struct stat st;
+  char *p = NULL;
+  if (!path || stat(path, &st) != 0 || !S_ISDIR(st.st_mode))
+    return false;
+  if (asprintf(&p, "%s/" GL__MAP_MANIFEST, path) < 0)
+    return false;
+  bool ok = stat(p, &st) == 0 && S_ISREG(st.st_mode);
+  free(p);
+  return ok;
+}
+
+int gl_map_inspect(const char *path, FILE *f, char *err, size_t errlen) {
+  struct gl__manifest mf;
+  int rc = gl__manifest_read(path, &mf, err, errlen);
+  if (rc) {
+    fprintf(f, "map pack %s: unreadable: %s\n", path, err && errlen ? err : gl_strerror(rc));
+    return rc;
+  }
+  fprintf(f, "map pack %s\n", path);
+  fprintf(f, "  format      %s v%d", GL__MAP_FORMAT_NAME, mf.version);
+  if (mf.generator)
+    fprintf(f, ", written by %s", mf.generator);
+  if (mf.created)
+    fprintf(f, " at %s", mf.created);
+  fprintf(f, "\n  model       sha256 %s\n", mf.model_sha256);
+  fprintf(f, "  descriptor  %u floats, inner product (cosine)\n", mf.dim);
+  fprintf(f, "  index       %s in an IndexIDMap", mf.index_type);
+  if (mf.nprobe)
+    fprintf(f, ", nprobe %zu", mf.nprobe);
+  fprintf(f, "\n  tiling      %g m tiles every %g m on %s, encoded at %ux%u px (%g m/px)\n",
+          mf.tile_m, mf.stride_m, mf.crs ? mf.crs : "?", mf.tile_w, mf.tile_h, mf.m_per_px);
+  fprintf(f, "  tiles       %llu", (unsigned long long)mf.tiles);
+  if (mf.skipped)
+    fprintf(f, " (%llu grid tiles skipped for nodata)", (unsigned long long)mf.skipped);
+  fprintf(f, "\n  sources     %d\n", cJSON_GetArraySize(mf.sources));
+  const cJSON *s;
+  cJSON_ArrayForEach(s, mf.sources) {
+    const char *file = gl__json_str(s, "file"), *date = gl__json_str(s, "capture_date");
+    const char *crs = gl__json_str(s, "crs"), *sha = gl__json_str(s, "sha256");
+    const cJSON *nt = cJSON_GetObjectItemCaseSensitive(s, "tiles");
+    fprintf(f, "    %-40s %-10s %-12s %6.0f tiles  sha256 %.16s...\n", file ? file : "?",
+            date ? date : "no date", crs ? crs : "?", cJSON_IsNumber(nt) ? nt->valuedouble : 0.0,
+            sha ? sha : "?");
+  }
+  fprintf(f, "  files\n");
+  for (int i = 0; i < GL__N_FILES; i++)
+    fprintf(f, "    %-14s %12llu bytes  sha256 %s\n", gl__pack_files[i],
+            (unsigned long long)mf.file_bytes[i], mf.file_sha[i]);
+  cJSON_Delete(mf.root);
+
+  struct gl_map *m = NULL;
+  rc = gl_map_open(path, NULL, &m, err, errlen);
+  if (rc) {
+    fprintf(f, "  verify      FAILED: %s\n", err && errlen ? err : gl_strerror(rc));
+    return rc;
+  }
+  double la0 = 90, la1 = -90, lo0 = 180, lo1 = -180;
+  for (uint64_t i = 0; i < m->n; i++) {
+    la0 = fmin(la0, m->lat[i]);
+    la1 = fmax(la1, m->lat[i]);
+    lo0 = fmin(lo0, m->lon[i]);
+    lo1 = fmax(lo1, m->lon[i]);
+  }
+  if (m->n)
+    fprintf(f, "  centres     lat %.6f .. %.6f, lon %.6f .. %.6f\n", la0, la1, lo0, lo1);
+  fprintf(f, "  verify      ok (checksums, counts, ids)\n");
+  gl_map_close(m);
+  return 0;
+}

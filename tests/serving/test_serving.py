@@ -1,0 +1,304 @@
+"""End-to-end serving: geolocd with a real model and a real map pack.
+
+A small random model is exported with the PyTorch reference, a map pack is
+built from a real NAIP GeoTIFF with `geoloc map build`, and query frames are
+cut from the same raster with GDAL at known tile footprints. geolocd then
+serves them over loopback TCP to `geoloc query`. The model is untrained, but
+a frame with the same pixels as a tile has the same descriptor, so the tile
+must come first and the estimate must land next to it.
+
+usage: test_serving.py BUILD_DIR SOURCE_DIR   (exit 77 without torch or GDAL)
+"""
+import csv
+import io
+import math
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+import urllib.request
+
+try:
+    import torch  # noqa: F401  (needed by the exporter)
+    from osgeo import gdal
+except ImportError as e:  # pragma: no cover
+    print(f"skipped: {e}")
+    sys.exit(77)
+
+BUILD, SRC = (os.path.abspath(p) for p in sys.argv[1:3])
+del sys.argv[1:3]
+GEOLOCD = os.path.join(BUILD, "daemon", "geolocd")
+GEOLOC = os.path.join(BUILD, "tools", "geoloc")
+RASTER = os.path.join(SRC, "data", "naip", "m_4709963_se_14_1_20200831.tif")
+TILE_M, STRIDE_M, PX = 320, 160, 64
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def metres(lat1, lon1, lat2, lon2):
+    # A test-side check only (the product uses PROJ's geodesics).
+    r = 6371008.8
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lon2 - lon1)
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * r * math.asin(math.sqrt(a))
+
+
+class Fixture:
+    """Model, map and query frames, made once for all tests."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="geoloc-serving-")
+        gdal.UseExceptions()
+        env = dict(os.environ, PYTHONPATH=os.path.join(SRC, "python"))
+        cfg = os.path.join(self.dir, "small.json")
+        with open(cfg, "w") as f:
+            f.write('{"input_size": [%d, %d]}' % (PX, PX))
+        self.model = os.path.join(self.dir, "m.safetensors")
+        self.other_model = os.path.join(self.dir, "other.safetensors")
+        for seed, out in ((3, self.model), (4, self.other_model)):
+            subprocess.run([sys.executable, "-m", "geoloc_train", "export-random", "--config",
+                            cfg, "--seed", str(seed), "--out", out], env=env, check=True,
+                           stdout=subprocess.DEVNULL)
+        self.map = os.path.join(self.dir, "area.map")
+        subprocess.run([GEOLOC, "map", "build", "--model", self.model, "--ortho", RASTER,
+                        "--tile-m", str(TILE_M), "--stride-m", str(STRIDE_M), "--out", self.map],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        db = sqlite3.connect(os.path.join(self.map, "tiles.sqlite"))
+        (xmin, xmax, ymin, ymax) = db.execute(
+            "select min(grid_x), max(grid_x), min(grid_y), max(grid_y) from tiles").fetchone()
+        # Tiles away from the raster's edges, where a crop and a tile agree.
+        rows = db.execute(
+            "select id, lat, lon, grid_x, grid_y from tiles where grid_x > ? and grid_x < ? "
+            "and grid_y > ? and grid_y < ? order by id", (xmin, xmax, ymin, ymax)).fetchall()
+        self.truth = {}
+        h = TILE_M / 2
+        for (tid, lat, lon, x, y) in rows[::23][:12]:  # (x, y): the tile's centre
+            out = os.path.join(self.dir, "q_%04d.png" % tid)
+            gdal.Translate(out, RASTER, format="PNG", projWin=[x - h, y + h, x + h, y - h],
+                           width=PX, height=PX, resampleAlg="bilinear", bandList=[1, 2, 3])
+            self.truth[out] = (tid, lat, lon)
+        self.frames = sorted(self.truth)
+        self.bad = os.path.join(self.dir, "broken.png")
+        with open(self.frames[0], "rb") as f:
+            data = f.read()
+        with open(self.bad, "wb") as f:  # a PNG signature, then garbage
+            f.write(data[:16] + bytes(range(256)) * 4)
+
+
+FIX = None
+
+
+class Daemon:
+    def __init__(self, extra="", model=None, model_extra=""):
+        self.port, self.mport = free_port(), free_port()
+        self.conf = os.path.join(FIX.dir, "geolocd-%d.conf" % self.port)
+        self.model_extra = model_extra
+        self.write_conf(extra, model or FIX.model)
+        self.log = open(os.path.join(FIX.dir, "geolocd-%d.log" % self.port), "w+")
+        self.proc = subprocess.Popen([GEOLOCD, "--config", self.conf], stderr=self.log)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError("geolocd exited %d:\n%s" % (self.proc.returncode,
+                                                                  self.log_text()))
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("geolocd did not listen:\n" + self.log_text())
+
+    def write_conf(self, extra, model):
+        with open(self.conf + ".tmp", "w") as f:
+            f.write("[daemon]\n%s\n[listen]\ntcp = 127.0.0.1:%d\n[model]\npath = %s\n"
+                    "max_batch = 8\n%s\n[map area]\npath = %s\n[metrics]\n"
+                    "listen = 127.0.0.1:%d\n"
+                    % (extra, self.port, model, self.model_extra, FIX.map, self.mport))
+        os.rename(self.conf + ".tmp", self.conf)
+
+    def log_text(self):
+        if not self.log.closed:
+            self.log.flush()
+        with open(self.log.name) as f:
+            return f.read()
+
+    def query(self, frames, *args):
+        r = subprocess.run([GEOLOC, "query", "--connect", "127.0.0.1:%d" % self.port, "--format",
+                            "csv", *args, *frames], capture_output=True, text=True, timeout=120)
+        return r.returncode, list(csv.DictReader(io.StringIO(r.stdout))), r.stderr
+
+    def metric(self, name):
+        text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % self.mport).read().decode()
+        for line in text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        raise AssertionError("no metric " + name)
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        rc = self.proc.wait(timeout=30)
+        self.log.close()
+        return rc
+
+
+def answers(rows):
+    """image -> list of its rows; each frame must have been answered once."""
+    by = {}
+    for r in rows:
+        by.setdefault(r["image"], []).append(r)
+    return by
+
+
+class Serving(unittest.TestCase):
+    def test_estimates_land_on_their_tiles(self):
+        d = Daemon()
+        try:
+            rc, rows, err = d.query(FIX.frames, "--top-k", "3")
+            self.assertEqual(rc, 0, err)
+            by = answers(rows)
+            self.assertEqual(sorted(by), FIX.frames)
+            for img, (tid, lat, lon) in FIX.truth.items():
+                best = by[img][0]
+                self.assertEqual(best["status"], "OK")
+                self.assertEqual(best["rank"], "1")
+                self.assertLessEqual(len(by[img]), 3)
+                self.assertEqual(int(best["tile_id"]), tid, img)
+                self.assertGreater(float(best["score"]), 0.99, img)
+                err_m = metres(lat, lon, float(best["lat"]), float(best["lon"]))
+                self.assertLess(err_m, TILE_M, "%s: %.0f m from its tile" % (img, err_m))
+            self.assertEqual(d.metric('geoloc_frames_total{status="ok"}'), len(FIX.frames))
+            self.assertEqual(urllib.request.urlopen(
+                "http://127.0.0.1:%d/readyz" % d.mport).status, 200)
+        finally:
+            self.assertEqual(d.stop(), 0, d.log_text())
+
+    def test_prior_restricts_the_search(self):
+        d = Daemon()
+        try:
+            img = FIX.frames[0]
+            tid, lat, lon = FIX.truth[img]
+            # A prior 2 km north of the truth, 600 m wide: the true tile is out.
+            rc, rows, err = d.query([img], "--prior", "%f,%f,600" % (lat + 0.018, lon))
+            for r in rows:
+                if r["status"] == "OK":
+                    self.assertLess(metres(lat + 0.018, lon, float(r["lat"]), float(r["lon"])),
+                                    600 + TILE_M)
+                    self.assertNotEqual(int(r["tile_id"]), tid)
+            rc, rows, err = d.query([img], "--prior", "%f,%f,400" % (lat, lon))
+            self.assertEqual(rc, 0, err)
+            self.assertEqual(int(rows[0]["tile_id"]), tid)
+        finally:
+            self.assertEqual(d.stop(), 0, d.log_text())
+
+    def test_bad_image_is_answered_and_the_stream_goes_on(self):
+        d = Daemon()
+        try:
+            frames = [FIX.frames[0], FIX.bad, FIX.frames[1]]
+            rc, rows, err = d.query(frames)
+            self.assertEqual(rc, 1)
+            by = answers(rows)
+            self.assertEqual(by[FIX.bad][0]["status"], "BAD_IMAGE")
+            self.assertEqual(len(by[FIX.bad]), 1)
+            self.assertIn("PNG", err)
+            self.assertEqual(by[FIX.frames[1]][0]["status"], "OK")
+        finally:
+            self.assertEqual(d.stop(), 0, d.log_text())
+
+    def test_busy_and_stale_answer_every_frame(self):
+        # A queue of one frame for all clients: a client allowed 8 frames in
+        # flight must meet BUSY.
+        d = Daemon("max_frames_in_flight = 8\nqueue_depth = 1")
+        try:
+            frames = FIX.frames * 3
+            rc, rows, err = d.query(frames, "--window", "16")
+            statuses = [r["status"] for r in rows if r["rank"] in ("", "1")]
+            self.assertEqual(len(statuses), len(frames))
+            self.assertIn("BUSY", statuses)
+            self.assertIn("OK", statuses)
+        finally:
+            self.assertEqual(d.stop(), 0, d.log_text())
+        # Frames older than 1 ms when the batch starts are stale; a long
+        # batch window makes sure they are.
+        d = Daemon("stale_after_ms = 1", model_extra="batch_window_us = 100000")
+        try:
+            rc, rows, err = d.query(FIX.frames[:4])
+            self.assertEqual([r["status"] for r in rows], ["DROPPED_STALE"] * 4)
+            self.assertEqual(d.metric('geoloc_frames_total{status="dropped_stale"}'), 4)
+        finally:
+            self.assertEqual(d.stop(), 0, d.log_text())
+
+    def test_sighup_reloads_model_and_maps_under_load(self):
+        d = Daemon()
+        try:
+            q = subprocess.Popen([GEOLOC, "query", "--connect", "127.0.0.1:%d" % d.port,
+                                  "--format", "csv", "--window", "4", *(FIX.frames * 8)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(3):
+                time.sleep(0.3)
+                d.proc.send_signal(signal.SIGHUP)
+            out, err = q.communicate(timeout=120)
+            self.assertEqual(q.returncode, 0, err)
+            rows = list(csv.DictReader(io.StringIO(out)))
+            self.assertEqual(len([r for r in rows if r["rank"] == "1"]), len(FIX.frames) * 8)
+            deadline = time.time() + 20
+            while "with its model and maps" not in d.log_text() and time.time() < deadline:
+                time.sleep(0.1)
+            self.assertIn("configuration reloaded with its model and maps", d.log_text())
+            # A reload to a model the map was not built with fails and keeps
+            # the old model serving.
+            d.write_conf("", FIX.other_model)
+            d.proc.send_signal(signal.SIGHUP)
+            deadline = time.time() + 20
+            while "reload failed" not in d.log_text() and time.time() < deadline:
+                time.sleep(0.1)
+            self.assertIn("reload failed", d.log_text())
+            rc, rows, err = d.query(FIX.frames[:2])
+            self.assertEqual(rc, 0, err)
+        finally:
+            self.assertEqual(d.stop(), 0, d.log_text())
+
+    def test_sigterm_answers_frames_in_flight(self):
+        d = Daemon()
+        q = subprocess.Popen([GEOLOC, "query", "--connect", "127.0.0.1:%d" % d.port, "--format",
+                              "csv", "--window", "16", *(FIX.frames * 4)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(0.4)
+        self.assertEqual(d.stop(), 0, d.log_text())
+        out, err = q.communicate(timeout=60)
+        rows = [r for r in csv.DictReader(io.StringIO(out)) if r["rank"] in ("", "1")]
+        # The frames the server had accepted were answered, with estimates,
+        # before it said goodbye; the client then stops.
+        if q.returncode != 0:
+            self.assertIn("SHUTTING_DOWN", err)
+        self.assertGreater(len(rows), 0)
+        self.assertLessEqual(len(rows), len(FIX.frames) * 4)
+        self.assertTrue(all(r["status"] == "OK" for r in rows), rows)
+
+    def test_startup_refuses_a_bad_model_or_map(self):
+        bad = os.path.join(FIX.dir, "missing.safetensors")
+        for model, needle in ((bad, "missing.safetensors"), (FIX.other_model, "model")):
+            conf = os.path.join(FIX.dir, "bad.conf")
+            with open(conf, "w") as f:
+                f.write("[listen]\ntcp = 127.0.0.1:%d\n[model]\npath = %s\n[map area]\npath = %s\n"
+                        % (free_port(), model, FIX.map))
+            r = subprocess.run([GEOLOCD, "--config", conf], capture_output=True, text=True,
+                               timeout=60)
+            self.assertEqual(r.returncode, 1)
+            self.assertIn("cannot start", r.stderr)
+            self.assertIn(needle, r.stderr)
+
+
+if __name__ == "__main__":
+    FIX = Fixture()
+    unittest.main(verbosity=2)

@@ -1,0 +1,214 @@
+/* geoloc map: build and inspect map packs. */
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "commands.h"
+#include "core/err.h"
+#include "map/map.h"
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: geoloc map build --model M.safetensors --ortho A.tif [--ortho B.tif ...]\n"
+          "                        --out NAME.map [--tile-m 320] [--stride-m 80]\n"
+          "                        [--index Flat|HNSW32|IVF1024,PQ64|...] [--batch N] [--threads N]\n"
+          "       geoloc map inspect NAME.map\n"
+          "\n"
+          "build: cuts the rasters (GeoTIFF or any GDAL raster, any CRS, first three bands\n"
+          "8-bit RGB) into tiles on a metric grid, encodes them with the model on the CPU and\n"
+          "writes the pack NAME.map/ (manifest.json, tiles.sqlite, index.faiss). An existing\n"
+          "pack is replaced atomically.\n"
+          "  --model FILE     model (safetensors); the pack is bound to its sha256\n"
+          "  --ortho FILE     source raster, repeatable (e.g. one per year)\n"
+          "  --out DIR        the pack to write\n"
+          "  --tile-m M       tile side in metres (default 320)\n"
+          "  --stride-m M     grid step in metres (default 80)\n"
+          "  --index TYPE     FAISS index_factory string, inner product (default Flat)\n"
+          "  --batch N        tiles per encoder call (default 16)\n"
+          "  --threads N      encoder threads (default: all cores)\n"
+          "inspect: prints the manifest summary and verifies the checksums.\n");
+}
+
+struct progress {
+  bool tty;
+  double last;
+  const char *last_stage;
+};
+
+static void fmt_eta(double s, char *out, size_t n) {
+  if (!isfinite(s) || s < 0) {
+    snprintf(out, n, "--:--");
+    return;
+  }
+  long t = lround(s);
+  if (t >= 3600)
+    snprintf(out, n, "%ld:%02ld:%02ld", t / 3600, t / 60 % 60, t % 60);
+  else
+    snprintf(out, n, "%ld:%02ld", t / 60, t % 60);
+}
+
+/* A bar redrawn in place on a terminal; plain lines every few seconds
+ * elsewhere (a log or a pipe must not fill with carriage returns). */
+static void on_progress(void *ctx, const struct gl_map_progress *p) {
+  struct progress *pr = ctx;
+  double rate = p->elapsed_s > 0 ? (double)p->done / p->elapsed_s : 0;
+  char eta[32];
+  fmt_eta(rate > 0 ? (double)(p->total - p->done) / rate : NAN, eta, sizeof eta);
+  bool tiles = strcmp(p->stage, "tiles") == 0;
+  bool stage_change = !pr->last_stage || strcmp(pr->last_stage, p->stage) != 0;
+  if (pr->tty) {
+    if (tiles) {
+      int width = 30, fill = p->total ? (int)(width * p->done / p->total) : 0;
+      char bar[64];
+      memset(bar, '#', (size_t)fill);
+      memset(bar + fill, '.', (size_t)(width - fill));
+      bar[width] = 0;
+      fprintf(stderr, "\r[%s] %llu/%llu tiles  %.1f tiles/s  ETA %s ", bar,
+              (unsigned long long)p->done, (unsigned long long)p->total, rate, eta);
+    } else if (stage_change) {
+      /* "index" and "write" take a moment after the last tile; say so. */
+      if (strcmp(p->stage, "done") == 0)
+        fprintf(stderr, " done\n");
+      else
+        fprintf(stderr, "%s%s...", strcmp(p->stage, "index") == 0 ? "\n" : " ", p->stage);
+    }
+  } else if (stage_change || p->elapsed_s - pr->last >= 2.0) {
+    if (tiles)
+      fprintf(stderr, "map build: %llu/%llu tiles, %llu skipped, %.1f tiles/s, ETA %s\n",
+              (unsigned long long)p->done, (unsigned long long)p->total,
+              (unsigned long long)p->skipped, rate, eta);
+    else
+      fprintf(stderr, "map build: %s (%.1f s)\n", p->stage, p->elapsed_s);
+    pr->last = p->elapsed_s;
+  }
+  pr->last_stage = p->stage;
+  fflush(stderr);
+}
+
+static bool parse_pos(const char *s, double *out) {
+  char *end;
+  double v = strtod(s, &end);
+  if (end == s || *end || !(v > 0) || !isfinite(v))
+    return false;
+  *out = v;
+  return true;
+}
+
+static int cmd_build(int argc, char **argv) {
+  static const struct option opts[] = {
+      {"model", required_argument, NULL, 'm'},   {"ortho", required_argument, NULL, 'o'},
+      {"out", required_argument, NULL, 'O'},     {"tile-m", required_argument, NULL, 't'},
+      {"stride-m", required_argument, NULL, 's'}, {"index", required_argument, NULL, 'i'},
+      {"batch", required_argument, NULL, 'b'},   {"threads", required_argument, NULL, 'j'},
+      {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
+  };
+  const char *model = NULL;
+  struct gl_map_build_opts bo = {.tile_m = 320, .stride_m = 80};
+  const char **orthos = calloc((size_t)argc, sizeof *orthos);
+  long batch = 16, threads = 0;
+  int o, status = 2;
+  if (!orthos)
+    return 1;
+  while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    switch (o) {
+    case 'm':
+      model = optarg;
+      break;
+    case 'o':
+      orthos[bo.n_orthos++] = optarg;
+      break;
+    case 'O':
+      bo.out = optarg;
+      break;
+    case 't':
+      if (!parse_pos(optarg, &bo.tile_m))
+        goto bad;
+      break;
+    case 's':
+      if (!parse_pos(optarg, &bo.stride_m))
+        goto bad;
+      break;
+    case 'i':
+      bo.index_type = optarg;
+      break;
+    case 'b':
+      batch = strtol(optarg, NULL, 10);
+      break;
+    case 'j':
+      threads = strtol(optarg, NULL, 10);
+      break;
+    case 'h':
+      usage(stdout);
+      status = 0;
+      goto done;
+    default:
+      goto bad;
+    }
+  }
+  if (!model || !bo.out || bo.n_orthos == 0 || optind != argc || batch < 1 || batch > 1024 ||
+      threads < 0 || threads > 1024)
+    goto bad;
+  bo.orthos = orthos;
+
+  char err[1024] = "";
+  struct gl_map_encoder enc;
+  int rc = gl_map_encoder_init_model(&enc, model, (uint32_t)threads, (uint32_t)batch, err,
+                                     sizeof err);
+  if (rc) {
+    fprintf(stderr, "geoloc: %s\n", err);
+    status = 1;
+    goto done;
+  }
+  struct progress pr = {.tty = isatty(STDERR_FILENO) == 1};
+  bo.progress_cb = on_progress;
+  bo.progress_ctx = &pr;
+  struct gl_map_build_stats st;
+  rc = gl_map_build(&bo, &enc, &st, err, sizeof err);
+  gl_map_encoder_fini(&enc);
+  if (rc) {
+    if (pr.tty)
+      fputc('\n', stderr);
+    fprintf(stderr, "geoloc: map build failed (%s): %s\n", gl_err_name(rc), err);
+    status = 1;
+    goto done;
+  }
+  printf("wrote %s: %llu tiles (%llu skipped) in %.1f s\n", bo.out,
+         (unsigned long long)st.tiles, (unsigned long long)st.skipped, st.seconds);
+  status = 0;
+  goto done;
+bad:
+  usage(stderr);
+done:
+  free(orthos);
+  return status;
+}
+
+static int cmd_inspect(int argc, char **argv) {
+  if (argc != 2 || argv[1][0] == '-') {
+    usage(argc == 2 && strcmp(argv[1], "--help") == 0 ? stdout : stderr);
+    return argc == 2 && strcmp(argv[1], "--help") == 0 ? 0 : 2;
+  }
+  char err[1024] = "";
+  return gl_map_inspect(argv[1], stdout, err, sizeof err) == 0 ? 0 : 1;
+}
+
+int gl_cmd_map(int argc, char **argv) {
+  if (argc < 2) {
+    usage(stderr);
+    return 2;
+  }
+  if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "help") == 0) {
+    usage(stdout);
+    return 0;
+  }
+  if (strcmp(argv[1], "build") == 0)
+    return cmd_build(argc - 1, argv + 1);
+  if (strcmp(argv[1], "inspect") == 0)
+    return cmd_inspect(argc - 1, argv + 1);
+  fprintf(stderr, "geoloc map: unknown subcommand '%s'\n", argv[1]);
+  usage(stderr);
+  return 2;
+}
