@@ -8,7 +8,7 @@
 
 #include "core/err.h"
 #include "core/log.h"
-#include "loc/loc.h"
+#include "loc/locate.h"
 
 #define GL__MAX_BATCH 1024
 #define GL__MAX_TILES 1024
@@ -30,13 +30,11 @@ struct gl_pipeline {
 
   /* Inference thread only. Sized for the largest batch and descriptor seen:
    * they grow when a reloaded model needs more, never per frame. */
-  struct gl_loc_workspace *ws;
+  struct gl_loc_locator *loc;
   float *desc;
   size_t desc_cap;
   struct gl_job *batch[GL__MAX_BATCH];
   struct gl_image images[GL__MAX_BATCH];
-  struct gl_map_hit hits[GL__MAX_TILES];
-  struct gl_loc_match matches[GL__MAX_TILES];
   struct gl_loc_estimate est[GL_JOB_MAX_CANDIDATES];
 };
 
@@ -140,29 +138,14 @@ uint32_t gl_pipeline_pending(const struct gl_pipeline *p) { return p->pending; }
 /* Search and clustering of one job whose descriptor is d. */
 static void gl__localize(struct gl_pipeline *p, struct gl_job *job, const float *d) {
   const struct gl_runtime *rt = job->rt;
-  struct gl_map *map = rt->maps[job->map].map;
   uint32_t k = rt->search_tiles < GL__MAX_TILES ? rt->search_tiles : GL__MAX_TILES;
-  uint32_t found = 0;
-  uint64_t t0 = gl_pipeline_now_us();
-  int rc = gl_map_search(map, d, 1, k, job->has_prior ? &job->prior : NULL, p->hits, &found,
-                         job->error, sizeof job->error);
-  if (rc != GL_OK) {
-    job->result = GL_JOB_FAILED;
-    return;
-  }
-  for (uint32_t i = 0; i < found; i++)
-    p->matches[i] = (struct gl_loc_match){p->hits[i].tile_id, p->hits[i].lat, p->hits[i].lon,
-                                          p->hits[i].score};
-  struct gl_loc_params lp;
-  gl_loc_params_init(&lp);
-  lp.bandwidth_m = rt->bandwidth_m > 0 ? rt->bandwidth_m : gl_map_tile_m(map);
-  lp.min_radius_m = gl_map_stride_m(map) / 2;
-  size_t n_est = 0;
   uint32_t want = job->top_k < GL_JOB_MAX_CANDIDATES ? job->top_k : GL_JOB_MAX_CANDIDATES;
-  rc = gl_loc_cluster(p->ws, &lp, p->matches, found, p->est, want, &n_est);
-  if (rc != GL_OK) {
+  size_t n_est = 0;
+  uint64_t t0 = gl_pipeline_now_us();
+  if (gl_loc_locate(p->loc, rt->maps[job->map].map, d, k, job->has_prior ? &job->prior : NULL,
+                    rt->bandwidth_m, p->est, want, &n_est, job->error,
+                    sizeof job->error) != GL_OK) {
     job->result = GL_JOB_FAILED;
-    snprintf(job->error, sizeof job->error, "clustering: %s", gl_strerror(rc));
     return;
   }
   for (size_t i = 0; i < n_est; i++)
@@ -306,9 +289,9 @@ int gl_pipeline_create(uv_loop_t *loop, gl_job_done_cb done_cb, void *ud,
   pthread_condattr_setclock(&ca, CLOCK_MONOTONIC); /* the batch window is monotonic time */
   pthread_cond_init(&p->cv, &ca);
   pthread_condattr_destroy(&ca);
-  int rc = gl_loc_workspace_create(GL__MAX_TILES, &p->ws);
+  int rc = gl_loc_locator_create(GL__MAX_TILES, &p->loc);
   if (rc != GL_OK) {
-    snprintf(err, errlen, "clustering workspace: %s", gl_strerror(rc));
+    snprintf(err, errlen, "search workspace: %s", gl_strerror(rc));
     goto fail;
   }
   /* The thread touches the async handle only for jobs, which come after
@@ -344,7 +327,7 @@ void gl_pipeline_stop(struct gl_pipeline *p) {
 void gl_pipeline_destroy(struct gl_pipeline *p) {
   if (!p)
     return;
-  gl_loc_workspace_destroy(p->ws);
+  gl_loc_locator_destroy(p->loc);
   free(p->desc);
   pthread_cond_destroy(&p->cv);
   pthread_mutex_destroy(&p->mu);

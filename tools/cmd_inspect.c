@@ -7,13 +7,14 @@
 
 #include "commands.h"
 #include "core/err.h"
+#include "map/map.h"
 #include "nn/nn.h"
 
 static void usage(FILE *f) {
-  fprintf(f, "usage: geoloc inspect MODEL.safetensors\n"
+  fprintf(f, "usage: geoloc inspect MODEL.safetensors|NAME.map\n"
              "\n"
-             "Prints the model's SHA-256, parameter count, descriptor size and its\n"
-             "architecture config (JSON).\n");
+             "For a model: its SHA-256, parameter count, descriptor size and its\n"
+             "architecture config (JSON). For a map pack: its manifest summary.\n");
 }
 
 /* Skips a JSON string starting at its opening quote; returns the character
@@ -143,6 +144,13 @@ int gl_cmd_inspect(int argc, char **argv) {
   }
   const char *path = argv[1];
   char err[512] = "";
+  if (gl_map_is_pack(path)) {
+    if (gl_map_inspect(path, stdout, err, sizeof err) != GL_OK) {
+      fprintf(stderr, "geoloc inspect: %s\n", err);
+      return 1;
+    }
+    return 0;
+  }
   struct gl_nn_model *m = NULL;
   int rc = gl_nn_model_load(path, &m, err, sizeof err);
   if (rc != GL_OK) {

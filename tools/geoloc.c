@@ -18,7 +18,8 @@ static const struct {
   const char *help;
 } commands[] = {
     {"encode", gl_cmd_encode, "print the descriptor of each image (JSON arrays)"},
-    {"inspect", gl_cmd_inspect, "print a model's config, size and sha256"},
+    {"inspect", gl_cmd_inspect, "print a model's or a map pack's summary"},
+    {"locate", gl_cmd_locate, "localize images against a map pack in this process"},
     {"map", gl_cmd_map, "build (or inspect) a map pack from orthophotos"},
     {"ping", gl_cmd_ping, "handshake with geolocd, then measure round trips"},
     {"query", gl_cmd_query, "stream images to geolocd and print the estimates"},

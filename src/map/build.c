@@ -105,6 +105,23 @@ static void gl__paths_fini(struct gl__paths *p) {
     close(p->lock_fd);
 }
 
+/* Length of a temporary-name suffix at s ("<pid>-<12 hex digits>", as
+ * gl__make_tmp makes them), or 0 when s does not start with one: only our
+ * own names are ever removed, never a user's directory that happens to
+ * share the prefix. */
+static size_t gl__suffix_len(const char *s) {
+  size_t i = 0;
+  while (s[i] >= '0' && s[i] <= '9')
+    i++;
+  if (i == 0 || s[i] != '-')
+    return 0;
+  i++;
+  for (int k = 0; k < 12; k++, i++)
+    if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+      return 0;
+  return i;
+}
+
 /* Removes what killed builds of this target left: for every lock file of
  * our naming pattern that no live process holds, its temporary directory,
  * its ".old" directory (put back in place when the target is missing: the
@@ -121,17 +138,20 @@ static void gl__clean_stale(const struct gl__paths *p) {
   char *oldprefix = gl__strdupf(".%s.old-", p->base);
   if (!prefix || !lkprefix || !oldprefix)
     goto cleanup;
-  size_t plen = strlen(prefix), lklen = strlen(lkprefix), oldlen = strlen(oldprefix);
+  size_t plen = strlen(prefix), lklen = strlen(lkprefix);
   struct dirent *e;
   while ((e = readdir(d))) {
     const char *name = e->d_name;
     bool is_tmp = strncmp(name, prefix, plen) == 0;
     bool is_lk = strncmp(name, lkprefix, lklen) == 0;
-    bool is_old = strncmp(name, oldprefix, oldlen) == 0;
-    if (!is_tmp && !is_lk && !is_old)
+    size_t slen = is_tmp ? gl__suffix_len(name + plen) : is_lk ? gl__suffix_len(name + lklen) : 0;
+    if (!slen)
+      continue; /* ".old-" entries are handled through their lock file */
+    const char *rest = name + (is_tmp ? plen : lklen) + slen;
+    bool is_lock = is_tmp && strcmp(rest, ".lock") == 0;
+    if (*rest && !is_lock)
       continue;
     size_t nlen = strlen(name);
-    bool is_lock = is_tmp && nlen > 5 && strcmp(name + nlen - 5, ".lock") == 0;
     char *path = gl__strdupf("%s/%s", p->dir, name);
     if (!path)
       continue;

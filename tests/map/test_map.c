@@ -302,6 +302,7 @@ static void test_naip_build(void) {
   CHECK_CONTAINS(text, "\"crs\":\t\"EPSG:26914\"");
   CHECK_CONTAINS(text, "\"capture_date\":\t\"2020-08-31\"");
   CHECK_CONTAINS(text, "\"index_type\":\t\"Flat\"");
+  CHECK_CONTAINS(text, "\"warped\":\tfalse"); /* same CRS: read directly, no warp */
   free(text);
   free(mp);
 }
@@ -1026,12 +1027,14 @@ static void test_restore_old(void) {
   CHECK_EQ_INT(mkdir(dir, 0755), 0);
   char *out = mt_join(dir, "area.map");
   CHECK_EQ_INT(mt_copy_pack(naip_pack, out), 0);
-  char *old = mt_join(dir, ".area.map.old-1-deadbeef");
-  char *lock = mt_join(dir, ".area.map.tmp-1-deadbeef.lock");
-  char *stale = mt_join(dir, ".area.map.tmp-1-deadbeef");
+  char *old = mt_join(dir, ".area.map.old-1-deadbeef0123");
+  char *lock = mt_join(dir, ".area.map.tmp-1-deadbeef0123.lock");
+  char *stale = mt_join(dir, ".area.map.tmp-1-deadbeef0123");
   CHECK_EQ_INT(rename(out, old), 0);
   CHECK_EQ_INT(gl__map_write_file(lock, "", 0), 0);
   CHECK_EQ_INT(mkdir(stale, 0755), 0);
+  char *other = mt_join(dir, ".area.map.tmp-mine");
+  CHECK_EQ_INT(mkdir(other, 0755), 0);
   /* A build that fails after cleaning (no tile fits) still restored the
    * old pack and removed the stale directory and lock. */
   struct fake f = {.notify_fd = -1};
@@ -1042,10 +1045,13 @@ static void test_restore_old(void) {
   CHECK(!mt_exists(old));
   CHECK(!mt_exists(lock));
   CHECK(!mt_exists(stale));
+  /* Names that merely share the prefix are never touched. */
+  CHECK(mt_exists(other));
   struct gl_map *m = NULL;
   CHECK_EQ_INT(gl_map_open(out, MODEL_A, &m, err, sizeof err), 0);
   gl_map_close(m);
   fake_fini(&f);
+  free(other);
   free(stale);
   free(lock);
   free(old);

@@ -285,6 +285,33 @@ class Serving(unittest.TestCase):
         self.assertLessEqual(len(rows), len(FIX.frames) * 4)
         self.assertTrue(all(r["status"] == "OK" for r in rows), rows)
 
+    def test_locate_in_process_agrees_with_the_daemon(self):
+        frames = FIX.frames[:4]
+        r = subprocess.run([GEOLOC, "locate", "--model", FIX.model, "--map", FIX.map, "--format",
+                            "csv", "--top-k", "2", *frames], capture_output=True, text=True,
+                           timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        local = answers(csv.DictReader(io.StringIO(r.stdout)))
+        d = Daemon()
+        try:
+            rc, rows, err = d.query(frames, "--top-k", "2")
+            self.assertEqual(rc, 0, err)
+        finally:
+            self.assertEqual(d.stop(), 0, d.log_text())
+        served = answers(rows)
+        for img in frames:
+            self.assertEqual(int(local[img][0]["tile_id"]), FIX.truth[img][0])
+            for a, b in zip(local[img], served[img]):
+                self.assertEqual(a["tile_id"], b["tile_id"])
+                self.assertAlmostEqual(float(a["lat"]), float(b["lat"]), places=6)
+                self.assertAlmostEqual(float(a["lon"]), float(b["lon"]), places=6)
+        r = subprocess.run([GEOLOC, "inspect", FIX.map], capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("verify      ok", r.stdout)
+        self.assertIn("tiles       %d" % len(sqlite3.connect(
+            os.path.join(FIX.map, "tiles.sqlite")).execute("select id from tiles").fetchall()),
+            r.stdout)
+
     def test_startup_refuses_a_bad_model_or_map(self):
         bad = os.path.join(FIX.dir, "missing.safetensors")
         for model, needle in ((bad, "missing.safetensors"), (FIX.other_model, "model")):

@@ -1,0 +1,32 @@
+/* From a descriptor to ranked estimates on a map: search, then clustering.
+ * The one place where the daemon and `geoloc locate` turn a frame's
+ * descriptor into positions. */
+#ifndef GL_LOC_LOCATE_H
+#define GL_LOC_LOCATE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "loc/loc.h"
+#include "map/map.h"
+
+/* Scratch space sized once for up to max_tiles searched tiles; one per
+ * thread. */
+struct gl_loc_locator;
+
+int gl_loc_locator_create(uint32_t max_tiles, struct gl_loc_locator **out);
+void gl_loc_locator_destroy(struct gl_loc_locator *l);
+
+/* Searches map for the `tiles` tiles nearest to descriptor d (restricted to
+ * prior when not NULL) and clusters them (bandwidth_m, 0 meaning the map's
+ * tile size; radii at least half the map's stride) into at most max_out
+ * estimates, best first. Zero estimates means nothing matched (e.g. no tile
+ * inside the prior). Estimates point into l until its next use. Returns 0,
+ * GL_EINVAL (tiles above the locator's size) or the search's error, with err
+ * filled. */
+int gl_loc_locate(struct gl_loc_locator *l, struct gl_map *map, const float *d, uint32_t tiles,
+                  const struct gl_map_prior *prior, double bandwidth_m,
+                  struct gl_loc_estimate *out, size_t max_out, size_t *n_out, char *err,
+                  size_t errlen);
+
+#endif
