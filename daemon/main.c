@@ -11,6 +11,7 @@
 #include "core/err.h"
 #include "core/log.h"
 #include "gl_build_config.h"
+#include "runtime.h"
 #include "server.h"
 #include "tls.h"
 
@@ -19,7 +20,8 @@ static void usage(FILE *f) {
              "       geolocd --version\n"
              "\n"
              "  -c, --config FILE   configuration file (see geolocd.conf)\n"
-             "  -t, --check-config  validate the configuration and TLS files, then exit\n"
+             "  -t, --check-config  validate the configuration, TLS files, model and maps,\n"
+             "                      then exit\n"
              "  -V, --version       print the version and exit\n"
              "\n"
              "Signals: SIGHUP reloads the configuration, SIGTERM/SIGINT drain and exit.\n");
@@ -35,6 +37,14 @@ static int check_config(const struct gl_config *cfg) {
       return 1;
     }
     gl_tls_ctx_release(ctx);
+  }
+  if (cfg->model_path) { /* loads and verifies the model and every map */
+    struct gl_runtime *rt;
+    if (gl_runtime_load(cfg, &rt, err, sizeof err) != GL_OK) {
+      fprintf(stderr, "geolocd: %s\n", err);
+      return 1;
+    }
+    gl_runtime_unref(rt);
   }
   printf("%s: ok\n", cfg->path);
   return 0;
