@@ -10,6 +10,7 @@
 
 #include "client/client.h"
 #include "client/report.h"
+#include "cli.h"
 #include "commands.h"
 #include "core/err.h"
 
@@ -41,101 +42,6 @@ struct query_file {
   int answered;
 };
 
-static uint64_t clock_us(clockid_t id) {
-  struct timespec ts;
-  clock_gettime(id, &ts);
-  return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
-
-static int has_image_ext(const char *name) {
-  const char *dot = strrchr(name, '.');
-  return dot && (strcasecmp(dot, ".jpg") == 0 || strcasecmp(dot, ".jpeg") == 0 ||
-                 strcasecmp(dot, ".png") == 0);
-}
-
-static int cmp_str(const void *a, const void *b) {
-  return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-/* Appends path, or a directory's image files in name order, to the list. */
-static int add_path(const char *path, char ***list, size_t *n) {
-  struct stat st;
-  if (stat(path, &st) != 0) {
-    fprintf(stderr, "geoloc: %s: %s\n", path, strerror(errno));
-    return GL_ENOENT;
-  }
-  size_t first = *n;
-  if (S_ISDIR(st.st_mode)) {
-    DIR *d = opendir(path);
-    struct dirent *e;
-    if (!d) {
-      fprintf(stderr, "geoloc: %s: %s\n", path, strerror(errno));
-      return GL_EIO;
-    }
-    while ((e = readdir(d))) {
-      if (e->d_name[0] == '.' || !has_image_ext(e->d_name))
-        continue;
-      char **l = realloc(*list, (*n + 1) * sizeof **list);
-      if (!l || asprintf(&l[*n], "%s/%s", path, e->d_name) < 0) {
-        *list = l ? l : *list;
-        closedir(d);
-        return GL_ENOMEM;
-      }
-      *list = l;
-      (*n)++;
-    }
-    closedir(d);
-    qsort(*list + first, *n - first, sizeof **list, cmp_str);
-    return GL_OK;
-  }
-  char **l = realloc(*list, (*n + 1) * sizeof **list);
-  if (!l || !(l[*n] = strdup(path))) {
-    *list = l ? l : *list;
-    return GL_ENOMEM;
-  }
-  *list = l;
-  (*n)++;
-  return GL_OK;
-}
-
-static int read_file(const char *path, uint8_t **data, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  long size;
-  *data = NULL;
-  if (!f)
-    return GL_ENOENT;
-  if (fseek(f, 0, SEEK_END) != 0 || (size = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0 ||
-      !(*data = malloc((size_t)size + 1)) || fread(*data, 1, (size_t)size, f) != (size_t)size) {
-    free(*data);
-    *data = NULL;
-    fclose(f);
-    return GL_EIO;
-  }
-  fclose(f);
-  *len = (size_t)size;
-  return GL_OK;
-}
-
-static Geoloc__V1__ImageFormat sniff_format(const uint8_t *d, size_t n) {
-  if (n >= 3 && d[0] == 0xFF && d[1] == 0xD8 && d[2] == 0xFF)
-    return GEOLOC__V1__IMAGE_FORMAT__JPEG;
-  if (n >= 8 && memcmp(d, "\x89PNG\r\n\x1a\n", 8) == 0)
-    return GEOLOC__V1__IMAGE_FORMAT__PNG;
-  return GEOLOC__V1__IMAGE_FORMAT__IMAGE_FORMAT_UNSPECIFIED;
-}
-
-static const char *error_code_name(int code) {
-  const ProtobufCEnumValue *v =
-      protobuf_c_enum_descriptor_get_value(&geoloc__v1__error__code__descriptor, code);
-  return v ? v->name : "ERROR";
-}
-
-static const char *status_name(int status) {
-  const ProtobufCEnumValue *v =
-      protobuf_c_enum_descriptor_get_value(&geoloc__v1__estimate__status__descriptor, status);
-  return v ? v->name : "UNKNOWN";
-}
-
 struct query {
   struct gl_client *client;
   struct gl_report report;
@@ -147,7 +53,7 @@ struct query {
 /* Reports a frame that never reached the server. */
 static void report_local_failure(struct query *q, size_t i, const char *status, const char *why) {
   fprintf(stderr, "geoloc: %s: %s\n", q->files[i].path, why);
-  gl_report_frame(&q->report, q->files[i].path, status, NULL, 0, clock_us(CLOCK_REALTIME), 0);
+  gl_report_frame(&q->report, q->files[i].path, status, NULL, 0, gl_cli_clock_us(CLOCK_REALTIME), 0);
   q->files[i].answered = 1;
   q->failed++;
 }
@@ -168,7 +74,7 @@ static int receive_one(struct query *q) {
   if (m->msg_case == GEOLOC__V1__SERVER_MESSAGE__MSG_ESTIMATE) {
     const Geoloc__V1__Estimate *e = m->estimate;
     id = e->frame_id;
-    status = status_name(e->status);
+    status = gl_cli_status_name(e->status);
     for (size_t i = 0; i < e->n_candidates && n < sizeof cand / sizeof cand[0]; i++, n++) {
       const Geoloc__V1__Candidate *c = e->candidates[i];
       cand[n] = (struct gl_report_candidate){c->lat, c->lon, c->score, c->confidence,
@@ -176,9 +82,9 @@ static int receive_one(struct query *q) {
     }
   } else if (m->msg_case == GEOLOC__V1__SERVER_MESSAGE__MSG_ERROR && m->error->has_frame_id) {
     id = m->error->frame_id;
-    status = error_code_name(m->error->code);
+    status = gl_cli_error_name(m->error->code);
   } else if (m->msg_case == GEOLOC__V1__SERVER_MESSAGE__MSG_ERROR) {
-    fprintf(stderr, "geoloc: server error %s: %s\n", error_code_name(m->error->code),
+    fprintf(stderr, "geoloc: server error %s: %s\n", gl_cli_error_name(m->error->code),
             m->error->message ? m->error->message : "");
     gl_wire_free(m);
     return GL_EPROTO;
@@ -202,7 +108,7 @@ static int receive_one(struct query *q) {
              m->estimate->status == GEOLOC__V1__ESTIMATE__STATUS__OK;
   good ? q->ok++ : q->failed++;
   gl_report_frame(&q->report, f->path, status, cand, n, f->capture_us,
-                  (double)(clock_us(CLOCK_MONOTONIC) - f->sent_us) / 1000.0);
+                  (double)(gl_cli_clock_us(CLOCK_MONOTONIC) - f->sent_us) / 1000.0);
   gl_wire_free(m);
   return GL_OK;
 }
@@ -282,7 +188,7 @@ int gl_cmd_query(int argc, char **argv) {
     return 2;
   }
   for (int i = optind; i < argc; i++)
-    if (add_path(argv[i], &paths, &n_paths) != GL_OK)
+    if (gl_cli_add_path(argv[i], &paths, &n_paths) != GL_OK)
       goto done;
   status = 1;
   if (n_paths == 0) {
@@ -309,7 +215,7 @@ int gl_cmd_query(int argc, char **argv) {
   }
   if (w->msg_case != GEOLOC__V1__SERVER_MESSAGE__MSG_WELCOME) {
     if (w->msg_case == GEOLOC__V1__SERVER_MESSAGE__MSG_ERROR)
-      fprintf(stderr, "geoloc: server refused: %s: %s\n", error_code_name(w->error->code),
+      fprintf(stderr, "geoloc: server refused: %s: %s\n", gl_cli_error_name(w->error->code),
               w->error->message ? w->error->message : "");
     gl_wire_free(w);
     goto done;
@@ -326,14 +232,14 @@ int gl_cmd_query(int argc, char **argv) {
       size_t i = next++;
       uint8_t *data;
       size_t len;
-      if (read_file(q.files[i].path, &data, &len) != GL_OK) {
+      if (gl_cli_read_file(q.files[i].path, &data, &len) != GL_OK) {
         report_local_failure(&q, i, "UNREADABLE", strerror(errno));
         continue;
       }
       Geoloc__V1__Frame fr = GEOLOC__V1__FRAME__INIT;
       Geoloc__V1__Prior pr = GEOLOC__V1__PRIOR__INIT;
       gl_client_msg cm = GEOLOC__V1__CLIENT_MESSAGE__INIT;
-      fr.format = sniff_format(data, len);
+      fr.format = gl_cli_sniff_format(data, len);
       if (fr.format == GEOLOC__V1__IMAGE_FORMAT__IMAGE_FORMAT_UNSPECIFIED) {
         free(data);
         report_local_failure(&q, i, "BAD_IMAGE", "not a JPEG or PNG file");
@@ -347,7 +253,7 @@ int gl_cmd_query(int argc, char **argv) {
       }
       fr.has_format = fr.has_frame_id = fr.has_capture_time_us = fr.has_image = 1;
       fr.frame_id = i + 1;
-      fr.capture_time_us = q.files[i].capture_us = clock_us(CLOCK_REALTIME);
+      fr.capture_time_us = q.files[i].capture_us = gl_cli_clock_us(CLOCK_REALTIME);
       fr.image.data = data;
       fr.image.len = len;
       if (top_k) {
@@ -363,7 +269,7 @@ int gl_cmd_query(int argc, char **argv) {
       }
       cm.msg_case = GEOLOC__V1__CLIENT_MESSAGE__MSG_FRAME;
       cm.frame = &fr;
-      q.files[i].sent_us = clock_us(CLOCK_MONOTONIC);
+      q.files[i].sent_us = gl_cli_clock_us(CLOCK_MONOTONIC);
       rc = gl_client_send(q.client, &cm);
       free(data);
       if (rc != GL_OK) {

@@ -3,6 +3,7 @@
 #ifndef GL_TOOLS_COMMANDS_H
 #define GL_TOOLS_COMMANDS_H
 
+int gl_cmd_bench(int argc, char **argv);
 int gl_cmd_ping(int argc, char **argv);
 int gl_cmd_encode(int argc, char **argv);
 int gl_cmd_inspect(int argc, char **argv);

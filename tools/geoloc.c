@@ -17,6 +17,7 @@ static const struct {
   int (*run)(int argc, char **argv);
   const char *help;
 } commands[] = {
+    {"bench", gl_cmd_bench, "load geolocd with concurrent clients, check every frame is answered"},
     {"encode", gl_cmd_encode, "print the descriptor of each image (JSON arrays)"},
     {"inspect", gl_cmd_inspect, "print a model's or a map pack's summary"},
     {"locate", gl_cmd_locate, "localize images against a map pack in this process"},

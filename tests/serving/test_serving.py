@@ -152,6 +152,15 @@ class Daemon:
         return rc
 
 
+def varint(n):
+    out = b""
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out += bytes([b | (0x80 if n else 0)])
+        if not n:
+            return out
+
+
 def answers(rows):
     """image -> list of its rows; each frame must have been answered once."""
     by = {}
@@ -311,6 +320,70 @@ class Serving(unittest.TestCase):
         self.assertIn("tiles       %d" % len(sqlite3.connect(
             os.path.join(FIX.map, "tiles.sqlite")).execute("select id from tiles").fetchall()),
             r.stdout)
+
+    def bench(self, d, clients, frames, *extra):
+        r = subprocess.run([GEOLOC, "bench", "--connect", "127.0.0.1:%d" % d.port, "--clients",
+                            str(clients), "--frames", str(frames), *extra, *FIX.frames],
+                           capture_output=True, text=True, timeout=240)
+        return r.returncode, r.stdout, r.stderr
+
+    def test_32_clients_every_frame_answered_once(self):
+        d = Daemon()
+        try:
+            rc, out, err = self.bench(d, 32, 32 * 200)
+            self.assertEqual(rc, 0, out + err)
+            last = out.strip().splitlines()[-1]
+            self.assertTrue(last.startswith("summary: sent 6400, answered 6400, each exactly "
+                                            "once: yes;"), last)
+            # The daemon counted the same frames, by status.
+            counted = sum(d.metric('geoloc_frames_total{status="%s"}' % s)
+                          for s in ("ok", "no_match", "dropped_stale", "busy", "bad_image",
+                                    "unavailable", "error"))
+            self.assertEqual(counted, 6400)
+            self.assertEqual(d.metric("geoloc_frames_in_flight"), 0)
+            self.assertGreater(d.metric("geoloc_batch_size_count"), 0)
+        finally:
+            self.assertEqual(d.stop(), 0, d.log_text())
+
+    def test_a_slow_reader_does_not_stall_others(self):
+        d = Daemon("max_frames_in_flight = 4096\nqueue_depth = 65536")
+        try:
+            with open(FIX.frames[0], "rb") as f:
+                png = f.read()
+            # A client that sends many frames and never reads its answers.
+            slow = socket.create_connection(("127.0.0.1", d.port))
+            hello = bytes([0x0a, 0x02, 0x08, 0x01])  # ClientMessage{hello{protocol_version 1}}
+            slow.sendall(len(hello).to_bytes(4, "big") + hello)
+            frame_body = bytes([0x22]) + varint(len(png)) + png + bytes([0x20, 0x02])
+            sent = 0
+            slow.setblocking(False)
+            for i in range(2000):
+                body = bytes([0x08]) + varint(i + 1) + frame_body  # Frame{frame_id, image, PNG}
+                msg = bytes([0x12]) + varint(len(body)) + body
+                try:
+                    slow.sendall(len(msg).to_bytes(4, "big") + msg)
+                    sent += 1
+                except BlockingIOError:
+                    break
+            self.assertGreater(sent, 50)
+            t0 = time.time()
+            rc, out, err = self.bench(d, 4, 200)
+            self.assertEqual(rc, 0, out + err)
+            self.assertLess(time.time() - t0, 120)
+            slow.close()
+        finally:
+            self.assertEqual(d.stop(), 0, d.log_text())
+
+    def test_wrong_map_name_is_refused(self):
+        d = Daemon()
+        try:
+            rc, rows, err = d.query(FIX.frames[:1], "--map", "nowhere")
+            self.assertEqual(rc, 1)
+            self.assertIn("no map named 'nowhere'", err)
+            rc, rows, err = d.query(FIX.frames[:1], "--map", "area")
+            self.assertEqual(rc, 0, err)
+        finally:
+            self.assertEqual(d.stop(), 0, d.log_text())
 
     def test_startup_refuses_a_bad_model_or_map(self):
         bad = os.path.join(FIX.dir, "missing.safetensors")

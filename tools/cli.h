@@ -1,0 +1,28 @@
+/* Helpers shared by the CLI commands that stream images to geolocd. */
+#ifndef GL_TOOLS_CLI_H
+#define GL_TOOLS_CLI_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "proto/wire.h"
+
+/* Microseconds on clock id. */
+uint64_t gl_cli_clock_us(clockid_t id);
+
+/* Appends path to *list, or for a directory its .jpg/.jpeg/.png files in
+ * name order. Prints what went wrong and returns a GL_E* code on failure. */
+int gl_cli_add_path(const char *path, char ***list, size_t *n);
+
+/* Reads a whole file into a new buffer. */
+int gl_cli_read_file(const char *path, uint8_t **data, size_t *len);
+
+/* JPEG or PNG from the magic bytes; unspecified for anything else. */
+Geoloc__V1__ImageFormat gl_cli_sniff_format(const uint8_t *d, size_t n);
+
+/* Names of protocol enum values ("UNAVAILABLE", "BUSY"). */
+const char *gl_cli_error_name(int code);
+const char *gl_cli_status_name(int status);
+
+#endif

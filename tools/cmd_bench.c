@@ -1,0 +1,358 @@
+/* geoloc bench: load geolocd with concurrent pipelined clients and check
+ * that every frame sent is answered exactly once. */
+#include <getopt.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli.h"
+#include "client/client.h"
+#include "commands.h"
+#include "core/err.h"
+
+#define BENCH_MAX_CLIENTS 1024
+#define BENCH_STATUSES 64 /* status names counted, more than the protocol has */
+
+static void usage(FILE *f) {
+  fprintf(f, "usage: geoloc bench --connect ADDR --clients N --frames M [options] IMAGE...|DIR\n"
+             "\n"
+             "Runs N concurrent clients that stream M frames in total (cycling through\n"
+             "the images), pipelined, and prints frames/s, latency percentiles and the\n"
+             "answers by status. The last line is a summary; the exit status is 0 when\n"
+             "every frame sent got exactly one answer.\n"
+             "\n"
+             "  --rate FPS          send at most FPS frames/s over all clients (default: as\n"
+             "                      fast as the window allows)\n"
+             "  --window W          frames in flight per client (default 8, capped by the\n"
+             "                      server's limit)\n"
+             "  --map NAME          map to localize against\n"
+             "  --tls-ca FILE, --tls-cert FILE, --tls-key FILE, --server-name N: as query\n");
+}
+
+struct bench_image {
+  uint8_t *data;
+  size_t len;
+  Geoloc__V1__ImageFormat format;
+};
+
+struct bench {
+  struct gl_client_opts co;
+  const char *map;
+  struct bench_image *images;
+  size_t n_images;
+  uint32_t window;
+  double rate_per_client; /* frames/s, 0 = unlimited */
+};
+
+struct bench_client {
+  pthread_t thread;
+  const struct bench *b;
+  uint32_t index, frames; /* frames this client sends */
+  uint64_t *sent_us;      /* per frame id - 1 */
+  uint8_t *answers;       /* per frame: how many answers came */
+  double *latency_ms;     /* answered frames, in answer order */
+  uint32_t sent, answered, n_latency;
+  const char *status[BENCH_STATUSES];
+  uint32_t status_count[BENCH_STATUSES];
+  char failure[256]; /* why the client stopped early, "" when it did not */
+};
+
+static void count_status(struct bench_client *c, const char *name) {
+  for (int i = 0; i < BENCH_STATUSES; i++) {
+    if (!c->status[i])
+      c->status[i] = name;
+    if (strcmp(c->status[i], name) == 0) {
+      c->status_count[i]++;
+      return;
+    }
+  }
+}
+
+/* Takes one answer; 0, or an error that ends this client. */
+static int bench_receive(struct bench_client *c, struct gl_client *cl, int timeout_ms) {
+  gl_server_msg *m = NULL;
+  int rc = gl_client_recv(cl, timeout_ms, &m);
+  if (rc == GL_ETIMEDOUT && timeout_ms >= 0 && timeout_ms < 60000)
+    return GL_OK; /* time to send the next frame */
+  if (rc != GL_OK) {
+    snprintf(c->failure, sizeof c->failure, "%s: %s", gl_strerror(rc),
+             gl_client_last_error(cl));
+    return rc;
+  }
+  uint64_t id = 0;
+  const char *status = NULL;
+  if (m->msg_case == GEOLOC__V1__SERVER_MESSAGE__MSG_ESTIMATE) {
+    id = m->estimate->frame_id;
+    status = gl_cli_status_name(m->estimate->status);
+  } else if (m->msg_case == GEOLOC__V1__SERVER_MESSAGE__MSG_ERROR && m->error->has_frame_id) {
+    id = m->error->frame_id;
+    status = gl_cli_error_name(m->error->code);
+  } else if (m->msg_case == GEOLOC__V1__SERVER_MESSAGE__MSG_ERROR) {
+    snprintf(c->failure, sizeof c->failure, "server error %s: %s",
+             gl_cli_error_name(m->error->code), m->error->message ? m->error->message : "");
+    gl_wire_free(m);
+    return GL_EPROTO;
+  }
+  gl_wire_free(m);
+  if (!status)
+    return GL_OK; /* not an answer to a frame */
+  if (id == 0 || id > c->sent) {
+    snprintf(c->failure, sizeof c->failure, "answer for frame %llu, which was never sent",
+             (unsigned long long)id);
+    return GL_EPROTO;
+  }
+  if (c->answers[id - 1]++ == 0) {
+    c->answered++;
+    c->latency_ms[c->n_latency++] =
+        (double)(gl_cli_clock_us(CLOCK_MONOTONIC) - c->sent_us[id - 1]) / 1000.0;
+  }
+  count_status(c, status);
+  return GL_OK;
+}
+
+static void *bench_client_main(void *arg) {
+  struct bench_client *c = arg;
+  const struct bench *b = c->b;
+  struct gl_client *cl = NULL;
+  gl_server_msg *w = NULL;
+  char err[256];
+  if (gl_client_connect(&b->co, &cl, err, sizeof err) != GL_OK) {
+    snprintf(c->failure, sizeof c->failure, "%s", err);
+    return NULL;
+  }
+  int rc = gl_client_hello(cl, "geoloc bench", b->map, 0, 30000, &w);
+  if (rc != GL_OK || w->msg_case != GEOLOC__V1__SERVER_MESSAGE__MSG_WELCOME) {
+    snprintf(c->failure, sizeof c->failure, "no Welcome: %s",
+             rc != GL_OK ? gl_strerror(rc)
+                         : (w->msg_case == GEOLOC__V1__SERVER_MESSAGE__MSG_ERROR && w->error->message
+                                ? w->error->message
+                                : "unexpected answer"));
+    goto done;
+  }
+  uint32_t window = b->window;
+  if (w->welcome->max_frames_in_flight && window > w->welcome->max_frames_in_flight)
+    window = w->welcome->max_frames_in_flight;
+  uint64_t start = gl_cli_clock_us(CLOCK_MONOTONIC);
+  while (c->answered < c->sent || c->sent < c->frames) {
+    uint64_t now = gl_cli_clock_us(CLOCK_MONOTONIC);
+    uint64_t due = b->rate_per_client > 0 ? start + (uint64_t)(c->sent * 1e6 / b->rate_per_client)
+                                          : now;
+    if (c->sent < c->frames && c->sent - c->answered < window && now >= due) {
+      const struct bench_image *img = &b->images[(c->index + c->sent) % b->n_images];
+      Geoloc__V1__Frame f = GEOLOC__V1__FRAME__INIT;
+      gl_client_msg cm = GEOLOC__V1__CLIENT_MESSAGE__INIT;
+      f.has_frame_id = f.has_image = f.has_format = 1;
+      f.frame_id = c->sent + 1;
+      f.image.data = img->data;
+      f.image.len = img->len;
+      f.format = img->format;
+      cm.msg_case = GEOLOC__V1__CLIENT_MESSAGE__MSG_FRAME;
+      cm.frame = &f;
+      c->sent_us[c->sent] = now;
+      if ((rc = gl_client_send(cl, &cm)) != GL_OK) {
+        snprintf(c->failure, sizeof c->failure, "send: %s", gl_strerror(rc));
+        break;
+      }
+      c->sent++;
+      continue;
+    }
+    /* Wait for an answer, or until the next frame is due. */
+    int timeout = -1;
+    if (c->sent < c->frames && c->sent - c->answered < window)
+      timeout = (int)((due - now) / 1000u) + 1;
+    if (c->sent == c->answered)
+      timeout = timeout < 0 ? 1 : timeout; /* nothing to wait for but the schedule */
+    if (bench_receive(c, cl, timeout < 0 ? 120000 : timeout) != GL_OK)
+      break;
+  }
+done:
+  gl_wire_free(w);
+  gl_client_destroy(cl);
+  return NULL;
+}
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+static double percentile(const double *v, size_t n, double p) {
+  if (n == 0)
+    return 0;
+  size_t i = (size_t)(p * (double)(n - 1) + 0.5);
+  return v[i < n ? i : n - 1];
+}
+
+int gl_cmd_bench(int argc, char **argv) {
+  static const struct option opts[] = {
+      {"connect", required_argument, NULL, 'c'}, {"clients", required_argument, NULL, 'n'},
+      {"frames", required_argument, NULL, 'f'},  {"rate", required_argument, NULL, 'r'},
+      {"window", required_argument, NULL, 'w'},  {"map", required_argument, NULL, 'm'},
+      {"tls-ca", required_argument, NULL, 'a'},  {"tls-cert", required_argument, NULL, 'e'},
+      {"tls-key", required_argument, NULL, 'K'}, {"server-name", required_argument, NULL, 's'},
+      {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
+  };
+  struct bench b = {.window = 8};
+  long clients = 0, frames = 0, window = 8;
+  double rate = 0;
+  char **paths = NULL;
+  size_t n_paths = 0;
+  struct bench_client *cs = NULL;
+  int status = 2, o;
+  while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    switch (o) {
+    case 'c':
+      b.co.address = optarg;
+      break;
+    case 'n':
+      clients = strtol(optarg, NULL, 10);
+      break;
+    case 'f':
+      frames = strtol(optarg, NULL, 10);
+      break;
+    case 'r':
+      rate = strtod(optarg, NULL);
+      break;
+    case 'w':
+      window = strtol(optarg, NULL, 10);
+      break;
+    case 'm':
+      b.map = optarg;
+      break;
+    case 'a':
+      b.co.tls_ca = optarg;
+      b.co.tls = true;
+      break;
+    case 'e':
+      b.co.tls_cert = optarg;
+      break;
+    case 'K':
+      b.co.tls_key = optarg;
+      break;
+    case 's':
+      b.co.server_name = optarg;
+      break;
+    case 'h':
+      usage(stdout);
+      return 0;
+    default:
+      usage(stderr);
+      return 2;
+    }
+  }
+  if (!b.co.address || clients < 1 || clients > BENCH_MAX_CLIENTS || frames < clients ||
+      frames > 100000000 || window < 1 || window > 4096 || rate < 0 || optind == argc) {
+    usage(stderr);
+    return 2;
+  }
+  b.window = (uint32_t)window;
+  b.rate_per_client = rate / (double)clients;
+  for (int i = optind; i < argc; i++)
+    if (gl_cli_add_path(argv[i], &paths, &n_paths) != GL_OK)
+      goto done;
+  status = 1;
+  b.images = calloc(n_paths ? n_paths : 1, sizeof *b.images);
+  if (!b.images)
+    goto done;
+  for (size_t i = 0; i < n_paths; i++) {
+    struct bench_image *img = &b.images[b.n_images];
+    if (gl_cli_read_file(paths[i], &img->data, &img->len) != GL_OK ||
+        (img->format = gl_cli_sniff_format(img->data, img->len)) ==
+            GEOLOC__V1__IMAGE_FORMAT__IMAGE_FORMAT_UNSPECIFIED) {
+      fprintf(stderr, "geoloc bench: %s: not a readable JPEG or PNG file\n", paths[i]);
+      free(img->data);
+      goto done;
+    }
+    b.n_images++;
+  }
+  if (b.n_images == 0) {
+    fprintf(stderr, "geoloc bench: no .jpg, .jpeg or .png files\n");
+    goto done;
+  }
+
+  cs = calloc((size_t)clients, sizeof *cs);
+  if (!cs)
+    goto done;
+  for (long i = 0; i < clients; i++) {
+    struct bench_client *c = &cs[i];
+    c->b = &b;
+    c->index = (uint32_t)i;
+    c->frames = (uint32_t)(frames / clients + (i < frames % clients));
+    c->sent_us = calloc(c->frames, sizeof *c->sent_us);
+    c->answers = calloc(c->frames, 1);
+    c->latency_ms = calloc(c->frames, sizeof *c->latency_ms);
+    if (!c->sent_us || !c->answers || !c->latency_ms)
+      goto done;
+  }
+  printf("geoloc bench: %ld client(s), %ld frames, window %ld, %s\n", clients, frames, window,
+         rate > 0 ? "rate-limited" : "as fast as answered");
+  uint64_t t0 = gl_cli_clock_us(CLOCK_MONOTONIC);
+  for (long i = 0; i < clients; i++)
+    if (pthread_create(&cs[i].thread, NULL, bench_client_main, &cs[i]) != 0) {
+      fprintf(stderr, "geoloc bench: cannot start client %ld\n", i);
+      clients = i;
+      break;
+    }
+  for (long i = 0; i < clients; i++)
+    pthread_join(cs[i].thread, NULL);
+  double seconds = (double)(gl_cli_clock_us(CLOCK_MONOTONIC) - t0) / 1e6;
+
+  /* Merge: statuses, latencies, the invariant. */
+  uint64_t sent = 0, answered = 0, twice = 0, n_lat = 0;
+  const char *names[BENCH_STATUSES] = {0};
+  uint64_t counts[BENCH_STATUSES] = {0};
+  for (long i = 0; i < clients; i++) {
+    struct bench_client *c = &cs[i];
+    sent += c->sent;
+    answered += c->answered;
+    for (uint32_t f = 0; f < c->sent; f++)
+      twice += c->answers[f] > 1;
+    for (int s = 0; s < BENCH_STATUSES && c->status[s]; s++) {
+      for (int t = 0; t < BENCH_STATUSES; t++) {
+        if (!names[t])
+          names[t] = c->status[s];
+        if (strcmp(names[t], c->status[s]) == 0) {
+          counts[t] += c->status_count[s];
+          break;
+        }
+      }
+    }
+    if (c->failure[0])
+      fprintf(stderr, "geoloc bench: client %ld stopped: %s\n", i, c->failure);
+  }
+  double *lat = malloc((answered ? answered : 1) * sizeof *lat);
+  if (!lat)
+    goto done;
+  for (long i = 0; i < clients; i++) {
+    memcpy(lat + n_lat, cs[i].latency_ms, cs[i].n_latency * sizeof *lat);
+    n_lat += cs[i].n_latency;
+  }
+  qsort(lat, n_lat, sizeof *lat, cmp_double);
+  for (int t = 0; t < BENCH_STATUSES && names[t]; t++)
+    printf("  %-20s %llu\n", names[t], (unsigned long long)counts[t]);
+  double p99 = percentile(lat, n_lat, 0.99);
+  printf("latency ms: p50 %.2f  p90 %.2f  p99 %.2f  max %.2f\n", percentile(lat, n_lat, 0.5),
+         percentile(lat, n_lat, 0.9), p99, n_lat ? lat[n_lat - 1] : 0.0);
+  bool once = sent == (uint64_t)frames && answered == sent && twice == 0;
+  printf("summary: sent %llu, answered %llu, each exactly once: %s; %.1f frames/s, p99 %.2f ms\n",
+         (unsigned long long)sent, (unsigned long long)answered, once ? "yes" : "NO",
+         (double)answered / seconds, p99);
+  free(lat);
+  status = once ? 0 : 1;
+done:
+  for (long i = 0; cs && i < clients; i++) {
+    free(cs[i].sent_us);
+    free(cs[i].answers);
+    free(cs[i].latency_ms);
+  }
+  free(cs);
+  for (size_t i = 0; i < b.n_images; i++)
+    free(b.images[i].data);
+  free(b.images);
+  for (size_t i = 0; i < n_paths; i++)
+    free(paths[i]);
+  free(paths);
+  return status;
+}
