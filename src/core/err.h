@@ -44,4 +44,15 @@ const char *gl_strerror(int err);
 /* Returns the symbolic name of err ("GL_ETIMEDOUT"; "GL_OK" for 0). */
 const char *gl_err_name(int err);
 
+#include <stddef.h>
+
+/* Formats a message into err (when errlen > 0) and returns code, so that a
+ * failure reads `return gl_fail(err, errlen, GL_EFORMAT, "...", ...)`. */
+int gl_fail(char *err, size_t errlen, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* Prepends "prefix: " to the message already in err, cutting the end of the
+ * message when both do not fit. */
+void gl_err_prefix(char *err, size_t errlen, const char *prefix);
+
 #endif

@@ -73,7 +73,7 @@ static int gl__split_target(const char *out, struct gl__paths *p, char *err, siz
     n--;
   char *t = strndup(out, n);
   if (!t)
-    return gl__map_fail(err, errlen, GL_ENOMEM, "out of memory");
+    return gl_fail(err, errlen, GL_ENOMEM, "out of memory");
   char *slash = strrchr(t, '/');
   if (slash) {
     p->base = strdup(slash + 1);
@@ -84,12 +84,12 @@ static int gl__split_target(const char *out, struct gl__paths *p, char *err, siz
   }
   p->target = t;
   if (!p->base || !p->dir)
-    return gl__map_fail(err, errlen, GL_ENOMEM, "out of memory");
+    return gl_fail(err, errlen, GL_ENOMEM, "out of memory");
   if (!*p->base || strcmp(p->base, ".") == 0 || strcmp(p->base, "..") == 0 || strlen(p->base) > 200)
-    return gl__map_fail(err, errlen, GL_EINVAL, "'%s' is not a usable pack name", out);
+    return gl_fail(err, errlen, GL_EINVAL, "'%s' is not a usable pack name", out);
   struct stat st;
   if (stat(p->dir, &st) != 0 || !S_ISDIR(st.st_mode))
-    return gl__map_fail(err, errlen, GL_ENOENT, "%s: the directory for the pack does not exist",
+    return gl_fail(err, errlen, GL_ENOENT, "%s: the directory for the pack does not exist",
                         p->dir);
   return 0;
 }
@@ -207,7 +207,7 @@ static int gl__make_tmp(struct gl__paths *p, char *err, size_t errlen) {
     if (ufd < 0 || read(ufd, rnd, sizeof rnd) != (ssize_t)sizeof rnd) {
       if (ufd >= 0)
         close(ufd);
-      return gl__map_fail(err, errlen, GL_EIO, "cannot read /dev/urandom");
+      return gl_fail(err, errlen, GL_EIO, "cannot read /dev/urandom");
     }
     close(ufd);
     char suffix[32];
@@ -222,7 +222,7 @@ static int gl__make_tmp(struct gl__paths *p, char *err, size_t errlen) {
     p->old = gl__strdupf("%s/.%s.old-%s", p->dir, p->base, suffix);
     if (!lk || !p->tmp || !p->lock || !p->old) {
       free(lk);
-      return gl__map_fail(err, errlen, GL_ENOMEM, "out of memory");
+      return gl_fail(err, errlen, GL_ENOMEM, "out of memory");
     }
     int fd = open(lk, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd < 0 && errno == EEXIST) {
@@ -232,7 +232,7 @@ static int gl__make_tmp(struct gl__paths *p, char *err, size_t errlen) {
     if (fd < 0) {
       int e = errno;
       free(lk);
-      return gl__map_fail(err, errlen, GL_EIO, "cannot create a lock file in %s: %s", p->dir,
+      return gl_fail(err, errlen, GL_EIO, "cannot create a lock file in %s: %s", p->dir,
                           strerror(e));
     }
     if (flock(fd, LOCK_EX | LOCK_NB) != 0 || rename(lk, p->lock) != 0) {
@@ -240,17 +240,17 @@ static int gl__make_tmp(struct gl__paths *p, char *err, size_t errlen) {
       unlink(lk);
       close(fd);
       free(lk);
-      return gl__map_fail(err, errlen, GL_EIO, "cannot lock %s: %s", p->lock, strerror(e));
+      return gl_fail(err, errlen, GL_EIO, "cannot lock %s: %s", p->lock, strerror(e));
     }
     free(lk);
     p->lock_fd = fd;
     if (mkdir(p->tmp, 0755) != 0) {
       int e = errno;
-      return gl__map_fail(err, errlen, GL_EIO, "cannot create %s: %s", p->tmp, strerror(e));
+      return gl_fail(err, errlen, GL_EIO, "cannot create %s: %s", p->tmp, strerror(e));
     }
     return 0;
   }
-  return gl__map_fail(err, errlen, GL_EIO, "cannot find a free temporary name in %s", p->dir);
+  return gl_fail(err, errlen, GL_EIO, "cannot find a free temporary name in %s", p->dir);
 }
 
 /* Moves the finished temporary directory onto the target. */
@@ -258,9 +258,9 @@ static int gl__install(struct gl__paths *p, char *err, size_t errlen) {
   struct stat st;
   if (lstat(p->target, &st) != 0) {
     if (errno != ENOENT)
-      return gl__map_fail(err, errlen, GL_EIO, "%s: %s", p->target, strerror(errno));
+      return gl_fail(err, errlen, GL_EIO, "%s: %s", p->target, strerror(errno));
     if (rename(p->tmp, p->target) != 0)
-      return gl__map_fail(err, errlen, GL_EIO, "cannot rename %s to %s: %s", p->tmp, p->target,
+      return gl_fail(err, errlen, GL_EIO, "cannot rename %s to %s: %s", p->tmp, p->target,
                           strerror(errno));
   } else {
     /* Replacing: only a pack is ever replaced. renameat2(RENAME_EXCHANGE)
@@ -274,22 +274,22 @@ static int gl__install(struct gl__paths *p, char *err, size_t errlen) {
        * A crash between the two renames leaves the old pack at ".old-",
        * which the next build's cleaner restores. */
       if (rename(p->target, p->old) != 0)
-        return gl__map_fail(err, errlen, GL_EIO, "cannot move the old pack %s aside: %s",
+        return gl_fail(err, errlen, GL_EIO, "cannot move the old pack %s aside: %s",
                             p->target, strerror(errno));
       if (rename(p->tmp, p->target) != 0) {
         int e = errno;
         rename(p->old, p->target);
-        return gl__map_fail(err, errlen, GL_EIO, "cannot rename %s to %s: %s", p->tmp, p->target,
+        return gl_fail(err, errlen, GL_EIO, "cannot rename %s to %s: %s", p->tmp, p->target,
                             strerror(e));
       }
       gl__map_rmtree(p->old);
     } else {
-      return gl__map_fail(err, errlen, GL_EIO, "cannot replace %s: %s", p->target,
+      return gl_fail(err, errlen, GL_EIO, "cannot replace %s: %s", p->target,
                           strerror(errno));
     }
   }
   if (gl__map_fsync_path(p->dir) != 0)
-    return gl__map_fail(err, errlen, GL_EIO, "cannot fsync %s", p->dir);
+    return gl_fail(err, errlen, GL_EIO, "cannot fsync %s", p->dir);
   return 0;
 }
 
@@ -298,10 +298,10 @@ static int gl__install(struct gl__paths *p, char *err, size_t errlen) {
 static int gl__check_target(const struct gl__paths *p, char *err, size_t errlen) {
   struct stat st;
   if (lstat(p->target, &st) != 0)
-    return errno == ENOENT ? 0 : gl__map_fail(err, errlen, GL_EIO, "%s: %s", p->target,
+    return errno == ENOENT ? 0 : gl_fail(err, errlen, GL_EIO, "%s: %s", p->target,
                                               strerror(errno));
   if (!S_ISDIR(st.st_mode) || !gl_map_is_pack(p->target))
-    return gl__map_fail(err, errlen, GL_EINVAL,
+    return gl_fail(err, errlen, GL_EINVAL,
                         "%s exists and is not a map pack (no manifest.json); not replacing it",
                         p->target);
   return 0;
@@ -340,7 +340,7 @@ struct gl__tile_meta {
 };
 
 static int gl__sql_fail(sqlite3 *db, char *err, size_t errlen, const char *what) {
-  return gl__map_fail(err, errlen, GL_EIO, "tiles.sqlite: %s: %s", what,
+  return gl_fail(err, errlen, GL_EIO, "tiles.sqlite: %s: %s", what,
                       db ? sqlite3_errmsg(db) : "cannot allocate");
 }
 
@@ -442,14 +442,14 @@ static int gl__insert_sources(struct gl__build *b, char *err, size_t errlen) {
 static int gl__open_db(struct gl__build *b, char *err, size_t errlen) {
   char *path = gl__strdupf("%s/" GL__MAP_TILES, b->paths.tmp);
   if (!path)
-    return gl__map_fail(err, errlen, GL_ENOMEM, "out of memory");
+    return gl_fail(err, errlen, GL_ENOMEM, "out of memory");
   int r = sqlite3_open_v2(path, &b->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
   free(path);
   if (r != SQLITE_OK)
     return gl__sql_fail(b->db, err, errlen, "create");
   char *msg = NULL;
   if (sqlite3_exec(b->db, gl__schema, NULL, NULL, &msg) != SQLITE_OK) {
-    int rc = gl__map_fail(err, errlen, GL_EIO, "tiles.sqlite: schema: %s", msg ? msg : "?");
+    int rc = gl_fail(err, errlen, GL_EIO, "tiles.sqlite: schema: %s", msg ? msg : "?");
     sqlite3_free(msg);
     return rc;
   }
@@ -514,7 +514,7 @@ static int gl__flush(struct gl__build *b, struct gl_image *imgs, struct gl__tile
       cap *= 2;
     float *d = realloc(b->desc, (size_t)cap * dim * sizeof(float));
     if (!d)
-      return gl__map_fail(err, errlen, GL_ENOMEM, "out of memory for %llu descriptors",
+      return gl_fail(err, errlen, GL_ENOMEM, "out of memory for %llu descriptors",
                           (unsigned long long)cap);
     b->desc = d;
     b->cap_tiles = cap;
@@ -522,7 +522,7 @@ static int gl__flush(struct gl__build *b, struct gl_image *imgs, struct gl__tile
   float *out = b->desc + (size_t)b->n_tiles * dim;
   int rc = b->enc->encode(b->enc->ctx, imgs, n, out);
   if (rc)
-    return gl__map_fail(err, errlen, rc, "encoding a batch of %u tiles failed: %s", n,
+    return gl_fail(err, errlen, rc, "encoding a batch of %u tiles failed: %s", n,
                         gl_strerror(rc));
   for (uint32_t i = 0; i < n; i++) {
     /* The index scores by inner product, which is the cosine only for
@@ -532,7 +532,7 @@ static int gl__flush(struct gl__build *b, struct gl_image *imgs, struct gl__tile
     for (uint32_t j = 0; j < dim; j++)
       ss += (double)out[(size_t)i * dim + j] * out[(size_t)i * dim + j];
     if (!(fabs(ss - 1.0) < 1e-3))
-      return gl__map_fail(err, errlen, GL_EFORMAT,
+      return gl_fail(err, errlen, GL_EFORMAT,
                           "the encoder returned a descriptor of norm %g; descriptors must be "
                           "L2-normalised",
                           sqrt(ss));
@@ -555,7 +555,7 @@ static int gl__cut_and_encode(struct gl__build *b, char *err, size_t errlen) {
   struct gl_image *imgs = calloc(enc->max_batch, sizeof *imgs);
   struct gl__tile_meta *meta = calloc(enc->max_batch, sizeof *meta);
   if (!pixels || !mask || !imgs || !meta) {
-    rc = gl__map_fail(err, errlen, GL_ENOMEM, "out of memory");
+    rc = gl_fail(err, errlen, GL_ENOMEM, "out of memory");
     goto cleanup;
   }
   uint32_t n = 0;
@@ -577,7 +577,7 @@ static int gl__cut_and_encode(struct gl__build *b, char *err, size_t errlen) {
           continue;
         }
         if ((rc = gl__tile_meta(&b->grid, x0, y0, si, &meta[n]))) {
-          rc = gl__map_fail(err, errlen, rc, "PROJ cannot convert %.3f,%.3f (%s) to WGS84", x0,
+          rc = gl_fail(err, errlen, rc, "PROJ cannot convert %.3f,%.3f (%s) to WGS84", x0,
                             y0, b->grid.name);
           goto cleanup;
         }
@@ -603,7 +603,7 @@ cleanup:
 
 static int gl__faiss_fail(char *err, size_t errlen, const char *what) {
   const char *m = faiss_get_last_error();
-  return gl__map_fail(err, errlen, GL_EINTERNAL, "FAISS: %s: %s", what, m ? m : "unknown error");
+  return gl_fail(err, errlen, GL_EINTERNAL, "FAISS: %s: %s", what, m ? m : "unknown error");
 }
 
 /* The index_factory string actually used: each product-quantizer
@@ -666,7 +666,7 @@ static int gl__build_index(struct gl__build *b, char *err, size_t errlen) {
     char tmp[640];
     snprintf(tmp, sizeof tmp, "index type '%s' on %llu tiles", type,
              (unsigned long long)b->n_tiles);
-    gl__map_prefix(err, errlen, tmp);
+    gl_err_prefix(err, errlen, tmp);
     goto fail;
   }
   if (faiss_IndexIDMap_new(&map, sub) != 0) {
@@ -676,7 +676,7 @@ static int gl__build_index(struct gl__build *b, char *err, size_t errlen) {
   faiss_IndexIDMap_set_own_fields(map, 1);
   sub = NULL;
   if (!(ids = malloc(b->n_tiles * sizeof *ids))) {
-    rc = gl__map_fail(err, errlen, GL_ENOMEM, "out of memory");
+    rc = gl_fail(err, errlen, GL_ENOMEM, "out of memory");
     goto fail;
   }
   for (uint64_t i = 0; i < b->n_tiles; i++)
@@ -709,11 +709,11 @@ fail:
 static int gl__write_index(struct gl__build *b, char *err, size_t errlen) {
   char *path = gl__strdupf("%s/" GL__MAP_INDEX, b->paths.tmp);
   if (!path)
-    return gl__map_fail(err, errlen, GL_ENOMEM, "out of memory");
+    return gl_fail(err, errlen, GL_ENOMEM, "out of memory");
   int rc = 0;
   FILE *f = fopen(path, "wb");
   if (!f) {
-    rc = gl__map_fail(err, errlen, GL_EIO, "%s: %s", path, strerror(errno));
+    rc = gl_fail(err, errlen, GL_EIO, "%s: %s", path, strerror(errno));
     goto cleanup;
   }
   if (faiss_write_index(b->index, f) != 0) {
@@ -722,16 +722,16 @@ static int gl__write_index(struct gl__build *b, char *err, size_t errlen) {
     goto cleanup;
   }
   if (fflush(f) != 0 || fsync(fileno(f)) != 0) {
-    rc = gl__map_fail(err, errlen, GL_EIO, "%s: %s", path, strerror(errno));
+    rc = gl_fail(err, errlen, GL_EIO, "%s: %s", path, strerror(errno));
     fclose(f);
     goto cleanup;
   }
   if (fclose(f) != 0) {
-    rc = gl__map_fail(err, errlen, GL_EIO, "%s: %s", path, strerror(errno));
+    rc = gl_fail(err, errlen, GL_EIO, "%s: %s", path, strerror(errno));
     goto cleanup;
   }
   if ((rc = gl__map_sha256_file(path, b->index_sha, &b->index_bytes)))
-    gl__map_fail(err, errlen, rc, "cannot checksum %s", path);
+    gl_fail(err, errlen, rc, "cannot checksum %s", path);
 cleanup:
   free(path);
   return rc;
@@ -743,7 +743,7 @@ static int gl__close_db(struct gl__build *b, char *err, size_t errlen) {
   b->ins_tile = b->ins_rtree = NULL;
   char *msg = NULL;
   if (sqlite3_exec(b->db, "COMMIT;", NULL, NULL, &msg) != SQLITE_OK) {
-    int rc = gl__map_fail(err, errlen, GL_EIO, "tiles.sqlite: commit: %s", msg ? msg : "?");
+    int rc = gl_fail(err, errlen, GL_EIO, "tiles.sqlite: commit: %s", msg ? msg : "?");
     sqlite3_free(msg);
     return rc;
   }
@@ -752,14 +752,14 @@ static int gl__close_db(struct gl__build *b, char *err, size_t errlen) {
   b->db = NULL;
   char *path = gl__strdupf("%s/" GL__MAP_TILES, b->paths.tmp);
   if (!path)
-    return gl__map_fail(err, errlen, GL_ENOMEM, "out of memory");
+    return gl_fail(err, errlen, GL_ENOMEM, "out of memory");
   /* The database ran with synchronous=OFF (the rename is the commit
    * point), so this fsync is what makes it durable. */
   int rc = gl__map_fsync_path(path);
   if (!rc)
     rc = gl__map_sha256_file(path, b->tiles_sha, &b->tiles_bytes);
   if (rc)
-    gl__map_fail(err, errlen, rc, "%s: cannot fsync or checksum it", path);
+    gl_fail(err, errlen, rc, "%s: cannot fsync or checksum it", path);
   free(path);
   return rc;
 }
@@ -827,7 +827,7 @@ static int gl__write_manifest(struct gl__build *b, char *err, size_t errlen) {
   char *text = cJSON_Print(m);
   cJSON_Delete(m);
   if (!text)
-    return gl__map_fail(err, errlen, GL_ENOMEM, "out of memory writing the manifest");
+    return gl_fail(err, errlen, GL_ENOMEM, "out of memory writing the manifest");
   char *path = gl__strdupf("%s/" GL__MAP_MANIFEST, b->paths.tmp);
   int rc = path ? 0 : GL_ENOMEM;
   if (!rc) {
@@ -835,9 +835,9 @@ static int gl__write_manifest(struct gl__build *b, char *err, size_t errlen) {
     text[len] = '\n'; /* cJSON's terminator becomes the final newline */
     rc = gl__map_write_file(path, text, len + 1);
     if (rc)
-      gl__map_fail(err, errlen, rc, "%s: cannot write it", path);
+      gl_fail(err, errlen, rc, "%s: cannot write it", path);
   } else {
-    gl__map_fail(err, errlen, rc, "out of memory");
+    gl_fail(err, errlen, rc, "out of memory");
   }
   free(path);
   cJSON_free(text);
@@ -847,27 +847,27 @@ static int gl__write_manifest(struct gl__build *b, char *err, size_t errlen) {
 static int gl__check_opts(const struct gl_map_build_opts *o, const struct gl_map_encoder *enc,
                           char *err, size_t errlen) {
   if (!o || !enc || !o->out || !o->orthos || o->n_orthos == 0)
-    return gl__map_fail(err, errlen, GL_EINVAL, "a pack needs --out and at least one --ortho");
+    return gl_fail(err, errlen, GL_EINVAL, "a pack needs --out and at least one --ortho");
   for (uint32_t i = 0; i < o->n_orthos; i++)
     if (!o->orthos[i])
-      return gl__map_fail(err, errlen, GL_EINVAL, "source raster %u is NULL", i);
+      return gl_fail(err, errlen, GL_EINVAL, "source raster %u is NULL", i);
   if (!(o->tile_m > 0 && o->tile_m <= 1e6 && o->stride_m > 0 && o->stride_m <= 1e6))
-    return gl__map_fail(err, errlen, GL_EINVAL,
+    return gl_fail(err, errlen, GL_EINVAL,
                         "tile size and stride must be positive metres (got %g and %g)", o->tile_m,
                         o->stride_m);
   if (!enc->encode || enc->width == 0 || enc->height == 0 || enc->dim == 0 ||
       enc->max_batch == 0 || (uint64_t)enc->width * enc->height > (1u << 26) ||
       enc->dim > 65536 || enc->max_batch > 4096)
-    return gl__map_fail(err, errlen, GL_EINVAL, "unusable encoder (size %ux%u, dim %u, batch %u)",
+    return gl_fail(err, errlen, GL_EINVAL, "unusable encoder (size %ux%u, dim %u, batch %u)",
                         enc->width, enc->height, enc->dim, enc->max_batch);
   if (strlen(enc->model_sha256) != 64 ||
       strspn(enc->model_sha256, "0123456789abcdef") != 64)
-    return gl__map_fail(err, errlen, GL_EINVAL, "the encoder's model sha256 is not 64 hex digits");
+    return gl_fail(err, errlen, GL_EINVAL, "the encoder's model sha256 is not 64 hex digits");
   const char *type = o->index_type ? o->index_type : "Flat";
   /* We wrap the index in an IndexIDMap ourselves; an "IDMap" prefix would
    * nest two and break the id checks on open. */
   if (!*type || strlen(type) > 200 || strncmp(type, "IDMap", 5) == 0)
-    return gl__map_fail(err, errlen, GL_EINVAL, "unusable index type '%s'", type);
+    return gl_fail(err, errlen, GL_EINVAL, "unusable index type '%s'", type);
   return 0;
 }
 
@@ -894,7 +894,7 @@ int gl_map_build(const struct gl_map_build_opts *o, const struct gl_map_encoder 
   b.src_tiles = calloc(b.n_src, sizeof *b.src_tiles);
   b.src_skipped = calloc(b.n_src, sizeof *b.src_skipped);
   if (!b.src || !b.src_tiles || !b.src_skipped) {
-    rc = gl__map_fail(err, errlen, GL_ENOMEM, "out of memory");
+    rc = gl_fail(err, errlen, GL_ENOMEM, "out of memory");
     goto cleanup;
   }
   /* The grid CRS comes from the first raster, so it is opened on its own
@@ -902,14 +902,14 @@ int gl_map_build(const struct gl_map_build_opts *o, const struct gl_map_encoder 
   {
     struct stat st;
     if (stat(o->orthos[0], &st) != 0) {
-      rc = gl__map_fail(err, errlen, errno == ENOENT ? GL_ENOENT : GL_EIO, "%s: %s",
+      rc = gl_fail(err, errlen, errno == ENOENT ? GL_ENOENT : GL_EIO, "%s: %s",
                         o->orthos[0], strerror(errno));
       goto cleanup;
     }
     GDALDatasetH first = GDALOpenEx(o->orthos[0], GDAL_OF_RASTER | GDAL_OF_READONLY, NULL, NULL,
                                     NULL);
     if (!first) {
-      rc = gl__map_fail(err, errlen, GL_EFORMAT, "%s: not a raster GDAL can read: %s",
+      rc = gl_fail(err, errlen, GL_EFORMAT, "%s: not a raster GDAL can read: %s",
                         o->orthos[0], CPLGetLastErrorMsg());
       goto cleanup;
     }
@@ -924,7 +924,7 @@ int gl_map_build(const struct gl_map_build_opts *o, const struct gl_map_encoder 
     b.prog.total += (uint64_t)(b.src[i].nrows * b.src[i].ncols);
   }
   if (b.prog.total == 0) {
-    rc = gl__map_fail(err, errlen, GL_EINVAL, "no %g m tile fits inside the source raster(s)",
+    rc = gl_fail(err, errlen, GL_EINVAL, "no %g m tile fits inside the source raster(s)",
                       o->tile_m);
     goto cleanup;
   }
@@ -937,7 +937,7 @@ int gl_map_build(const struct gl_map_build_opts *o, const struct gl_map_encoder 
   if ((rc = gl__cut_and_encode(&b, err, errlen)))
     goto cleanup;
   if (b.n_tiles == 0) {
-    rc = gl__map_fail(err, errlen, GL_EINVAL, "all %llu tiles hold nodata pixels",
+    rc = gl_fail(err, errlen, GL_EINVAL, "all %llu tiles hold nodata pixels",
                       (unsigned long long)b.prog.total);
     goto cleanup;
   }
@@ -949,7 +949,7 @@ int gl_map_build(const struct gl_map_build_opts *o, const struct gl_map_encoder 
       (rc = gl__write_manifest(&b, err, errlen)))
     goto cleanup;
   if (gl__map_fsync_path(b.paths.tmp) != 0) {
-    rc = gl__map_fail(err, errlen, GL_EIO, "cannot fsync %s", b.paths.tmp);
+    rc = gl_fail(err, errlen, GL_EIO, "cannot fsync %s", b.paths.tmp);
     goto cleanup;
   }
   /* Checked again right before the rename: the target may have appeared

@@ -31,7 +31,7 @@ static int gl__input_size(const char *json, uint32_t *w, uint32_t *h, char *err,
     return 0;
   cJSON *cfg = cJSON_Parse(json);
   if (!cfg)
-    return gl__map_fail(err, errlen, GL_EFORMAT, "model config is not valid JSON");
+    return gl_fail(err, errlen, GL_EFORMAT, "model config is not valid JSON");
   int rc = 0;
   const cJSON *is = cJSON_GetObjectItemCaseSensitive(cfg, "input_size");
   if (cJSON_IsNumber(is) && is->valuedouble >= 1 && is->valuedouble <= 65535) {
@@ -41,11 +41,11 @@ static int gl__input_size(const char *json, uint32_t *w, uint32_t *h, char *err,
              cJSON_IsNumber(cJSON_GetArrayItem(is, 1))) {
     double hh = cJSON_GetArrayItem(is, 0)->valuedouble, ww = cJSON_GetArrayItem(is, 1)->valuedouble;
     if (hh < 1 || ww < 1 || hh > 65535 || ww > 65535)
-      rc = gl__map_fail(err, errlen, GL_EFORMAT, "model config: input_size out of range");
+      rc = gl_fail(err, errlen, GL_EFORMAT, "model config: input_size out of range");
     *h = (uint32_t)hh;
     *w = (uint32_t)ww;
   } else if (is) {
-    rc = gl__map_fail(err, errlen, GL_EFORMAT, "model config: input_size is not [h, w]");
+    rc = gl_fail(err, errlen, GL_EFORMAT, "model config: input_size is not [h, w]");
   }
   cJSON_Delete(cfg);
   return rc;
@@ -57,17 +57,17 @@ int gl_map_encoder_init_model(struct gl_map_encoder *enc, const char *model_path
   memset(enc, 0, sizeof *enc);
   struct gl__map_nn *nn = calloc(1, sizeof *nn);
   if (!nn)
-    return gl__map_fail(err, errlen, GL_ENOMEM, "out of memory");
+    return gl_fail(err, errlen, GL_ENOMEM, "out of memory");
   if ((rc = gl_nn_model_load(model_path, &nn->model, err, errlen)))
     goto fail;
   enc->dim = gl_nn_model_descriptor_dim(nn->model);
   if (enc->dim == 0) {
-    rc = gl__map_fail(err, errlen, GL_EINVAL, "%s: the model has no descriptor head", model_path);
+    rc = gl_fail(err, errlen, GL_EINVAL, "%s: the model has no descriptor head", model_path);
     goto fail;
   }
   if ((rc = gl__input_size(gl_nn_model_config_json(nn->model), &enc->width, &enc->height, err,
                            errlen))) {
-    gl__map_prefix(err, errlen, model_path);
+    gl_err_prefix(err, errlen, model_path);
     goto fail;
   }
   enc->max_batch = max_batch ? max_batch : 16;

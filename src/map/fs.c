@@ -3,7 +3,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,30 +13,6 @@
 
 #include "core/err.h"
 #include "map/map_internal.h"
-
-int gl__map_fail(char *err, size_t errlen, int code, const char *fmt, ...) {
-  if (err && errlen) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-  }
-  return code;
-}
-
-void gl__map_prefix(char *err, size_t errlen, const char *prefix) {
-  if (!err || !errlen)
-    return;
-  size_t plen = strlen(prefix) + 2, mlen = strnlen(err, errlen - 1);
-  if (plen >= errlen)
-    return;
-  if (mlen > errlen - 1 - plen)
-    mlen = errlen - 1 - plen; /* cut the end of the message, keep the prefix */
-  memmove(err + plen, err, mlen);
-  memcpy(err, prefix, plen - 2);
-  memcpy(err + plen - 2, ": ", 2);
-  err[plen + mlen] = 0;
-}
 
 int gl__map_sha256_fd(int fd, char out[65], uint64_t *bytes) {
   static const char hex[] = "0123456789abcdef";

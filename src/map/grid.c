@@ -76,7 +76,7 @@ int gl__map_grid_init(struct gl__map_grid *g, GDALDatasetH first, double tile_m,
   PJ *src = NULL, *dst = NULL, *raw = NULL;
   OGRSpatialReferenceH srs = GDALGetSpatialRef(first);
   if (!srs)
-    return gl__map_fail(err, errlen, GL_EFORMAT, "%s has no coordinate reference system",
+    return gl_fail(err, errlen, GL_EFORMAT, "%s has no coordinate reference system",
                         GDALGetDescription(first));
   if (OSRIsProjected(srs) && fabs(OSRGetLinearUnits(srs, NULL) - 1.0) < 1e-12) {
     g->srs = OSRClone(srs);
@@ -85,31 +85,31 @@ int gl__map_grid_init(struct gl__map_grid *g, GDALDatasetH first, double tile_m,
      * zone, where a metre is a metre to within 0.04 % across the zone. */
     double lon, lat;
     if (gl__raster_centre_lonlat(first, srs, &lon, &lat) != 0)
-      return gl__map_fail(err, errlen, GL_EFORMAT, "%s: cannot locate the raster centre: %s",
+      return gl_fail(err, errlen, GL_EFORMAT, "%s: cannot locate the raster centre: %s",
                           GDALGetDescription(first), CPLGetLastErrorMsg());
     int zone = (int)floor((lon + 180.0) / 6.0) + 1;
     zone = zone < 1 ? 1 : zone > 60 ? 60 : zone;
     g->srs = OSRNewSpatialReference(NULL);
     if (g->srs && OSRImportFromEPSG(g->srs, (lat >= 0 ? 32600 : 32700) + zone) != OGRERR_NONE) {
-      rc = gl__map_fail(err, errlen, GL_EINTERNAL, "cannot create UTM zone %d: %s", zone,
+      rc = gl_fail(err, errlen, GL_EINTERNAL, "cannot create UTM zone %d: %s", zone,
                         CPLGetLastErrorMsg());
       goto fail;
     }
   }
   if (!g->srs) {
-    rc = gl__map_fail(err, errlen, GL_ENOMEM, "out of memory");
+    rc = gl_fail(err, errlen, GL_ENOMEM, "out of memory");
     goto fail;
   }
   OSRSetAxisMappingStrategy(g->srs, OAMS_TRADITIONAL_GIS_ORDER);
   gl__crs_name(g->srs, g->name, sizeof g->name);
   const char *wkt_opts[] = {"FORMAT=WKT2_2019", NULL};
   if (OSRExportToWktEx(g->srs, &g->wkt, wkt_opts) != OGRERR_NONE || !g->wkt) {
-    rc = gl__map_fail(err, errlen, GL_EINTERNAL, "cannot export the grid CRS %s as WKT", g->name);
+    rc = gl_fail(err, errlen, GL_EINTERNAL, "cannot export the grid CRS %s as WKT", g->name);
     goto fail;
   }
   g->pj_ctx = proj_context_create();
   if (!g->pj_ctx) {
-    rc = gl__map_fail(err, errlen, GL_ENOMEM, "cannot create a PROJ context");
+    rc = gl_fail(err, errlen, GL_ENOMEM, "cannot create a PROJ context");
     goto fail;
   }
   src = proj_create(g->pj_ctx, g->wkt);
@@ -122,7 +122,7 @@ int gl__map_grid_init(struct gl__map_grid *g, GDALDatasetH first, double tile_m,
   if (raw)
     g->to_wgs84 = proj_normalize_for_visualization(g->pj_ctx, raw);
   if (!g->to_wgs84) {
-    rc = gl__map_fail(err, errlen, GL_EINTERNAL, "PROJ: no transformation from %s to WGS84: %s",
+    rc = gl_fail(err, errlen, GL_EINTERNAL, "PROJ: no transformation from %s to WGS84: %s",
                       g->name, proj_context_errno_string(g->pj_ctx, proj_context_errno(g->pj_ctx)));
     goto fail;
   }
@@ -207,7 +207,7 @@ static int gl__make_warped_view(struct gl__map_source *s, const struct gl__map_g
                                 size_t errlen) {
   GDALWarpOptions *wo = GDALCreateWarpOptions();
   if (!wo)
-    return gl__map_fail(err, errlen, GL_ENOMEM, "out of memory");
+    return gl_fail(err, errlen, GL_ENOMEM, "out of memory");
   wo->nBandCount = 3;
   wo->panSrcBands = CPLMalloc(3 * sizeof(int));
   wo->panDstBands = CPLMalloc(3 * sizeof(int));
@@ -222,7 +222,7 @@ static int gl__make_warped_view(struct gl__map_source *s, const struct gl__map_g
   s->view = GDALAutoCreateWarpedVRTEx(s->ds, NULL, g->wkt, GRA_Bilinear, 0.125, wo, NULL);
   GDALDestroyWarpOptions(wo);
   if (!s->view)
-    return gl__map_fail(err, errlen, GL_EFORMAT, "cannot warp it into the grid CRS %s: %s",
+    return gl_fail(err, errlen, GL_EFORMAT, "cannot warp it into the grid CRS %s: %s",
                         g->name, CPLGetLastErrorMsg());
   s->warped = true;
   return 0;
@@ -235,15 +235,15 @@ int gl__map_source_open(struct gl__map_source *s, const char *path, const struct
   s->path = path;
   struct stat st;
   if (stat(path, &st) != 0)
-    return gl__map_fail(err, errlen, errno == ENOENT ? GL_ENOENT : GL_EIO, "%s: %s", path,
+    return gl_fail(err, errlen, errno == ENOENT ? GL_ENOENT : GL_EIO, "%s: %s", path,
                         strerror(errno));
   CPLErrorReset();
   s->ds = GDALOpenEx(path, GDAL_OF_RASTER | GDAL_OF_READONLY, NULL, NULL, NULL);
   if (!s->ds)
-    return gl__map_fail(err, errlen, GL_EFORMAT, "%s: not a raster GDAL can read: %s", path,
+    return gl_fail(err, errlen, GL_EFORMAT, "%s: not a raster GDAL can read: %s", path,
                         CPLGetLastErrorMsg());
   if (GDALGetRasterCount(s->ds) < 3) {
-    rc = gl__map_fail(err, errlen, GL_ENOTSUP, "%s: %d band(s); the first three must be R, G, B",
+    rc = gl_fail(err, errlen, GL_ENOTSUP, "%s: %d band(s); the first three must be R, G, B",
                       path, GDALGetRasterCount(s->ds));
     goto fail;
   }
@@ -252,7 +252,7 @@ int gl__map_source_open(struct gl__map_source *s, const char *path, const struct
     if (t != GDT_Byte) {
       /* Scaling 16-bit or float imagery to 8 bits needs a choice (the
        * range, a stretch) that belongs to the user, not to a silent clamp. */
-      rc = gl__map_fail(err, errlen, GL_ENOTSUP,
+      rc = gl_fail(err, errlen, GL_ENOTSUP,
                         "%s: band %d is %s; only 8-bit (Byte) RGB is supported (convert with "
                         "gdal_translate -ot Byte -scale)",
                         path, b, GDALGetDataTypeName(t));
@@ -262,13 +262,13 @@ int gl__map_source_open(struct gl__map_source *s, const char *path, const struct
   double gt[6];
   OGRSpatialReferenceH srs = GDALGetSpatialRef(s->ds);
   if (GDALGetGeoTransform(s->ds, gt) != CE_None || !srs) {
-    rc = gl__map_fail(err, errlen, GL_EFORMAT, "%s: not georeferenced (no geotransform or CRS)",
+    rc = gl_fail(err, errlen, GL_EFORMAT, "%s: not georeferenced (no geotransform or CRS)",
                       path);
     goto fail;
   }
   gl__crs_name(srs, s->crs_name, sizeof s->crs_name);
   if ((rc = gl__map_sha256_file(path, s->sha256, &s->bytes)) != 0) {
-    gl__map_fail(err, errlen, rc, "%s: cannot read it to checksum it", path);
+    gl_fail(err, errlen, rc, "%s: cannot read it to checksum it", path);
     goto fail;
   }
   gl__map_capture_date(path, s->ds, s->date);
@@ -277,12 +277,12 @@ int gl__map_source_open(struct gl__map_source *s, const char *path, const struct
   if (north_up && OSRIsSame(srs, g->srs)) {
     s->view = s->ds;
   } else if ((rc = gl__make_warped_view(s, g, err, errlen)) != 0) {
-    gl__map_prefix(err, errlen, path);
+    gl_err_prefix(err, errlen, path);
     goto fail;
   }
   if (GDALGetGeoTransform(s->view, s->gt) != CE_None || s->gt[2] != 0 || s->gt[4] != 0 ||
       !(s->gt[1] > 0) || !(s->gt[5] < 0)) {
-    rc = gl__map_fail(err, errlen, GL_EFORMAT, "%s: unusable geotransform in the grid CRS", path);
+    rc = gl_fail(err, errlen, GL_EFORMAT, "%s: unusable geotransform in the grid CRS", path);
     goto fail;
   }
   s->xsize = GDALGetRasterXSize(s->view);
@@ -338,7 +338,7 @@ int gl__map_source_read_tile(const struct gl__map_source *s, const struct gl__ma
   if (iy1 > s->ysize)
     iy1 = s->ysize;
   if (ix1 <= ix0 || iy1 <= iy0)
-    return gl__map_fail(err, errlen, GL_EINTERNAL, "%s: tile at %.3f,%.3f is outside the raster",
+    return gl_fail(err, errlen, GL_EINTERNAL, "%s: tile at %.3f,%.3f is outside the raster",
                         s->path, x0, y0);
   GDALRasterIOExtraArg ex;
   INIT_RASTERIO_EXTRA_ARG(ex);
@@ -354,7 +354,7 @@ int gl__map_source_read_tile(const struct gl__map_source *s, const struct gl__ma
   CPLErrorReset();
   if (GDALDatasetRasterIOEx(s->view, GF_Read, ix0, iy0, ix1 - ix0, iy1 - iy0, rgb, (int)w, (int)h,
                             GDT_Byte, 3, bands, 3, (GSpacing)w * 3, 1, &ex) != CE_None)
-    return gl__map_fail(err, errlen, GL_EIO, "%s: reading the tile at %.3f,%.3f failed: %s",
+    return gl_fail(err, errlen, GL_EIO, "%s: reading the tile at %.3f,%.3f failed: %s",
                         s->path, x0, y0, CPLGetLastErrorMsg());
   *valid = true;
   if (s->all_valid)
@@ -365,7 +365,7 @@ int gl__map_source_read_tile(const struct gl__map_source *s, const struct gl__ma
   GDALRasterBandH mask = GDALGetMaskBand(GDALGetRasterBand(s->view, 1));
   if (GDALRasterIOEx(mask, GF_Read, ix0, iy0, ix1 - ix0, iy1 - iy0, mask_scratch, (int)w, (int)h,
                      GDT_Byte, 0, 0, &ex) != CE_None)
-    return gl__map_fail(err, errlen, GL_EIO, "%s: reading the mask at %.3f,%.3f failed: %s",
+    return gl_fail(err, errlen, GL_EIO, "%s: reading the mask at %.3f,%.3f failed: %s",
                         s->path, x0, y0, CPLGetLastErrorMsg());
   for (size_t i = 0; i < (size_t)w * h; i++)
     if (mask_scratch[i] == 0) {

@@ -23,13 +23,7 @@
 
 /* --- errors ------------------------------------------------------------- */
 
-/* Formats a message into err (when errlen > 0) and returns code, so that a
- * failure reads `return gl__map_fail(err, errlen, GL_EIO, "...", ...)`. */
-int gl__map_fail(char *err, size_t errlen, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-/* Prepends "prefix: " to the message already in err. */
-void gl__map_prefix(char *err, size_t errlen, const char *prefix);
+/* Failures use gl_fail and gl_err_prefix from core/err.h. */
 
 /* --- files (fs.c) ---------------------------------------------------------- */
 

@@ -92,23 +92,23 @@ static int gl__manifest_read(const char *path, struct gl__manifest *m, char *err
   int rc;
   struct stat st;
   if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode))
-    return gl__map_fail(err, errlen, GL_ENOENT, "%s: no map pack there (not a directory)", path);
+    return gl_fail(err, errlen, GL_ENOENT, "%s: no map pack there (not a directory)", path);
   if (asprintf(&file, "%s/" GL__MAP_MANIFEST, path) < 0)
-    return gl__map_fail(err, errlen, GL_ENOMEM, "out of memory");
+    return gl_fail(err, errlen, GL_ENOMEM, "out of memory");
   rc = gl__map_read_file(file, GL__MAP_MANIFEST_MAX, &text, &len);
   free(file);
   if (rc == GL_ENOENT)
-    return gl__map_fail(err, errlen, rc, "%s: manifest.json is missing", path);
+    return gl_fail(err, errlen, rc, "%s: manifest.json is missing", path);
   if (rc == GL_ETOOBIG)
-    return gl__map_fail(err, errlen, GL_EFORMAT, "%s: manifest.json is over %u bytes", path,
+    return gl_fail(err, errlen, GL_EFORMAT, "%s: manifest.json is over %u bytes", path,
                         GL__MAP_MANIFEST_MAX);
   if (rc)
-    return gl__map_fail(err, errlen, rc, "%s: cannot read manifest.json", path);
+    return gl_fail(err, errlen, rc, "%s: cannot read manifest.json", path);
   m->root = cJSON_ParseWithLength(text, len);
   free(text);
 #define BAD(...)                                                                                   \
   do {                                                                                             \
-    rc = gl__map_fail(err, errlen, GL_EFORMAT, __VA_ARGS__);                                       \
+    rc = gl_fail(err, errlen, GL_EFORMAT, __VA_ARGS__);                                       \
     goto fail;                                                                                     \
   } while (0)
   if (!cJSON_IsObject(m->root))
@@ -196,13 +196,13 @@ static int gl__verify_fd(const char *pack, const char *name, int fd, const char 
   uint64_t bytes;
   int rc = gl__map_sha256_fd(fd, sha, &bytes);
   if (rc)
-    return gl__map_fail(err, errlen, rc, "%s: cannot read %s", pack, name);
+    return gl_fail(err, errlen, rc, "%s: cannot read %s", pack, name);
   if (bytes != want_bytes)
-    return gl__map_fail(err, errlen, GL_EFORMAT,
+    return gl_fail(err, errlen, GL_EFORMAT,
                         "%s: %s is corrupt: %llu bytes, the manifest says %llu", pack, name,
                         (unsigned long long)bytes, (unsigned long long)want_bytes);
   if (strcmp(sha, want_sha) != 0)
-    return gl__map_fail(err, errlen, GL_EFORMAT,
+    return gl_fail(err, errlen, GL_EFORMAT,
                         "%s: %s is corrupt: sha256 %s, the manifest says %s", pack, name, sha,
                         want_sha);
   return 0;
@@ -212,11 +212,11 @@ static int gl__open_verified(const char *pack, const char *name, const char *sha
                              int *fd_out, char *err, size_t errlen) {
   char *p = NULL;
   if (asprintf(&p, "%s/%s", pack, name) < 0)
-    return gl__map_fail(err, errlen, GL_ENOMEM, "out of memory");
+    return gl_fail(err, errlen, GL_ENOMEM, "out of memory");
   int fd = open(p, O_RDONLY | O_CLOEXEC);
   free(p);
   if (fd < 0)
-    return gl__map_fail(err, errlen, errno == ENOENT ? GL_ENOENT : GL_EIO, "%s: %s is %s", pack,
+    return gl_fail(err, errlen, errno == ENOENT ? GL_ENOENT : GL_EIO, "%s: %s is %s", pack,
                         name, errno == ENOENT ? "missing" : strerror(errno));
   int rc = gl__verify_fd(pack, name, fd, sha, bytes, err, errlen);
   if (rc) {
@@ -229,7 +229,7 @@ static int gl__open_verified(const char *pack, const char *name, const char *sha
 
 static int gl__faiss_fail(char *err, size_t errlen, const char *pack, const char *what) {
   const char *m = faiss_get_last_error();
-  return gl__map_fail(err, errlen, GL_EFORMAT, "%s: index.faiss: %s: %s", pack, what,
+  return gl_fail(err, errlen, GL_EFORMAT, "%s: index.faiss: %s: %s", pack, what,
                       m ? m : "unknown FAISS error");
 }
 
@@ -244,7 +244,7 @@ static int gl__load_index(struct gl_map *map, const struct gl__manifest *mf, cha
   FILE *f = NULL;
   if (lseek(fd, 0, SEEK_SET) != 0 || !(f = fdopen(fd, "rb"))) {
     close(fd);
-    return gl__map_fail(err, errlen, GL_EIO, "%s: index.faiss: %s", map->path, strerror(errno));
+    return gl_fail(err, errlen, GL_EIO, "%s: index.faiss: %s", map->path, strerror(errno));
   }
   if (faiss_read_index(f, 0, &map->index) != 0) {
     fclose(f);
@@ -253,12 +253,12 @@ static int gl__load_index(struct gl_map *map, const struct gl__manifest *mf, cha
   fclose(f);
   FaissIndexIDMap *idmap = faiss_IndexIDMap_cast(map->index);
   if (!idmap)
-    return gl__map_fail(err, errlen, GL_EFORMAT, "%s: index.faiss is not an IndexIDMap",
+    return gl_fail(err, errlen, GL_EFORMAT, "%s: index.faiss is not an IndexIDMap",
                         map->path);
   if (faiss_Index_d(map->index) != (int)mf->dim ||
       (uint64_t)faiss_Index_ntotal(map->index) != mf->tiles ||
       faiss_Index_metric_type(map->index) != METRIC_INNER_PRODUCT)
-    return gl__map_fail(err, errlen, GL_EFORMAT,
+    return gl_fail(err, errlen, GL_EFORMAT,
                         "%s: index.faiss holds %lld vectors of %d floats (metric %d); the manifest "
                         "says %llu of %u, inner product",
                         map->path, (long long)faiss_Index_ntotal(map->index),
@@ -268,13 +268,13 @@ static int gl__load_index(struct gl_map *map, const struct gl__manifest *mf, cha
   size_t nids;
   faiss_IndexIDMap_id_map(idmap, &ids, &nids);
   if (nids != mf->tiles)
-    return gl__map_fail(err, errlen, GL_EFORMAT, "%s: index.faiss maps %zu ids for %llu tiles",
+    return gl_fail(err, errlen, GL_EFORMAT, "%s: index.faiss maps %zu ids for %llu tiles",
                         map->path, nids, (unsigned long long)mf->tiles);
   /* Ids are tile ids 1..n in insertion order, so the inner index position
    * of tile id is id - 1: the prior search relies on it. */
   for (size_t i = 0; i < nids; i++)
     if (ids[i] != (idx_t)(i + 1))
-      return gl__map_fail(err, errlen, GL_EFORMAT,
+      return gl_fail(err, errlen, GL_EFORMAT,
                           "%s: index.faiss: position %zu holds id %lld, expected %zu", map->path, i,
                           (long long)ids[i], i + 1);
   map->sub = faiss_IndexIDMap_sub_index(idmap);
@@ -289,7 +289,7 @@ static int gl__load_index(struct gl_map *map, const struct gl__manifest *mf, cha
   }
   float *probe = malloc(mf->dim * sizeof(float));
   if (!probe)
-    return gl__map_fail(err, errlen, GL_ENOMEM, "out of memory");
+    return gl_fail(err, errlen, GL_ENOMEM, "out of memory");
   map->can_reconstruct = mf->tiles == 0 || faiss_Index_reconstruct(map->sub, 0, probe) == 0;
   free(probe);
   return 0;
@@ -304,7 +304,7 @@ static int gl__load_tiles(struct gl_map *map, const struct gl__manifest *mf, cha
   close(fd);
   char *p = NULL;
   if (asprintf(&p, "%s/" GL__MAP_TILES, map->path) < 0)
-    return gl__map_fail(err, errlen, GL_ENOMEM, "out of memory");
+    return gl_fail(err, errlen, GL_ENOMEM, "out of memory");
   int r = sqlite3_open_v2(p, &map->db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL);
   free(p);
   sqlite3_stmt *st = NULL;
@@ -312,7 +312,7 @@ static int gl__load_tiles(struct gl_map *map, const struct gl__manifest *mf, cha
     goto sql_fail;
   if (!(map->lat = malloc((mf->tiles ? mf->tiles : 1) * sizeof(double))) ||
       !(map->lon = malloc((mf->tiles ? mf->tiles : 1) * sizeof(double))))
-    return gl__map_fail(err, errlen, GL_ENOMEM, "out of memory");
+    return gl_fail(err, errlen, GL_ENOMEM, "out of memory");
   if (sqlite3_prepare_v2(map->db, "SELECT id, lat, lon FROM tiles ORDER BY id", -1, &st, NULL) !=
       SQLITE_OK)
     goto sql_fail;
@@ -320,7 +320,7 @@ static int gl__load_tiles(struct gl_map *map, const struct gl__manifest *mf, cha
   while ((r = sqlite3_step(st)) == SQLITE_ROW) {
     if (i >= mf->tiles || sqlite3_column_int64(st, 0) != (int64_t)(i + 1)) {
       sqlite3_finalize(st);
-      return gl__map_fail(err, errlen, GL_EFORMAT,
+      return gl_fail(err, errlen, GL_EFORMAT,
                           "%s: tiles.sqlite: tile ids are not 1..%llu as the manifest says",
                           map->path, (unsigned long long)mf->tiles);
     }
@@ -333,7 +333,7 @@ static int gl__load_tiles(struct gl_map *map, const struct gl__manifest *mf, cha
   if (r != SQLITE_DONE)
     goto sql_fail;
   if (i != mf->tiles)
-    return gl__map_fail(err, errlen, GL_EFORMAT, "%s: tiles.sqlite holds %llu tiles, the manifest "
+    return gl_fail(err, errlen, GL_EFORMAT, "%s: tiles.sqlite holds %llu tiles, the manifest "
                                                  "says %llu",
                         map->path, (unsigned long long)i, (unsigned long long)mf->tiles);
   if (sqlite3_prepare_v2(map->db,
@@ -347,7 +347,7 @@ static int gl__load_tiles(struct gl_map *map, const struct gl__manifest *mf, cha
     goto sql_fail;
   return 0;
 sql_fail:
-  rc = gl__map_fail(err, errlen, GL_EFORMAT, "%s: tiles.sqlite: %s", map->path,
+  rc = gl_fail(err, errlen, GL_EFORMAT, "%s: tiles.sqlite: %s", map->path,
                     map->db ? sqlite3_errmsg(map->db) : "cannot open");
   sqlite3_finalize(st);
   return rc;
@@ -372,7 +372,7 @@ static void gl__map_free(struct gl_map *m) {
 int gl_map_open(const char *path, const char *model_sha256, struct gl_map **out, char *err,
                 size_t errlen) {
   if (!path || !out)
-    return gl__map_fail(err, errlen, GL_EINVAL, "gl_map_open: NULL argument");
+    return gl_fail(err, errlen, GL_EINVAL, "gl_map_open: NULL argument");
   *out = NULL;
   struct gl__manifest mf;
   int rc = gl__manifest_read(path, &mf, err, errlen);
@@ -382,7 +382,7 @@ int gl_map_open(const char *path, const char *model_sha256, struct gl_map **out,
   if (!m || !(m->path = strdup(path))) {
     free(m);
     cJSON_Delete(mf.root);
-    return gl__map_fail(err, errlen, GL_ENOMEM, "out of memory");
+    return gl_fail(err, errlen, GL_ENOMEM, "out of memory");
   }
   atomic_init(&m->refs, 1);
   pthread_mutex_init(&m->db_lock, NULL);
@@ -394,7 +394,7 @@ int gl_map_open(const char *path, const char *model_sha256, struct gl_map **out,
   m->stride_m = mf.stride_m;
   /* The model first: it is the cheapest check and the likeliest mistake. */
   if (model_sha256 && strcmp(model_sha256, mf.model_sha256) != 0) {
-    rc = gl__map_fail(err, errlen, GL_EINVAL,
+    rc = gl_fail(err, errlen, GL_EINVAL,
                       "%s was built with another model: the pack's model sha256 is %s, the "
                       "loaded model's is %s",
                       path, mf.model_sha256, model_sha256);
@@ -496,7 +496,7 @@ static int gl__rtree_candidates(struct gl_map *m, const struct gl_map_prior *p,
         size_t nc = cap ? cap * 2 : 256;
         struct gl__cand *t = realloc(c, nc * sizeof *c);
         if (!t) {
-          rc = gl__map_fail(err, errlen, GL_ENOMEM, "out of memory");
+          rc = gl_fail(err, errlen, GL_ENOMEM, "out of memory");
           break;
         }
         c = t;
@@ -505,7 +505,7 @@ static int gl__rtree_candidates(struct gl_map *m, const struct gl_map_prior *p,
       c[n++].id = sqlite3_column_int64(st, 0);
     }
     if (!rc && r != SQLITE_DONE)
-      rc = gl__map_fail(err, errlen, GL_EIO, "%s: tiles.sqlite: %s", m->path,
+      rc = gl_fail(err, errlen, GL_EIO, "%s: tiles.sqlite: %s", m->path,
                         sqlite3_errmsg(m->db));
     sqlite3_reset(st);
   }
@@ -539,7 +539,7 @@ static int gl__search_prior(struct gl_map *m, const float *q, uint32_t k,
                             const struct gl_map_prior *p, struct gl_map_hit *hits,
                             uint32_t *count, char *err, size_t errlen) {
   if (!m->can_reconstruct)
-    return gl__map_fail(err, errlen, GL_ENOTSUP,
+    return gl_fail(err, errlen, GL_ENOTSUP,
                         "%s: index type '%s' cannot reconstruct its vectors, which a prior search "
                         "needs (FAISS 1.7.3's C API has no search with an ID selector)",
                         m->path, m->index_type);
@@ -551,13 +551,13 @@ static int gl__search_prior(struct gl_map *m, const float *q, uint32_t k,
   float *v = malloc(m->dim * sizeof(float));
   if (!v) {
     free(c);
-    return gl__map_fail(err, errlen, GL_ENOMEM, "out of memory");
+    return gl_fail(err, errlen, GL_ENOMEM, "out of memory");
   }
   size_t w = 0;
   for (size_t i = 0; i < n; i++) {
     int64_t id = c[i].id;
     if (id < 1 || (uint64_t)id > m->n) {
-      rc = gl__map_fail(err, errlen, GL_EFORMAT, "%s: tiles_rtree holds unknown tile id %lld",
+      rc = gl_fail(err, errlen, GL_EFORMAT, "%s: tiles_rtree holds unknown tile id %lld",
                         m->path, (long long)id);
       goto cleanup;
     }
@@ -565,7 +565,7 @@ static int gl__search_prior(struct gl_map *m, const float *q, uint32_t k,
       continue;
     if (faiss_Index_reconstruct(m->sub, (idx_t)(id - 1), v) != 0) {
       const char *fe = faiss_get_last_error();
-      rc = gl__map_fail(err, errlen, GL_EINTERNAL, "%s: reconstructing tile %lld: %s", m->path,
+      rc = gl_fail(err, errlen, GL_EINTERNAL, "%s: reconstructing tile %lld: %s", m->path,
                         (long long)id, fe ? fe : "FAISS error");
       goto cleanup;
     }
@@ -591,7 +591,7 @@ int gl_map_search(struct gl_map *m, const float *queries, uint32_t n, uint32_t k
                   const struct gl_map_prior *priors, struct gl_map_hit *hits, uint32_t *counts,
                   char *err, size_t errlen) {
   if (!m || !queries || !hits || n == 0 || k == 0 || k > GL__MAX_K)
-    return gl__map_fail(err, errlen, GL_EINVAL, "gl_map_search: bad arguments (n %u, k %u)", n, k);
+    return gl_fail(err, errlen, GL_EINVAL, "gl_map_search: bad arguments (n %u, k %u)", n, k);
   for (size_t i = 0; i < (size_t)n * k; i++)
     hits[i] = (struct gl_map_hit){-1, 0, 0, 0};
   if (counts)
@@ -611,7 +611,7 @@ int gl_map_search(struct gl_map *m, const float *queries, uint32_t n, uint32_t k
     which = malloc(nfree * sizeof *which);
     qbuf = nfree == n ? NULL : malloc((size_t)nfree * m->dim * sizeof *qbuf);
     if (!dist || !lab || !which || (nfree != n && !qbuf)) {
-      rc = gl__map_fail(err, errlen, GL_ENOMEM, "out of memory");
+      rc = gl_fail(err, errlen, GL_ENOMEM, "out of memory");
       goto cleanup;
     }
     uint32_t j = 0;
@@ -625,7 +625,7 @@ int gl_map_search(struct gl_map *m, const float *queries, uint32_t n, uint32_t k
     }
     if (faiss_Index_search(m->index, nfree, qbuf ? qbuf : queries, k, dist, lab) != 0) {
       const char *fe = faiss_get_last_error();
-      rc = gl__map_fail(err, errlen, GL_EINTERNAL, "%s: search: %s", m->path,
+      rc = gl_fail(err, errlen, GL_EINTERNAL, "%s: search: %s", m->path,
                         fe ? fe : "FAISS error");
       goto cleanup;
     }
@@ -646,7 +646,7 @@ int gl_map_search(struct gl_map *m, const float *queries, uint32_t n, uint32_t k
     if (!(priors[i].radius_m > 0))
       continue;
     if (!isfinite(priors[i].lat) || !isfinite(priors[i].lon) || fabs(priors[i].lat) > 90) {
-      rc = gl__map_fail(err, errlen, GL_EINVAL, "prior %u: bad position %g,%g", i, priors[i].lat,
+      rc = gl_fail(err, errlen, GL_EINVAL, "prior %u: bad position %g,%g", i, priors[i].lat,
                         priors[i].lon);
       break;
     }

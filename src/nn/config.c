@@ -69,7 +69,7 @@ static bool gl__int(const cJSON *j, long long *v) {
 
 static int gl__bad(char *err, size_t errlen, const char *field, const char *why, const cJSON *got) {
   char *text = got ? cJSON_PrintUnformatted(got) : NULL;
-  gl__nn_fail(err, errlen, GL_EFORMAT, "config field '%s': %s (got %s)", field, why,
+  gl_fail(err, errlen, GL_EFORMAT, "config field '%s': %s (got %s)", field, why,
               text ? text : "?");
   free(text);
   return GL_EFORMAT;
@@ -204,9 +204,9 @@ int gl__nn_config_parse(const char *json, struct gl__nn_config *cfg, char *err, 
   *cfg = gl__config_defaults;
   cJSON *root = cJSON_Parse(json);
   if (!root)
-    return gl__nn_fail(err, errlen, GL_EFORMAT, "config is not valid JSON");
+    return gl_fail(err, errlen, GL_EFORMAT, "config is not valid JSON");
   if (!cJSON_IsObject(root)) {
-    rc = gl__nn_fail(err, errlen, GL_EFORMAT, "config must be a JSON object");
+    rc = gl_fail(err, errlen, GL_EFORMAT, "config must be a JSON object");
     goto out;
   }
   /* All unknown fields in one message, as config.py reports them. */
@@ -223,7 +223,7 @@ int gl__nn_config_parse(const char *json, struct gl__nn_config *cfg, char *err, 
     }
   }
   if (used) {
-    rc = gl__nn_fail(err, errlen, GL_EFORMAT, "unknown config field(s): %s", unknown);
+    rc = gl_fail(err, errlen, GL_EFORMAT, "unknown config field(s): %s", unknown);
     goto out;
   }
   for (size_t i = 0; i < GL__N_FIELDS; i++) {
@@ -243,7 +243,7 @@ int gl__nn_config_parse(const char *json, struct gl__nn_config *cfg, char *err, 
     goto out;
   }
   if (cfg->osm_dim % cfg->osm_groups) {
-    rc = gl__nn_fail(err, errlen, GL_EFORMAT,
+    rc = gl_fail(err, errlen, GL_EFORMAT,
                      "config field 'osm_groups': must divide osm_dim=%u (got %u)", cfg->osm_dim,
                      cfg->osm_groups);
     goto out;

@@ -31,34 +31,34 @@ int gl_nn_engine_create(const struct gl_nn_model *m, const struct gl_nn_engine_o
   if (!o.max_input_pixels)
     o.max_input_pixels = GL__DEFAULT_MAX_PIXELS;
   if (o.max_batch > GL__MAX_BATCH || o.max_input_pixels > (1ull << 32))
-    return gl__nn_fail(err, errlen, GL_EINVAL, "max_batch %u or max_input_pixels %llu too large",
+    return gl_fail(err, errlen, GL_EINVAL, "max_batch %u or max_input_pixels %llu too large",
                        o.max_batch, (unsigned long long)o.max_input_pixels);
   if (o.backend == GL_NN_BACKEND_CUDA)
-    return gl__nn_fail(err, errlen, GL_ENOTSUP, "this build has no CUDA backend");
+    return gl_fail(err, errlen, GL_ENOTSUP, "this build has no CUDA backend");
   if (o.backend != GL_NN_BACKEND_CPU)
-    return gl__nn_fail(err, errlen, GL_EINVAL, "unknown backend %d", (int)o.backend);
+    return gl_fail(err, errlen, GL_EINVAL, "unknown backend %d", (int)o.backend);
 
   struct gl_nn_engine *e = calloc(1, sizeof *e);
   if (!e)
-    return gl__nn_fail(err, errlen, GL_ENOMEM, "out of memory");
+    return gl_fail(err, errlen, GL_ENOMEM, "out of memory");
   e->model = m;
   if ((rc = gl__nn_graph_build(m, o.max_batch, o.max_input_pixels, &e->graph, err, errlen)))
     goto fail;
   if (!(e->refs = calloc(o.max_batch, sizeof *e->refs))) {
-    rc = gl__nn_fail(err, errlen, GL_ENOMEM, "out of memory");
+    rc = gl_fail(err, errlen, GL_ENOMEM, "out of memory");
     goto fail;
   }
   if ((rc = gl__nn_cpu_backend_create(&o, &e->be, err, errlen)))
     goto fail;
   for (size_t i = 0; i < e->graph.n_ops; i++) {
     if (!e->be.i->supports_op(e->be.ctx, &e->graph.ops[i])) {
-      rc = gl__nn_fail(err, errlen, GL_ENOTSUP, "backend %s cannot run op '%s'", e->be.i->name,
+      rc = gl_fail(err, errlen, GL_ENOTSUP, "backend %s cannot run op '%s'", e->be.i->name,
                        e->graph.ops[i].name);
       goto fail;
     }
   }
   if ((rc = e->be.i->alloc(e->be.ctx, e->graph.arena_bytes, &e->arena))) {
-    gl__nn_fail(err, errlen, rc, "cannot allocate %zu bytes of activations", e->graph.arena_bytes);
+    gl_fail(err, errlen, rc, "cannot allocate %zu bytes of activations", e->graph.arena_bytes);
     goto fail;
   }
   e->graph.arena = e->arena;

@@ -31,7 +31,7 @@ static struct gl__nn_op *gl__op(struct gl__builder *b, enum gl__nn_op_kind kind,
   if (b->rc)
     return NULL;
   if (b->g->n_ops == GL__MAX_OPS) {
-    b->rc = gl__nn_fail(b->err, b->errlen, GL_EINTERNAL, "graph: too many ops");
+    b->rc = gl_fail(b->err, b->errlen, GL_EINTERNAL, "graph: too many ops");
     return NULL;
   }
   struct gl__nn_op *op = &b->g->ops[b->g->n_ops++];
@@ -52,7 +52,7 @@ static const float *gl__tensor(struct gl__builder *b, const char *fmt, ...) {
   va_end(ap);
   const float *p = gl__nn_model_tensor(b->m, name);
   if (!p && !b->rc)
-    b->rc = gl__nn_fail(b->err, b->errlen, GL_EINTERNAL, "graph: no tensor '%s'", name);
+    b->rc = gl_fail(b->err, b->errlen, GL_EINTERNAL, "graph: no tensor '%s'", name);
   return p;
 }
 
@@ -82,7 +82,7 @@ static struct gl__nn_tensor gl__conv(struct gl__builder *b, const char *unit,
   const struct gl__nn_unit *u = gl__nn_model_unit(b->m, unit);
   if (!op || !u) {
     if (!b->rc)
-      b->rc = gl__nn_fail(b->err, b->errlen, GL_EINTERNAL, "graph: no conv unit '%s'", unit);
+      b->rc = gl_fail(b->err, b->errlen, GL_EINTERNAL, "graph: no conv unit '%s'", unit);
     return src;
   }
   op->src = src;
@@ -110,7 +110,7 @@ static void gl__resizer(struct gl__builder *b, struct gl__nn_tensor x) {
   struct gl__nn_op *op = gl__op(b, GL__NN_OP_RESIZE, "resize");
   if (!op || !stem) {
     if (!b->rc)
-      b->rc = gl__nn_fail(b->err, b->errlen, GL_EINTERNAL, "graph: no resizer.stem");
+      b->rc = gl_fail(b->err, b->errlen, GL_EINTERNAL, "graph: no resizer.stem");
     return;
   }
   op->dst = x;
@@ -217,7 +217,7 @@ int gl__nn_graph_build(const struct gl_nn_model *m, uint32_t max_batch, uint64_t
   const struct gl__nn_arch *a = &m->arch;
   memset(g, 0, sizeof *g);
   if (!cfg->descriptor)
-    return gl__nn_fail(err, errlen, GL_EINVAL,
+    return gl_fail(err, errlen, GL_EINVAL,
                        "the model has no descriptor head (config descriptor=false)");
   g->model = m;
   g->max_batch = max_batch;
@@ -228,7 +228,7 @@ int gl__nn_graph_build(const struct gl_nn_model *m, uint32_t max_batch, uint64_t
   if (!(g->ops = calloc(GL__MAX_OPS, sizeof *g->ops)) ||
       !(g->groups = calloc((size_t)cfg->n_levels * cfg->osm_groups, sizeof *g->groups))) {
     gl__nn_graph_fini(g);
-    return gl__nn_fail(err, errlen, GL_ENOMEM, "out of memory");
+    return gl_fail(err, errlen, GL_ENOMEM, "out of memory");
   }
   struct gl__builder b = {.g = g, .m = m, .err = err, .errlen = errlen};
 
@@ -270,7 +270,7 @@ int gl__nn_graph_build(const struct gl_nn_model *m, uint32_t max_batch, uint64_t
       t = gl__conv(&b, un[2], t, GL__NN_BUF_A, a->cout[f], 1, 1, 1, 1, pad, GL__NN_ACT_NONE,
                    a->residual[f]);
       if (a->residual[f] && !b.rc && in.buf != GL__NN_BUF_A)
-        b.rc = gl__nn_fail(err, errlen, GL_EINTERNAL, "graph: residual input not in buffer A");
+        b.rc = gl_fail(err, errlen, GL_EINTERNAL, "graph: residual input not in buffer A");
     }
     if (b.rc)
       break;

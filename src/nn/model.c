@@ -54,7 +54,7 @@ static int gl__check_tensor_set(const struct gl_nn_model *m, char *err, size_t e
       snprintf(a, sizeof a, "'%s'%s", first_missing, missing > 1 ? " and more" : "");
     if (extra)
       snprintf(b, sizeof b, "'%s'%s", first_extra, extra > 1 ? " and more" : "");
-    rc = gl__nn_fail(err, errlen, GL_EFORMAT,
+    rc = gl_fail(err, errlen, GL_EFORMAT,
                      "tensors do not match the config: %zu missing (%s), %zu unexpected (%s)",
                      missing, a, extra, b);
     goto out;
@@ -68,7 +68,7 @@ static int gl__check_tensor_set(const struct gl_nn_model *m, char *err, size_t e
       char have[96], want[96];
       gl__shape_str(have, sizeof have, t->ndim, t->shape);
       gl__shape_str(want, sizeof want, spec[i].ndim, spec[i].shape);
-      rc = gl__nn_fail(err, errlen, GL_EFORMAT, "tensor '%s' has shape %s, the config needs %s",
+      rc = gl_fail(err, errlen, GL_EFORMAT, "tensor '%s' has shape %s, the config needs %s",
                        t->name, have, want);
       goto out;
     }
@@ -138,18 +138,18 @@ int gl_nn_model_load(const char *path, struct gl_nn_model **out, char *err, size
   int rc;
   struct gl_nn_model *m = calloc(1, sizeof *m);
   if (!m)
-    return gl__nn_fail(err, errlen, GL_ENOMEM, "out of memory");
+    return gl_fail(err, errlen, GL_ENOMEM, "out of memory");
   if ((rc = gl__st_read(path, &m->st, err, errlen)))
     goto fail;
   const struct gl__st *st = &m->st;
   if (!st->format || strcmp(st->format, GL__FORMAT) != 0) {
-    rc = gl__nn_fail(err, errlen, GL_EFORMAT, "__metadata__ format is %s%s%s, not '" GL__FORMAT "'",
+    rc = gl_fail(err, errlen, GL_EFORMAT, "__metadata__ format is %s%s%s, not '" GL__FORMAT "'",
                      st->format ? "'" : "", st->format ? st->format : "missing",
                      st->format ? "'" : "");
     goto fail_prefixed;
   }
   if (!st->format_version || strcmp(st->format_version, GL__FORMAT_VERSION) != 0) {
-    rc = gl__nn_fail(err, errlen, GL_EFORMAT,
+    rc = gl_fail(err, errlen, GL_EFORMAT,
                      "unsupported format_version %s%s%s (this code reads '" GL__FORMAT_VERSION "')",
                      st->format_version ? "'" : "",
                      st->format_version ? st->format_version : "missing",
@@ -157,7 +157,7 @@ int gl_nn_model_load(const char *path, struct gl_nn_model **out, char *err, size
     goto fail_prefixed;
   }
   if (!st->config) {
-    rc = gl__nn_fail(err, errlen, GL_EFORMAT, "__metadata__ has no 'config'");
+    rc = gl_fail(err, errlen, GL_EFORMAT, "__metadata__ has no 'config'");
     goto fail_prefixed;
   }
   if ((rc = gl__nn_config_parse(st->config, &m->cfg, err, errlen)))
@@ -168,13 +168,13 @@ int gl_nn_model_load(const char *path, struct gl_nn_model **out, char *err, size
   for (size_t i = 0; i < st->n_tensors; i++)
     m->params += st->tensors[i].numel;
   if ((rc = gl__fold_units(m))) {
-    gl__nn_fail(err, errlen, rc, "%s", rc == GL_ENOMEM ? "out of memory" : "internal error");
+    gl_fail(err, errlen, rc, "%s", rc == GL_ENOMEM ? "out of memory" : "internal error");
     goto fail_prefixed;
   }
   *out = m;
   return 0;
 fail_prefixed:
-  gl__nn_prefix(err, errlen, path);
+  gl_err_prefix(err, errlen, path);
 fail:
   gl_nn_model_destroy(m);
   return rc;

@@ -102,12 +102,12 @@ static bool gl__all_zero(const uint8_t *p, size_t n) {
 
 static int gl__parse_metadata(struct gl__st *st, const cJSON *meta, char *err, size_t errlen) {
   if (!cJSON_IsObject(meta))
-    return gl__nn_fail(err, errlen, GL_EFORMAT,
+    return gl_fail(err, errlen, GL_EFORMAT,
                        "__metadata__ must be an object mapping strings to strings");
   const cJSON *kv;
   cJSON_ArrayForEach(kv, meta) {
     if (!cJSON_IsString(kv))
-      return gl__nn_fail(err, errlen, GL_EFORMAT,
+      return gl_fail(err, errlen, GL_EFORMAT,
                          "__metadata__ must be an object mapping strings to strings "
                          "(value of '%s' is not a string)",
                          kv->string);
@@ -125,7 +125,7 @@ static int gl__parse_metadata(struct gl__st *st, const cJSON *meta, char *err, s
 static int gl__parse_entry(const struct gl__st *st, const char *name, const cJSON *e,
                            struct gl__st_tensor *t, char *err, size_t errlen) {
   if (!cJSON_IsObject(e))
-    return gl__nn_fail(err, errlen, GL_EFORMAT, "tensor '%s': entry is not an object", name);
+    return gl_fail(err, errlen, GL_EFORMAT, "tensor '%s': entry is not an object", name);
   const cJSON *dtype = NULL, *shape = NULL, *offs = NULL, *f;
   int nfields = 0;
   cJSON_ArrayForEach(f, e) {
@@ -138,26 +138,26 @@ static int gl__parse_entry(const struct gl__st *st, const char *name, const cJSO
       offs = f;
   }
   if (nfields != 3 || !dtype || !shape || !offs)
-    return gl__nn_fail(err, errlen, GL_EFORMAT,
+    return gl_fail(err, errlen, GL_EFORMAT,
                        "tensor '%s': entry must have exactly dtype, shape, data_offsets", name);
 
   bool known = false;
   for (size_t i = 0; cJSON_IsString(dtype) && i < sizeof gl__st_dtypes / sizeof *gl__st_dtypes; i++)
     known |= strcmp(dtype->valuestring, gl__st_dtypes[i]) == 0;
   if (!known)
-    return gl__nn_fail(err, errlen, GL_EFORMAT, "tensor '%s': unknown dtype %s", name,
+    return gl_fail(err, errlen, GL_EFORMAT, "tensor '%s': unknown dtype %s", name,
                        cJSON_IsString(dtype) ? dtype->valuestring : "(not a string)");
   if (strcmp(dtype->valuestring, "F32") != 0)
-    return gl__nn_fail(err, errlen, GL_EFORMAT,
+    return gl_fail(err, errlen, GL_EFORMAT,
                        "tensor '%s': dtype %s is not supported (geoloc models are F32 only)", name,
                        dtype->valuestring);
 
   if (!cJSON_IsArray(shape))
-    return gl__nn_fail(err, errlen, GL_EFORMAT,
+    return gl_fail(err, errlen, GL_EFORMAT,
                        "tensor '%s': shape is not a list of non-negative integers", name);
   int nd = cJSON_GetArraySize(shape);
   if (nd > GL__ST_MAX_DIMS)
-    return gl__nn_fail(err, errlen, GL_EFORMAT, "tensor '%s': %d dimensions, at most %d supported",
+    return gl_fail(err, errlen, GL_EFORMAT, "tensor '%s': %d dimensions, at most %d supported",
                        name, nd, GL__ST_MAX_DIMS);
   t->ndim = (uint32_t)nd;
   t->numel = 1;
@@ -165,7 +165,7 @@ static int gl__parse_entry(const struct gl__st *st, const char *name, const cJSO
   int i = 0;
   cJSON_ArrayForEach(f, shape) {
     if (!gl__json_uint(f, &t->shape[i]))
-      return gl__nn_fail(err, errlen, GL_EFORMAT,
+      return gl_fail(err, errlen, GL_EFORMAT,
                          "tensor '%s': shape is not a list of non-negative integers", name);
     if (t->shape[i] && t->numel > UINT64_MAX / 4 / t->shape[i])
       overflow = true;
@@ -177,21 +177,21 @@ static int gl__parse_entry(const struct gl__st *st, const char *name, const cJSO
   if (!cJSON_IsArray(offs) || cJSON_GetArraySize(offs) != 2 ||
       !gl__json_uint(cJSON_GetArrayItem(offs, 0), &begin) ||
       !gl__json_uint(cJSON_GetArrayItem(offs, 1), &end))
-    return gl__nn_fail(err, errlen, GL_EFORMAT,
+    return gl_fail(err, errlen, GL_EFORMAT,
                        "tensor '%s': data_offsets is not [begin, end] (non-negative integers)",
                        name);
   if (!(begin <= end && end <= st->data_size))
-    return gl__nn_fail(err, errlen, GL_EFORMAT,
+    return gl_fail(err, errlen, GL_EFORMAT,
                        "tensor '%s': data_offsets [%llu, %llu] out of range of the %zu-byte data "
                        "section",
                        name, (unsigned long long)begin, (unsigned long long)end, st->data_size);
   if (overflow || end - begin != t->numel * 4)
-    return gl__nn_fail(err, errlen, GL_EFORMAT,
+    return gl_fail(err, errlen, GL_EFORMAT,
                        "tensor '%s': %llu bytes at data_offsets but dtype F32 and its shape need "
                        "%llu",
                        name, (unsigned long long)(end - begin), (unsigned long long)(t->numel * 4));
   if (begin % 4)
-    return gl__nn_fail(err, errlen, GL_EFORMAT,
+    return gl_fail(err, errlen, GL_EFORMAT,
                        "tensor '%s': offset %llu is not aligned to its 4-byte elements", name,
                        (unsigned long long)begin);
   t->begin = begin;
@@ -216,19 +216,19 @@ static int gl__check_layout(const struct gl__st *st, char *err, size_t errlen) {
   for (size_t i = 0; i < st->n_tensors; i++) {
     const struct gl__st_tensor *t = order[i];
     if (t->begin < prev_end) {
-      rc = gl__nn_fail(err, errlen, GL_EFORMAT, "tensor '%s' overlaps tensor '%s'", t->name,
+      rc = gl_fail(err, errlen, GL_EFORMAT, "tensor '%s' overlaps tensor '%s'", t->name,
                        prev_name);
       goto out;
     }
     if (t->begin != prev_end && t->begin != gl__align_up(prev_end)) {
-      rc = gl__nn_fail(err, errlen, GL_EFORMAT,
+      rc = gl_fail(err, errlen, GL_EFORMAT,
                        "tensor '%s' starts at %llu, leaving a gap after byte %llu that is not "
                        "alignment padding",
                        t->name, (unsigned long long)t->begin, (unsigned long long)prev_end);
       goto out;
     }
     if (!gl__all_zero(st->data + prev_end, t->begin - prev_end)) {
-      rc = gl__nn_fail(err, errlen, GL_EFORMAT, "non-zero padding bytes before tensor '%s'",
+      rc = gl_fail(err, errlen, GL_EFORMAT, "non-zero padding bytes before tensor '%s'",
                        t->name);
       goto out;
     }
@@ -236,13 +236,13 @@ static int gl__check_layout(const struct gl__st *st, char *err, size_t errlen) {
     prev_name = t->name;
   }
   if (st->data_size != prev_end && st->data_size != gl__align_up(prev_end)) {
-    rc = gl__nn_fail(err, errlen, GL_EFORMAT,
+    rc = gl_fail(err, errlen, GL_EFORMAT,
                      "data section is %zu bytes but the tensors end at %llu: trailing bytes",
                      st->data_size, (unsigned long long)prev_end);
     goto out;
   }
   if (!gl__all_zero(st->data + prev_end, st->data_size - prev_end))
-    rc = gl__nn_fail(err, errlen, GL_EFORMAT, "non-zero padding bytes after the last tensor");
+    rc = gl_fail(err, errlen, GL_EFORMAT, "non-zero padding bytes after the last tensor");
 out:
   free(order);
   return rc;
@@ -255,19 +255,19 @@ static int gl__st_parse(struct gl__st *st, char *err, size_t errlen) {
   cJSON *root = NULL;
 
   if (st->size < 8)
-    return gl__nn_fail(err, errlen, GL_EFORMAT,
+    return gl_fail(err, errlen, GL_EFORMAT,
                        "file is %zu bytes, shorter than the 8-byte header size field", st->size);
   uint64_t hlen = 0;
   for (int i = 7; i >= 0; i--)
     hlen = hlen << 8 | st->file[i];
   if (hlen < 2)
-    return gl__nn_fail(err, errlen, GL_EFORMAT, "header size %llu is too small for a JSON object",
+    return gl_fail(err, errlen, GL_EFORMAT, "header size %llu is too small for a JSON object",
                        (unsigned long long)hlen);
   if (hlen > GL__ST_MAX_HEADER_BYTES)
-    return gl__nn_fail(err, errlen, GL_EFORMAT, "header size %llu exceeds the limit of %u bytes",
+    return gl_fail(err, errlen, GL_EFORMAT, "header size %llu exceeds the limit of %u bytes",
                        (unsigned long long)hlen, GL__ST_MAX_HEADER_BYTES);
   if (8 + hlen > st->size)
-    return gl__nn_fail(err, errlen, GL_EFORMAT,
+    return gl_fail(err, errlen, GL_EFORMAT,
                        "header size %llu runs past the end of the file (%zu bytes)",
                        (unsigned long long)hlen, st->size);
   const uint8_t *raw = st->file + 8;
@@ -276,12 +276,12 @@ static int gl__st_parse(struct gl__st *st, char *err, size_t errlen) {
 
   size_t bad;
   if (!gl__utf8_valid(raw, (size_t)hlen, &bad))
-    return gl__nn_fail(err, errlen, GL_EFORMAT, "header is not UTF-8 (byte %zu)", bad);
+    return gl_fail(err, errlen, GL_EFORMAT, "header is not UTF-8 (byte %zu)", bad);
   if (raw[0] != '{')
-    return gl__nn_fail(err, errlen, GL_EFORMAT, "header does not start with '{'");
+    return gl_fail(err, errlen, GL_EFORMAT, "header does not start with '{'");
   /* cJSON reads a C string: a NUL inside the header would silently cut it. */
   if (memchr(raw, 0, (size_t)hlen))
-    return gl__nn_fail(err, errlen, GL_EFORMAT, "header is not valid JSON: it contains a NUL byte");
+    return gl_fail(err, errlen, GL_EFORMAT, "header is not valid JSON: it contains a NUL byte");
   if (!(text = malloc((size_t)hlen + 1))) {
     rc = GL_ENOMEM;
     goto out;
@@ -291,12 +291,12 @@ static int gl__st_parse(struct gl__st *st, char *err, size_t errlen) {
   const char *end = NULL;
   root = cJSON_ParseWithOpts(text, &end, 1);
   if (!root) {
-    rc = gl__nn_fail(err, errlen, GL_EFORMAT, "header is not valid JSON (error at byte %ld)",
+    rc = gl_fail(err, errlen, GL_EFORMAT, "header is not valid JSON (error at byte %ld)",
                      end ? (long)(end - text) : -1L);
     goto out;
   }
   if (!cJSON_IsObject(root)) {
-    rc = gl__nn_fail(err, errlen, GL_EFORMAT, "header is not a JSON object");
+    rc = gl_fail(err, errlen, GL_EFORMAT, "header is not a JSON object");
     goto out;
   }
 
@@ -306,7 +306,7 @@ static int gl__st_parse(struct gl__st *st, char *err, size_t errlen) {
   cJSON_ArrayForEach(e, root) {
     if (strcmp(e->string, "__metadata__") == 0) {
       if (have_meta) {
-        rc = gl__nn_fail(err, errlen, GL_EFORMAT, "header: duplicate key '__metadata__'");
+        rc = gl_fail(err, errlen, GL_EFORMAT, "header: duplicate key '__metadata__'");
         goto out;
       }
       have_meta = true;
@@ -338,7 +338,7 @@ static int gl__st_parse(struct gl__st *st, char *err, size_t errlen) {
    * a file that has any is refused. */
   for (size_t i = 1; i < n; i++) {
     if (strcmp(st->tensors[i - 1].name, st->tensors[i].name) == 0) {
-      rc = gl__nn_fail(err, errlen, GL_EFORMAT, "header: duplicate key '%s'", st->tensors[i].name);
+      rc = gl_fail(err, errlen, GL_EFORMAT, "header: duplicate key '%s'", st->tensors[i].name);
       goto out;
     }
   }
@@ -365,13 +365,13 @@ int gl__st_read(const char *path, struct gl__st *st, char *err, size_t errlen) {
   memset(st, 0, sizeof *st);
 
   if (!(f = fopen(path, "rb"))) {
-    rc = gl__nn_fail(err, errlen, errno == ENOENT ? GL_ENOENT : GL_EIO, "%s: cannot open: %s", path,
+    rc = gl_fail(err, errlen, errno == ENOENT ? GL_ENOENT : GL_EIO, "%s: cannot open: %s", path,
                      strerror(errno));
     goto fail;
   }
   struct stat sb;
   if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
-    rc = gl__nn_fail(err, errlen, GL_EIO, "%s: not a regular file", path);
+    rc = gl_fail(err, errlen, GL_EIO, "%s: not a regular file", path);
     goto fail;
   }
   st->size = (size_t)sb.st_size;
@@ -387,25 +387,25 @@ int gl__st_read(const char *path, struct gl__st *st, char *err, size_t errlen) {
   size_t shift = got == 8 ? (size_t)((GL__ST_ALIGN - (8 + hlen) % GL__ST_ALIGN) % GL__ST_ALIGN) : 0;
   uint8_t *base = gl__nn_alloc(st->size + shift + 1);
   if (!base) {
-    rc = gl__nn_fail(err, errlen, GL_ENOMEM, "%s: out of memory for %zu bytes", path, st->size);
+    rc = gl_fail(err, errlen, GL_ENOMEM, "%s: out of memory for %zu bytes", path, st->size);
     goto fail;
   }
   st->mem = base;
   st->file = base + shift;
   if (fseek(f, 0, SEEK_SET) != 0 || fread(st->file, 1, st->size, f) != st->size) {
-    rc = gl__nn_fail(err, errlen, GL_EIO, "%s: read error", path);
+    rc = gl_fail(err, errlen, GL_EIO, "%s: read error", path);
     goto fail;
   }
   fclose(f);
   f = NULL;
   if ((rc = gl__sha256_hex(st->file, st->size, st->sha256))) {
-    gl__nn_fail(err, errlen, rc, "%s: SHA-256 failed", path);
+    gl_fail(err, errlen, rc, "%s: SHA-256 failed", path);
     goto fail;
   }
   if ((rc = gl__st_parse(st, err, errlen))) {
     if (rc == GL_ENOMEM)
-      gl__nn_fail(err, errlen, rc, "out of memory");
-    gl__nn_prefix(err, errlen, path);
+      gl_fail(err, errlen, rc, "out of memory");
+    gl_err_prefix(err, errlen, path);
     goto fail;
   }
   return 0;

@@ -103,7 +103,7 @@ static bool gl__cpu_supports_op(void *ctx, const struct gl__nn_op *op) {
   do {                                                                                             \
     dnnl_status_t st_ = (call);                                                                    \
     if (st_ != dnnl_success) {                                                                     \
-      rc = gl__nn_fail(err, errlen, GL_EINTERNAL, "oneDNN: %s failed for '%s' (status %d)", what,  \
+      rc = gl_fail(err, errlen, GL_EINTERNAL, "oneDNN: %s failed for '%s' (status %d)", what,  \
                        op->name, (int)st_);                                                        \
       goto out;                                                                                    \
     }                                                                                              \
@@ -196,7 +196,7 @@ static int gl__weights(struct gl__cpu_ctx *c, size_t i, const struct gl__nn_op *
     }
   }
   if (k == GL__MAX_WFMT)
-    return gl__nn_fail(err, errlen, GL_EINTERNAL, "oneDNN: too many weight layouts for '%s'",
+    return gl_fail(err, errlen, GL_EINTERNAL, "oneDNN: too many weight layouts for '%s'",
                        op->name);
   dnnl_memory_desc_t user;
   dnnl_dims_t wd;
@@ -213,7 +213,7 @@ static int gl__weights(struct gl__cpu_ctx *c, size_t i, const struct gl__nn_op *
     return 0;
   }
   if (!(wf[k].data = gl__nn_alloc(dnnl_memory_desc_get_size(want))))
-    return gl__nn_fail(err, errlen, GL_ENOMEM, "out of memory");
+    return gl_fail(err, errlen, GL_ENOMEM, "out of memory");
   wf[k].owned = true;
   GL__DNNL(dnnl_memory_create(&from, &user, c->eng, (void *)(uintptr_t)op->p.conv.w),
            "weights memory");
@@ -341,12 +341,12 @@ static int gl__own_scratch(struct gl__cpu_ctx *c, const struct gl__nn_graph *g, 
                            size_t errlen) {
   const struct gl__nn_config *cfg = &g->model->cfg;
   if (!(c->osm.thr = calloc(c->threads, sizeof *c->osm.thr)))
-    return gl__nn_fail(err, errlen, GL_ENOMEM, "out of memory");
+    return gl_fail(err, errlen, GL_ENOMEM, "out of memory");
   c->osm.threads = c->threads;
   size_t total = gl__own_layout(c, g, NULL);
   float *base = c->own = gl__nn_alloc(total * sizeof(float));
   if (!base)
-    return gl__nn_fail(err, errlen, GL_ENOMEM, "out of memory for %zu bytes of scratch",
+    return gl_fail(err, errlen, GL_ENOMEM, "out of memory for %zu bytes of scratch",
                        total * sizeof(float));
   memset(base, 0, total * sizeof(float));
   gl__own_layout(c, g, base);
@@ -379,7 +379,7 @@ static int gl__cpu_plan(void *ctx, struct gl__nn_graph *g, char *err, size_t err
   c->n_sizes = g->n_pass_sizes;
   if (!(c->conv = calloc(c->n_ops * c->n_sizes, sizeof *c->conv)) ||
       !(c->wf = calloc(c->n_ops, sizeof *c->wf)))
-    return gl__nn_fail(err, errlen, GL_ENOMEM, "out of memory");
+    return gl_fail(err, errlen, GL_ENOMEM, "out of memory");
 
   size_t scratch = 0;
   for (size_t s = 0; s < c->n_sizes; s++) {
@@ -396,7 +396,7 @@ static int gl__cpu_plan(void *ctx, struct gl__nn_graph *g, char *err, size_t err
     }
   }
   if (!(c->scratchpad = gl__nn_alloc(scratch ? scratch : 64)))
-    return gl__nn_fail(err, errlen, GL_ENOMEM, "out of memory for the oneDNN scratchpad");
+    return gl_fail(err, errlen, GL_ENOMEM, "out of memory for the oneDNN scratchpad");
   for (size_t s = 0; s < c->n_sizes; s++)
     for (size_t i = 0; i < g->n_ops; i++)
       if (c->conv[s * c->n_ops + i].pd &&
@@ -531,18 +531,18 @@ int gl__nn_cpu_backend_create(const struct gl_nn_engine_opts *opts, struct gl__n
                               char *err, size_t errlen) {
   struct gl__cpu_ctx *c = calloc(1, sizeof *c);
   if (!c)
-    return gl__nn_fail(err, errlen, GL_ENOMEM, "out of memory");
+    return gl_fail(err, errlen, GL_ENOMEM, "out of memory");
   int procs = omp_get_num_procs();
   c->threads = opts->threads ? opts->threads : (uint32_t)(procs > 0 ? procs : 1);
   /* Each thread gets its own OSM scratch; a typo must not allocate gigabytes. */
   if (c->threads > 1024) {
     free(c);
-    return gl__nn_fail(err, errlen, GL_EINVAL, "threads %u is more than 1024", opts->threads);
+    return gl_fail(err, errlen, GL_EINVAL, "threads %u is more than 1024", opts->threads);
   }
   if (dnnl_engine_create(&c->eng, dnnl_cpu, 0) != dnnl_success ||
       dnnl_stream_create(&c->stream, c->eng, dnnl_stream_default_flags) != dnnl_success) {
     gl__cpu_destroy(c);
-    return gl__nn_fail(err, errlen, GL_EINTERNAL, "oneDNN: cannot create the CPU engine");
+    return gl_fail(err, errlen, GL_EINTERNAL, "oneDNN: cannot create the CPU engine");
   }
   out->i = &gl__cpu_backend;
   out->ctx = c;
