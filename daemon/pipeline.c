@@ -20,22 +20,25 @@ struct gl_pipeline {
   void *ud;
   uint32_t pending; /* loop thread only */
 
-  pthread_t thread;
-  bool thread_started;
+  pthread_t thread, search_thread;
+  bool thread_started, search_started;
   pthread_mutex_t mu;
-  pthread_cond_t cv;
+  pthread_cond_t cv;        /* inference: work arrived or stop */
+  pthread_cond_t search_cv; /* search: work arrived or stop */
+  struct gl_job *search_head, *search_tail; /* inferred, to search; under mu */
   bool stop;                       /* under mu */
   struct gl_job *in_head, *in_tail; /* decoded, waiting for inference; under mu */
   struct gl_job *done_head, *done_tail; /* finished, for the loop; under mu */
 
+  /* Search thread only. */
+  struct gl_loc_locator *loc;
+  struct gl_loc_estimate est[GL_JOB_MAX_CANDIDATES];
   /* Inference thread only. Sized for the largest batch and descriptor seen:
    * they grow when a reloaded model needs more, never per frame. */
-  struct gl_loc_locator *loc;
   float *desc;
   size_t desc_cap;
   struct gl_job *batch[GL__MAX_BATCH];
   struct gl_image images[GL__MAX_BATCH];
-  struct gl_loc_estimate est[GL_JOB_MAX_CANDIDATES];
 };
 
 uint64_t gl_pipeline_now_us(void) {
@@ -203,7 +206,7 @@ static void gl__run_batch(struct gl_pipeline *p, struct gl_job **jobs, uint32_t 
       snprintf(job->error, sizeof job->error, "inference failed: %s", gl_strerror(rc));
       continue;
     }
-    gl__localize(p, job, p->desc + (size_t)i * rt->dim);
+    memcpy(job->desc, p->desc + (size_t)i * rt->dim, rt->dim * sizeof(float));
   }
 }
 
@@ -253,8 +256,42 @@ static void *gl__infer_main(void *arg) {
     gl__run_batch(p, jobs, n);
 
     pthread_mutex_lock(&p->mu);
-    for (uint32_t i = 0; i < n; i++)
-      gl__append(&p->done_head, &p->done_tail, jobs[i]);
+    bool finished = false;
+    for (uint32_t i = 0; i < n; i++) {
+      if (jobs[i]->result == GL_JOB_OK) {
+        gl__append(&p->search_head, &p->search_tail, jobs[i]);
+      } else {
+        gl__append(&p->done_head, &p->done_tail, jobs[i]);
+        finished = true;
+      }
+    }
+    pthread_cond_signal(&p->search_cv);
+    if (finished)
+      uv_async_send(&p->async);
+  }
+  pthread_mutex_unlock(&p->mu);
+  return NULL;
+}
+
+static void *gl__search_main(void *arg) {
+  struct gl_pipeline *p = arg;
+  pthread_mutex_lock(&p->mu);
+  for (;;) {
+    while (!p->stop && !p->search_head)
+      pthread_cond_wait(&p->search_cv, &p->mu);
+    if (!p->search_head)
+      break; /* stopping with nothing queued */
+    struct gl_job *job = p->search_head;
+    p->search_head = p->search_tail = NULL;
+    pthread_mutex_unlock(&p->mu);
+    for (struct gl_job *j = job; j; j = j->next)
+      gl__localize(p, j, j->desc);
+    pthread_mutex_lock(&p->mu);
+    while (job) {
+      struct gl_job *next = job->next;
+      gl__append(&p->done_head, &p->done_tail, job);
+      job = next;
+    }
     uv_async_send(&p->async);
   }
   pthread_mutex_unlock(&p->mu);
@@ -288,6 +325,7 @@ int gl_pipeline_create(uv_loop_t *loop, gl_job_done_cb done_cb, void *ud,
   pthread_condattr_init(&ca);
   pthread_condattr_setclock(&ca, CLOCK_MONOTONIC); /* the batch window is monotonic time */
   pthread_cond_init(&p->cv, &ca);
+  pthread_cond_init(&p->search_cv, NULL);
   pthread_condattr_destroy(&ca);
   int rc = gl_loc_locator_create(GL__MAX_TILES, &p->loc);
   if (rc != GL_OK) {
@@ -297,6 +335,12 @@ int gl_pipeline_create(uv_loop_t *loop, gl_job_done_cb done_cb, void *ud,
   /* The thread touches the async handle only for jobs, which come after
    * this function returns, so the handle is set up last: it is the one
    * step that needs the loop to undo. */
+  if (pthread_create(&p->search_thread, NULL, gl__search_main, p) != 0) {
+    snprintf(err, errlen, "cannot start the search thread");
+    rc = GL_ENOMEM;
+    goto fail;
+  }
+  p->search_started = true;
   if (pthread_create(&p->thread, NULL, gl__infer_main, p) != 0) {
     snprintf(err, errlen, "cannot start the inference thread");
     rc = GL_ENOMEM;
@@ -312,23 +356,34 @@ fail:
   return rc;
 }
 
-void gl_pipeline_stop(struct gl_pipeline *p) {
-  if (!p || !p->thread_started)
-    return;
+/* Stops and joins the threads that were started. */
+static void gl__join(struct gl_pipeline *p) {
   pthread_mutex_lock(&p->mu);
   p->stop = true;
   pthread_cond_signal(&p->cv);
+  pthread_cond_signal(&p->search_cv);
   pthread_mutex_unlock(&p->mu);
-  pthread_join(p->thread, NULL);
-  p->thread_started = false;
+  if (p->thread_started)
+    pthread_join(p->thread, NULL);
+  if (p->search_started)
+    pthread_join(p->search_thread, NULL);
+  p->thread_started = p->search_started = false;
+}
+
+void gl_pipeline_stop(struct gl_pipeline *p) {
+  if (!p || !p->thread_started)
+    return;
+  gl__join(p);
   uv_close((uv_handle_t *)&p->async, NULL);
 }
 
 void gl_pipeline_destroy(struct gl_pipeline *p) {
   if (!p)
     return;
+  gl__join(p); /* only on a failed create: a started pipeline is stopped first */
   gl_loc_locator_destroy(p->loc);
   free(p->desc);
+  pthread_cond_destroy(&p->search_cv);
   pthread_cond_destroy(&p->cv);
   pthread_mutex_destroy(&p->mu);
   free(p);

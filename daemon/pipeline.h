@@ -1,6 +1,7 @@
 /* The frame pipeline: decoding on the libuv thread pool, dynamic batching and
- * inference on one thread per device, then search and clustering on that
- * thread; finished jobs come back to the event loop through a uv_async_t.
+ * inference on one thread per device, then search and clustering on a
+ * thread of their own, so that a batch is searched while the next one is
+ * inferred; finished jobs come back to the event loop through a uv_async_t.
  *
  * Jobs are created and finished on the loop thread. Every submitted job is
  * finished exactly once, whatever happens to it (decoded or not, stale or
@@ -58,7 +59,15 @@ struct gl_job {
   char error[200];
   struct gl_job_candidate cand[GL_JOB_MAX_CANDIDATES];
   uint32_t n_cand;
+  /* The frame's descriptor, between inference and search: the job is
+   * allocated with gl_job_size(dim) bytes. */
+  float desc[];
 };
+
+/* Bytes to allocate for a job whose model has dim-float descriptors. */
+static inline size_t gl_job_size(uint32_t dim) {
+  return sizeof(struct gl_job) + (size_t)dim * sizeof(float);
+}
 
 typedef void (*gl_job_done_cb)(void *ud, struct gl_job *job);
 

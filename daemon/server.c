@@ -504,7 +504,7 @@ static bool gl__conn_frame(struct gl_conn *c, gl_client_msg *m) {
     gl__conn_status(c, id, GEOLOC__V1__ESTIMATE__STATUS__BUSY);
     return false;
   }
-  struct gl_job *job = calloc(1, sizeof *job);
+  struct gl_job *job = calloc(1, gl_job_size(srv->rt->dim));
   if (!job) {
     gl_metrics_frame(srv->metrics, GL_METRICS_FRAME_ERROR);
     gl__conn_error(c, GEOLOC__V1__ERROR__CODE__INTERNAL, &id, false, "out of memory");
