@@ -1,5 +1,6 @@
 #include "pipeline.h"
 
+#include <omp.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -275,6 +276,10 @@ static void *gl__infer_main(void *arg) {
 
 static void *gl__search_main(void *arg) {
   struct gl_pipeline *p = arg;
+  /* One query at a time needs no thread team: FAISS would otherwise open an
+   * OpenMP parallel region per frame and wake threads that the engine is
+   * using (OpenMP settings are per thread, so the engine keeps its own). */
+  omp_set_num_threads(1);
   pthread_mutex_lock(&p->mu);
   for (;;) {
     while (!p->stop && !p->search_head)
