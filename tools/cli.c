@@ -106,3 +106,28 @@ const char *gl_cli_status_name(int status) {
   return v ? v->name : "UNKNOWN";
 }
 
+
+void gl_cli_tls_option(int o, const char *arg, struct gl_client_opts *co) {
+  switch (o) {
+  case 'a':
+    co->tls_ca = arg;
+    co->tls = true; /* a CA to verify the server with means TLS */
+    break;
+  case 'e':
+    co->tls_cert = arg;
+    break;
+  case 'K':
+    co->tls_key = arg;
+    break;
+  case 's':
+    co->server_name = arg;
+    break;
+  }
+}
+
+int gl_cli_parse_prior(const char *arg, double *lat, double *lon, double *radius_m) {
+  if (sscanf(arg, "%lf,%lf,%lf", lat, lon, radius_m) != 3 ||
+      !(*lat >= -90 && *lat <= 90 && *lon >= -180 && *lon <= 180 && *radius_m > 0))
+    return GL_EINVAL;
+  return GL_OK;
+}

@@ -6,7 +6,20 @@
 #include <stdint.h>
 #include <time.h>
 
+#include "client/client.h"
 #include "proto/wire.h"
+
+/* The TLS options of every command that connects to geolocd, for its
+ * getopt_long table; their values are 'a', 'e', 'K' and 's'. */
+#define GL_CLI_TLS_OPTIONS                                                                     \
+  {"tls-ca", required_argument, NULL, 'a'}, {"tls-cert", required_argument, NULL, 'e'},        \
+      {"tls-key", required_argument, NULL, 'K'}, {"server-name", required_argument, NULL, 's'}
+
+/* Applies one of GL_CLI_TLS_OPTIONS (o is its value) to co. */
+void gl_cli_tls_option(int o, const char *arg, struct gl_client_opts *co);
+
+/* Parses "LAT,LON,RADIUS_M" (degrees, metres > 0). Returns 0 or GL_EINVAL. */
+int gl_cli_parse_prior(const char *arg, double *lat, double *lon, double *radius_m);
 
 /* Microseconds on clock id. */
 uint64_t gl_cli_clock_us(clockid_t id);

@@ -190,8 +190,7 @@ int gl_cmd_bench(int argc, char **argv) {
       {"connect", required_argument, NULL, 'c'}, {"clients", required_argument, NULL, 'n'},
       {"frames", required_argument, NULL, 'f'},  {"rate", required_argument, NULL, 'r'},
       {"window", required_argument, NULL, 'w'},  {"map", required_argument, NULL, 'm'},
-      {"tls-ca", required_argument, NULL, 'a'},  {"tls-cert", required_argument, NULL, 'e'},
-      {"tls-key", required_argument, NULL, 'K'}, {"server-name", required_argument, NULL, 's'},
+      GL_CLI_TLS_OPTIONS,
       {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
   };
   struct bench b = {.window = 8};
@@ -222,17 +221,10 @@ int gl_cmd_bench(int argc, char **argv) {
       b.map = optarg;
       break;
     case 'a':
-      b.co.tls_ca = optarg;
-      b.co.tls = true;
-      break;
     case 'e':
-      b.co.tls_cert = optarg;
-      break;
     case 'K':
-      b.co.tls_key = optarg;
-      break;
     case 's':
-      b.co.server_name = optarg;
+      gl_cli_tls_option(o, optarg, &b.co);
       break;
     case 'h':
       usage(stdout);

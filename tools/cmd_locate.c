@@ -5,6 +5,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "cli.h"
 #include "client/report.h"
 #include "commands.h"
 #include "core/err.h"
@@ -59,9 +60,7 @@ int gl_cmd_locate(int argc, char **argv) {
       map_path = optarg;
       break;
     case 'r':
-      if (sscanf(optarg, "%lf,%lf,%lf", &prior.lat, &prior.lon, &prior.radius_m) != 3 ||
-          !(prior.lat >= -90 && prior.lat <= 90 && prior.lon >= -180 && prior.lon <= 180 &&
-            prior.radius_m > 0)) {
+      if (gl_cli_parse_prior(optarg, &prior.lat, &prior.lon, &prior.radius_m) != GL_OK) {
         fprintf(stderr, "geoloc locate: --prior wants LAT,LON,RADIUS_M, got '%s'\n", optarg);
         return 2;
       }

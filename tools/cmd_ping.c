@@ -5,6 +5,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "cli.h"
 #include "client/client.h"
 #include "commands.h"
 #include "core/err.h"
@@ -39,8 +40,7 @@ static int print_if_error(const gl_server_msg *m) {
 int gl_cmd_ping(int argc, char **argv) {
   static const struct option opts[] = {
       {"connect", required_argument, NULL, 'c'},  {"count", required_argument, NULL, 'n'},
-      {"tls-ca", required_argument, NULL, 'a'},   {"tls-cert", required_argument, NULL, 'e'},
-      {"tls-key", required_argument, NULL, 'k'},  {"server-name", required_argument, NULL, 's'},
+      GL_CLI_TLS_OPTIONS,
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0},
   };
@@ -56,17 +56,10 @@ int gl_cmd_ping(int argc, char **argv) {
       count = strtol(optarg, NULL, 10);
       break;
     case 'a':
-      co.tls_ca = optarg;
-      co.tls = true;
-      break;
     case 'e':
-      co.tls_cert = optarg;
-      break;
-    case 'k':
-      co.tls_key = optarg;
-      break;
+    case 'K':
     case 's':
-      co.server_name = optarg;
+      gl_cli_tls_option(o, optarg, &co);
       break;
     case 'h':
       usage(stdout);

@@ -118,8 +118,7 @@ int gl_cmd_query(int argc, char **argv) {
       {"connect", required_argument, NULL, 'c'},  {"map", required_argument, NULL, 'm'},
       {"prior", required_argument, NULL, 'p'},    {"top-k", required_argument, NULL, 'k'},
       {"window", required_argument, NULL, 'w'},   {"format", required_argument, NULL, 'f'},
-      {"tls-ca", required_argument, NULL, 'a'},   {"tls-cert", required_argument, NULL, 'e'},
-      {"tls-key", required_argument, NULL, 'K'},  {"server-name", required_argument, NULL, 's'},
+      GL_CLI_TLS_OPTIONS,
       {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0},
   };
   struct gl_client_opts co = {0};
@@ -141,9 +140,7 @@ int gl_cmd_query(int argc, char **argv) {
       map = optarg;
       break;
     case 'p':
-      if (sscanf(optarg, "%lf,%lf,%lf", &prior[0], &prior[1], &prior[2]) != 3 ||
-          !(prior[0] >= -90 && prior[0] <= 90 && prior[1] >= -180 && prior[1] <= 180 &&
-            prior[2] > 0)) {
+      if (gl_cli_parse_prior(optarg, &prior[0], &prior[1], &prior[2]) != GL_OK) {
         fprintf(stderr, "geoloc: --prior wants LAT,LON,RADIUS_M, got '%s'\n", optarg);
         return 2;
       }
@@ -162,17 +159,10 @@ int gl_cmd_query(int argc, char **argv) {
       }
       break;
     case 'a':
-      co.tls_ca = optarg;
-      co.tls = true;
-      break;
     case 'e':
-      co.tls_cert = optarg;
-      break;
     case 'K':
-      co.tls_key = optarg;
-      break;
     case 's':
-      co.server_name = optarg;
+      gl_cli_tls_option(o, optarg, &co);
       break;
     case 'h':
       usage(stdout);
