@@ -15,6 +15,7 @@ static void usage(FILE *f) {
           "usage: geoloc map build --model M.safetensors --ortho A.tif [--ortho B.tif ...]\n"
           "                        --out NAME.map [--tile-m 320] [--stride-m 80]\n"
           "                        [--index Flat|HNSW32|IVF1024,PQ64|...] [--batch N] [--threads N]\n"
+          "                        [--bbox WEST,SOUTH,EAST,NORTH]\n"
           "       geoloc map inspect NAME.map\n"
           "\n"
           "build: cuts the rasters (GeoTIFF or any GDAL raster, any CRS, first three bands\n"
@@ -29,6 +30,8 @@ static void usage(FILE *f) {
           "  --index TYPE     FAISS index_factory string, inner product (default Flat)\n"
           "  --batch N        tiles per encoder call (default 16)\n"
           "  --threads N      encoder threads (default: all cores)\n"
+          "  --bbox W,S,E,N   keep only the tiles whose centre (WGS84 degrees, as written to\n"
+          "                   tiles.sqlite) lies inside the box, edges included\n"
           "inspect: prints the manifest summary and verifies the checksums.\n");
 }
 
@@ -97,13 +100,26 @@ static bool parse_pos(const char *s, double *out) {
   return true;
 }
 
+/* Four comma-separated numbers; their ranges are checked by gl_map_build. */
+static bool parse_bbox(const char *s, double out[4]) {
+  for (int i = 0; i < 4; i++) {
+    char *end;
+    out[i] = strtod(s, &end);
+    if (end == s || !isfinite(out[i]) || *end != (i < 3 ? ',' : '\0'))
+      return false;
+    s = end + 1;
+  }
+  return true;
+}
+
 static int cmd_build(int argc, char **argv) {
   static const struct option opts[] = {
       {"model", required_argument, NULL, 'm'},   {"ortho", required_argument, NULL, 'o'},
       {"out", required_argument, NULL, 'O'},     {"tile-m", required_argument, NULL, 't'},
       {"stride-m", required_argument, NULL, 's'}, {"index", required_argument, NULL, 'i'},
       {"batch", required_argument, NULL, 'b'},   {"threads", required_argument, NULL, 'j'},
-      {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
+      {"bbox", required_argument, NULL, 'x'},    {"help", no_argument, NULL, 'h'},
+      {NULL, 0, NULL, 0},
   };
   const char *model = NULL;
   struct gl_map_build_opts bo = {.tile_m = 320, .stride_m = 80};
@@ -139,6 +155,14 @@ static int cmd_build(int argc, char **argv) {
       break;
     case 'j':
       threads = strtol(optarg, NULL, 10);
+      break;
+    case 'x':
+      if (!parse_bbox(optarg, bo.bbox)) {
+        fprintf(stderr, "geoloc: --bbox wants WEST,SOUTH,EAST,NORTH in degrees, got '%s'\n",
+                optarg);
+        goto done;
+      }
+      bo.has_bbox = true;
       break;
     case 'h':
       usage(stdout);

@@ -372,6 +372,18 @@ static int gl__tile_meta(const struct gl__map_grid *g, double x0, double y0, uin
   return 0;
 }
 
+/* Whether the tile with lower-left corner (x0, y0) is inside o->bbox: its
+ * centre is converted exactly as gl__tile_meta converts it, so a tile is
+ * kept if and only if the centre written to tiles.sqlite is in the box.
+ * *lat and *lon receive that centre. */
+static int gl__tile_in_bbox(const struct gl_map_build_opts *o, const struct gl__map_grid *g,
+                            double x0, double y0, bool *in, double *lat, double *lon) {
+  if (gl__map_grid_to_wgs84(g, x0 + g->tile_m / 2, y0 + g->tile_m / 2, lat, lon) != 0)
+    return GL_EINTERNAL;
+  *in = *lon >= o->bbox[0] && *lat >= o->bbox[1] && *lon <= o->bbox[2] && *lat <= o->bbox[3];
+  return 0;
+}
+
 /* --- the build -------------------------------------------------------------------- */
 
 struct gl__build {
@@ -565,7 +577,15 @@ static int gl__cut_and_encode(struct gl__build *b, char *err, size_t errlen) {
       for (int64_t c = 0; c < s->ncols; c++) {
         double x0 = (double)(s->col0 + c) * b->grid.stride_m;
         double y0 = (double)(s->row_top - r) * b->grid.stride_m;
-        bool valid;
+        bool valid, in = true;
+        double lat, lon;
+        if (b->o->has_bbox && (rc = gl__tile_in_bbox(b->o, &b->grid, x0, y0, &in, &lat, &lon))) {
+          rc = gl_fail(err, errlen, rc, "PROJ cannot convert %.3f,%.3f (%s) to WGS84", x0, y0,
+                       b->grid.name);
+          goto cleanup;
+        }
+        if (!in)
+          continue; /* outside the bbox: not read, not counted */
         imgs[n] = (struct gl_image){pixels + px * 3 * n, enc->width, enc->height};
         if ((rc = gl__map_source_read_tile(s, &b->grid, x0, y0, enc->width, enc->height,
                                            imgs[n].rgb, mask, &valid, err, errlen)))
@@ -799,12 +819,22 @@ static int gl__write_manifest(struct gl__build *b, char *err, size_t errlen) {
   cJSON_AddItemToArray(a, cJSON_CreateNumber(enc->height));
   cJSON_AddNumberToObject(t, "m_per_px", b->grid.tile_m / enc->width);
   cJSON_AddStringToObject(t, "resampling", "bilinear");
+  if (b->o->has_bbox) {
+    a = cJSON_AddArrayToObject(t, "bbox"); /* west, south, east, north */
+    for (int i = 0; i < 4; i++)
+      cJSON_AddItemToArray(a, cJSON_CreateNumber(b->o->bbox[i]));
+  }
   cJSON *srcs = cJSON_AddArrayToObject(m, "sources");
   for (uint32_t i = 0; i < b->n_src; i++) {
     const struct gl__map_source *s = &b->src[i];
     cJSON *j = cJSON_CreateObject();
     const char *file = strrchr(s->path, '/') ? strrchr(s->path, '/') + 1 : s->path;
     cJSON_AddStringToObject(j, "file", file);
+    /* Where the raster was when the pack was built (as in tiles.sqlite):
+     * what draws the map's background, e.g. `geoloc eval --report`. */
+    char *abs = realpath(s->path, NULL);
+    cJSON_AddStringToObject(j, "path", abs ? abs : s->path);
+    free(abs);
     cJSON_AddStringToObject(j, "sha256", s->sha256);
     cJSON_AddNumberToObject(j, "bytes", (double)s->bytes);
     cJSON_AddStringToObject(j, "crs", s->crs_name);
@@ -863,11 +893,46 @@ static int gl__check_opts(const struct gl_map_build_opts *o, const struct gl_map
   if (strlen(enc->model_sha256) != 64 ||
       strspn(enc->model_sha256, "0123456789abcdef") != 64)
     return gl_fail(err, errlen, GL_EINVAL, "the encoder's model sha256 is not 64 hex digits");
+  if (o->has_bbox) {
+    const double *x = o->bbox;
+    for (int i = 0; i < 4; i++)
+      if (!isfinite(x[i]))
+        return gl_fail(err, errlen, GL_EINVAL, "bbox: %s is not a number",
+                       (const char *[]){"west", "south", "east", "north"}[i]);
+    if (!(x[0] >= -180 && x[2] <= 180 && x[1] >= -90 && x[3] <= 90))
+      return gl_fail(err, errlen, GL_EINVAL,
+                     "bbox %.7g,%.7g,%.7g,%.7g is out of range: longitudes must lie in "
+                     "[-180, 180] and latitudes in [-90, 90] (order west,south,east,north)",
+                     x[0], x[1], x[2], x[3]);
+    if (!(x[0] < x[2] && x[1] < x[3]))
+      return gl_fail(err, errlen, GL_EINVAL,
+                     "bbox %.7g,%.7g,%.7g,%.7g is empty: it needs west < east and south < north "
+                     "(order west,south,east,north)",
+                     x[0], x[1], x[2], x[3]);
+  }
   const char *type = o->index_type ? o->index_type : "Flat";
   /* We wrap the index in an IndexIDMap ourselves; an "IDMap" prefix would
    * nest two and break the id checks on open. */
   if (!*type || strlen(type) > 200 || strncmp(type, "IDMap", 5) == 0)
     return gl_fail(err, errlen, GL_EINVAL, "unusable index type '%s'", type);
+  return 0;
+}
+
+/* Adds the grid tiles of s whose centre is inside the bbox to the progress
+ * total, so that the total counts only the tiles the build will read. */
+static int gl__count_in_bbox(struct gl__build *b, const struct gl__map_source *s, char *err,
+                             size_t errlen) {
+  for (int64_t r = 0; r < s->nrows; r++)
+    for (int64_t c = 0; c < s->ncols; c++) {
+      double x0 = (double)(s->col0 + c) * b->grid.stride_m;
+      double y0 = (double)(s->row_top - r) * b->grid.stride_m;
+      double lat, lon;
+      bool in;
+      if (gl__tile_in_bbox(b->o, &b->grid, x0, y0, &in, &lat, &lon))
+        return gl_fail(err, errlen, GL_EINTERNAL, "PROJ cannot convert %.3f,%.3f (%s) to WGS84",
+                       x0, y0, b->grid.name);
+      b->prog.total += in;
+    }
   return 0;
 }
 
@@ -921,7 +986,16 @@ int gl_map_build(const struct gl_map_build_opts *o, const struct gl_map_encoder 
   for (uint32_t i = 0; i < b.n_src; i++) {
     if ((rc = gl__map_source_open(&b.src[i], o->orthos[i], &b.grid, err, errlen)))
       goto cleanup;
-    b.prog.total += (uint64_t)(b.src[i].nrows * b.src[i].ncols);
+    if (!o->has_bbox)
+      b.prog.total += (uint64_t)(b.src[i].nrows * b.src[i].ncols);
+    else if ((rc = gl__count_in_bbox(&b, &b.src[i], err, errlen)))
+      goto cleanup;
+  }
+  if (o->has_bbox && b.prog.total == 0) {
+    rc = gl_fail(err, errlen, GL_EINVAL,
+                 "no tile centre lies inside the bbox %.7g,%.7g,%.7g,%.7g (west,south,east,north)",
+                 o->bbox[0], o->bbox[1], o->bbox[2], o->bbox[3]);
+    goto cleanup;
   }
   if (b.prog.total == 0) {
     rc = gl_fail(err, errlen, GL_EINVAL, "no %g m tile fits inside the source raster(s)",

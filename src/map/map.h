@@ -57,7 +57,7 @@ void gl_map_encoder_fini(struct gl_map_encoder *enc);
 struct gl_map_progress {
   const char *stage;      /* "tiles" while encoding, then "index", "write", "done" */
   uint64_t done;          /* tiles read so far (encoded + skipped) */
-  uint64_t total;         /* tiles on the grid over all sources */
+  uint64_t total;         /* tiles on the grid over all sources (inside the bbox, if any) */
   uint64_t skipped;       /* tiles left out because they hold nodata pixels */
   double elapsed_s;       /* since the build started */
 };
@@ -71,6 +71,13 @@ struct gl_map_build_opts {
   double stride_m;        /* grid step in metres, > 0 */
   const char *index_type; /* FAISS index_factory string; NULL means "Flat" */
   const char *out;        /* the pack directory to create or replace */
+  /* When has_bbox, only grid tiles whose centre (WGS84, the value written
+   * to tiles.sqlite) lies inside bbox = {west, south, east, north} degrees,
+   * edges included, are cut; the others are neither read nor counted.
+   * west < east (a box across the antimeridian is not supported), south <
+   * north, longitudes in [-180, 180], latitudes in [-90, 90]. */
+  bool has_bbox;
+  double bbox[4];
   /* Called after every batch and at each stage change; may be NULL. */
   void (*progress_cb)(void *ctx, const struct gl_map_progress *p);
   void *progress_ctx;
@@ -89,7 +96,9 @@ struct gl_map_build_stats {
  * projected in metres and otherwise the WGS84 UTM zone of its centre;
  * rasters in another CRS are warped into the grid CRS. Tiles must lie
  * wholly inside a raster; tiles with nodata pixels are skipped. Each tile is
- * resampled (bilinear) to enc->width x enc->height pixels.
+ * resampled (bilinear) to enc->width x enc->height pixels. With a bbox, a
+ * grid that keeps no tile is GL_EINVAL, and the box is recorded in the
+ * manifest (tiling.bbox).
  *
  * Stale temporary directories of earlier builds of the same target that
  * were killed are removed first. An existing pack at o->out is replaced
