@@ -5,6 +5,7 @@
   import-tflite --tflite F.tflite --out M.safetensors
   classify --model M.safetensors [--labels L] IMAGE
   testvectors --out DIR [--seed S] [--configs a,b] [--sizes 224x224,1280x720]
+  to-fp16 --model IN.safetensors --out OUT.safetensors   half-precision copy
 """
 
 from __future__ import annotations
@@ -83,6 +84,25 @@ def cmd_testvectors(a) -> int:
     return 0
 
 
+def cmd_to_fp16(a) -> int:
+    if os.path.abspath(a.out) == os.path.abspath(a.model):
+        raise ValueError("--out must name another file than --model")
+    model = M.load_model(a.model)
+    M.save_model(model, a.out, dtype=torch.float16)
+    half = M.load_model(a.out)  # as a consumer loads it: float16 back to float32
+    h, w = model.cfg.input_size
+    seeds = range(1, 5)
+    x = torch.stack([testvectors.test_image(w, h, s).permute(2, 0, 1) for s in seeds]).float()
+    what = "descriptor" if model.cfg.descriptor else "logits"  # a classifier-only model
+    run = (lambda m: m(x)) if model.cfg.descriptor else (lambda m: m.classify(x))
+    with torch.no_grad():
+        cos = torch.nn.functional.cosine_similarity(run(model).double(), run(half).double(), dim=1)
+    print(f"wrote {a.out}: {os.path.getsize(a.out)} bytes (from {os.path.getsize(a.model)})")
+    print(f"worst {what} cosine f32 vs f16 over {len(seeds)} test images at {w}x{h}: "
+          f"{float(cos.min()):.8f}")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m geoloc_train",
                                 description="geoloc reference model tools")
@@ -117,6 +137,11 @@ def main(argv=None) -> int:
     s.add_argument("--sizes", type=_parse_sizes, help="comma-separated WIDTHxHEIGHT list (default "
                    + ",".join(f"{w}x{h}" for w, h in testvectors.SIZES) + ")")
     s.set_defaults(func=cmd_testvectors)
+
+    s = sub.add_parser("to-fp16", help="write a half-precision (F16) copy of a model file")
+    s.add_argument("--model", required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_to_fp16)
 
     a = p.parse_args(argv)
     try:

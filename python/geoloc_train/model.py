@@ -332,9 +332,29 @@ def model_tensors(model: GeoNet) -> Dict[str, torch.Tensor]:
             for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
 
 
-def save_model(model: GeoNet, path: str) -> None:
+# The dtypes a model file may store; both load as float32 (here and in the C
+# engine).  float16 halves the file at ~3 decimal digits per weight.
+FILE_DTYPES = (torch.float32, torch.float16)
+
+
+def save_model(model: GeoNet, path: str, dtype: torch.dtype = torch.float32) -> None:
+    """Write the model file, its tensors stored as dtype (float32 or float16).
+
+    float16 rounds every value to nearest; a finite value beyond the float16
+    range (65504) would become infinite, so such a model is refused instead.
+    """
+    if dtype not in FILE_DTYPES:
+        raise ValueError(f"model files store float32 or float16, not {dtype}")
+    tensors = model_tensors(model)
+    if dtype != torch.float32:
+        for k, v in tensors.items():
+            h = v.to(dtype)
+            if bool((torch.isinf(h) & torch.isfinite(v)).any()):
+                raise ValueError(f"tensor {k!r} has values beyond the {dtype} range "
+                                 f"(max |value| {float(v.abs().max()):g})")
+            tensors[k] = h
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.cfg.to_json()}
-    safetensors.save(path, model_tensors(model), meta)
+    safetensors.save(path, tensors, meta)
 
 
 def load_model(path: str) -> GeoNet:
@@ -362,8 +382,11 @@ def load_model(path: str) -> GeoNet:
         if list(v.shape) != list(expected[k].shape):
             raise ConfigError(f"{path}: tensor {k!r} has shape {list(v.shape)}, "
                               f"the config needs {list(expected[k].shape)}")
-        if v.dtype != torch.float32:
-            raise ConfigError(f"{path}: tensor {k!r} is {v.dtype}, expected float32")
+        if v.dtype not in FILE_DTYPES:
+            raise ConfigError(f"{path}: tensor {k!r} is {v.dtype}, expected float32 or float16")
+        # The model computes in float32 whatever the file stores (float16 to
+        # float32 is exact).
+        tensors[k] = v.to(torch.float32)
     model.load_state_dict(tensors, strict=False)  # strict would want num_batches_tracked
     return model.eval()
 

@@ -14,7 +14,7 @@
 #include "nn/nn_internal.h"
 
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
-#error "tensors are read in place as little-endian floats"
+#error "tensors are read in place as little-endian floats and halves"
 #endif
 
 #define GL__ST_ALIGN 8
@@ -22,14 +22,46 @@
  * parses numbers into, so no offset or dimension may exceed it. */
 #define GL__ST_MAX_INT 9007199254740992.0
 
-/* Known safetensors dtypes: an unknown one and a known non-F32 one get
- * different messages, because the fix differs (corrupt file vs. re-export). */
+/* Known safetensors dtypes: an unknown one and a known one other than F32
+ * and F16 get different messages, because the fix differs (corrupt file vs.
+ * re-export). */
 static const char *const gl__st_dtypes[] = {"F64", "F32", "F16", "BF16", "I64",
                                             "I32", "I16", "I8",  "U8",   "BOOL"};
 
-static uint64_t gl__align_up(uint64_t n) {
-  return (n + GL__ST_ALIGN - 1) / GL__ST_ALIGN * GL__ST_ALIGN;
+/* Converted F16 tensors each start on a 64-byte boundary of their buffer,
+ * as gl__nn_alloc'ed buffers do. */
+#define GL__ST_WIDE_ALIGN 16 /* floats */
+
+float gl__st_f16_to_f32(uint16_t h) {
+  /* Bit manipulation rather than the compiler's _Float16: clang 14 (Debian
+   * 12's) rejects _Float16 on x86-64, and gcc 12 accepts it only as an
+   * extension that -pedantic warns about; F16C intrinsics would need
+   * -mf16c. Every half is exactly a float, so this is exact. */
+  uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1fu;
+  uint32_t mant = h & 0x3ffu;
+  uint32_t bits;
+  if (exp == 0x1f) {
+    /* Inf keeps its sign; NaN keeps sign and payload and is made quiet, as
+     * the hardware conversions (F16C, ARM FCVT) do. */
+    bits = sign | 0x7f800000u | (mant ? 0x400000u | mant << 13 : 0);
+  } else if (exp != 0) {
+    bits = sign | (exp - 15 + 127) << 23 | mant << 13; /* normal: rebias */
+  } else {
+    /* Zero or subnormal, mant * 2^-24: a normal float (or zero), and both
+     * the conversion of mant and the scaling by a power of two are exact. */
+    float v = (float)mant * 0x1p-24f;
+    memcpy(&bits, &v, sizeof bits);
+    bits |= sign;
+  }
+  float f;
+  memcpy(&f, &bits, sizeof f);
+  return f;
 }
+
+static uint64_t gl__align_up_to(uint64_t n, uint64_t a) { return (n + a - 1) / a * a; }
+
+static uint64_t gl__align_up(uint64_t n) { return gl__align_up_to(n, GL__ST_ALIGN); }
 
 /* RFC 3629 UTF-8: no overlong forms, no surrogates, nothing above U+10FFFF
  * (what Python's strict decoder accepts). */
@@ -147,10 +179,16 @@ static int gl__parse_entry(const struct gl__st *st, const char *name, const cJSO
   if (!known)
     return gl_fail(err, errlen, GL_EFORMAT, "tensor '%s': unknown dtype %s", name,
                        cJSON_IsString(dtype) ? dtype->valuestring : "(not a string)");
-  if (strcmp(dtype->valuestring, "F32") != 0)
+  /* F32 tensors are used in place; F16 ones (half-size model files) are
+   * converted to float once the whole header is checked (gl__st_widen). */
+  if (strcmp(dtype->valuestring, "F32") == 0)
+    t->dtype = "F32", t->elem_size = 4;
+  else if (strcmp(dtype->valuestring, "F16") == 0)
+    t->dtype = "F16", t->elem_size = 2;
+  else
     return gl_fail(err, errlen, GL_EFORMAT,
-                       "tensor '%s': dtype %s is not supported (geoloc models are F32 only)", name,
-                       dtype->valuestring);
+                       "tensor '%s': dtype %s is not supported (geoloc models are F32 or F16)",
+                       name, dtype->valuestring);
 
   if (!cJSON_IsArray(shape))
     return gl_fail(err, errlen, GL_EFORMAT,
@@ -185,18 +223,22 @@ static int gl__parse_entry(const struct gl__st *st, const char *name, const cJSO
                        "tensor '%s': data_offsets [%llu, %llu] out of range of the %zu-byte data "
                        "section",
                        name, (unsigned long long)begin, (unsigned long long)end, st->data_size);
-  if (overflow || end - begin != t->numel * 4)
+  /* Without overflow set, numel * 4 fits in 64 bits, so numel * 2 does too. */
+  uint64_t need = t->numel * t->elem_size;
+  if (overflow || end - begin != need)
     return gl_fail(err, errlen, GL_EFORMAT,
-                       "tensor '%s': %llu bytes at data_offsets but dtype F32 and its shape need "
+                       "tensor '%s': %llu bytes at data_offsets but dtype %s and its shape need "
                        "%llu",
-                       name, (unsigned long long)(end - begin), (unsigned long long)(t->numel * 4));
-  if (begin % 4)
+                       name, (unsigned long long)(end - begin), t->dtype,
+                       (unsigned long long)need);
+  if (begin % t->elem_size)
     return gl_fail(err, errlen, GL_EFORMAT,
-                       "tensor '%s': offset %llu is not aligned to its 4-byte elements", name,
-                       (unsigned long long)begin);
+                       "tensor '%s': offset %llu is not aligned to its %u-byte elements", name,
+                       (unsigned long long)begin, t->elem_size);
   t->begin = begin;
   t->end = end;
-  t->data = (const float *)(const void *)(st->data + begin);
+  if (t->elem_size == 4)
+    t->data = (const float *)(const void *)(st->data + begin);
   return 0;
 }
 
@@ -246,6 +288,38 @@ static int gl__check_layout(const struct gl__st *st, char *err, size_t errlen) {
 out:
   free(order);
   return rc;
+}
+
+/* Converts every F16 tensor to float32 into one buffer (st->wide) and
+ * points its data there, so that everything downstream (batch-norm folding,
+ * the graph, the backends) sees float tensors whatever the file stores.
+ * Called once the layout is checked: offsets are in range. */
+static int gl__st_widen(struct gl__st *st) {
+  size_t floats = 0, n16 = 0;
+  for (size_t i = 0; i < st->n_tensors; i++) {
+    const struct gl__st_tensor *t = &st->tensors[i];
+    if (t->elem_size == 2) {
+      floats += (size_t)gl__align_up_to(t->numel, GL__ST_WIDE_ALIGN);
+      n16++;
+    }
+  }
+  if (!n16)
+    return 0;
+  /* Even an empty tensor gets a non-NULL pointer, as F32 ones do. */
+  float *next = st->wide = gl__nn_alloc(floats * sizeof(float));
+  if (!st->wide)
+    return GL_ENOMEM;
+  for (size_t i = 0; i < st->n_tensors; i++) {
+    struct gl__st_tensor *t = &st->tensors[i];
+    if (t->elem_size != 2)
+      continue;
+    const uint8_t *src = st->data + t->begin;
+    for (uint64_t k = 0; k < t->numel; k++)
+      next[k] = gl__st_f16_to_f32((uint16_t)(src[2 * k] | src[2 * k + 1] << 8));
+    t->data = next;
+    next += gl__align_up_to(t->numel, GL__ST_WIDE_ALIGN);
+  }
+  return 0;
 }
 
 /* Parses the header of st->file (already read) and fills st. */
@@ -342,7 +416,9 @@ static int gl__st_parse(struct gl__st *st, char *err, size_t errlen) {
       goto out;
     }
   }
-  rc = gl__check_layout(st, err, errlen);
+  if ((rc = gl__check_layout(st, err, errlen)))
+    goto out;
+  rc = gl__st_widen(st);
 out:
   cJSON_Delete(root);
   free(text);
@@ -423,6 +499,7 @@ void gl__st_fini(struct gl__st *st) {
     free(st->tensors[i].name);
   free(st->tensors);
   free(st->mem);
+  free(st->wide);
   free(st->format);
   free(st->format_version);
   free(st->config);

@@ -1,9 +1,11 @@
 /* Reader of safetensors files (layout and rules: python/geoloc_train/safetensors.py).
  *
- * The whole file is read once into memory; tensors point into that copy.
- * Every rule of the Python reader is enforced, each failure with its own
- * message naming the tensor or field, and only F32 tensors are accepted
- * (geoloc model files hold nothing else). */
+ * The whole file is read once into memory. Every rule of the Python reader
+ * is enforced, each failure with its own message naming the tensor or
+ * field. Only F32 and F16 tensors are accepted (geoloc model files hold
+ * nothing else; F16 halves the shipped file): F32 tensors point into the
+ * file's copy, F16 ones are converted once to float32 into a buffer of
+ * their own, so users of the tensors only ever see floats. */
 #ifndef GL_NN_SAFETENSORS_H
 #define GL_NN_SAFETENSORS_H
 
@@ -22,7 +24,9 @@ struct gl__st_tensor {
   uint64_t shape[GL__ST_MAX_DIMS];
   uint64_t numel;
   uint64_t begin, end; /* byte offsets in the data section */
-  const float *data;   /* 4-byte aligned, little-endian host floats */
+  const char *dtype;   /* as stored in the file: "F32" or "F16" */
+  uint32_t elem_size;  /* bytes per element in the file: 4 or 2 */
+  const float *data;   /* 4-byte aligned host floats (F16 already converted) */
 };
 
 struct gl__st {
@@ -31,11 +35,12 @@ struct gl__st {
   size_t size;
   const uint8_t *data; /* data section inside file */
   size_t data_size;
+  float *wide;                   /* the F16 tensors converted to float; NULL if none */
   struct gl__st_tensor *tensors; /* sorted by name */
   size_t n_tensors;
   /* __metadata__ values (owned copies); NULL when the key is absent. */
   char *format, *format_version, *config;
-  char sha256[65]; /* of the whole file, lowercase hex */
+  char sha256[65]; /* of the whole file as stored (F16 or not), lowercase hex */
 };
 
 /* Reads and validates path into *st (zeroed first). Returns 0, GL_ENOENT,
@@ -45,6 +50,10 @@ int gl__st_read(const char *path, struct gl__st *st, char *err, size_t errlen);
 
 /* Releases everything gl__st_read filled in; safe on a zeroed struct. */
 void gl__st_fini(struct gl__st *st);
+
+/* The float32 value of an IEEE 754 binary16 (F16) element: exact for
+ * every input, subnormals, infinities and NaNs (made quiet) included. */
+float gl__st_f16_to_f32(uint16_t h);
 
 /* The tensor called name, or NULL. */
 const struct gl__st_tensor *gl__st_find(const struct gl__st *st, const char *name);

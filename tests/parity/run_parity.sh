@@ -4,6 +4,9 @@
 #
 #   run_parity.sh PARITY_EXE PYTHON_DIR OUT_DIR CONFIG
 #
+# CONFIG f16 is a small model stored in half precision, written by
+# gen_f16_vectors.py beside this script instead of the testvectors command.
+#
 # Exits 77 (skip) only when Debian's /usr/bin/python3 cannot import torch:
 # the reference lives there (apt-get install python3-torch python3-numpy);
 # the `python3` first on PATH may be another interpreter.
@@ -15,6 +18,10 @@ if ! [ -x "$py" ] || ! "$py" -c 'import torch, numpy' >/dev/null 2>&1; then
   exit 77
 fi
 rm -rf "$out"
-PYTHONPATH="$pydir" "$py" -m geoloc_train testvectors --out "$out" --configs "$cfg"
+if [ "$cfg" = f16 ]; then
+  PYTHONPATH="$pydir" "$py" "$(dirname "$0")/gen_f16_vectors.py" "$out"
+else
+  PYTHONPATH="$pydir" "$py" -m geoloc_train testvectors --out "$out" --configs "$cfg"
+fi
 sha=$(sha256sum "$out/models/$cfg.safetensors" | cut -d' ' -f1)
 exec "$exe" "$out" "$sha"

@@ -3,7 +3,9 @@
  * one way at a time; each corruption must be refused with GL_EFORMAT and a
  * message naming what is wrong. The valid file is also encoded end to end
  * (batch-norm folding checked against a float64 computation), so the engine
- * gets a smoke test that needs no Python. */
+ * gets a smoke test that needs no Python. The same model stored as F16 must
+ * load to the same floats and give the same descriptors, and the F16
+ * conversion is checked on all 65536 inputs. */
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
@@ -38,6 +40,8 @@ struct mut {
   double offs[2];
   bool overlap;                /* a tensor reuses the bytes of the one before it */
   const char *dirty_pad_after; /* a non-zero byte in this tensor's padding */
+  bool half_values;            /* only values exactly representable as F16 */
+  bool f16;                    /* store every tensor as F16 (implies half_values) */
 };
 
 static uint32_t rng = 12345;
@@ -51,13 +55,27 @@ static int spec_cmp(const void *a, const void *b) {
                 ((const struct gl__nn_tensor_spec *)b)->name);
 }
 
-static float value_for(const char *name) {
+static float value_for(const char *name, bool half_values) {
   size_t n = strlen(name);
+  float v = (frand() - 0.5f) * 0.6f;
   if (n > 11 && strcmp(name + n - 11, "running_var") == 0)
-    return 0.5f + frand();
-  if (n > 9 && strcmp(name + n - 9, ".bn.weight") == 0)
-    return 0.7f + 0.6f * frand();
-  return (frand() - 0.5f) * 0.6f;
+    v = 0.5f + frand();
+  else if (n > 9 && strcmp(name + n - 9, ".bn.weight") == 0)
+    v = 0.7f + 0.6f * frand();
+  /* Multiples of 2^-10 below 2 in magnitude have at most 11 significant
+   * bits: exact F16 normals (or zero). */
+  return half_values ? ldexpf(rintf(ldexpf(v, 10)), -10) : v;
+}
+
+/* The F16 bits of v, which must be zero or an exact F16 normal. */
+static uint16_t half_bits(float v) {
+  uint32_t b;
+  memcpy(&b, &v, sizeof b);
+  uint16_t sign = (uint16_t)((b >> 16) & 0x8000u);
+  if (!(b & 0x7fffffffu))
+    return sign;
+  uint32_t e = ((b >> 23) & 0xffu) - 127 + 15;
+  return (uint16_t)(sign | e << 10 | ((b >> 13) & 0x3ffu));
 }
 
 /* Serialises the model (as python/geoloc_train/safetensors.py dumps: names
@@ -99,15 +117,21 @@ static size_t build_file(const struct mut *mu, uint8_t **out) {
     uint64_t numel = 1;
     for (uint32_t k = 0; k < s->ndim; k++)
       numel *= s->shape[k];
-    uint64_t begin = (data_len + 7) / 8 * 8, end = begin + numel * 4;
+    uint64_t esz = mu->f16 ? 2 : 4;
+    uint64_t begin = (data_len + 7) / 8 * 8, end = begin + numel * esz;
     while (end > cap) {
       data = realloc(data, cap * 2);
       memset(data + cap, 0, cap);
       cap *= 2;
     }
     for (uint64_t k = 0; k < numel; k++) {
-      float v = value_for(s->name);
-      memcpy(data + begin + k * 4, &v, 4);
+      float v = value_for(s->name, mu->half_values || mu->f16);
+      if (mu->f16) {
+        uint16_t h = half_bits(v);
+        memcpy(data + begin + k * 2, &h, 2);
+      } else {
+        memcpy(data + begin + k * 4, &v, 4);
+      }
     }
     data_len = end;
     if (mu->dirty_pad_after && strcmp(mu->dirty_pad_after, s->name) == 0 && end % 8)
@@ -116,7 +140,9 @@ static size_t build_file(const struct mut *mu, uint8_t **out) {
     bool ovl =
         mu->overlap && strstr(s->name, ".bn.running_mean") && prev_end - prev_begin == end - begin;
     cJSON_AddStringToObject(e, "dtype",
-                            mu->dtype_of && strcmp(mu->dtype_of, s->name) == 0 ? mu->dtype : "F32");
+                            mu->dtype_of && strcmp(mu->dtype_of, s->name) == 0 ? mu->dtype
+                            : mu->f16                                          ? "F16"
+                                                                               : "F32");
     cJSON *sh = cJSON_AddArrayToObject(e, "shape");
     bool reshape = mu->shape_of && strcmp(mu->shape_of, s->name) == 0;
     for (uint32_t k = 0; k < (reshape ? mu->ndim : s->ndim); k++)
@@ -282,6 +308,123 @@ static void test_valid_and_fold(void) {
   gl_nn_model_destroy(m);
 }
 
+/* Reference for gl__st_f16_to_f32, by arithmetic instead of bit moves. */
+static float half_ref(uint16_t h) {
+  int exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
+  float mag = exp == 0x1f ? (mant ? NAN : INFINITY)
+              : exp == 0  ? ldexpf((float)mant, -24)
+                          : ldexpf((float)(1024 + mant), exp - 25);
+  return h & 0x8000 ? -mag : mag;
+}
+
+static void test_f16_conversion(void) {
+  CHECK(gl__st_f16_to_f32(0x3c00) == 1.0f);
+  CHECK(gl__st_f16_to_f32(0xc000) == -2.0f);
+  CHECK(gl__st_f16_to_f32(0x7bff) == 65504.0f);        /* largest finite */
+  CHECK(gl__st_f16_to_f32(0x0400) == 0x1p-14f);        /* smallest normal */
+  CHECK(gl__st_f16_to_f32(0x03ff) == 1023 * 0x1p-24f); /* largest subnormal */
+  CHECK(gl__st_f16_to_f32(0x0001) == 0x1p-24f);        /* smallest subnormal */
+  CHECK(gl__st_f16_to_f32(0x8001) == -0x1p-24f);
+  CHECK(gl__st_f16_to_f32(0x8000) == 0.0f && signbit(gl__st_f16_to_f32(0x8000)));
+  CHECK(gl__st_f16_to_f32(0x7c00) == INFINITY);
+  CHECK(gl__st_f16_to_f32(0xfc00) == -INFINITY);
+  CHECK(isnan(gl__st_f16_to_f32(0x7e00)));
+  CHECK(isnan(gl__st_f16_to_f32(0x7c01))); /* signalling NaN stays a NaN */
+  CHECK(isnan(gl__st_f16_to_f32(0xfe00)) && signbit(gl__st_f16_to_f32(0xfe00)));
+  int bad = 0;
+  for (uint32_t h = 0; h < 65536; h++) {
+    float got = gl__st_f16_to_f32((uint16_t)h), want = half_ref((uint16_t)h);
+    uint32_t gb, wb;
+    memcpy(&gb, &got, 4);
+    memcpy(&wb, &want, 4);
+    bool same = isnan(want) ? isnan(got) && signbit(got) == signbit(want) : gb == wb;
+#ifdef __FLT16_MANT_DIG__
+    /* The compiler's own conversion, where it has one (gcc on x86-64). */
+    __extension__ _Float16 x;
+    uint16_t h16 = (uint16_t)h;
+    memcpy(&x, &h16, 2);
+    float c = (float)x;
+    uint32_t cb;
+    memcpy(&cb, &c, 4);
+    same = same && (isnan(want) ? cb == gb : cb == wb);
+#endif
+    if (!same && bad++ < 5)
+      fprintf(stderr, "  F16 0x%04x -> %a (bits 0x%08x), expected %a\n", h, (double)got, gb,
+              (double)want);
+  }
+  CHECK_EQ_INT(bad, 0);
+}
+
+/* Encodes two images of other sizes than the input size, on one thread. */
+static int encode_two(struct gl_nn_model *m, float out[16]) {
+  struct gl_nn_engine *e = NULL;
+  struct gl_nn_engine_opts o = {
+      .backend = GL_NN_BACKEND_CPU, .max_batch = 2, .max_input_pixels = 100 * 77, .threads = 1};
+  char err[512] = "";
+  int rc = gl_nn_engine_create(m, &o, &e, err, sizeof err);
+  if (rc) {
+    fprintf(stderr, "  %s\n", err);
+    return rc;
+  }
+  uint8_t *px = malloc(100 * 77 * 3);
+  for (size_t i = 0; i < 100 * 77 * 3; i++)
+    px[i] = (uint8_t)(i * 7 + i / 300);
+  struct gl_image imgs[2] = {{px, 50, 30}, {px, 100, 77}};
+  rc = gl_nn_engine_encode(e, imgs, 2, out);
+  free(px);
+  gl_nn_engine_destroy(e);
+  return rc;
+}
+
+/* The same values stored as F32 and as F16: the F16 file is about half the
+ * size, loads to bit-identical floats (batch-norm folding included) and so
+ * gives bit-identical descriptors. */
+static void test_f16_model(void) {
+  struct gl_nn_model *m[2] = {NULL, NULL};
+  size_t size[2];
+  float out[2][16];
+  char sha[2][65];
+  for (int k = 0; k < 2; k++) {
+    uint8_t *f;
+    size[k] = build_file(&(struct mut){.half_values = true, .f16 = k == 1}, &f);
+    write_file(f, size[k]);
+    free(f);
+    char err[512] = "";
+    int rc = gl_nn_model_load(path, &m[k], err, sizeof err);
+    if (!CHECK_EQ_INT(rc, 0)) {
+      fprintf(stderr, "  %s\n", err);
+      goto out;
+    }
+    snprintf(sha[k], sizeof sha[k], "%s", gl_nn_model_sha256(m[k]));
+    if (!CHECK_EQ_INT(encode_two(m[k], out[k]), 0))
+      goto out;
+  }
+  CHECK(size[1] < size[0] * 6 / 10);
+  CHECK(strcmp(sha[0], sha[1]) != 0); /* the hash is of the file as stored */
+  CHECK_EQ_U64(gl_nn_model_param_count(m[1]), gl_nn_model_param_count(m[0]));
+  CHECK_EQ_U64(m[1]->st.n_tensors, m[0]->st.n_tensors);
+  int diff = 0;
+  for (size_t i = 0; i < m[0]->st.n_tensors && i < m[1]->st.n_tensors; i++) {
+    const struct gl__st_tensor *a = &m[0]->st.tensors[i], *b = &m[1]->st.tensors[i];
+    CHECK_EQ_STR(a->dtype, "F32");
+    CHECK_EQ_STR(b->dtype, "F16");
+    CHECK_EQ_U64(b->numel, a->numel);
+    if (b->numel == a->numel && memcmp(a->data, b->data, a->numel * sizeof(float)) && diff++ < 3)
+      fprintf(stderr, "  tensor %s differs between the F32 and the F16 file\n", a->name);
+  }
+  CHECK_EQ_INT(diff, 0);
+  const struct gl__nn_unit *u0 = gl__nn_model_unit(m[0], "backbone.features.3.dw");
+  const struct gl__nn_unit *u1 = gl__nn_model_unit(m[1], "backbone.features.3.dw");
+  if (CHECK(u0 && u1)) {
+    CHECK_EQ_MEM(u1->w, u0->w, 9 * sizeof(float));
+    CHECK(u1->b[5] == u0->b[5]);
+  }
+  CHECK_EQ_MEM(out[1], out[0], sizeof out[0]);
+out:
+  gl_nn_model_destroy(m[0]);
+  gl_nn_model_destroy(m[1]);
+}
+
 static void test_header(void) {
   expect_raw(raw_hlen_huge, "exceeds the limit");
   expect_raw(raw_hlen_past, "runs past the end of the file");
@@ -316,8 +459,15 @@ static void test_entries(void) {
   expect_mut(&(struct mut){.offs_of = "classifier.bias", .offs = {-8, 4}},
              "data_offsets is not [begin, end]");
   expect_mut(&(struct mut){.overlap = true}, "overlaps tensor");
+  expect_mut(&(struct mut){.dtype_of = "fusion.weight", .dtype = "BF16"},
+             "tensor 'fusion.weight': dtype BF16 is not supported (geoloc models are F32 or F16)");
+  expect_mut(&(struct mut){.f16 = true, .dtype_of = "fusion.weight", .dtype = "F64"},
+             "tensor 'fusion.weight': dtype F64 is not supported");
+  /* F32 bytes declared F16, and an F16 tensor shorter than its shape. */
   expect_mut(&(struct mut){.dtype_of = "fusion.weight", .dtype = "F16"},
-             "tensor 'fusion.weight': dtype F16 is not supported");
+             "tensor 'fusion.weight': 12 bytes at data_offsets but dtype F16 and its shape need 6");
+  expect_mut(&(struct mut){.f16 = true, .shape_of = "fusion.weight", .ndim = 1, .shape = {4}},
+             "tensor 'fusion.weight': 6 bytes at data_offsets but dtype F16 and its shape need 8");
   expect_mut(&(struct mut){.dtype_of = "fusion.weight", .dtype = "Q4"},
              "tensor 'fusion.weight': unknown dtype Q4");
   /* Same element count, other shape: only the config check can tell. */
@@ -356,6 +506,8 @@ int main(void) {
   char keep[256];
   snprintf(keep, sizeof keep, "%s", path);
   RUN(test_valid_and_fold);
+  RUN(test_f16_conversion);
+  RUN(test_f16_model);
   RUN(test_header);
   RUN(test_trailing_and_padding);
   RUN(test_entries);

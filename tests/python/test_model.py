@@ -166,6 +166,121 @@ class Files(unittest.TestCase):
             M.load_model(self._write(good, {"config": m.cfg.to_json()}))
 
 
+class HalfPrecision(unittest.TestCase):
+    """Model files stored as F16: half the size, loaded as float32."""
+
+    CFG = {"input_size": [64, 64], "osm_dim": 64, "osm_groups": 2, "descriptor_dim": 128}
+
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(self.tmp.cleanup)
+
+    def path(self, name):
+        return os.path.join(self.tmp.name, name)
+
+    def test_f16_round_trip(self):
+        m = testvectors.random_model(ModelConfig.from_dict(self.CFG), 5)
+        M.save_model(m, self.path("m32.safetensors"))
+        M.save_model(m, self.path("m16.safetensors"), dtype=torch.float16)
+        size32 = os.path.getsize(self.path("m32.safetensors"))
+        size16 = os.path.getsize(self.path("m16.safetensors"))
+        self.assertLess(size16, 0.52 * size32)
+
+        # The file holds each tensor rounded to nearest float16.
+        src = M.model_tensors(m)
+        stored, meta = safetensors.load(self.path("m16.safetensors"))
+        self.assertEqual(set(stored), set(src))
+        self.assertEqual(meta["config"], m.cfg.to_json())
+        for k, v in stored.items():
+            self.assertEqual(v.dtype, torch.float16, k)
+            self.assertTrue(torch.equal(v, src[k].half()), k)
+
+        # Loading gives float32 tensors equal to the half-rounded values.
+        m16 = M.load_model(self.path("m16.safetensors"))
+        self.assertEqual(m16.cfg, m.cfg)
+        for k, v in M.model_tensors(m16).items():
+            self.assertEqual(v.dtype, torch.float32, k)
+            self.assertTrue(torch.equal(v, src[k].half().float()), k)
+        for k, v in m16.state_dict().items():
+            if v.is_floating_point():
+                self.assertEqual(v.dtype, torch.float32, k)
+
+        # Saving the loaded model as F16 again changes nothing.
+        M.save_model(m16, self.path("again.safetensors"), dtype=torch.float16)
+        with open(self.path("m16.safetensors"), "rb") as a, \
+                open(self.path("again.safetensors"), "rb") as b:
+            self.assertEqual(a.read(), b.read())
+
+        # The same function as the float32 model with its weights rounded.
+        rounded = M.GeoNet(m.cfg)
+        rounded.load_state_dict({k: v.half().float() for k, v in src.items()}, strict=False)
+        x = image(80, 100, seed=2, batch=2)
+        with torch.no_grad():
+            self.assertTrue(torch.equal(m16(x), rounded.eval()(x)))
+
+    def test_f16_rounding_subnormals_and_range(self):
+        m = M.GeoNet(ModelConfig.from_dict(self.CFG))
+        name = "osm.0.embed.bias"
+        w = dict(m.named_parameters())[name]
+        with torch.no_grad():
+            w.zero_()
+            # 1 + 2^-11 is a tie (rounds to even, 1); 1e-6 and -2^-24 are F16
+            # subnormals; 65504 is the largest finite F16.
+            w[:4] = torch.tensor([1 + 2 ** -11, 1e-6, -2.0 ** -24, 65504.0])
+        M.save_model(m, self.path("h.safetensors"), dtype=torch.float16)
+        got = M.model_tensors(M.load_model(self.path("h.safetensors")))[name][:4]
+        want = torch.tensor([1.0, 1e-6, -2.0 ** -24, 65504.0]).half().float()
+        self.assertTrue(torch.equal(got, want), (got, want))
+        self.assertEqual(float(got[1]), 17 * 2.0 ** -24)  # the nearest multiple of 2^-24
+        with torch.no_grad():
+            w[0] = 70000.0
+        with self.assertRaisesRegex(ValueError, f"{name}.*beyond the torch.float16 range"):
+            M.save_model(m, self.path("big.safetensors"), dtype=torch.float16)
+        with self.assertRaisesRegex(ValueError, "float32 or float16"):
+            M.save_model(m, self.path("bf.safetensors"), dtype=torch.bfloat16)
+
+    def test_load_refuses_other_dtypes(self):
+        m = M.GeoNet(ModelConfig.from_dict(self.CFG))
+        meta = {"format": "geoloc-model", "format_version": "1", "config": m.cfg.to_json()}
+        tensors = dict(M.model_tensors(m))
+        tensors["osm.0.embed.bias"] = tensors["osm.0.embed.bias"].bfloat16()
+        safetensors.save(self.path("bf16.safetensors"), tensors, meta)
+        with self.assertRaisesRegex(ConfigError, "osm.0.embed.bias.*bfloat16, expected float32 "
+                                    "or float16"):
+            M.load_model(self.path("bf16.safetensors"))
+
+    def test_to_fp16_cli(self):
+        with open(self.path("cfg.json"), "w") as f:
+            json.dump(self.CFG, f)
+        src, out = self.path("m.safetensors"), self.path("m16.safetensors")
+        _common.run_cli("export-random", "--config", self.path("cfg.json"), "--seed", "3",
+                        "--out", src)
+        p = _common.run_cli("to-fp16", "--model", src, "--out", out)
+        self.assertIn(f"wrote {out}: {os.path.getsize(out)} bytes", p.stdout)
+        self.assertLess(os.path.getsize(out), 0.52 * os.path.getsize(src))
+        line = [s for s in p.stdout.splitlines() if s.startswith("worst descriptor cosine")]
+        self.assertEqual(len(line), 1, p.stdout)
+        self.assertIn("over 4 test images at 64x64", line[0])
+        cos = float(line[0].rsplit(":", 1)[1])
+        # The same number, recomputed from the two files.
+        a, b = M.load_model(src), M.load_model(out)
+        x = torch.stack([testvectors.test_image(64, 64, s).permute(2, 0, 1)
+                         for s in range(1, 5)]).float()
+        with torch.no_grad():
+            want = float(torch.nn.functional.cosine_similarity(
+                a(x).double(), b(x).double(), dim=1).min())
+        # Random test models amplify small weight changes in their OSM head
+        # (a relative 1e-4 perturbation in float32 costs as much), so the
+        # value itself is not a measure of float16 here.
+        self.assertAlmostEqual(cos, want, places=7)
+        self.assertTrue(0 < cos < 1, cos)
+        for k, v in safetensors.load(out)[0].items():
+            self.assertEqual(v.dtype, torch.float16, k)
+        p = _common.run_cli("to-fp16", "--model", src, "--out", src, check=False)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("--out must name another file", p.stderr)
+
+
 class Determinism(unittest.TestCase):
     def test_same_seed_same_bytes(self):
         cfg = ModelConfig.from_dict({"osm_dim": 64, "osm_groups": 2, "input_size": [64, 64]})

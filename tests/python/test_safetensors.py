@@ -182,5 +182,41 @@ class Corrupt(unittest.TestCase):
         self.assertRejects(build(h, self.GOOD_DATA[:6] + b"\0\0"), "not aligned")
 
 
+class Half(unittest.TestCase):
+    """F16 (IEEE binary16), the dtype of half-size model files."""
+
+    # zeros, smallest and largest subnormal, smallest normal, 1, largest
+    # finite (both signs), infinities, a quiet NaN
+    BITS = [0x0000, 0x8000, 0x0001, 0x03FF, 0x0400, 0x3C00, 0x7BFF, 0xFBFF, 0x7C00, 0xFC00, 0x7E00]
+
+    def test_f16_bits_and_values(self):
+        n = len(self.BITS)
+        raw = struct.pack(f"<{n}H", *self.BITS)
+        t, _ = st.loads(build({"h": entry("F16", [n], 0, 2 * n)}, raw + b"\0" * (-len(raw) % 8)))
+        h = t["h"]
+        self.assertEqual(h.dtype, torch.float16)
+        self.assertEqual([b & 0xFFFF for b in h.view(torch.int16).tolist()], self.BITS)
+        # Python's own binary16 decoder ('e') is the reference for the values.
+        want = struct.unpack(f"<{n}e", raw)
+        got = h.float().tolist()
+        for b, w, g in zip(self.BITS, want, got):
+            if w != w:
+                self.assertNotEqual(g, g, hex(b))
+            else:
+                self.assertEqual(struct.pack("<f", g), struct.pack("<f", w), hex(b))
+        self.assertEqual(st.loads(st.dumps({"h": h}))[0]["h"].view(torch.int16).tolist(),
+                         h.view(torch.int16).tolist())
+
+    def test_f16_byte_size_and_alignment(self):
+        # Four F16 elements need 8 bytes: 12 (F32-sized or corrupt) is refused.
+        data = struct.pack("<6e", 1, 2, 3, 4, 5, 6) + b"\0" * 4
+        with self.assertRaisesRegex(SafetensorsError, "12 bytes at data_offsets but dtype F16 "
+                                    r"and shape \[4\] need 8"):
+            st.loads(build({"a": entry("F16", [4], 0, 12)}, data))
+        with self.assertRaisesRegex(SafetensorsError, "not aligned to its 2-byte elements"):
+            st.loads(build({"a": entry("U8", [1], 0, 1), "b": entry("F16", [1], 1, 3)},
+                           b"\0" * 8))
+
+
 if __name__ == "__main__":
     unittest.main()
