@@ -5,7 +5,9 @@
 #include <geodesic.h>
 #include <math.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "core/err.h"
 
@@ -22,6 +24,7 @@
 
 struct gl__loc_cluster {
   double mode_x, mode_y; /* the mode in the frame of the overall best match */
+  bool converged;        /* its mean-shift run ended on a step shorter than tol_m */
   uint32_t best;         /* input index of the best member */
   uint32_t count;        /* members */
   uint32_t first;        /* offset of the members in ws->members/support */
@@ -35,6 +38,7 @@ struct gl_loc_workspace {
   double *w;                  /* [cap] weights exp((s - s_max) / T) */
   double *x, *y;              /* [cap] east/north metres from the overall best match */
   double *lx, *ly;            /* [cap] east/north metres from the cluster's best match */
+  double *k;                  /* [cap] kernel values of one mean-shift step */
   uint32_t *order;            /* [cap] input indices by descending score */
   uint32_t *label;            /* [cap] cluster of each match */
   uint32_t *members;          /* [cap] input indices grouped by cluster, by score */
@@ -71,6 +75,7 @@ void gl_loc_workspace_destroy(struct gl_loc_workspace *ws) {
   free(ws->members);
   free(ws->label);
   free(ws->order);
+  free(ws->k);
   free(ws->ly);
   free(ws->lx);
   free(ws->y);
@@ -102,6 +107,7 @@ int gl_loc_workspace_create(size_t max_matches, struct gl_loc_workspace **out) {
   ws->y = calloc(n, sizeof *ws->y);
   ws->lx = calloc(n, sizeof *ws->lx);
   ws->ly = calloc(n, sizeof *ws->ly);
+  ws->k = calloc(n, sizeof *ws->k);
   ws->order = calloc(n, sizeof *ws->order);
   ws->label = calloc(n, sizeof *ws->label);
   ws->members = calloc(n, sizeof *ws->members);
@@ -110,8 +116,9 @@ int gl_loc_workspace_create(size_t max_matches, struct gl_loc_workspace **out) {
   ws->rank = calloc(n, sizeof *ws->rank);
   ws->cscore = calloc(n, sizeof *ws->cscore);
   ws->cbest = calloc(n, sizeof *ws->cbest);
-  if (!ws->s || !ws->w || !ws->x || !ws->y || !ws->lx || !ws->ly || !ws->order || !ws->label ||
-      !ws->members || !ws->support || !ws->cl || !ws->rank || !ws->cscore || !ws->cbest) {
+  if (!ws->s || !ws->w || !ws->x || !ws->y || !ws->lx || !ws->ly || !ws->k || !ws->order ||
+      !ws->label || !ws->members || !ws->support || !ws->cl || !ws->rank || !ws->cscore ||
+      !ws->cbest) {
     gl_loc_workspace_destroy(ws);
     return GL_ENOMEM;
   }
@@ -195,42 +202,142 @@ static bool gl__loc_match_ok(const struct gl_loc_match *m) {
          m->lon >= -540.0 && m->lon <= 540.0 && isfinite(m->score);
 }
 
-/* Climbs from (*px, *py) to a mode of the weighted kernel density. */
-static void gl__loc_shift(const struct gl_loc_workspace *ws, size_t n,
-                          const struct gl_loc_params *p, double *px, double *py) {
-  const double h2 = p->bandwidth_m * p->bandwidth_m;
+/* exp(x) for -708 <= x <= 0, within two ulps, for the kernel of the
+ * mean-shift: written without branches or calls so that the loop over the
+ * matches runs in SIMD registers (libm's exp() is a call per match, and the
+ * kernel was most of the clustering time). Its last bit moves a mode by a
+ * rounding error, far below tol_m; estimates are computed from the members
+ * a mode gathers, with libm, not from the mode.
+ *
+ * x = n ln2 + r with |r| <= ln2 / 2 (Cody and Waite: ln2 in two parts, the
+ * first with enough trailing zero bits that n * GL__LOC_LN2_HI is exact),
+ * exp(r) by its Taylor series to r^13 (truncation error below 1e-17), and
+ * 2^n built directly in the exponent bits. */
+#define GL__LOC_LOG2E 1.4426950408889634
+#define GL__LOC_LN2_HI 6.93147180369123816490e-01
+#define GL__LOC_LN2_LO 1.90821492927058770002e-10
+#define GL__LOC_ROUND 6755399441055744.0 /* 1.5 * 2^52: adding it rounds to an integer */
+
+static inline double gl__loc_exp_neg(double x) {
+  double t = x * GL__LOC_LOG2E + GL__LOC_ROUND;
+  double n = t - GL__LOC_ROUND;
+  double r = (x - n * GL__LOC_LN2_HI) - n * GL__LOC_LN2_LO;
+  /* Estrin's scheme: four levels of multiply-add instead of Horner's
+   * thirteen, so that the vector units are not waiting on one long chain. */
+  double r2 = r * r, r4 = r2 * r2, r8 = r4 * r4;
+  double q0 = 1.0 + r, q1 = 1.0 / 2 + r * (1.0 / 6), q2 = 1.0 / 24 + r * (1.0 / 120);
+  double q3 = 1.0 / 720 + r * (1.0 / 5040), q4 = 1.0 / 40320 + r * (1.0 / 362880);
+  double q5 = 1.0 / 3628800 + r * (1.0 / 39916800);
+  double q6 = 1.0 / 479001600 + r * (1.0 / 6227020800);
+  double s0 = q0 + r2 * q1, s1 = q2 + r2 * q3, s2 = q4 + r2 * q5;
+  double p = (s0 + r4 * s1) + r8 * (s2 + r4 * q6);
+  /* The low bits of t hold n (-1022 <= n <= 0) in two's complement;
+   * shifted into the exponent field and biased they make 2^n. */
+  uint64_t bits;
+  memcpy(&bits, &t, sizeof bits);
+  bits = (bits + 1023u) << 52;
+  double scale;
+  memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+/* One mean-shift step from (cx, cy): the kernel weights K(|x_j - c|) w_j
+ * of every match into k, and their sums, weighted by x, by y and plain,
+ * into s[0..2]. The kernel loop runs apart from the sums so that it
+ * vectorizes, and its exponent is clamped in a loop of its own (a select
+ * among the arithmetic keeps GCC from vectorizing): below -708 the pull of
+ * a match dozens of bandwidths away becomes exp(-708), about 3e-308,
+ * instead of a subnormal or zero, nil either way. The sums run in four
+ * lanes (match j in lane j % 4), added up in a fixed order at the end.
+ * Cloned for AVX2 (4 doubles a register, the baseline has 2); C17 does not
+ * contract a * b + c into an FMA, and the order of every sum is written out,
+ * so both clones compute the same bits. */
+__attribute__((target_clones("arch=x86-64-v3", "default"))) static void
+gl__loc_step(double *restrict k, const double *restrict x, const double *restrict y,
+             const double *restrict w, size_t n, double cx, double cy, double h2,
+             enum gl_loc_kernel kernel, double s[3]) {
   const double inv_2h2 = 1.0 / (2.0 * h2);
+  double lx[4] = {0.0, 0.0, 0.0, 0.0}, ly[4] = {0.0, 0.0, 0.0, 0.0};
+  double lw[4] = {0.0, 0.0, 0.0, 0.0};
+  size_t j;
+
+  if (kernel == GL_LOC_KERNEL_FLAT) {
+#pragma omp simd
+    for (j = 0; j < n; j++) {
+      double dx = x[j] - cx, dy = y[j] - cy;
+
+      k[j] = dx * dx + dy * dy <= h2 ? w[j] : 0.0;
+    }
+  } else {
+#pragma omp simd
+    for (j = 0; j < n; j++) {
+      double dx = x[j] - cx, dy = y[j] - cy, e = -(dx * dx + dy * dy) * inv_2h2;
+
+      k[j] = e < -708.0 ? -708.0 : e;
+    }
+#pragma omp simd
+    for (j = 0; j < n; j++)
+      k[j] = gl__loc_exp_neg(k[j]) * w[j];
+  }
+  for (j = 0; j + 4 <= n; j += 4) {
+    for (size_t l = 0; l < 4; l++) {
+      lx[l] += k[j + l] * x[j + l];
+      ly[l] += k[j + l] * y[j + l];
+      lw[l] += k[j + l];
+    }
+  }
+  for (size_t l = 0; j < n; j++, l++) {
+    lx[l] += k[j] * x[j];
+    ly[l] += k[j] * y[j];
+    lw[l] += k[j];
+  }
+  s[0] = (lx[0] + lx[1]) + (lx[2] + lx[3]);
+  s[1] = (ly[0] + ly[1]) + (ly[2] + ly[3]);
+  s[2] = (lw[0] + lw[1]) + (lw[2] + lw[3]);
+}
+
+/* Climbs from (*px, *py) to a mode of the weighted kernel density and
+ * returns true, leaving the mode in (*px, *py); or returns false as soon as
+ * the climb comes within sqrt(stop2) metres of one of the n_modes modes
+ * already found whose own run converged: it is then climbing to that mode,
+ * which would be dropped as a duplicate at the end (the same reasoning that
+ * lets a match near a mode seed nothing, applied along the way; most seeds
+ * of scattered matches end there). */
+static bool gl__loc_shift(struct gl_loc_workspace *ws, size_t n, size_t n_modes,
+                          const struct gl_loc_params *p, double stop2, double *px, double *py,
+                          bool *converged) {
+  const double h2 = p->bandwidth_m * p->bandwidth_m, tol2 = p->tol_m * p->tol_m;
   double cx = *px, cy = *py;
 
+  *converged = false;
   for (int it = 0; it < p->max_iter; it++) {
-    double sx = 0.0, sy = 0.0, sw = 0.0, nx, ny, step;
+    double sum[3], nx, ny, step2;
 
-    for (size_t j = 0; j < n; j++) {
-      double dx = ws->x[j] - cx, dy = ws->y[j] - cy, d2 = dx * dx + dy * dy, k;
-
-      if (p->kernel == GL_LOC_KERNEL_FLAT)
-        k = d2 <= h2 ? 1.0 : 0.0;
-      else
-        k = exp(-d2 * inv_2h2);
-      k *= ws->w[j];
-      sx += k * ws->x[j];
-      sy += k * ws->y[j];
-      sw += k;
-    }
+    gl__loc_step(ws->k, ws->x, ws->y, ws->w, n, cx, cy, h2, p->kernel, sum);
     /* A flat window can end up empty (matches on a ring around the mean);
      * the point reached so far is then as good a mode as any. */
-    if (!(sw > 0.0))
+    if (!(sum[2] > 0.0))
       break;
-    nx = sx / sw;
-    ny = sy / sw;
-    step = hypot(nx - cx, ny - cy);
+    nx = sum[0] / sum[2];
+    ny = sum[1] / sum[2];
+    /* Compared squared: hypot() is a slow libm call. */
+    step2 = (nx - cx) * (nx - cx) + (ny - cy) * (ny - cy);
     cx = nx;
     cy = ny;
-    if (step < p->tol_m)
+    if (step2 < tol2) {
+      *converged = true;
       break;
+    }
+    for (size_t m = 0; m < n_modes; m++) {
+      double dx = ws->cl[m].mode_x - cx, dy = ws->cl[m].mode_y - cy;
+
+      if (ws->cl[m].converged && dx * dx + dy * dy <= stop2)
+        return false;
+    }
   }
   *px = cx;
   *py = cy;
+  return true;
 }
 
 /* Finishes cluster c: projects its members about its best match, writes the
@@ -287,7 +394,7 @@ int gl_loc_cluster(struct gl_loc_workspace *ws, const struct gl_loc_params *p,
                    size_t max_out, size_t *n_out) {
   struct gl_loc_params defaults;
   const struct gl_loc_match *best;
-  double merge2, cover2, top, total;
+  double merge2, cover2, stop2, top, total;
   size_t n_modes = 0, n_cl = 0, n_ret;
 
   if (n_out)
@@ -323,10 +430,14 @@ int gl_loc_cluster(struct gl_loc_workspace *ws, const struct gl_loc_params *p,
   /* 3. Mean-shift from the matches not yet covered by a mode. */
   merge2 = p->merge_m > 0.0 ? p->merge_m * p->merge_m : p->bandwidth_m * p->bandwidth_m;
   cover2 = 0.25 * p->bandwidth_m * p->bandwidth_m;
+  /* A climb stops near a converged mode at half the bandwidth, the distance
+   * at which a match seeds nothing, or at half the merge distance when that
+   * is smaller: a small merge_m asks for nearby modes to be kept apart. */
+  stop2 = fmin(cover2, 0.25 * merge2);
   for (size_t r = 0; r < n; r++) {
     uint32_t i = ws->order[r];
     double cx = ws->x[i], cy = ws->y[i];
-    bool keep = true;
+    bool keep = true, converged;
 
     for (size_t k = 0; k < n_modes && keep; k++) {
       double dx = ws->cl[k].mode_x - cx, dy = ws->cl[k].mode_y - cy;
@@ -335,7 +446,8 @@ int gl_loc_cluster(struct gl_loc_workspace *ws, const struct gl_loc_params *p,
     }
     if (!keep)
       continue;
-    gl__loc_shift(ws, n, p, &cx, &cy);
+    if (!gl__loc_shift(ws, n, n_modes, p, stop2, &cx, &cy, &converged))
+      continue;
     for (size_t k = 0; k < n_modes && keep; k++) {
       double dx = ws->cl[k].mode_x - cx, dy = ws->cl[k].mode_y - cy;
 
@@ -345,6 +457,7 @@ int gl_loc_cluster(struct gl_loc_workspace *ws, const struct gl_loc_params *p,
       continue;
     ws->cl[n_modes].mode_x = cx;
     ws->cl[n_modes].mode_y = cy;
+    ws->cl[n_modes].converged = converged;
     ws->cl[n_modes].count = 0;
     n_modes++;
   }
