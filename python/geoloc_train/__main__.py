@@ -6,6 +6,9 @@
   classify --model M.safetensors [--labels L] IMAGE
   testvectors --out DIR [--seed S] [--configs a,b] [--sizes 224x224,1280x720]
   to-fp16 --model IN.safetensors --out OUT.safetensors   half-precision copy
+  make-eval-set --naip DIR --out DIR [--count N] [--seed S] [--size PX]
+  make-flight --naip DIR --out DIR [--year Y] [--frames N] [--seed S] [--size PX]
+  xtime-bbox --naip DIR                 the naip-xtime map's --bbox WEST,SOUTH,EAST,NORTH
 """
 
 from __future__ import annotations
@@ -103,6 +106,25 @@ def cmd_to_fp16(a) -> int:
     return 0
 
 
+# The naip-xtime commands need GDAL, which the model commands do not.
+def cmd_make_eval_set(a) -> int:
+    from . import xtime
+    xtime.make_eval_set(a.naip, a.out, a.count, a.seed, a.size)
+    return 0
+
+
+def cmd_make_flight(a) -> int:
+    from . import xtime
+    xtime.make_flight(a.naip, a.out, a.year, a.frames, a.seed, a.size)
+    return 0
+
+
+def cmd_xtime_bbox(a) -> int:
+    from . import xtime
+    print(xtime.bbox_string(a.naip))
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m geoloc_train",
                                 description="geoloc reference model tools")
@@ -142,6 +164,27 @@ def main(argv=None) -> int:
     s.add_argument("--model", required=True)
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_to_fp16)
+
+    s = sub.add_parser("make-eval-set", help="write the labelled naip-xtime query set")
+    s.add_argument("--naip", required=True, help="folder of the NAIP GeoTIFFs")
+    s.add_argument("--out", required=True)
+    s.add_argument("--count", type=int, default=1000)
+    s.add_argument("--seed", type=int, default=2020)
+    s.add_argument("--size", type=int, default=128, help="frame side in pixels")
+    s.set_defaults(func=cmd_make_eval_set)
+
+    s = sub.add_parser("make-flight", help="write a simulated demo flight over the east half")
+    s.add_argument("--naip", required=True, help="folder of the NAIP GeoTIFFs")
+    s.add_argument("--out", required=True)
+    s.add_argument("--year", type=int, default=2009)
+    s.add_argument("--frames", type=int, default=60)
+    s.add_argument("--seed", type=int, default=7)
+    s.add_argument("--size", type=int, default=256, help="frame side in pixels")
+    s.set_defaults(func=cmd_make_flight)
+
+    s = sub.add_parser("xtime-bbox", help="print the --bbox of the naip-xtime reference map")
+    s.add_argument("--naip", required=True, help="folder of the NAIP GeoTIFFs")
+    s.set_defaults(func=cmd_xtime_bbox)
 
     a = p.parse_args(argv)
     try:
