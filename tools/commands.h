@@ -6,6 +6,7 @@
 int gl_cmd_bench(int argc, char **argv);
 int gl_cmd_ping(int argc, char **argv);
 int gl_cmd_encode(int argc, char **argv);
+int gl_cmd_eval(int argc, char **argv);
 int gl_cmd_inspect(int argc, char **argv);
 int gl_cmd_locate(int argc, char **argv);
 int gl_cmd_map(int argc, char **argv);

@@ -19,6 +19,7 @@ static const struct {
 } commands[] = {
     {"bench", gl_cmd_bench, "load geolocd with concurrent clients, check every frame is answered"},
     {"encode", gl_cmd_encode, "print the descriptor of each image (JSON arrays)"},
+    {"eval", gl_cmd_eval, "measure accuracy (R@k, error, success@m) on labelled frames"},
     {"inspect", gl_cmd_inspect, "print a model's or a map pack's summary"},
     {"locate", gl_cmd_locate, "localize images against a map pack in this process"},
     {"map", gl_cmd_map, "build (or inspect) a map pack from orthophotos"},

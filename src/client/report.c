@@ -16,9 +16,7 @@ int gl_report_format_parse(const char *name, enum gl_report_format *out) {
   return GL_EINVAL;
 }
 
-/* RFC 4180: a field with a comma, quote or line break is quoted, quotes
- * doubled. */
-static void gl__csv_field(FILE *f, const char *s) {
+void gl_report_csv_field(FILE *f, const char *s) {
   if (!strpbrk(s, ",\"\r\n")) {
     fputs(s, f);
     return;
@@ -84,11 +82,11 @@ void gl_report_frame(struct gl_report *r, const char *image, const char *status,
     break;
   case GL_REPORT_CSV:
     if (n == 0) {
-      gl__csv_field(f, image);
+      gl_report_csv_field(f, image);
       fprintf(f, ",,,,,,,,%.3f,%s\n", latency_ms, status);
     }
     for (size_t i = 0; i < n; i++) {
-      gl__csv_field(f, image);
+      gl_report_csv_field(f, image);
       fprintf(f, ",%zu,%.8f,%.8f,%.6f,%.6f,%.2f,%llu,%.3f,%s\n", i + 1, c[i].lat, c[i].lon,
               (double)c[i].score, (double)c[i].confidence, (double)c[i].radius_m,
               (unsigned long long)c[i].tile_id, latency_ms, status);

@@ -35,6 +35,10 @@ void gl_report_frame(struct gl_report *r, const char *image, const char *status,
                      const struct gl_report_candidate *c, size_t n, uint64_t time_us,
                      double latency_ms);
 
+/* Writes s as one CSV field (RFC 4180: a field with a comma, quote or line
+ * break is quoted, quotes doubled). */
+void gl_report_csv_field(FILE *f, const char *s);
+
 /* Closes the GeoJSON collection and flushes. */
 void gl_report_end(struct gl_report *r);
 

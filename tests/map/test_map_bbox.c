@@ -40,7 +40,11 @@ static int thumb_encode(void *ctx, const struct gl_image *images, uint32_t n, fl
       double s = 0;
       for (int y = 0; y < TILE_PX / 2; y++)
         for (int x = 0; x < TILE_PX / 2; x++)
-          s += images[i].rgb[((size_t)(cy * TILE_PX / 2 + y) * TILE_PX + (size_t)(cx * TILE_PX / 2 + x)) * 3 + (size_t)c];
+          s +=
+              images[i]
+                  .rgb[((size_t)(cy * TILE_PX / 2 + y) * TILE_PX + (size_t)(cx * TILE_PX / 2 + x)) *
+                           3 +
+                       (size_t)c];
       d[k] = (float)s;
       mean += s / DIM;
     }
@@ -74,12 +78,16 @@ static void on_progress(void *ctx, const struct gl_map_progress *p) {
 
 static int build(const char *out, const double *bbox, struct prog *pr,
                  struct gl_map_build_stats *st, char *err, size_t errlen) {
-  struct gl_map_encoder e = {.width = TILE_PX, .height = TILE_PX, .dim = DIM, .max_batch = 5,
-                             .encode = thumb_encode};
+  struct gl_map_encoder e = {
+      .width = TILE_PX, .height = TILE_PX, .dim = DIM, .max_batch = 5, .encode = thumb_encode};
   memset(e.model_sha256, 'c', 64);
   const char *orthos[] = {naip2020};
-  struct gl_map_build_opts o = {.orthos = orthos, .n_orthos = 1, .tile_m = 320,
-                                .stride_m = 160, .out = out, .progress_cb = on_progress,
+  struct gl_map_build_opts o = {.orthos = orthos,
+                                .n_orthos = 1,
+                                .tile_m = 320,
+                                .stride_m = 160,
+                                .out = out,
+                                .progress_cb = on_progress,
                                 .progress_ctx = pr};
   if (bbox) {
     o.has_bbox = true;
@@ -163,8 +171,8 @@ static void test_east_half(void) {
   size_t len;
   CHECK_EQ_INT(gl__map_read_file(mpath, 1 << 20, &text, &len), 0);
   cJSON *j = text ? cJSON_Parse(text) : NULL;
-  const cJSON *b = cJSON_GetObjectItemCaseSensitive(
-      cJSON_GetObjectItemCaseSensitive(j, "tiling"), "bbox");
+  const cJSON *b =
+      cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(j, "tiling"), "bbox");
   if (CHECK(cJSON_IsArray(b) && cJSON_GetArraySize(b) == 4))
     for (int i = 0; i < 4; i++)
       CHECK(cJSON_GetArrayItem(b, i)->valuedouble == box[i]);

@@ -1,0 +1,394 @@
+/* geoloc eval: accuracy of localization on a labelled set of frames, in
+ * this process or through geolocd (the naip-xtime protocol, DESIGN.md
+ * section 10). */
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli.h"
+#include "commands.h"
+#include "core/err.h"
+#include "evaluate.h"
+#include "img/img.h"
+#include "loc/locate.h"
+#include "map/map.h"
+#include "nn/nn.h"
+#include "stream.h"
+
+#define EVAL_PROG "geoloc eval"
+#define EVAL_MAX_PIXELS (4096u * 4096u) /* as geolocd's default max_decoded_pixels */
+#define EVAL_MAX_TOP_K 100
+#define EVAL_MAX_BATCH 64
+
+static void usage(FILE *f) {
+  fprintf(f, "usage: geoloc eval --model M.safetensors --map PATH.map --labels L.csv [options]\n"
+             "       geoloc eval --connect ADDR [--map NAME] [--pack PATH.map] --labels L.csv\n"
+             "                   [TLS options] [options]\n"
+             "\n"
+             "Localizes every frame listed in a labels file and measures the accuracy against\n"
+             "the true positions. With --model the frames are decoded, encoded on the CPU and\n"
+             "searched in this process, as geolocd would; with --connect they are streamed to\n"
+             "geolocd (several in flight) and its estimates are scored.\n"
+             "\n"
+             "Labels: CSV whose header names at least file,lat,lon,heading (any order, other\n"
+             "columns ignored); file is relative to the CSV's directory; lat/lon in WGS84\n"
+             "degrees; heading in degrees (may be empty).\n"
+             "\n"
+             "  --labels FILE       the labelled frames (required)\n"
+             "  --model FILE        in-process: the model (safetensors)\n"
+             "  --map PATH|NAME     in-process: the map pack; with --connect: the daemon's map\n"
+             "                      name (default: its only map)\n"
+             "  --threads N         in-process: CPU threads (default: all cores)\n"
+             "  --batch N           in-process: frames per inference call (default 8)\n"
+             "  --tiles N           in-process: nearest tiles clustered into estimates (default\n"
+             "                      64, as geolocd's [search] tiles)\n"
+             "  --connect ADDR      HOST:PORT, [IPv6]:PORT or unix:PATH of geolocd\n"
+             "  --pack PATH.map     with --connect: a local copy of the map the daemon serves,\n"
+             "                      for the true tiles (R@k) and the report's background;\n"
+             "                      without it R@k is n/a\n"
+             "  --window N          with --connect: frames in flight (default 16)\n"
+             "  --tls-ca FILE, --tls-cert FILE, --tls-key FILE, --server-name N: as query\n"
+             "  --top-k K           estimates asked per frame (default 10, at most 100)\n"
+             "  --prior-m R         for testing a prior: send each frame a prior circle of R\n"
+             "                      metres centred on its true position (default: no prior)\n"
+             "  --per-frame         a row per frame: file, status, estimate lat/lon, truth\n"
+             "                      lat/lon, error m, true tile, rank of the true tile, latency\n"
+             "  --format F          table (default) or csv\n"
+             "  --report FILE.png   draw the truths (green), the estimates (red) and a line\n"
+             "                      between each pair over the map's source raster\n"
+             "\n"
+             "Metrics:\n"
+             "  true tile     the map tile whose centre is nearest to the true position\n"
+             "  R@k           share of frames whose true tile is the tile_id (best tile) of one\n"
+             "                of the first k estimates\n"
+             "  error         distance from the first estimate to the true position; a frame\n"
+             "                without an estimate has an infinite error\n"
+             "  success@D     share of frames with error <= D (25, 50, 100, 250 m; and within\n"
+             "                1, 25, 200, 750, 2500 km)\n"
+             "  median, p90   nearest-rank percentiles of the error\n"
+             "  frames/s      frames over the wall time of the run (without loading)\n"
+             "In-process latency is a frame's decoding, its batch's inference and its search.\n"
+             "\n"
+             "The last line of the table is a one-line summary:\n"
+             "  eval: N frames, R@1 x%%, R@5 x%%, R@10 x%%, median N m, p90 N m, success@100m x%%, "
+             "N frames/s\n"
+             "With --format csv, stdout holds CSV only (the per-frame rows, or the summary as\n"
+             "one record) and that line goes to stderr.\n"
+             "\n"
+             "Exit status: 0 when every frame was processed (whatever its accuracy), 1 on\n"
+             "errors (labels, model, map, connection, report), 2 on wrong usage.\n");
+}
+
+struct eval_opts {
+  const char *labels, *model, *map, *connect_map, *pack, *report;
+  long threads, batch, tiles, top_k, window;
+  double prior_m;
+  bool per_frame, csv;
+};
+
+static double now_s(void) { return (double)gl_cli_clock_us(CLOCK_MONOTONIC) / 1e6; }
+
+/* --- in-process ---------------------------------------------------------------- */
+
+static int run_local(const struct eval_opts *o, struct gl_cli_eval *ev, double *seconds) {
+  char err[512];
+  int rc;
+  struct gl_nn_model *model = NULL;
+  struct gl_nn_engine *engine = NULL;
+  struct gl_map *map = NULL;
+  struct gl_loc_locator *loc = NULL;
+  float *desc = NULL;
+  struct gl_image *imgs = NULL;
+  size_t *which = NULL;
+  struct gl_loc_estimate est[EVAL_MAX_TOP_K];
+  struct gl_report_candidate cand[EVAL_MAX_TOP_K];
+
+  if ((rc = gl_nn_model_load(o->model, &model, err, sizeof err)) != GL_OK) {
+    fprintf(stderr, EVAL_PROG ": %s: %s\n", o->model, err);
+    goto done;
+  }
+  if ((rc = gl_map_open(o->map, gl_nn_model_sha256(model), &map, err, sizeof err)) != GL_OK) {
+    fprintf(stderr, EVAL_PROG ": %s: %s\n", o->map, err);
+    goto done;
+  }
+  if ((rc = gl_cli_eval_init(ev, EVAL_PROG, o->labels, map, o->map)) != GL_OK)
+    goto done;
+  struct gl_nn_engine_opts eo = {.backend = GL_NN_BACKEND_CPU,
+                                 .max_batch = (uint32_t)o->batch,
+                                 .threads = (uint32_t)o->threads,
+                                 .max_input_pixels = EVAL_MAX_PIXELS};
+  if ((rc = gl_nn_engine_create(model, &eo, &engine, err, sizeof err)) != GL_OK) {
+    fprintf(stderr, EVAL_PROG ": engine: %s\n", err);
+    goto done;
+  }
+  uint32_t dim = gl_nn_model_descriptor_dim(model);
+  desc = malloc((size_t)o->batch * dim * sizeof *desc);
+  imgs = calloc((size_t)o->batch, sizeof *imgs);
+  which = calloc((size_t)o->batch, sizeof *which);
+  if (!desc || !imgs || !which || (rc = gl_loc_locator_create((uint32_t)o->tiles, &loc))) {
+    fprintf(stderr, EVAL_PROG ": out of memory\n");
+    rc = GL_ENOMEM;
+    goto done;
+  }
+  if (o->per_frame)
+    gl_cli_eval_rows_begin(ev, stdout, o->csv);
+  double t_start = now_s();
+  size_t n = ev->labels.n;
+  for (size_t next = 0; next < n;) {
+    /* Decode a batch; a frame that does not decode is answered at once. */
+    double t0 = now_s();
+    uint32_t m = 0;
+    while (next < n && m < (uint32_t)o->batch) {
+      size_t i = next++;
+      rc = gl_img_load(ev->paths[i], EVAL_MAX_PIXELS, &imgs[m], err, sizeof err);
+      if (rc != GL_OK) {
+        fprintf(stderr, EVAL_PROG ": %s: %s\n", ev->paths[i], err);
+        gl_cli_eval_record(ev, i, "BAD_IMAGE", false, NULL, 0, (now_s() - t0) * 1000);
+        continue;
+      }
+      which[m++] = i;
+    }
+    if (m == 0)
+      continue;
+    rc = gl_nn_engine_encode(engine, imgs, m, desc);
+    for (uint32_t j = 0; j < m; j++)
+      gl_img_free(&imgs[j]);
+    for (uint32_t j = 0; j < m; j++) {
+      size_t i = which[j], n_est = 0;
+      if (rc != GL_OK) {
+        fprintf(stderr, EVAL_PROG ": %s: inference: %s\n", ev->paths[i], gl_strerror(rc));
+        gl_cli_eval_record(ev, i, "ERROR", false, NULL, 0, (now_s() - t0) * 1000);
+        continue;
+      }
+      struct gl_map_prior prior = {ev->frames[i].truth_lat, ev->frames[i].truth_lon, o->prior_m};
+      int lrc = gl_loc_locate(loc, map, desc + (size_t)j * dim, (uint32_t)o->tiles,
+                              o->prior_m > 0 ? &prior : NULL, 0, est, (size_t)o->top_k, &n_est, err,
+                              sizeof err);
+      if (lrc != GL_OK) {
+        fprintf(stderr, EVAL_PROG ": %s: %s\n", ev->paths[i], err);
+        gl_cli_eval_record(ev, i, "ERROR", false, NULL, 0, (now_s() - t0) * 1000);
+        continue;
+      }
+      for (size_t k = 0; k < n_est; k++)
+        cand[k] = (struct gl_report_candidate){est[k].lat,
+                                               est[k].lon,
+                                               (float)est[k].best_score,
+                                               (float)est[k].confidence,
+                                               (float)est[k].radius_m,
+                                               (uint64_t)est[k].tile_id};
+      gl_cli_eval_record(ev, i, n_est ? "OK" : "NO_MATCH", n_est > 0, cand, n_est,
+                         (now_s() - t0) * 1000);
+    }
+  }
+  *seconds = now_s() - t_start;
+  rc = GL_OK;
+done:
+  free(which);
+  free(imgs);
+  gl_loc_locator_destroy(loc);
+  free(desc);
+  gl_nn_engine_destroy(engine);
+  gl_map_close(map);
+  gl_nn_model_destroy(model);
+  return rc;
+}
+
+/* --- through geolocd ------------------------------------------------------------ */
+
+struct remote {
+  struct gl_cli_eval *ev;
+  double t_start;
+};
+
+static void remote_ready(void *ctx) { ((struct remote *)ctx)->t_start = now_s(); }
+
+static void remote_answer(void *ctx, const struct gl_cli_answer *a) {
+  struct remote *r = ctx;
+  gl_cli_eval_record(r->ev, a->index, a->status, a->ok, a->cand, a->n, a->latency_ms);
+}
+
+static int run_remote(const struct eval_opts *o, struct gl_cli_stream_opts *so,
+                      struct gl_cli_eval *ev, double *seconds) {
+  char err[512];
+  struct gl_map *pack = NULL;
+  struct gl_map_prior *priors = NULL;
+  int rc;
+  if (o->pack && (rc = gl_map_open(o->pack, NULL, &pack, err, sizeof err)) != GL_OK) {
+    fprintf(stderr, EVAL_PROG ": --pack %s: %s\n", o->pack, err);
+    return rc;
+  }
+  rc = gl_cli_eval_init(ev, EVAL_PROG, o->labels, pack, o->pack);
+  gl_map_close(pack); /* ev holds its own reference */
+  if (rc != GL_OK)
+    return rc;
+  size_t n = ev->labels.n;
+  if (o->prior_m > 0) {
+    if (!(priors = calloc(n, sizeof *priors))) {
+      fprintf(stderr, EVAL_PROG ": out of memory\n");
+      return GL_ENOMEM;
+    }
+    for (size_t i = 0; i < n; i++)
+      priors[i] =
+          (struct gl_map_prior){ev->frames[i].truth_lat, ev->frames[i].truth_lon, o->prior_m};
+    so->priors = priors;
+    so->priors_per_frame = true;
+  }
+  struct remote r = {.ev = ev};
+  so->ready_cb = remote_ready;
+  so->answer_cb = remote_answer;
+  so->ctx = &r;
+  if (o->per_frame)
+    gl_cli_eval_rows_begin(ev, stdout, o->csv);
+  rc = gl_cli_stream(so, ev->paths, n);
+  *seconds = now_s() - r.t_start;
+  free(priors);
+  return rc;
+}
+
+static bool parse_long(const char *s, long lo, long hi, long *out) {
+  char *end;
+  long v = strtol(s, &end, 10);
+  if (end == s || *end || v < lo || v > hi)
+    return false;
+  *out = v;
+  return true;
+}
+
+int gl_cmd_eval(int argc, char **argv) {
+  static const struct option opts[] = {
+      {"labels", required_argument, NULL, 'l'},
+      {"model", required_argument, NULL, 'M'},
+      {"map", required_argument, NULL, 'm'},
+      {"threads", required_argument, NULL, 'j'},
+      {"batch", required_argument, NULL, 'b'},
+      {"tiles", required_argument, NULL, 't'},
+      {"connect", required_argument, NULL, 'c'},
+      {"pack", required_argument, NULL, 'P'},
+      {"window", required_argument, NULL, 'w'},
+      {"top-k", required_argument, NULL, 'k'},
+      {"prior-m", required_argument, NULL, 'r'},
+      {"per-frame", no_argument, NULL, 'F'},
+      {"format", required_argument, NULL, 'f'},
+      {"report", required_argument, NULL, 'R'},
+      GL_CLI_TLS_OPTIONS,
+      {"help", no_argument, NULL, 'h'},
+      {NULL, 0, NULL, 0},
+  };
+  struct eval_opts o = {.batch = 8, .tiles = 64, .top_k = 10, .window = 16};
+  struct gl_cli_stream_opts so = {.prog = EVAL_PROG, .client_name = "geoloc eval"};
+  int opt, li = -1;
+  while ((opt = getopt_long(argc, argv, "", opts, &li)) != -1) {
+    bool good = true;
+    char *end;
+    switch (opt) {
+    case 'l':
+      o.labels = optarg;
+      break;
+    case 'M':
+      o.model = optarg;
+      break;
+    case 'm':
+      o.map = optarg;
+      break;
+    case 'j':
+      good = parse_long(optarg, 0, 256, &o.threads);
+      break;
+    case 'b':
+      good = parse_long(optarg, 1, EVAL_MAX_BATCH, &o.batch);
+      break;
+    case 't':
+      good = parse_long(optarg, 1, 1024, &o.tiles);
+      break;
+    case 'c':
+      so.co.address = optarg;
+      break;
+    case 'P':
+      o.pack = optarg;
+      break;
+    case 'w':
+      good = parse_long(optarg, 1, 4096, &o.window);
+      break;
+    case 'k':
+      good = parse_long(optarg, 1, EVAL_MAX_TOP_K, &o.top_k);
+      break;
+    case 'r':
+      o.prior_m = strtod(optarg, &end);
+      good = end != optarg && !*end && o.prior_m > 0 && o.prior_m <= 2e7;
+      break;
+    case 'F':
+      o.per_frame = true;
+      break;
+    case 'f':
+      good = strcmp(optarg, "table") == 0 || strcmp(optarg, "csv") == 0;
+      o.csv = strcmp(optarg, "csv") == 0;
+      break;
+    case 'R':
+      o.report = optarg;
+      break;
+    case 'a':
+    case 'e':
+    case 'K':
+    case 's':
+      gl_cli_tls_option(opt, optarg, &so.co);
+      break;
+    case 'h':
+      usage(stdout);
+      return 0;
+    default:
+      good = false;
+    }
+    if (!good) {
+      if (opt != '?' && li >= 0)
+        fprintf(stderr, EVAL_PROG ": bad value '%s' for --%s\n", optarg, opts[li].name);
+      usage(stderr);
+      return 2;
+    }
+    li = -1;
+  }
+  bool remote = so.co.address != NULL;
+  const char *why = NULL;
+  if (optind != argc)
+    why = "unexpected arguments";
+  else if (!o.labels)
+    why = "--labels is required";
+  else if (remote && o.model)
+    why = "--model and --connect exclude each other";
+  else if (!remote && (!o.model || !o.map))
+    why = "in-process evaluation needs --model and --map (or use --connect)";
+  else if (!remote && o.pack)
+    why = "--pack goes with --connect (in-process, --map is the pack)";
+  if (why) {
+    fprintf(stderr, EVAL_PROG ": %s\n", why);
+    usage(stderr);
+    return 2;
+  }
+  so.map = o.map;
+  so.top_k = (uint32_t)o.top_k;
+  so.window = (uint32_t)o.window;
+
+  struct gl_cli_eval ev = {0};
+  double seconds = 0;
+  int rc = remote ? run_remote(&o, &so, &ev, &seconds) : run_local(&o, &ev, &seconds);
+  int status = 1;
+  if (rc == GL_OK) {
+    struct gl_eval_summary s;
+    if (gl_cli_eval_summarize(&ev, seconds, &s) != GL_OK) {
+      fprintf(stderr, EVAL_PROG ": out of memory\n");
+    } else {
+      if (o.per_frame && !o.csv)
+        fputc('\n', stdout);
+      if (!(o.per_frame && o.csv))
+        gl_cli_eval_print_summary(&ev, &s, stdout, o.csv);
+      else
+        gl_cli_eval_print_line(&s, stderr);
+      status = 0;
+    }
+    if (status == 0 && o.report && gl_cli_eval_report(&ev, o.report) != GL_OK)
+      status = 1;
+  }
+  gl_cli_eval_fini(&ev);
+  return status;
+}

@@ -1,0 +1,261 @@
+/* An evaluation run in the CLI (see evaluate.h). */
+#include "evaluate.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/err.h"
+
+int gl_cli_eval_init(struct gl_cli_eval *ev, const char *prog, const char *labels_path,
+                     struct gl_map *map, const char *pack_dir) {
+  memset(ev, 0, sizeof *ev);
+  ev->prog = prog;
+  char err[1024];
+  int rc = gl_eval_labels_load(labels_path, &ev->labels, err, sizeof err);
+  if (rc) {
+    fprintf(stderr, "%s: %s\n", prog, err);
+    return rc;
+  }
+  size_t n = ev->labels.n;
+  ev->paths = calloc(n, sizeof *ev->paths);
+  ev->frames = calloc(n, sizeof *ev->frames);
+  if (!ev->paths || !ev->frames)
+    goto nomem;
+  for (size_t i = 0; i < n; i++) {
+    ev->paths[i] = ev->labels.v[i].path;
+    ev->frames[i] = (struct gl_eval_frame){.truth_lat = ev->labels.v[i].lat,
+                                           .truth_lon = ev->labels.v[i].lon,
+                                           .true_tile = -1,
+                                           .error_m = INFINITY};
+  }
+  if (!map)
+    return 0;
+  ev->map = gl_map_ref(map);
+  ev->pack_dir = pack_dir;
+  ev->n_tiles = gl_map_tile_count(map);
+  double *lat = malloc((ev->n_tiles ? ev->n_tiles : 1) * sizeof *lat);
+  double *lon = malloc((ev->n_tiles ? ev->n_tiles : 1) * sizeof *lon);
+  ev->tiles = calloc(ev->n_tiles ? ev->n_tiles : 1, sizeof *ev->tiles);
+  if (!lat || !lon || !ev->tiles) {
+    free(lat);
+    free(lon);
+    goto nomem;
+  }
+  /* Tile ids run from 1 to the tile count (map.h). */
+  for (size_t t = 0; t < ev->n_tiles; t++) {
+    struct gl_map_tile tile;
+    if ((rc = gl_map_tile_get(map, (int64_t)t + 1, &tile)) != GL_OK) {
+      fprintf(stderr, "%s: %s: cannot read tile %zu: %s\n", prog, pack_dir ? pack_dir : "map",
+              t + 1, gl_strerror(rc));
+      free(lat);
+      free(lon);
+      return rc;
+    }
+    lat[t] = tile.lat;
+    lon[t] = tile.lon;
+    ev->tiles[t] = (struct gl_cli_png_tile){tile.min_lat, tile.max_lat, tile.min_lon, tile.max_lon};
+  }
+  for (size_t i = 0; i < n; i++) {
+    long k =
+        gl_eval_nearest(lat, lon, ev->n_tiles, ev->frames[i].truth_lat, ev->frames[i].truth_lon);
+    ev->frames[i].true_tile = k < 0 ? -1 : (int64_t)k + 1;
+  }
+  free(lat);
+  free(lon);
+  return 0;
+nomem:
+  fprintf(stderr, "%s: out of memory\n", prog);
+  return GL_ENOMEM;
+}
+
+void gl_cli_eval_fini(struct gl_cli_eval *ev) {
+  gl_map_close(ev->map);
+  free(ev->tiles);
+  free(ev->frames);
+  free(ev->paths);
+  gl_eval_labels_free(&ev->labels);
+  memset(ev, 0, sizeof *ev);
+}
+
+void gl_cli_eval_rows_begin(struct gl_cli_eval *ev, FILE *f, bool csv) {
+  ev->rows = f;
+  ev->csv = csv;
+  if (csv)
+    fputs("file,status,est_lat,est_lon,truth_lat,truth_lon,error_m,true_tile,rank,latency_ms\n", f);
+  else
+    fprintf(f, "%-32s %-13s %12s %13s %12s %13s %10s %9s %5s %10s\n", "file", "status", "est_lat",
+            "est_lon", "truth_lat", "truth_lon", "error_m", "true_tile", "rank", "latency_ms");
+  fflush(f);
+}
+
+static void print_row(const struct gl_cli_eval *ev, size_t i, const char *status) {
+  const struct gl_eval_frame *x = &ev->frames[i];
+  FILE *f = ev->rows;
+  char est_lat[32] = "", est_lon[32] = "", error[32] = "", tile[32] = "", rank[16] = "";
+  if (x->has_estimate) {
+    snprintf(est_lat, sizeof est_lat, "%.7f", x->est_lat);
+    snprintf(est_lon, sizeof est_lon, "%.7f", x->est_lon);
+    snprintf(error, sizeof error, "%.1f", x->error_m);
+  }
+  if (x->true_tile >= 0) {
+    snprintf(tile, sizeof tile, "%lld", (long long)x->true_tile);
+    if (x->rank)
+      snprintf(rank, sizeof rank, "%d", x->rank);
+  }
+  if (ev->csv) {
+    gl_report_csv_field(f, ev->labels.v[i].file);
+    fprintf(f, ",%s,%s,%s,%.7f,%.7f,%s,%s,%s,%.3f\n", status, est_lat, est_lon, x->truth_lat,
+            x->truth_lon, error, tile, rank, x->latency_ms);
+  } else {
+    /* Unknown values: "-"; a rank needs the map ("n/a" without one). */
+    fprintf(f, "%-32s %-13s %12s %13s %12.7f %13.7f %10s %9s %5s %10.2f\n", ev->labels.v[i].file,
+            status, *est_lat ? est_lat : "-", *est_lon ? est_lon : "-", x->truth_lat, x->truth_lon,
+            *error ? error : "-", *tile ? tile : "n/a",
+            x->true_tile < 0 ? "n/a"
+            : *rank          ? rank
+                             : "-",
+            x->latency_ms);
+  }
+  fflush(f);
+}
+
+void gl_cli_eval_record(struct gl_cli_eval *ev, size_t i, const char *status, bool ok,
+                        const struct gl_report_candidate *c, size_t n, double latency_ms) {
+  struct gl_eval_frame *x = &ev->frames[i];
+  struct gl_eval_candidate cand[128];
+  if (n > sizeof cand / sizeof cand[0])
+    n = sizeof cand / sizeof cand[0];
+  for (size_t k = 0; k < n; k++)
+    cand[k] = (struct gl_eval_candidate){c[k].lat, c[k].lon, (int64_t)c[k].tile_id};
+  x->answered = true;
+  x->ok = ok;
+  x->latency_ms = latency_ms;
+  gl_eval_frame_score(x, cand, n);
+  for (int s = 0; s < GL_CLI_EVAL_MAX_STATUSES; s++) {
+    if (!ev->status[s])
+      ev->status[s] = status;
+    if (strcmp(ev->status[s], status) == 0) {
+      ev->status_count[s]++;
+      break;
+    }
+  }
+  if (ev->rows)
+    print_row(ev, i, status);
+}
+
+int gl_cli_eval_summarize(const struct gl_cli_eval *ev, double seconds, struct gl_eval_summary *s) {
+  return gl_eval_summarize(ev->frames, ev->labels.n, seconds, s);
+}
+
+/* "12.5%", or "n/a" for NAN. */
+static const char *pct(double v, char *buf, size_t n) {
+  if (isnan(v))
+    snprintf(buf, n, "n/a");
+  else
+    snprintf(buf, n, "%.1f%%", v * 100);
+  return buf;
+}
+
+/* "12.3", "inf" or "n/a". */
+static const char *metres(double v, char *buf, size_t n) {
+  if (isnan(v))
+    snprintf(buf, n, "n/a");
+  else if (isinf(v))
+    snprintf(buf, n, "inf");
+  else
+    snprintf(buf, n, "%.1f", v);
+  return buf;
+}
+
+void gl_cli_eval_print_line(const struct gl_eval_summary *s, FILE *f) {
+  char a[3][32], m[2][32], sc[32];
+  fprintf(f,
+          "eval: %zu frames, R@1 %s, R@5 %s, R@10 %s, median %s m, p90 %s m, success@100m %s, "
+          "%.1f frames/s\n",
+          s->frames, pct(s->recall[0], a[0], 32), pct(s->recall[1], a[1], 32),
+          pct(s->recall[2], a[2], 32), metres(s->median_m, m[0], 32), metres(s->p90_m, m[1], 32),
+          pct(s->success[2], sc, 32), isfinite(s->fps) ? s->fps : 0.0);
+  fflush(f);
+}
+
+void gl_cli_eval_print_brief(const struct gl_eval_summary *s, FILE *f) {
+  char m[32], sc[32];
+  fprintf(f, "summary: %zu frames, median error %s m, success@100m %s, %.1f frames/s\n", s->frames,
+          metres(s->median_m, m, sizeof m), pct(s->success[2], sc, sizeof sc),
+          isfinite(s->fps) ? s->fps : 0.0);
+  fflush(f);
+}
+
+void gl_cli_eval_print_summary(const struct gl_cli_eval *ev, const struct gl_eval_summary *s,
+                               FILE *f, bool csv) {
+  char b[32];
+  if (csv) {
+    fputs("frames,estimated,not_ok", f);
+    for (int k = 0; k < GL_EVAL_N_RECALL; k++)
+      fprintf(f, ",r_at_%d", gl_eval_recall_k[k]);
+    for (int k = 0; k < GL_EVAL_N_SUCCESS; k++)
+      fprintf(f, ",success_%gm", gl_eval_success_m[k]);
+    fputs(",median_m,p90_m", f);
+    for (int k = 0; k < GL_EVAL_N_COARSE; k++)
+      fprintf(f, ",within_%gkm", gl_eval_coarse_km[k]);
+    fputs(",latency_p50_ms,latency_p90_ms,seconds,frames_per_s\n", f);
+    fprintf(f, "%zu,%zu,%zu", s->frames, s->estimated, s->not_ok);
+    /* Fractions; an empty field where a value is unknown. */
+    for (int k = 0; k < GL_EVAL_N_RECALL; k++)
+      isnan(s->recall[k]) ? (void)fputs(",", f) : (void)fprintf(f, ",%.4f", s->recall[k]);
+    for (int k = 0; k < GL_EVAL_N_SUCCESS; k++)
+      fprintf(f, ",%.4f", s->success[k]);
+    fprintf(f, ",%s,%s", metres(s->median_m, b, sizeof b), metres(s->p90_m, (char[32]){0}, 32));
+    for (int k = 0; k < GL_EVAL_N_COARSE; k++)
+      fprintf(f, ",%.4f", s->coarse[k]);
+    fprintf(f, ",%.3f,%.3f,%.3f,%.3f\n", s->latency_p50_ms, s->latency_p90_ms, s->seconds, s->fps);
+    fflush(f);
+    gl_cli_eval_print_line(s, stderr);
+    return;
+  }
+  fprintf(f, "%-22s %zu\n", "frames", s->frames);
+  fprintf(f, "%-22s %zu\n", "with an estimate", s->estimated);
+  fprintf(f, "%-22s %zu\n", "answers not OK", s->not_ok);
+  for (int k = 0; k < GL_CLI_EVAL_MAX_STATUSES && ev->status[k]; k++)
+    if (strcmp(ev->status[k], "OK") != 0)
+      fprintf(f, "  %-20s %zu\n", ev->status[k], ev->status_count[k]);
+  size_t unanswered = 0;
+  for (size_t i = 0; i < ev->labels.n; i++)
+    unanswered += !ev->frames[i].answered;
+  if (unanswered)
+    fprintf(f, "  %-20s %zu\n", "(no answer)", unanswered);
+  for (int k = 0; k < GL_EVAL_N_RECALL; k++) {
+    char name[32];
+    snprintf(name, sizeof name, "R@%d", gl_eval_recall_k[k]);
+    fprintf(f, "%-22s %s%s\n", name, pct(s->recall[k], b, sizeof b),
+            ev->map ? "" : "  (needs the map pack: --pack)");
+  }
+  for (int k = 0; k < GL_EVAL_N_SUCCESS; k++) {
+    char name[32];
+    snprintf(name, sizeof name, "success@%gm", gl_eval_success_m[k]);
+    fprintf(f, "%-22s %s\n", name, pct(s->success[k], b, sizeof b));
+  }
+  fprintf(f, "%-22s %s m\n", "median error", metres(s->median_m, b, sizeof b));
+  fprintf(f, "%-22s %s m\n", "p90 error", metres(s->p90_m, b, sizeof b));
+  for (int k = 0; k < GL_EVAL_N_COARSE; k++) {
+    char name[32];
+    snprintf(name, sizeof name, "within %g km", gl_eval_coarse_km[k]);
+    fprintf(f, "%-22s %s\n", name, pct(s->coarse[k], b, sizeof b));
+  }
+  fprintf(f, "%-22s p50 %.2f  p90 %.2f\n", "latency ms",
+          isnan(s->latency_p50_ms) ? 0.0 : s->latency_p50_ms,
+          isnan(s->latency_p90_ms) ? 0.0 : s->latency_p90_ms);
+  fprintf(f, "%-22s %.2f s\n", "wall time", s->seconds);
+  fprintf(f, "%-22s %.1f\n", "frames/s", isfinite(s->fps) ? s->fps : 0.0);
+  gl_cli_eval_print_line(s, f);
+}
+
+int gl_cli_eval_report(const struct gl_cli_eval *ev, const char *png_path) {
+  uint32_t w = 0, h = 0;
+  int rc = gl_cli_report_png(png_path, ev->map ? ev->pack_dir : NULL, ev->tiles, ev->n_tiles,
+                             ev->frames, ev->labels.n, ev->prog, &w, &h);
+  if (rc == 0)
+    fprintf(stderr, "%s: report: wrote %s (%u x %u px)\n", ev->prog, png_path, w, h);
+  return rc;
+}

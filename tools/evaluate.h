@@ -1,0 +1,76 @@
+/* An evaluation run in the CLI: labelled frames, their answers scored
+ * against the truth, per-frame rows, the summary and the picture. Shared by
+ * `geoloc eval` (in-process or through geolocd) and `geoloc query
+ * --labels`; the metrics themselves are src/loc/eval.h. */
+#ifndef GL_TOOLS_EVALUATE_H
+#define GL_TOOLS_EVALUATE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+
+#include "client/report.h"
+#include "loc/eval.h"
+#include "map/map.h"
+#include "report_png.h"
+
+#define GL_CLI_EVAL_MAX_STATUSES 32
+
+struct gl_cli_eval {
+  const char *prog;
+  struct gl_eval_labels labels;
+  char **paths;                 /* labels.v[i].path, for streaming */
+  struct gl_eval_frame *frames; /* one per label */
+  /* The map the frames are scored on; NULL when there is none (then the
+   * true tile, R@k and the tile outline are unknown). */
+  struct gl_map *map;
+  const char *pack_dir;
+  struct gl_cli_png_tile *tiles; /* bounds by tile id - 1 */
+  size_t n_tiles;
+  /* Per-frame rows: NULL for none. */
+  FILE *rows;
+  bool csv;
+  /* Answers by status name. */
+  const char *status[GL_CLI_EVAL_MAX_STATUSES];
+  size_t status_count[GL_CLI_EVAL_MAX_STATUSES];
+};
+
+/* Reads the labels and, with a map (a reference is taken; pack_dir is its
+ * directory), the tile centres and bounds, and finds each frame's true
+ * tile. Prints what went wrong and returns a GL_E* code on failure. */
+int gl_cli_eval_init(struct gl_cli_eval *ev, const char *prog, const char *labels_path,
+                     struct gl_map *map, const char *pack_dir);
+void gl_cli_eval_fini(struct gl_cli_eval *ev);
+
+/* Per-frame rows go to f (a table, or CSV when csv): file, status,
+ * estimate, truth, error, true tile, rank, latency. Writes the header. */
+void gl_cli_eval_rows_begin(struct gl_cli_eval *ev, FILE *f, bool csv);
+
+/* Records the answer to frame i: candidates best first (n may be 0),
+ * status "OK" or what went wrong. Prints its row when rows are on. */
+void gl_cli_eval_record(struct gl_cli_eval *ev, size_t i, const char *status, bool ok,
+                        const struct gl_report_candidate *c, size_t n, double latency_ms);
+
+/* Summarizes the run (seconds of wall time) into *s. Returns 0 or
+ * GL_ENOMEM. */
+int gl_cli_eval_summarize(const struct gl_cli_eval *ev, double seconds, struct gl_eval_summary *s);
+
+/* The full summary: a table of every metric to f, and as its last line
+ * `eval: N frames, R@1 x%, R@5 x%, R@10 x%, median N m, p90 N m,
+ * success@100m x%, N frames/s`. With csv, f gets the metrics as one CSV
+ * record under a header instead, and the `eval:` line goes to stderr. */
+void gl_cli_eval_print_summary(const struct gl_cli_eval *ev, const struct gl_eval_summary *s,
+                               FILE *f, bool csv);
+
+/* The `eval:` line alone. */
+void gl_cli_eval_print_line(const struct gl_eval_summary *s, FILE *f);
+
+/* The short summary of `geoloc query --labels`: `summary: N frames,
+ * median error N m, success@100m x%, N frames/s`. */
+void gl_cli_eval_print_brief(const struct gl_eval_summary *s, FILE *f);
+
+/* Draws the run into a PNG (see report_png.h) and says where on stderr.
+ * Returns 0 or a GL_E* code. */
+int gl_cli_eval_report(const struct gl_cli_eval *ev, const char *png_path);
+
+#endif

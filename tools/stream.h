@@ -1,0 +1,51 @@
+/* Streaming image files to geolocd, pipelined: several frames in flight,
+ * each answer handed to a callback as it arrives. Shared by `geoloc query`
+ * and `geoloc eval --connect`. */
+#ifndef GL_TOOLS_STREAM_H
+#define GL_TOOLS_STREAM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "client/client.h"
+#include "client/report.h"
+#include "map/map.h"
+
+/* The answer to one file (or why it never reached the server). */
+struct gl_cli_answer {
+  size_t index;       /* into the paths */
+  const char *status; /* "OK", an Estimate status or Error code name, or a local failure
+                         ("UNREADABLE", "BAD_IMAGE", "TOO_LARGE") */
+  bool ok;            /* an Estimate with status OK */
+  const struct gl_report_candidate *cand; /* best first; valid during the callback */
+  size_t n;
+  uint64_t capture_us; /* Unix epoch, when the frame was sent */
+  double latency_ms;   /* from sending to the answer; 0 for a local failure */
+};
+
+struct gl_cli_stream_opts {
+  struct gl_client_opts co;
+  const char *prog;        /* prefix of messages: "geoloc", "geoloc eval" */
+  const char *client_name; /* sent in Hello */
+  const char *map;         /* NULL: the server's only map */
+  uint32_t top_k;          /* 0: the server's default */
+  uint32_t window;         /* frames in flight (capped by the server's limit) */
+  /* Priors: NULL for none; otherwise one per path when priors_per_frame,
+   * else priors[0] for every frame. A radius <= 0 sends no prior. */
+  const struct gl_map_prior *priors;
+  bool priors_per_frame;
+  /* Called once the server has welcomed us, before the first frame; may
+   * be NULL. */
+  void (*ready_cb)(void *ctx);
+  void (*answer_cb)(void *ctx, const struct gl_cli_answer *a);
+  void *ctx;
+};
+
+/* Connects, says Hello and streams the n files, calling answer_cb once per
+ * file. Returns 0 when every file was answered (whatever the statuses), or
+ * the error that ended the stream (connection, refusal, protocol); what
+ * went wrong is printed to stderr. */
+int gl_cli_stream(const struct gl_cli_stream_opts *o, char *const *paths, size_t n);
+
+#endif
