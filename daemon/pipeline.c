@@ -13,6 +13,10 @@
 
 #define GL__MAX_BATCH 1024
 #define GL__MAX_TILES 1024
+/* Frames searched with one call at most: enough for the matrix product of
+ * a Flat map to pay off (from 8 queries on), and a bound on the hits
+ * scratch (32 frames * 1024 tiles). */
+#define GL__SEARCH_GROUP 32
 
 struct gl_pipeline {
   uv_loop_t *loop;
@@ -31,9 +35,14 @@ struct gl_pipeline {
   struct gl_job *in_head, *in_tail; /* decoded, waiting for inference; under mu */
   struct gl_job *done_head, *done_tail; /* finished, for the loop; under mu */
 
-  /* Search thread only. */
+  /* Search thread only. sdesc holds a search group's descriptors side by
+   * side, grown to the largest group seen. */
   struct gl_loc_locator *loc;
   struct gl_loc_estimate est[GL_JOB_MAX_CANDIDATES];
+  float *sdesc;
+  size_t sdesc_cap;
+  struct gl_map_prior sprior[GL__SEARCH_GROUP];
+  struct gl_job *group[GL__SEARCH_GROUP];
   /* Inference thread only. Sized for the largest batch and descriptor seen:
    * they grow when a reloaded model needs more, never per frame. */
   float *desc;
@@ -137,30 +146,81 @@ void gl_pipeline_submit(struct gl_pipeline *p, struct gl_job *job) {
 
 uint32_t gl_pipeline_pending(const struct gl_pipeline *p) { return p->pending; }
 
-/* ---- inference, search and clustering, on the inference thread ---------- */
+/* ---- inference; search and clustering on a thread of their own --------- */
 
-/* Search and clustering of one job whose descriptor is d. */
-static void gl__localize(struct gl_pipeline *p, struct gl_job *job, const float *d) {
-  const struct gl_runtime *rt = job->rt;
-  uint32_t k = rt->search_tiles < GL__MAX_TILES ? rt->search_tiles : GL__MAX_TILES;
+/* Clusters the last search's query i into job's candidates. False when
+ * the job failed (its error says why). */
+static bool gl__cluster(struct gl_pipeline *p, struct gl_job *job, uint32_t i) {
   uint32_t want = job->top_k < GL_JOB_MAX_CANDIDATES ? job->top_k : GL_JOB_MAX_CANDIDATES;
   size_t n_est = 0;
+  if (gl_loc_locator_cluster(p->loc, i, job->rt->bandwidth_m, p->est, want, &n_est, job->error,
+                             sizeof job->error) != GL_OK) {
+    job->result = GL_JOB_FAILED;
+    return false;
+  }
+  for (size_t c = 0; c < n_est; c++)
+    job->cand[c] = (struct gl_job_candidate){p->est[c].lat,
+                                             p->est[c].lon,
+                                             (float)p->est[c].best_score,
+                                             (float)p->est[c].confidence,
+                                             (float)p->est[c].radius_m,
+                                             p->est[c].tile_id};
+  job->n_cand = (uint32_t)n_est;
+  return true;
+}
+
+/* Search and clustering of one job on its own. */
+static void gl__localize(struct gl_pipeline *p, struct gl_job *job) {
+  const struct gl_runtime *rt = job->rt;
+  uint32_t k = rt->search_tiles < GL__MAX_TILES ? rt->search_tiles : GL__MAX_TILES;
   uint64_t t0 = gl_pipeline_now_us();
-  if (gl_loc_locate(p->loc, rt->maps[job->map].map, d, k, job->has_prior ? &job->prior : NULL,
-                    rt->bandwidth_m, p->est, want, &n_est, job->error,
-                    sizeof job->error) != GL_OK) {
+  if (gl_loc_locator_search(p->loc, rt->maps[job->map].map, job->desc, 1, k,
+                            job->has_prior ? &job->prior : NULL, job->error,
+                            sizeof job->error) != GL_OK) {
     job->result = GL_JOB_FAILED;
     return;
   }
-  for (size_t i = 0; i < n_est; i++)
-    job->cand[i] = (struct gl_job_candidate){p->est[i].lat,
-                                             p->est[i].lon,
-                                             (float)p->est[i].best_score,
-                                             (float)p->est[i].confidence,
-                                             (float)p->est[i].radius_m,
-                                             p->est[i].tile_id};
-  job->n_cand = (uint32_t)n_est;
-  job->search_us = (uint32_t)(gl_pipeline_now_us() - t0);
+  if (gl__cluster(p, job, 0))
+    job->search_us = (uint32_t)(gl_pipeline_now_us() - t0);
+}
+
+/* Search and clustering of n jobs of one runtime and map: one search call
+ * for all of them, then each is clustered. A job's search_us is its share
+ * of the search plus its clustering. */
+static void gl__localize_group(struct gl_pipeline *p, struct gl_job **jobs, uint32_t n) {
+  const struct gl_runtime *rt = jobs[0]->rt;
+  uint32_t k = rt->search_tiles < GL__MAX_TILES ? rt->search_tiles : GL__MAX_TILES;
+  size_t need = (size_t)n * rt->dim;
+  char err[sizeof jobs[0]->error];
+  uint64_t t0 = gl_pipeline_now_us();
+  if (n == 1)
+    goto alone;
+  if (need > p->sdesc_cap) {
+    float *d = realloc(p->sdesc, need * sizeof *d);
+    if (!d)
+      goto alone;
+    p->sdesc = d;
+    p->sdesc_cap = need;
+  }
+  for (uint32_t i = 0; i < n; i++) {
+    memcpy(p->sdesc + (size_t)i * rt->dim, jobs[i]->desc, rt->dim * sizeof(float));
+    p->sprior[i] = jobs[i]->has_prior ? jobs[i]->prior : (struct gl_map_prior){0, 0, 0};
+  }
+  /* A failure of one frame (a prior the map cannot serve) fails the call:
+   * the frames are then searched alone, each with its own error. */
+  if (gl_loc_locator_search(p->loc, rt->maps[jobs[0]->map].map, p->sdesc, n, k, p->sprior, err,
+                            sizeof err) != GL_OK)
+    goto alone;
+  uint64_t share = (gl_pipeline_now_us() - t0) / n;
+  for (uint32_t i = 0; i < n; i++) {
+    uint64_t t1 = gl_pipeline_now_us();
+    if (gl__cluster(p, jobs[i], i))
+      jobs[i]->search_us = (uint32_t)(share + gl_pipeline_now_us() - t1);
+  }
+  return;
+alone:
+  for (uint32_t i = 0; i < n; i++)
+    gl__localize(p, jobs[i]);
 }
 
 static void gl__run_batch(struct gl_pipeline *p, struct gl_job **jobs, uint32_t n) {
@@ -289,8 +349,17 @@ static void *gl__search_main(void *arg) {
     struct gl_job *job = p->search_head;
     p->search_head = p->search_tail = NULL;
     pthread_mutex_unlock(&p->mu);
-    for (struct gl_job *j = job; j; j = j->next)
-      gl__localize(p, j, j->desc);
+    /* Consecutive jobs of one runtime and map are searched together (a
+     * batch's frames are consecutive). */
+    for (struct gl_job *j = job; j;) {
+      uint32_t n = 0;
+      struct gl_job *first = j;
+      while (j && n < GL__SEARCH_GROUP && j->rt == first->rt && j->map == first->map) {
+        p->group[n++] = j;
+        j = j->next;
+      }
+      gl__localize_group(p, p->group, n);
+    }
     pthread_mutex_lock(&p->mu);
     while (job) {
       struct gl_job *next = job->next;
@@ -387,6 +456,7 @@ void gl_pipeline_destroy(struct gl_pipeline *p) {
     return;
   gl__join(p); /* only on a failed create: a started pipeline is stopped first */
   gl_loc_locator_destroy(p->loc);
+  free(p->sdesc);
   free(p->desc);
   pthread_cond_destroy(&p->search_cv);
   pthread_cond_destroy(&p->cv);
