@@ -54,7 +54,8 @@ Columns:
   batch       mean frames per inference batch in the run (daemon /metrics)
   decode ms   mean JPEG decode time of a frame (daemon /metrics)
   search ms   mean map search + clustering time of a frame (daemon /metrics);
-              it runs on the inference thread, between batches
+              it runs on the search thread, overlapping the next batch's
+              inference, and is wall time: it includes waiting for a core
   daemon cpu  geolocd's CPU time over the run's wall time, as a share of all
               cores (100% = every core busy the whole run)
   client cpu  the same for `geoloc bench`, which shares the cores
