@@ -9,6 +9,7 @@
   make-eval-set --naip DIR --out DIR [--count N] [--seed S] [--size PX]
   make-flight --naip DIR --out DIR [--year Y] [--frames N] [--seed S] [--size PX]
   xtime-bbox --naip DIR                 the naip-xtime map's --bbox WEST,SOUTH,EAST,NORTH
+  train --naip DIR --out RUN [--steps N] [--batch B] [--seed S] [--loss L] [--resume]
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import sys
 
 import torch
 
-from . import image, model as M, testvectors, tflite
+from . import image, model as M, testvectors, tflite, train
 from .config import ConfigError, ModelConfig
 from .safetensors import SafetensorsError
 
@@ -185,6 +186,10 @@ def main(argv=None) -> int:
     s = sub.add_parser("xtime-bbox", help="print the --bbox of the naip-xtime reference map")
     s.add_argument("--naip", required=True, help="folder of the NAIP GeoTIFFs")
     s.set_defaults(func=cmd_xtime_bbox)
+
+    s = sub.add_parser("train", help="train the geo model on the naip-xtime training region")
+    train.main_args(s)
+    s.set_defaults(func=lambda a: train.run(a, REPO_ROOT))
 
     a = p.parse_args(argv)
     try:

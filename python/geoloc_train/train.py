@@ -1,0 +1,245 @@
+"""Training on real aerial imagery: the same place in two different years
+is a positive pair.
+
+A step draws `batch` distinct reference tiles of the map grid from the
+training region (the west half of naip-xtime, 300 m from the split), each
+north-up from one year, and for each a simulated drone view (views.py)
+centred near that tile's centre (within half a grid step, so the tile is
+the one nearest to the view, as in evaluation) from another year. The
+other pairs of the batch are the negatives.
+
+Losses (DESIGN.md section 5):
+  infonce      symmetric InfoNCE over in-batch negatives (default)
+  triplet      triplet ranking loss, hardest in-batch negative, margin
+  soft-margin  weighted soft-margin triplet loss log(1 + exp(a (d_p - d_n)))
+               over all in-batch negatives (CVM-Net)
+
+The backbone starts from the ImageNet MobileNetV2 imported from the TFLite
+file; the descriptor head starts random. Everything random comes from
+--seed, so a run is reproducible on the same machine and thread count.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import time
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import model as M, tflite, views, xtime
+from .config import ModelConfig
+
+LOSSES = ("infonce", "triplet", "soft-margin")
+
+
+def default_config(input_px: int) -> ModelConfig:
+    """The geo model: MobileNetV2 as imported (BN folded, TF SAME padding,
+    its own input normalisation), input sized to the imagery (a 320 m tile
+    at 5 m/px is 64 px), hierarchical OSM on the /16 and /32 stages."""
+    return ModelConfig(bn=False, padding="tf_same", activation="relu6",
+                       input_size=[input_px, input_px], mean=[128.0] * 3, std=[128.0] * 3,
+                       levels=[13, 18]).validate()
+
+
+def init_from_imagenet(cfg: ModelConfig, tflite_path: str) -> M.GeoNet:
+    """A GeoNet with cfg whose backbone holds the dequantized ImageNet
+    weights (the descriptor head keeps its random init)."""
+    src = tflite.import_file(tflite_path)
+    if (src.cfg.bn, src.cfg.padding, src.cfg.width_mult) != (cfg.bn, cfg.padding, cfg.width_mult):
+        raise ValueError("the config's backbone (bn, padding, width) differs from the imported one")
+    net = M.GeoNet(cfg)
+    state = {k: v for k, v in src.state_dict().items() if k.startswith("backbone.")}
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if unexpected or any(k.startswith("backbone.") for k in missing):
+        raise ValueError(f"backbone tensors do not match: {unexpected[:3]} {missing[:3]}")
+    return net
+
+
+class PairSampler:
+    """Positive pairs from the training region of the naip-xtime split."""
+
+    def __init__(self, naip_dir: str, input_px: int, seed: int, query_px: Optional[int] = None):
+        paths = sorted(glob.glob(os.path.join(naip_dir, "*.tif")))
+        if len(paths) < 2:
+            raise ValueError(f"{naip_dir}: need GeoTIFFs of at least two years, found {len(paths)}")
+        self.rasters = [views.Raster.open(p) for p in paths]
+        self.input_px = input_px
+        self.query_px = query_px or input_px
+        self.rng = np.random.default_rng(seed)
+        # Grid tiles wholly inside every year and wholly in the training
+        # region (the views around them are checked again when drawn).
+        ext = np.array([r.extent() for r in self.rasters])
+        common = (ext[:, 0].max(), ext[:, 1].max(), ext[:, 2].min(), ext[:, 3].min())
+        corners = views.grid_corners(common)
+        t = views.TILE_M
+        keep = [c for c in corners
+                if xtime.train_ok(np.array([[c[0], c[1]], [c[0] + t, c[1] + t]]))]
+        if not keep:
+            raise ValueError("no grid tile lies in the training region")
+        self.corners = np.array(keep)
+
+    def _view(self, raster, cx, cy):
+        for _ in range(50):
+            p = views.random_view(self.rng, cx, cy)
+            if not xtime.train_ok(views.footprint(p)):
+                continue
+            img, ok = views.render_view(raster, p, self.query_px)
+            if ok:
+                return img
+        return None
+
+    def batch(self, n: int):
+        """(queries, references) as float32 tensors [n, 3, H, W] in 0..255."""
+        q, r = [], []
+        order = self.rng.permutation(len(self.corners))
+        half = views.STRIDE_M / 2
+        for i in order:
+            if len(q) == n:
+                break
+            x0, y0 = self.corners[i]
+            ya, yb = self.rng.choice(len(self.rasters), 2, replace=False)
+            cx = x0 + views.TILE_M / 2 + self.rng.uniform(-half, half)
+            cy = y0 + views.TILE_M / 2 + self.rng.uniform(-half, half)
+            img = self._view(self.rasters[ya], cx, cy)
+            if img is None:
+                continue
+            q.append(img)
+            r.append(views.render_tile(self.rasters[yb], x0, y0, self.input_px))
+        if len(q) < n:
+            raise ValueError(f"could draw only {len(q)} pairs of {n}")
+
+        def t(imgs):
+            return torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float()
+        return t(q), t(r)
+
+
+def pair_loss(q: torch.Tensor, r: torch.Tensor, kind: str, temperature: float = 0.07,
+              margin: float = 0.3, alpha: float = 10.0) -> torch.Tensor:
+    """Loss over a batch of L2-normalised descriptors where (q[i], r[i]) are
+    positives and every other pairing is a negative."""
+    sim = q @ r.t()
+    n = sim.shape[0]
+    labels = torch.arange(n)
+    if kind == "infonce":
+        logits = sim / temperature
+        return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
+    pos = sim.diag()
+    off = ~torch.eye(n, dtype=torch.bool)
+    if kind == "triplet":
+        neg = sim.masked_fill(~off, -2.0)
+        hard = torch.maximum(neg.max(dim=1).values, neg.max(dim=0).values)
+        return F.relu(margin + hard - pos).mean()
+    if kind == "soft-margin":
+        # d = 2 - 2 sim for unit vectors; d_p - d_n = 2 (sim_n - sim_p).
+        d = 2.0 * (sim - pos[:, None])
+        d_t = 2.0 * (sim - pos[None, :])
+        return 0.5 * (F.softplus(alpha * d[off]).mean() + F.softplus(alpha * d_t[off]).mean())
+    raise ValueError(f"unknown loss {kind!r}; one of {', '.join(LOSSES)}")
+
+
+@torch.no_grad()
+def recall_at_1(net: M.GeoNet, q: torch.Tensor, r: torch.Tensor) -> float:
+    net.eval()
+    sim = net(q) @ net(r).t()
+    net.train()
+    return float((sim.argmax(dim=1) == torch.arange(len(q))).float().mean())
+
+
+def train(naip_dir: str, out_dir: str, *, steps: int, batch: int, seed: int, loss: str,
+          lr: float, tflite_path: str, config: Optional[ModelConfig] = None,
+          threads: int = 0, ckpt_every: int = 200, resume: bool = False,
+          log=print) -> str:
+    """Trains and writes out_dir/model.safetensors (plus checkpoints and
+    train.log.jsonl). Returns the model path."""
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; one of {', '.join(LOSSES)}")
+    os.makedirs(out_dir, exist_ok=True)
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    cfg = config or default_config(64)
+    net = init_from_imagenet(cfg, tflite_path).train()
+    head = [p for n, p in net.named_parameters() if not n.startswith("backbone.")]
+    body = [p for n, p in net.named_parameters() if n.startswith("backbone.")]
+    opt = torch.optim.AdamW([{"params": body, "lr": lr}, {"params": head, "lr": lr * 10}],
+                            weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[lr, lr * 10], total_steps=steps,
+                                                pct_start=0.05)
+    sampler = PairSampler(naip_dir, cfg.input_size[0], seed)
+    val_q, val_r = PairSampler(naip_dir, cfg.input_size[0], seed + 1).batch(128)
+    ckpt = os.path.join(out_dir, "checkpoint.pt")
+    start = 0
+    if resume and os.path.exists(ckpt):
+        state = torch.load(ckpt)
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        sampler.rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+        start = state["step"]
+        log(f"resumed from {ckpt} at step {start}")
+    with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
+        f.write(cfg.to_json() + "\n")
+    logf = open(os.path.join(out_dir, "train.log.jsonl"), "a", encoding="utf-8")
+    t0 = time.time()
+    avg = None
+    for step in range(start, steps):
+        q, r = sampler.batch(batch)
+        lossv = pair_loss(net(q), net(r), loss)
+        opt.zero_grad(set_to_none=True)
+        lossv.backward()
+        opt.step()
+        sched.step()
+        avg = lossv.item() if avg is None else 0.95 * avg + 0.05 * lossv.item()
+        done = step + 1
+        if done % 20 == 0 or done == steps:
+            rec = {"step": done, "loss": round(avg, 4), "s": round(time.time() - t0, 1)}
+            if done % ckpt_every == 0 or done == steps:
+                rec["val_r1_128"] = recall_at_1(net, val_q, val_r)
+            logf.write(json.dumps(rec) + "\n")
+            logf.flush()
+            log(" ".join(f"{k} {v}" for k, v in rec.items()))
+        if done % ckpt_every == 0 or done == steps:
+            torch.save({"model": net.state_dict(), "opt": opt.state_dict(),
+                        "sched": sched.state_dict(), "rng": sampler.rng.bit_generator.state,
+                        "torch_rng": torch.get_rng_state(), "step": done}, ckpt + ".tmp")
+            os.replace(ckpt + ".tmp", ckpt)
+            M.save_model(net.eval(), os.path.join(out_dir, f"model-{done:06d}.safetensors"))
+            net.train()
+    logf.close()
+    path = os.path.join(out_dir, "model.safetensors")
+    M.save_model(net.eval(), path)
+    return path
+
+
+def main_args(p) -> None:
+    p.add_argument("--naip", required=True, help="folder of the NAIP GeoTIFFs (all years)")
+    p.add_argument("--out", required=True, help="run folder: checkpoints, log, model.safetensors")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch", type=int, default=48, help="positive pairs per step")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--loss", choices=LOSSES, default="infonce")
+    p.add_argument("--lr", type=float, default=2e-4, help="backbone learning rate (head: 10x)")
+    p.add_argument("--input", type=int, default=64, help="model input side in pixels")
+    p.add_argument("--config", help="model config JSON (default: the geo model of train.py)")
+    p.add_argument("--tflite", help="ImageNet MobileNetV2 TFLite file (default: data/backbone)")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--ckpt-every", type=int, default=200)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+
+
+def run(a, repo_root: str) -> int:
+    cfg = ModelConfig.load(a.config) if a.config else default_config(a.input)
+    path = train(a.naip, a.out, steps=a.steps, batch=a.batch, seed=a.seed, loss=a.loss,
+                 lr=a.lr, config=cfg, threads=a.threads, ckpt_every=a.ckpt_every,
+                 resume=a.resume,
+                 tflite_path=a.tflite or os.path.join(repo_root, "data", "backbone",
+                                                      "mobilenet_v2_1.0_224_quant.tflite"))
+    print(f"wrote {path}")
+    return 0
+
