@@ -84,6 +84,14 @@ class ModelConfig:
     # DESIGN.md but not implemented yet.
     branches: str = "shared"
 
+    # --- map --------------------------------------------------------------
+    # How many headings each reference tile is encoded at (1, 2 or 4): the
+    # map builder stores the tile turned to headings 0, 360/R, ... (whole
+    # quarter turns of the pixels, no resampling), and a query is scored
+    # against the best of them, so the model only has to be invariant to
+    # rotation within +-180/R degrees.  The model is trained to match.
+    ref_rotations: int = 1
+
     # ------------------------------------------------------------------------
     def validate(self) -> "ModelConfig":
         def bad(name, why):
@@ -132,6 +140,10 @@ class ModelConfig:
             bad("pool", "must be 'mean' or 'gem'")
         if not (isinstance(self.gem_p, (int, float)) and self.gem_p > 0):
             bad("gem_p", "must be a positive number")
+        if self.ref_rotations not in (1, 2, 4) or isinstance(self.ref_rotations, bool):
+            bad("ref_rotations", "must be 1, 2 or 4")
+        if self.ref_rotations > 1 and self.input_size[0] != self.input_size[1]:
+            bad("ref_rotations", "needs a square input_size")
         if self.branches != "shared":
             bad("branches", "only 'shared' is implemented")
         return self

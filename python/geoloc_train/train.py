@@ -37,13 +37,15 @@ from .config import ModelConfig
 LOSSES = ("infonce", "triplet", "soft-margin")
 
 
-def default_config(input_px: int) -> ModelConfig:
+def default_config(input_px: int, ref_rotations: int = 4) -> ModelConfig:
     """The geo model: MobileNetV2 as imported (BN folded, TF SAME padding,
     its own input normalisation), input sized to the imagery (a 320 m tile
-    at 5 m/px is 64 px), hierarchical OSM on the /16 and /32 stages."""
+    at 5 m/px is 64 px), hierarchical OSM on the /16 and /32 stages, and
+    reference tiles encoded at four headings (so the model learns rotation
+    within +-45 degrees, not all of 0-360)."""
     return ModelConfig(bn=False, padding="tf_same", activation="relu6",
                        input_size=[input_px, input_px], mean=[128.0] * 3, std=[128.0] * 3,
-                       levels=[13, 18]).validate()
+                       levels=[13, 18], ref_rotations=ref_rotations).validate()
 
 
 def init_from_imagenet(cfg: ModelConfig, tflite_path: str) -> M.GeoNet:
@@ -63,13 +65,17 @@ def init_from_imagenet(cfg: ModelConfig, tflite_path: str) -> M.GeoNet:
 class PairSampler:
     """Positive pairs from the training region of the naip-xtime split."""
 
-    def __init__(self, naip_dir: str, input_px: int, seed: int, query_px: Optional[int] = None):
+    def __init__(self, naip_dir: str, input_px: int, seed: int, query_px: Optional[int] = None,
+                 ref_rotations: int = 1):
         paths = sorted(glob.glob(os.path.join(naip_dir, "*.tif")))
         if len(paths) < 2:
             raise ValueError(f"{naip_dir}: need GeoTIFFs of at least two years, found {len(paths)}")
         self.rasters = [views.Raster.open(p) for p in paths]
         self.input_px = input_px
         self.query_px = query_px or input_px
+        if ref_rotations not in (1, 2, 4):
+            raise ValueError(f"ref_rotations must be 1, 2 or 4, not {ref_rotations}")
+        self.ref_rotations = ref_rotations
         self.rng = np.random.default_rng(seed)
         # Grid tiles wholly inside every year and wholly in the training
         # region (the views around them are checked again when drawn).
@@ -90,8 +96,17 @@ class PairSampler:
                 continue
             img, ok = views.render_view(raster, p, self.query_px)
             if ok:
-                return img
-        return None
+                return img, p
+        return None, None
+
+    def reference(self, tile: np.ndarray, heading_deg: float) -> np.ndarray:
+        """The positive for a view with this heading: with R reference
+        rotations the map holds each tile turned to headings 0, 360/R, ...
+        (np.rot90 by k turns it to heading 90 k, as the map builder does),
+        and the view's match is the one nearest its heading."""
+        step = 360.0 / self.ref_rotations
+        r = round(heading_deg / step) % self.ref_rotations
+        return np.ascontiguousarray(np.rot90(tile, r * 4 // self.ref_rotations))
 
     def batch(self, n: int):
         """(queries, references) as float32 tensors [n, 3, H, W] in 0..255."""
@@ -105,11 +120,12 @@ class PairSampler:
             ya, yb = self.rng.choice(len(self.rasters), 2, replace=False)
             cx = x0 + views.TILE_M / 2 + self.rng.uniform(-half, half)
             cy = y0 + views.TILE_M / 2 + self.rng.uniform(-half, half)
-            img = self._view(self.rasters[ya], cx, cy)
+            img, p = self._view(self.rasters[ya], cx, cy)
             if img is None:
                 continue
             q.append(img)
-            r.append(views.render_tile(self.rasters[yb], x0, y0, self.input_px))
+            tile = views.render_tile(self.rasters[yb], x0, y0, self.input_px)
+            r.append(self.reference(tile, p.heading_deg))
         if len(q) < n:
             raise ValueError(f"could draw only {len(q)} pairs of {n}")
 
@@ -170,8 +186,9 @@ def train(naip_dir: str, out_dir: str, *, steps: int, batch: int, seed: int, los
                             weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[lr, lr * 10], total_steps=steps,
                                                 pct_start=0.05)
-    sampler = PairSampler(naip_dir, cfg.input_size[0], seed)
-    val_q, val_r = PairSampler(naip_dir, cfg.input_size[0], seed + 1).batch(128)
+    sampler = PairSampler(naip_dir, cfg.input_size[0], seed, ref_rotations=cfg.ref_rotations)
+    val_q, val_r = PairSampler(naip_dir, cfg.input_size[0], seed + 1,
+                               ref_rotations=cfg.ref_rotations).batch(128)
     ckpt = os.path.join(out_dir, "checkpoint.pt")
     start = 0
     if resume and os.path.exists(ckpt):
@@ -230,11 +247,13 @@ def main_args(p) -> None:
     p.add_argument("--tflite", help="ImageNet MobileNetV2 TFLite file (default: data/backbone)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--ckpt-every", type=int, default=200)
+    p.add_argument("--ref-rotations", type=int, default=4, choices=(1, 2, 4),
+                   help="headings the map encodes each tile at (config ref_rotations)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
 
 
 def run(a, repo_root: str) -> int:
-    cfg = ModelConfig.load(a.config) if a.config else default_config(a.input)
+    cfg = ModelConfig.load(a.config) if a.config else default_config(a.input, a.ref_rotations)
     path = train(a.naip, a.out, steps=a.steps, batch=a.batch, seed=a.seed, loss=a.loss,
                  lr=a.lr, config=cfg, threads=a.threads, ckpt_every=a.ckpt_every,
                  resume=a.resume,

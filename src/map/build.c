@@ -396,7 +396,8 @@ struct gl__build {
   uint64_t *src_tiles, *src_skipped;
   sqlite3 *db;
   sqlite3_stmt *ins_tile, *ins_rtree;
-  float *desc; /* n_tiles * dim */
+  uint32_t rot;  /* descriptors per tile: the tile turned to rot headings */
+  float *desc;   /* n_tiles * rot * dim: tile id t, heading r at row (t - 1) * rot + r */
   uint64_t n_tiles, cap_tiles;
   struct gl_map_progress prog;
   double t0, last_cb;
@@ -514,12 +515,26 @@ static int gl__insert_tile(struct gl__build *b, int64_t id, const struct gl__til
   return 0;
 }
 
-/* Encodes one batch and stores its tiles. */
+/* dst = the square s x s RGB8 image src turned to heading 90 k degrees
+ * (counter-clockwise quarter turns: what was east is at the top for k = 1),
+ * as numpy's rot90(src, k) on (row, column); training turns its reference
+ * tiles the same way. */
+static void gl__rot90(const uint8_t *src, uint8_t *dst, uint32_t s, uint32_t k) {
+  for (uint32_t i = 0; i < s; i++)
+    for (uint32_t j = 0; j < s; j++) {
+      uint32_t si = k == 1 ? j : k == 2 ? s - 1 - i : s - 1 - j;
+      uint32_t sj = k == 1 ? s - 1 - i : k == 2 ? s - 1 - j : i;
+      memcpy(dst + ((size_t)i * s + j) * 3, src + ((size_t)si * s + sj) * 3, 3);
+    }
+}
+
+/* Encodes one batch of n tiles (n * rot images, each tile's headings
+ * together) and stores the tiles. */
 static int gl__flush(struct gl__build *b, struct gl_image *imgs, struct gl__tile_meta *meta,
                      uint32_t n, char *err, size_t errlen) {
   if (n == 0)
     return 0;
-  uint32_t dim = b->enc->dim;
+  uint32_t dim = b->enc->dim * b->rot; /* floats per tile */
   if (b->n_tiles + n > b->cap_tiles) {
     uint64_t cap = b->cap_tiles ? b->cap_tiles * 2 : 1024;
     while (cap < b->n_tiles + n)
@@ -532,11 +547,12 @@ static int gl__flush(struct gl__build *b, struct gl_image *imgs, struct gl__tile
     b->cap_tiles = cap;
   }
   float *out = b->desc + (size_t)b->n_tiles * dim;
-  int rc = b->enc->encode(b->enc->ctx, imgs, n, out);
+  int rc = b->enc->encode(b->enc->ctx, imgs, n * b->rot, out);
   if (rc)
     return gl_fail(err, errlen, rc, "encoding a batch of %u tiles failed: %s", n,
                         gl_strerror(rc));
-  for (uint32_t i = 0; i < n; i++) {
+  dim = b->enc->dim;
+  for (uint32_t i = 0; i < n * b->rot; i++) {
     /* The index scores by inner product, which is the cosine only for
      * unit vectors: a model that does not normalise must not build a pack
      * whose scores silently mean something else. */
@@ -586,9 +602,11 @@ static int gl__cut_and_encode(struct gl__build *b, char *err, size_t errlen) {
         }
         if (!in)
           continue; /* outside the bbox: not read, not counted */
-        imgs[n] = (struct gl_image){pixels + px * 3 * n, enc->width, enc->height};
+        struct gl_image *im = imgs + (size_t)n * b->rot;
+        for (uint32_t k = 0; k < b->rot; k++)
+          im[k] = (struct gl_image){pixels + px * 3 * (n * b->rot + k), enc->width, enc->height};
         if ((rc = gl__map_source_read_tile(s, &b->grid, x0, y0, enc->width, enc->height,
-                                           imgs[n].rgb, mask, &valid, err, errlen)))
+                                           im[0].rgb, mask, &valid, err, errlen)))
           goto cleanup;
         b->prog.done++;
         if (!valid) {
@@ -601,7 +619,9 @@ static int gl__cut_and_encode(struct gl__build *b, char *err, size_t errlen) {
                             y0, b->grid.name);
           goto cleanup;
         }
-        if (++n == enc->max_batch) {
+        for (uint32_t k = 1; k < b->rot; k++)
+          gl__rot90(im[0].rgb, im[k].rgb, enc->width, k * 4 / b->rot);
+        if (++n == enc->max_batch / b->rot) {
           if ((rc = gl__flush(b, imgs, meta, n, err, errlen)))
             goto cleanup;
           n = 0;
@@ -676,12 +696,12 @@ static int gl__build_index(struct gl__build *b, char *err, size_t errlen) {
    * calling thread and restored after. */
   int omp_threads = omp_get_max_threads();
   omp_set_num_threads(1);
+  uint64_t nv = b->n_tiles * b->rot; /* vector id v: tile (v - 1) / rot + 1 */
   if (faiss_index_factory(&sub, (int)b->enc->dim, type, METRIC_INNER_PRODUCT) != 0) {
     rc = gl__faiss_fail(err, errlen, type);
     goto fail;
   }
-  if (!faiss_Index_is_trained(sub) &&
-      faiss_Index_train(sub, (idx_t)b->n_tiles, b->desc) != 0) {
+  if (!faiss_Index_is_trained(sub) && faiss_Index_train(sub, (idx_t)nv, b->desc) != 0) {
     rc = gl__faiss_fail(err, errlen, "training the index");
     char tmp[640];
     snprintf(tmp, sizeof tmp, "index type '%s' on %llu tiles", type,
@@ -695,13 +715,13 @@ static int gl__build_index(struct gl__build *b, char *err, size_t errlen) {
   }
   faiss_IndexIDMap_set_own_fields(map, 1);
   sub = NULL;
-  if (!(ids = malloc(b->n_tiles * sizeof *ids))) {
+  if (!(ids = malloc(nv * sizeof *ids))) {
     rc = gl_fail(err, errlen, GL_ENOMEM, "out of memory");
     goto fail;
   }
-  for (uint64_t i = 0; i < b->n_tiles; i++)
+  for (uint64_t i = 0; i < nv; i++)
     ids[i] = (idx_t)(i + 1);
-  if (faiss_Index_add_with_ids(map, (idx_t)b->n_tiles, b->desc, ids) != 0) {
+  if (faiss_Index_add_with_ids(map, (idx_t)nv, b->desc, ids) != 0) {
     rc = gl__faiss_fail(err, errlen, "adding the descriptors");
     goto fail;
   }
@@ -819,6 +839,9 @@ static int gl__write_manifest(struct gl__build *b, char *err, size_t errlen) {
   cJSON_AddItemToArray(a, cJSON_CreateNumber(enc->height));
   cJSON_AddNumberToObject(t, "m_per_px", b->grid.tile_m / enc->width);
   cJSON_AddStringToObject(t, "resampling", "bilinear");
+  /* Descriptors per tile: the tile turned to headings 0, 360/n, ...; the
+   * index holds tile id t at heading r as vector id (t - 1) * n + r + 1. */
+  cJSON_AddNumberToObject(t, "rotations", b->rot);
   if (b->o->has_bbox) {
     a = cJSON_AddArrayToObject(t, "bbox"); /* west, south, east, north */
     for (int i = 0; i < 4; i++)
@@ -890,6 +913,13 @@ static int gl__check_opts(const struct gl_map_build_opts *o, const struct gl_map
       enc->dim > 65536 || enc->max_batch > 4096)
     return gl_fail(err, errlen, GL_EINVAL, "unusable encoder (size %ux%u, dim %u, batch %u)",
                         enc->width, enc->height, enc->dim, enc->max_batch);
+  uint32_t rot = enc->rotations ? enc->rotations : 1;
+  if ((rot != 1 && rot != 2 && rot != 4) || (rot > 1 && enc->width != enc->height) ||
+      enc->max_batch < rot)
+    return gl_fail(err, errlen, GL_EINVAL,
+                   "unusable encoder: %u rotations of %ux%u tiles in batches of %u (1, 2 or 4 "
+                   "rotations of square tiles, a batch holding them all)",
+                   rot, enc->width, enc->height, enc->max_batch);
   if (strlen(enc->model_sha256) != 64 ||
       strspn(enc->model_sha256, "0123456789abcdef") != 64)
     return gl_fail(err, errlen, GL_EINVAL, "the encoder's model sha256 is not 64 hex digits");
@@ -940,6 +970,7 @@ int gl_map_build(const struct gl_map_build_opts *o, const struct gl_map_encoder 
                  struct gl_map_build_stats *stats, char *err, size_t errlen) {
   int rc;
   struct gl__build b = {.o = o, .enc = enc, .paths = {.lock_fd = -1}};
+  b.rot = enc->rotations ? enc->rotations : 1;
   if ((rc = gl__check_opts(o, enc, err, errlen)))
     return rc;
   b.t0 = gl__now();

@@ -70,7 +70,9 @@ int gl_map_encoder_init_model(struct gl_map_encoder *enc, const char *model_path
     gl_err_prefix(err, errlen, model_path);
     goto fail;
   }
+  enc->rotations = gl_nn_model_ref_rotations(nn->model);
   enc->max_batch = max_batch ? max_batch : 16;
+  enc->max_batch = (enc->max_batch + enc->rotations - 1) / enc->rotations * enc->rotations;
   struct gl_nn_engine_opts eo = {
       .backend = GL_NN_BACKEND_CPU,
       .max_batch = enc->max_batch,

@@ -35,15 +35,20 @@
 struct gl_map_encoder {
   uint32_t width, height; /* model input size in pixels */
   uint32_t dim;           /* floats per descriptor */
-  uint32_t max_batch;     /* images per encode() call, >= 1 */
+  uint32_t max_batch;     /* images per encode() call, >= rotations */
+  /* Headings each tile is encoded at: 1, 2 or 4 (0 means 1). With more
+   * than one the builder also hands encode() the square tile turned by
+   * 360/rotations degree steps, and the pack holds every heading. */
+  uint32_t rotations;
   char model_sha256[65];  /* 64 lowercase hex digits: the model the pack is bound to */
   int (*encode)(void *ctx, const struct gl_image *images, uint32_t n, float *out);
   void *ctx;
 };
 
 /* Loads the model file at model_path and plans a CPU engine for it
- * (threads: 0 for all cores; max_batch: 0 for 16), filling *enc. The tile
- * size is the model's input_size from its config. Release with
+ * (threads: 0 for all cores; max_batch: 0 for 16, rounded up to a multiple
+ * of the rotations), filling *enc. The tile size is the model's input_size
+ * from its config, the rotations its ref_rotations. Release with
  * gl_map_encoder_fini. Returns 0 or the engine's error (err says what). */
 int gl_map_encoder_init_model(struct gl_map_encoder *enc, const char *model_path, uint32_t threads,
                               uint32_t max_batch, char *err, size_t errlen);

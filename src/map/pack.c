@@ -51,7 +51,7 @@ struct gl__manifest {
   const char *index_type;
   size_t nprobe;
   double tile_m, stride_m, m_per_px;
-  uint32_t tile_w, tile_h;
+  uint32_t tile_w, tile_h, rot;
   const char *crs;
   uint64_t tiles, skipped;
   const cJSON *sources;
@@ -65,11 +65,13 @@ struct gl_map {
   char model_sha256[65];
   char index_type[512];
   uint32_t dim;
-  uint64_t n;
+  uint64_t n;   /* tiles */
+  uint32_t rot; /* descriptors per tile (headings); n * rot vectors */
   double tile_m, stride_m;
   FaissIndex *index; /* the IndexIDMap, owned; NULL for a Flat index */
-  FaissIndex *sub;   /* its inner index (position = tile id - 1) */
-  /* A Flat index's descriptors, row id - 1 for tile id, read out of FAISS
+  FaissIndex *sub;   /* its inner index (position = vector id - 1) */
+  /* A Flat index's descriptors, row (id - 1) * rot + r for tile id at
+   * heading r (row = vector id - 1), read out of FAISS
    * at open (whose copy is then freed): the exact search is a matrix
    * product of the queries with these rows, one BLAS call for a whole
    * batch, where FAISS 1.7.3 scores one query at a time with scalar loops
@@ -177,6 +179,12 @@ static int gl__manifest_read(const char *path, struct gl__manifest *m, char *err
   m->tile_w = (uint32_t)pw;
   m->tile_h = (uint32_t)ph;
   m->crs = gl__json_str(t, "crs");
+  /* Packs written before rotations were recorded hold one heading. */
+  const cJSON *ro = cJSON_GetObjectItemCaseSensitive(t, "rotations");
+  uint64_t rv = 1;
+  if (ro && (!gl__json_u64(ro, 4, &rv) || (rv != 1 && rv != 2 && rv != 4)))
+    BAD("%s: manifest.json: tiling.rotations must be 1, 2 or 4", path);
+  m->rot = (uint32_t)rv;
   const cJSON *c = cJSON_GetObjectItemCaseSensitive(m->root, "counts");
   if (!gl__json_u64(cJSON_GetObjectItemCaseSensitive(c, "tiles"), 1ull << 40, &m->tiles))
     BAD("%s: manifest.json: counts.tiles missing", path);
@@ -256,11 +264,11 @@ static int gl__faiss_fail(char *err, size_t errlen, const char *pack, const char
  * copies its rows as stored), so the map keeps one copy, not two. */
 static int gl__flat_take(struct gl_map *map, char *err, size_t errlen) {
   size_t dim = map->dim;
-  if (map->n > SIZE_MAX / sizeof(float) / dim ||
-      !(map->xb = malloc((size_t)map->n * dim * sizeof(float))))
+  uint64_t nv = map->n * map->rot;
+  if (nv > SIZE_MAX / sizeof(float) / dim || !(map->xb = malloc((size_t)nv * dim * sizeof(float))))
     return gl_fail(err, errlen, GL_ENOMEM, "%s: out of memory for %llu descriptors", map->path,
-                   (unsigned long long)map->n);
-  for (uint64_t i = 0; i < map->n; i++)
+                   (unsigned long long)nv);
+  for (uint64_t i = 0; i < nv; i++)
     if (faiss_Index_reconstruct(map->sub, (idx_t)i, map->xb + i * dim) != 0)
       return gl__faiss_fail(err, errlen, map->path, "reading the Flat index's vectors");
   faiss_Index_free(map->index);
@@ -290,23 +298,25 @@ static int gl__load_index(struct gl_map *map, const struct gl__manifest *mf, cha
   if (!idmap)
     return gl_fail(err, errlen, GL_EFORMAT, "%s: index.faiss is not an IndexIDMap",
                         map->path);
+  uint64_t nv = mf->tiles * mf->rot;
   if (faiss_Index_d(map->index) != (int)mf->dim ||
-      (uint64_t)faiss_Index_ntotal(map->index) != mf->tiles ||
+      (uint64_t)faiss_Index_ntotal(map->index) != nv ||
       faiss_Index_metric_type(map->index) != METRIC_INNER_PRODUCT)
     return gl_fail(err, errlen, GL_EFORMAT,
                         "%s: index.faiss holds %lld vectors of %d floats (metric %d); the manifest "
                         "says %llu of %u, inner product",
                         map->path, (long long)faiss_Index_ntotal(map->index),
                         faiss_Index_d(map->index), (int)faiss_Index_metric_type(map->index),
-                        (unsigned long long)mf->tiles, mf->dim);
+                        (unsigned long long)nv, mf->dim);
   idx_t *ids;
   size_t nids;
   faiss_IndexIDMap_id_map(idmap, &ids, &nids);
-  if (nids != mf->tiles)
-    return gl_fail(err, errlen, GL_EFORMAT, "%s: index.faiss maps %zu ids for %llu tiles",
-                        map->path, nids, (unsigned long long)mf->tiles);
-  /* Ids are tile ids 1..n in insertion order, so the inner index position
-   * of tile id is id - 1: the prior search relies on it. */
+  if (nids != nv)
+    return gl_fail(err, errlen, GL_EFORMAT, "%s: index.faiss maps %zu ids for %llu tiles x %u",
+                        map->path, nids, (unsigned long long)mf->tiles, mf->rot);
+  /* Ids are vector ids 1..n * rot in insertion order, so the inner index
+   * position of vector id is id - 1 and its tile (id - 1) / rot + 1: the
+   * searches rely on it. */
   for (size_t i = 0; i < nids; i++)
     if (ids[i] != (idx_t)(i + 1))
       return gl_fail(err, errlen, GL_EFORMAT,
@@ -428,6 +438,7 @@ int gl_map_open(const char *path, const char *model_sha256, struct gl_map **out,
   snprintf(m->index_type, sizeof m->index_type, "%s", mf.index_type);
   m->dim = mf.dim;
   m->n = mf.tiles;
+  m->rot = mf.rot;
   m->tile_m = mf.tile_m;
   m->stride_m = mf.stride_m;
   /* The model first: it is the cheapest check and the likeliest mistake. */
@@ -601,18 +612,23 @@ static int gl__search_prior(struct gl_map *m, const float *q, uint32_t k,
     }
     if (gl_map_distance_m(p->lat, p->lon, m->lat[id - 1], m->lon[id - 1]) > p->radius_m)
       continue;
-    const float *x = m->xb ? m->xb + (size_t)(id - 1) * m->dim : v;
-    if (!m->xb && faiss_Index_reconstruct(m->sub, (idx_t)(id - 1), v) != 0) {
-      const char *fe = faiss_get_last_error();
-      rc = gl_fail(err, errlen, GL_EINTERNAL, "%s: reconstructing tile %lld: %s", m->path,
-                        (long long)id, fe ? fe : "FAISS error");
-      goto cleanup;
+    double best = -INFINITY; /* a tile scores as its best heading */
+    for (uint32_t r = 0; r < m->rot; r++) {
+      uint64_t row = (uint64_t)(id - 1) * m->rot + r;
+      const float *x = m->xb ? m->xb + row * m->dim : v;
+      if (!m->xb && faiss_Index_reconstruct(m->sub, (idx_t)row, v) != 0) {
+        const char *fe = faiss_get_last_error();
+        rc = gl_fail(err, errlen, GL_EINTERNAL, "%s: reconstructing tile %lld: %s", m->path,
+                     (long long)id, fe ? fe : "FAISS error");
+        goto cleanup;
+      }
+      double s = 0;
+      for (uint32_t j = 0; j < m->dim; j++)
+        s += (double)q[j] * x[j];
+      best = s > best ? s : best;
     }
-    double s = 0;
-    for (uint32_t j = 0; j < m->dim; j++)
-      s += (double)q[j] * x[j];
     c[w].id = id;
-    c[w].score = (float)s;
+    c[w].score = (float)best;
     w++;
   }
   if (w > 1)
@@ -651,16 +667,17 @@ static void gl__cand_sift(struct gl__cand *h, uint32_t n, uint32_t i) {
 }
 
 /* Exact top-k of nq queries (rows of q) on a Flat map: blocks of tiles are
- * scored against all queries with one sgemm each, every score goes through
- * the query's top-k heap, and the heaps are sorted best first (ties by id,
- * as the prior search orders them). which[j] is the caller's index of
- * query j, for hits and counts. */
+ * scored against all queries with one sgemm each, every tile's score (the
+ * best of its headings) goes through the query's top-k heap, and the heaps
+ * are sorted best first (ties by id, as the prior search orders them).
+ * which[j] is the caller's index of query j, for hits and counts. */
 static int gl__search_flat(struct gl_map *m, const float *q, uint32_t nq, const uint32_t *which,
                            uint32_t k, struct gl_map_hit *hits, uint32_t *counts, char *err,
                            size_t errlen) {
   uint32_t keep = (uint64_t)k < m->n ? k : (uint32_t)m->n;
-  uint32_t block = m->n < GL__FLAT_BLOCK ? (uint32_t)m->n : GL__FLAT_BLOCK;
-  float *scores = malloc((size_t)nq * block * sizeof *scores);
+  uint32_t rot = m->rot, per = GL__FLAT_BLOCK / rot; /* tiles per block */
+  uint32_t block = m->n < per ? (uint32_t)m->n : per;
+  float *scores = malloc((size_t)nq * block * rot * sizeof *scores);
   struct gl__cand *heaps = malloc((size_t)nq * keep * sizeof *heaps);
   uint32_t *len = calloc(nq, sizeof *len);
   if (!scores || !heaps || !len) {
@@ -671,23 +688,27 @@ static int gl__search_flat(struct gl_map *m, const float *q, uint32_t nq, const 
   }
   for (uint64_t b0 = 0; b0 < m->n; b0 += block) {
     uint32_t nb = m->n - b0 < block ? (uint32_t)(m->n - b0) : block;
-    const float *xb = m->xb + b0 * m->dim;
+    uint32_t nr = nb * rot; /* rows of the block */
+    const float *xb = m->xb + b0 * rot * m->dim;
     if (nq >= GL__FLAT_GEMM_MIN)
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)nb, (int)m->dim, 1.0f, q,
-                  (int)m->dim, xb, (int)m->dim, 0.0f, scores, (int)nb);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)nr, (int)m->dim, 1.0f, q,
+                  (int)m->dim, xb, (int)m->dim, 0.0f, scores, (int)nr);
     else
       for (uint32_t j = 0; j < nq; j++)
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)nb, (int)m->dim, 1.0f, xb, (int)m->dim,
-                    q + (size_t)j * m->dim, 1, 0.0f, scores + (size_t)j * nb, 1);
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)nr, (int)m->dim, 1.0f, xb, (int)m->dim,
+                    q + (size_t)j * m->dim, 1, 0.0f, scores + (size_t)j * nr, 1);
     for (uint32_t j = 0; j < nq; j++) {
       struct gl__cand *h = heaps + (size_t)j * keep;
-      const float *sj = scores + (size_t)j * nb;
+      const float *sj = scores + (size_t)j * nr;
       for (uint32_t t = 0; t < nb; t++) {
         int64_t id = (int64_t)(b0 + t) + 1;
+        float sc = sj[t * rot];
+        for (uint32_t r = 1; r < rot; r++)
+          sc = fmaxf(sc, sj[t * rot + r]);
         if (len[j] < keep) {
           /* Filling: append, then sift up. */
           uint32_t i = len[j]++;
-          h[i] = (struct gl__cand){id, sj[t]};
+          h[i] = (struct gl__cand){id, sc};
           while (i > 0 &&
                  gl__cand_after(h[i].score, h[i].id, h[(i - 1) / 2].score, h[(i - 1) / 2].id)) {
             struct gl__cand tmp = h[i];
@@ -695,8 +716,8 @@ static int gl__search_flat(struct gl_map *m, const float *q, uint32_t nq, const 
             h[(i - 1) / 2] = tmp;
             i = (i - 1) / 2;
           }
-        } else if (gl__cand_after(h[0].score, h[0].id, sj[t], id)) {
-          h[0] = (struct gl__cand){id, sj[t]};
+        } else if (gl__cand_after(h[0].score, h[0].id, sc, id)) {
+          h[0] = (struct gl__cand){id, sc};
           gl__cand_sift(h, keep, 0);
         }
       }
@@ -761,13 +782,16 @@ int gl_map_search(struct gl_map *m, const float *queries, uint32_t n, uint32_t k
       if (rc)
         goto cleanup;
     } else {
-      dist = malloc((size_t)nfree * k * sizeof *dist);
-      lab = malloc((size_t)nfree * k * sizeof *lab);
+      /* k tiles need up to k * rot vectors: a tile's other headings rank
+       * near it and only its best counts. */
+      uint32_t kv = k * m->rot;
+      dist = malloc((size_t)nfree * kv * sizeof *dist);
+      lab = malloc((size_t)nfree * kv * sizeof *lab);
       if (!dist || !lab) {
         rc = gl_fail(err, errlen, GL_ENOMEM, "out of memory");
         goto cleanup;
       }
-      if (faiss_Index_search(m->index, nfree, qbuf ? qbuf : queries, k, dist, lab) != 0) {
+      if (faiss_Index_search(m->index, nfree, qbuf ? qbuf : queries, kv, dist, lab) != 0) {
         const char *fe = faiss_get_last_error();
         rc = gl_fail(err, errlen, GL_EINTERNAL, "%s: search: %s", m->path, fe ? fe : "FAISS error");
         goto cleanup;
@@ -775,12 +799,17 @@ int gl_map_search(struct gl_map *m, const float *queries, uint32_t n, uint32_t k
       for (uint32_t j2 = 0; j2 < nfree; j2++) {
         struct gl_map_hit *h = hits + (size_t)which[j2] * k;
         uint32_t c = 0;
-        for (uint32_t r = 0; r < k; r++) {
-          idx_t id = lab[(size_t)j2 * k + r];
-          if (id < 1 || (uint64_t)id > m->n)
-            continue; /* FAISS pads with -1 when it finds fewer than k */
-          h[c++] =
-              (struct gl_map_hit){id, dist[(size_t)j2 * k + r], m->lat[id - 1], m->lon[id - 1]};
+        for (uint32_t r = 0; r < kv && c < k; r++) {
+          idx_t v = lab[(size_t)j2 * kv + r];
+          if (v < 1 || (uint64_t)v > m->n * m->rot)
+            continue; /* FAISS pads with -1 when it finds fewer than kv */
+          int64_t id = (int64_t)((v - 1) / m->rot) + 1;
+          bool seen = false; /* a better heading of this tile came first */
+          for (uint32_t e = 0; m->rot > 1 && e < c && !seen; e++)
+            seen = h[e].tile_id == id;
+          if (!seen)
+            h[c++] = (struct gl_map_hit){id, dist[(size_t)j2 * kv + r], m->lat[id - 1],
+                                         m->lon[id - 1]};
         }
         if (counts)
           counts[which[j2]] = c;
@@ -843,6 +872,8 @@ int gl_map_inspect(const char *path, FILE *f, char *err, size_t errlen) {
     fprintf(f, ", nprobe %zu", mf.nprobe);
   fprintf(f, "\n  tiling      %g m tiles every %g m on %s, encoded at %ux%u px (%g m/px)\n",
           mf.tile_m, mf.stride_m, mf.crs ? mf.crs : "?", mf.tile_w, mf.tile_h, mf.m_per_px);
+  if (mf.rot > 1)
+    fprintf(f, "  rotations   %u headings per tile, %g degrees apart\n", mf.rot, 360.0 / mf.rot);
   fprintf(f, "  tiles       %llu", (unsigned long long)mf.tiles);
   if (mf.skipped)
     fprintf(f, " (%llu grid tiles skipped for nodata)", (unsigned long long)mf.skipped);

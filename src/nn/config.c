@@ -36,6 +36,7 @@ static const struct gl__nn_config gl__config_defaults = {
     .pool = GL__NN_POOL_MEAN,
     .gem_p = 3.0,
     .descriptor_dim = 512,
+    .ref_rotations = 1,
 };
 
 /* Every known field; parsing visits them in this order so that an error in
@@ -46,7 +47,7 @@ static const char *const gl__config_fields[] = {
     "std",         "resizer",        "resizer_channels", "resizer_reduction",
     "num_classes", "descriptor",     "levels",           "fusion_init",
     "osm_dim",     "osm_groups",     "osm_se_reduction", "pool",
-    "gem_p",       "descriptor_dim", "branches",
+    "gem_p",       "descriptor_dim", "branches",         "ref_rotations",
 };
 #define GL__N_FIELDS (sizeof gl__config_fields / sizeof *gl__config_fields)
 
@@ -190,6 +191,10 @@ static int gl__field(struct gl__nn_config *c, const char *name, const cJSON *j, 
   } else if (strcmp(name, "gem_p") == 0) {
     if (!gl__num(j, &c->gem_p) || !(c->gem_p > 0))
       return gl__bad(err, errlen, name, "must be a positive number", j);
+  } else if (strcmp(name, "ref_rotations") == 0) {
+    if (!gl__int(j, &iv) || (iv != 1 && iv != 2 && iv != 4))
+      return gl__bad(err, errlen, name, "must be 1, 2 or 4", j);
+    c->ref_rotations = (uint32_t)iv;
   } else if (strcmp(name, "branches") == 0) {
     if (!cJSON_IsString(j) || strcmp(j->valuestring, "shared") != 0)
       return gl__bad(err, errlen, name, "only 'shared' is implemented", j);
@@ -240,6 +245,11 @@ int gl__nn_config_parse(const char *json, struct gl__nn_config *cfg, char *err, 
   const cJSON *fi = cJSON_GetObjectItemCaseSensitive(root, "fusion_init");
   if (cfg->has_fusion_init && (uint32_t)cJSON_GetArraySize(fi) != cfg->n_levels) {
     rc = gl__bad(err, errlen, "fusion_init", "must be null or one number per level", fi);
+    goto out;
+  }
+  if (cfg->ref_rotations > 1 && cfg->input_h != cfg->input_w) {
+    rc = gl__bad(err, errlen, "ref_rotations", "needs a square input_size",
+                 cJSON_GetObjectItemCaseSensitive(root, "ref_rotations"));
     goto out;
   }
   if (cfg->osm_dim % cfg->osm_groups) {

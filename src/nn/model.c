@@ -197,6 +197,8 @@ uint32_t gl_nn_model_descriptor_dim(const struct gl_nn_model *m) {
   return m->cfg.descriptor ? m->cfg.descriptor_dim : 0;
 }
 
+uint32_t gl_nn_model_ref_rotations(const struct gl_nn_model *m) { return m->cfg.ref_rotations; }
+
 const char *gl_nn_model_sha256(const struct gl_nn_model *m) { return m->st.sha256; }
 
 const float *gl__nn_model_tensor(const struct gl_nn_model *m, const char *name) {

@@ -40,6 +40,7 @@ struct gl__nn_config {
   enum gl__nn_pool pool;
   double gem_p;
   uint32_t descriptor_dim;
+  uint32_t ref_rotations; /* headings the map encodes each tile at: 1, 2 or 4 */
 };
 
 /* The MobileNetV2 shape that a config implies (model.py's MobileNetV2). */

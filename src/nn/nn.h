@@ -29,6 +29,9 @@ const char *gl_nn_model_config_json(const struct gl_nn_model *m);
 uint64_t gl_nn_model_param_count(const struct gl_nn_model *m);
 /* Floats per descriptor (0 for a model without a descriptor head). */
 uint32_t gl_nn_model_descriptor_dim(const struct gl_nn_model *m);
+/* Headings the map builder encodes each reference tile at (config
+ * ref_rotations: 1, 2 or 4, quarter turns apart for 4). */
+uint32_t gl_nn_model_ref_rotations(const struct gl_nn_model *m);
 /* SHA-256 of the model file, as 64 lowercase hex digits. */
 const char *gl_nn_model_sha256(const struct gl_nn_model *m);
 

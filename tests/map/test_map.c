@@ -12,7 +12,7 @@
  *     EPSG:4326 with an alpha band (the warped path, nodata skipping);
  *   - opening (manifest, checksums, model), searching a tile's own
  *     descriptor (first), batches, priors (only tiles in the circle, all of
- *     them), several FAISS index types;
+ *     them), several FAISS index types, tiles encoded at four headings;
  *   - refusals: flipped bytes, missing files, another model, bad manifests,
  *     a target that is not a pack, bad sources and index strings;
  *   - a build killed with SIGKILL leaves no pack and no temporary
@@ -756,6 +756,120 @@ static void test_index_types(void) {
   }
 }
 
+/* --- rotations ------------------------------------------------------------------ */
+
+/* A model with ref_rotations 4: the builder encodes every tile at headings
+ * 0, 90, 180 and 270 (quarter turns of the pixels), and a search scores a
+ * tile by its best heading, in every search path (Flat, a FAISS index, a
+ * prior). */
+static void test_rotations(void) {
+  const char *orthos[] = {naip2020};
+  const char *types[] = {"Flat", "HNSW32", "IVF16,Flat"};
+  enum { S = TILE_PX, K = 8 };
+  for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
+    char name[64];
+    snprintf(name, sizeof name, "rot%zu.map", i);
+    char *out = mt_join(tmp, name);
+    struct fake f = {.notify_fd = -1};
+    char err[1024] = "";
+    struct gl_map_encoder e = fake_encoder(&f, 10, MODEL_A); /* batch: 2 tiles, not 2.5 */
+    e.rotations = 4;
+    struct gl_map_build_opts o = {.orthos = orthos, .n_orthos = 1, .tile_m = 320,
+                                  .stride_m = 160, .index_type = types[i], .out = out};
+    struct gl_map_build_stats st = {0};
+    int rc = gl_map_build(&o, &e, &st, err, sizeof err);
+    if (!CHECK_EQ_INT(rc, 0)) {
+      fprintf(stderr, "  %s: %s\n", types[i], err);
+      goto next;
+    }
+    CHECK_EQ_U64(f.n, 4 * st.tiles);
+    /* Heading k's top row is, from left to right: k = 1 the east column
+     * from the top, k = 2 the bottom row from the east, k = 3 the west
+     * column from the bottom (numpy's rot90 by k). */
+    int wrong = 0;
+    for (uint64_t t = 0; t < st.tiles; t += 37) {
+      const uint8_t *p0 = f.pixels + t * 4 * S * S * 3;
+      for (int k = 1; k < 4; k++) {
+        const uint8_t *pk = p0 + (size_t)k * S * S * 3;
+        for (int j = 0; j < S; j++) {
+          int si = k == 1 ? j : k == 2 ? S - 1 : S - 1 - j;
+          int sj = k == 1 ? S - 1 : k == 2 ? S - 1 - j : 0;
+          wrong += memcmp(pk + (size_t)j * 3, p0 + ((size_t)si * S + sj) * 3, 3) != 0;
+        }
+      }
+    }
+    CHECK_EQ_INT(wrong, 0);
+    struct gl_map *m = NULL;
+    if (!CHECK_EQ_INT(gl_map_open(out, MODEL_A, &m, err, sizeof err), 0)) {
+      fprintf(stderr, "  %s: %s\n", types[i], err);
+      goto next;
+    }
+    CHECK_EQ_U64(gl_map_tile_count(m), st.tiles);
+    int found = 0, dup = 0, tried = 0, prior_found = 0;
+    for (uint64_t t = 5; t < st.tiles; t += 23) {
+      for (int k = 0; k < 4; k++) {
+        const float *q = f.desc + (t * 4 + (uint64_t)k) * DIM;
+        struct gl_map_hit h[K];
+        uint32_t c = 0;
+        tried++;
+        if (gl_map_search(m, q, 1, K, NULL, h, &c, err, sizeof err) != 0 || c != K)
+          continue;
+        found += h[0].tile_id == (int64_t)t + 1 && fabsf(h[0].score - 1) < 1e-4f;
+        for (uint32_t a = 0; a < c; a++)
+          for (uint32_t b = a + 1; b < c; b++)
+            dup += h[a].tile_id == h[b].tile_id;
+        struct gl_map_tile tl;
+        CHECK_EQ_INT(gl_map_tile_get(m, (int64_t)t + 1, &tl), 0);
+        struct gl_map_prior pr = {tl.lat, tl.lon, 500};
+        if (gl_map_search(m, q, 1, K, &pr, h, &c, err, sizeof err) == 0 && c > 0)
+          prior_found += h[0].tile_id == (int64_t)t + 1 && fabsf(h[0].score - 1) < 1e-4f;
+      }
+    }
+    CHECK(tried > 40);
+    /* HNSW's graph search is approximate: it may miss a vector. */
+    if (strcmp(types[i], "HNSW32") == 0)
+      CHECK(found >= tried * 9 / 10);
+    else
+      CHECK_EQ_INT(found, tried);
+    CHECK_EQ_INT(dup, 0);
+    CHECK_EQ_INT(prior_found, tried);
+    if (found != tried || prior_found != tried || dup)
+      fprintf(stderr, "  %s: first %d, with a prior %d, of %d; %d duplicates\n", types[i], found,
+              prior_found, tried, dup);
+    gl_map_close(m);
+    char *outp = mt_join(tmp, "rot_inspect.txt");
+    FILE *fo = fopen(outp, "w+");
+    CHECK_EQ_INT(gl_map_inspect(out, fo, err, sizeof err), 0);
+    fclose(fo);
+    char *text = NULL;
+    size_t len = 0;
+    CHECK_EQ_INT(gl__map_read_file(outp, 1 << 20, &text, &len), 0);
+    CHECK_CONTAINS(text, "rotations   4 headings per tile, 90 degrees apart");
+    free(text);
+    free(outp);
+  next:
+    fake_fini(&f);
+    free(out);
+  }
+  /* Refusals: 3 headings, or 4 of tiles that are not square. */
+  struct fake f = {.notify_fd = -1};
+  char err[1024] = "";
+  struct gl_map_encoder e = fake_encoder(&f, 8, MODEL_A);
+  char *out = mt_join(tmp, "rotbad.map");
+  struct gl_map_build_opts o = {.orthos = orthos, .n_orthos = 1, .tile_m = 320, .stride_m = 160,
+                                .out = out};
+  e.rotations = 3;
+  CHECK_EQ_INT(gl_map_build(&o, &e, NULL, err, sizeof err), GL_EINVAL);
+  CHECK_CONTAINS(err, "rotations");
+  e.rotations = 4;
+  e.height = TILE_PX / 2;
+  CHECK_EQ_INT(gl_map_build(&o, &e, NULL, err, sizeof err), GL_EINVAL);
+  CHECK_CONTAINS(err, "square");
+  CHECK(!mt_exists(out));
+  fake_fini(&f);
+  free(out);
+}
+
 /* --- refusals -------------------------------------------------------------------- */
 
 static char *variant(const char *name) {
@@ -1110,6 +1224,7 @@ int main(int argc, char **argv) {
   }
   TRUN(test_ramp_placement);
   TRUN(test_index_types);
+  TRUN(test_rotations);
   TRUN(test_bad_builds);
   CPLPopErrorHandler();
   if (!gl_test_failures)

@@ -490,6 +490,10 @@ static void test_metadata_and_config(void) {
   expect_mut(&(struct mut){.config = "{\"osm_dim\": 10, \"osm_groups\": 4}"},
              "config field 'osm_groups': must divide osm_dim=10");
   expect_mut(&(struct mut){.config = "{\"levels\": [13, 6]}"}, "config field 'levels'");
+  expect_mut(&(struct mut){.config = "{\"ref_rotations\": 3}"},
+             "config field 'ref_rotations': must be 1, 2 or 4");
+  expect_mut(&(struct mut){.config = "{\"ref_rotations\": 4, \"input_size\": [64, 96]}"},
+             "config field 'ref_rotations': needs a square input_size");
   expect_mut(&(struct mut){.config = "[1, 2]"}, "config must be a JSON object");
   /* A config that differs from the tensors: the tensor-set check says so. */
   expect_mut(&(struct mut){.config = "{}"}, "tensors do not match the config");

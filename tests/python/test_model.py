@@ -309,7 +309,9 @@ class Config(unittest.TestCase):
                            ({"osm_groups": 3}, "osm_groups"), ({"pool": "max"}, "pool"),
                            ({"branches": "separate"}, "branches"), ({"width": 1}, "width"),
                            ({"fusion_init": [1.0, 2.0]}, "fusion_init"),
-                           ({"descriptor": False}, "descriptor")]:
+                           ({"descriptor": False}, "descriptor"),
+                           ({"ref_rotations": 3}, "ref_rotations"),
+                           ({"ref_rotations": 2, "input_size": [64, 96]}, "ref_rotations")]:
             with self.subTest(bad=bad), self.assertRaisesRegex(ConfigError, field):
                 ModelConfig.from_dict(bad)
 
