@@ -171,9 +171,13 @@ def train(naip_dir: str, out_dir: str, *, steps: int, batch: int, seed: int, los
           threads: int = 0, ckpt_every: int = 200, resume: bool = False,
           log=print) -> str:
     """Trains and writes out_dir/model.safetensors (plus checkpoints and
-    train.log.jsonl). Returns the model path."""
+    train.log.jsonl). Returns the model path. steps 0 writes the untrained
+    model (ImageNet backbone, random head): the baseline training is
+    measured against."""
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; one of {', '.join(LOSSES)}")
+    if steps < 0 or batch < 2:
+        raise ValueError(f"need steps >= 0 and a batch of at least 2 pairs (got {steps}, {batch})")
     os.makedirs(out_dir, exist_ok=True)
     if threads:
         torch.set_num_threads(threads)
@@ -184,8 +188,8 @@ def train(naip_dir: str, out_dir: str, *, steps: int, batch: int, seed: int, los
     body = [p for n, p in net.named_parameters() if n.startswith("backbone.")]
     opt = torch.optim.AdamW([{"params": body, "lr": lr}, {"params": head, "lr": lr * 10}],
                             weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[lr, lr * 10], total_steps=steps,
-                                                pct_start=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[lr, lr * 10],
+                                                total_steps=max(steps, 1), pct_start=0.05)
     sampler = PairSampler(naip_dir, cfg.input_size[0], seed, ref_rotations=cfg.ref_rotations)
     val_q, val_r = PairSampler(naip_dir, cfg.input_size[0], seed + 1,
                                ref_rotations=cfg.ref_rotations).batch(128)

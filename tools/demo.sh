@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The geoloc demo on the shipped data (what `./run demo` runs after building):
+#
+#   1. builds the naip-xtime reference map (2020 imagery, east half) with the
+#      shipped model;
+#   2. simulates a drone flight over it in the 2009 imagery, which the map was
+#      not built from (heading along the path, tilted camera);
+#   3. starts geolocd on 127.0.0.1 (a free port) serving that model and map;
+#   4. streams the flight through `geoloc query --labels`: a row per frame
+#      (estimate, truth, error, latency), a summary, and a report picture;
+#   5. stops the daemon with SIGTERM and checks that it exited cleanly.
+#
+# usage: tools/demo.sh BUILD_DIR OUT_DIR [FRAMES]
+# Exit status: 0 when every step worked and every frame got an estimate.
+set -euo pipefail
+
+BUILD=$(cd "${1:?usage: demo.sh BUILD_DIR OUT_DIR [FRAMES]}" && pwd)
+OUT=${2:?usage: demo.sh BUILD_DIR OUT_DIR [FRAMES]}
+FRAMES=${3:-60}
+SRC=$(cd "$(dirname "$0")/.." && pwd)
+GEOLOC=$BUILD/tools/geoloc
+GEOLOCD=$BUILD/daemon/geolocd
+MODEL=$SRC/data/models/geoloc-naip-mnv2-64.safetensors
+NAIP=$SRC/data/naip
+REF=$NAIP/m_4709963_se_14_1_20200831.tif
+PY=(env PYTHONPATH="$SRC/python" /usr/bin/python3 -m geoloc_train)
+
+step() { printf '\033[1m--> %s\033[0m\n' "$*"; }
+die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
+
+for f in "$GEOLOC" "$GEOLOCD" "$MODEL" "$REF"; do
+  [ -e "$f" ] || die "$f is missing"
+done
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+
+step "reference map: 2020 imagery, east half of the naip-xtime area"
+BBOX=$("${PY[@]}" xtime-bbox --naip "$NAIP")
+"$GEOLOC" map build --model "$MODEL" --ortho "$REF" --bbox "$BBOX" --out "$OUT/demo.map" \
+  2>&1 | tail -n 1
+
+step "demo flight: $FRAMES frames of 2009 imagery"
+rm -rf "$OUT/flight"
+"${PY[@]}" make-flight --naip "$NAIP" --out "$OUT/flight" --year 2009 --frames "$FRAMES"
+
+PORT=$(/usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+cat >"$OUT/geolocd.conf" <<EOF
+; written by tools/demo.sh: plaintext on loopback, the shipped model, the demo map
+[listen]
+tcp = 127.0.0.1:$PORT
+[model]
+path = $MODEL
+[map naip-east]
+path = $OUT/demo.map
+EOF
+
+step "starting geolocd on 127.0.0.1:$PORT (log: $OUT/geolocd.log)"
+"$GEOLOCD" --config "$OUT/geolocd.conf" 2>"$OUT/geolocd.log" &
+DAEMON=$!
+trap 'kill -KILL $DAEMON 2>/dev/null || true' EXIT
+for _ in $(seq 1 300); do
+  kill -0 "$DAEMON" 2>/dev/null || { cat "$OUT/geolocd.log" >&2; die "geolocd exited"; }
+  "$GEOLOC" ping --connect "127.0.0.1:$PORT" --count 1 >/dev/null 2>&1 && break
+  sleep 0.2
+done
+"$GEOLOC" ping --connect "127.0.0.1:$PORT" --count 1 >/dev/null 2>&1 ||
+  { cat "$OUT/geolocd.log" >&2; die "geolocd did not answer within 60 s"; }
+
+step "streaming the flight through geolocd"
+status=0
+"$GEOLOC" query --connect "127.0.0.1:$PORT" --labels "$OUT/flight/labels.csv" \
+  --pack "$OUT/demo.map" --report "$OUT/report.png" || status=$?
+
+step "stopping geolocd"
+kill -TERM "$DAEMON"
+drc=0
+wait "$DAEMON" || drc=$?
+trap - EXIT
+[ "$drc" -eq 0 ] || { cat "$OUT/geolocd.log" >&2; die "geolocd exited with status $drc"; }
+[ "$status" -eq 0 ] || die "geoloc query failed (status $status)"
+echo "report: $OUT/report.png (truths green, estimates red, over the 2020 imagery)"
