@@ -9,7 +9,8 @@
   make-eval-set --naip DIR --out DIR [--count N] [--seed S] [--size PX]
   make-flight --naip DIR --out DIR [--year Y] [--frames N] [--seed S] [--size PX]
   xtime-bbox --naip DIR                 the naip-xtime map's --bbox WEST,SOUTH,EAST,NORTH
-  train --naip DIR --out RUN [--steps N] [--batch B] [--seed S] [--loss L] [--resume]
+  train --naip DIR --out RUN [--steps N] [--batch B] [--seed S] [--loss L] [--near N]
+        [--ref-rotations R] [--lr LR] [--resume]    (--steps 0: the untrained model)
 """
 
 from __future__ import annotations

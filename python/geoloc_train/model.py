@@ -328,7 +328,7 @@ class GeoNet(nn.Module):
 def model_tensors(model: GeoNet) -> Dict[str, torch.Tensor]:
     """The tensors a model file holds: the state dict, minus BN's batch
     counter (training bookkeeping, not part of the function)."""
-    return {k: v.detach().to(torch.float32).contiguous()
+    return {k: v.detach().to("cpu", torch.float32).contiguous()
             for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
 
 

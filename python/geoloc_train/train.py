@@ -63,10 +63,23 @@ def init_from_imagenet(cfg: ModelConfig, tflite_path: str) -> M.GeoNet:
 
 
 class PairSampler:
-    """Positive pairs from the training region of the naip-xtime split."""
+    """Positive pairs from the training region of the naip-xtime split.
+
+    The tiles of a batch lie at least MIN_SEP_M apart, so that no negative
+    is nearly the positive's own ground.  With near > 1 they come in groups
+    of `near` tiles within NEAR_M of each other: negatives from the same
+    fields and roads, which is what localizing to the right tile among its
+    neighbours takes (random tiles of the whole area are easy negatives)."""
+
+    MIN_SEP_M = 2 * views.STRIDE_M
+    NEAR_M = 6 * views.STRIDE_M
+    # Reference tiles are cut on this grid, much finer than the map's: the
+    # training region holds under a thousand tiles of the map grid, which a
+    # network memorizes, and any crop of the ground is as good a reference.
+    STEP_M = 10.0
 
     def __init__(self, naip_dir: str, input_px: int, seed: int, query_px: Optional[int] = None,
-                 ref_rotations: int = 1):
+                 ref_rotations: int = 1, near: int = 1):
         paths = sorted(glob.glob(os.path.join(naip_dir, "*.tif")))
         if len(paths) < 2:
             raise ValueError(f"{naip_dir}: need GeoTIFFs of at least two years, found {len(paths)}")
@@ -76,18 +89,19 @@ class PairSampler:
         if ref_rotations not in (1, 2, 4):
             raise ValueError(f"ref_rotations must be 1, 2 or 4, not {ref_rotations}")
         self.ref_rotations = ref_rotations
+        if near < 1:
+            raise ValueError(f"near must be at least 1, not {near}")
+        self.near = near
         self.rng = np.random.default_rng(seed)
-        # Grid tiles wholly inside every year and wholly in the training
-        # region (the views around them are checked again when drawn).
+        # Tiles wholly inside every year and wholly in the training region
+        # (the views around them are checked again when drawn).
         ext = np.array([r.extent() for r in self.rasters])
         common = (ext[:, 0].max(), ext[:, 1].max(), ext[:, 2].min(), ext[:, 3].min())
-        corners = views.grid_corners(common)
+        corners = views.grid_corners(common, stride_m=self.STEP_M)
         t = views.TILE_M
-        keep = [c for c in corners
-                if xtime.train_ok(np.array([[c[0], c[1]], [c[0] + t, c[1] + t]]))]
-        if not keep:
-            raise ValueError("no grid tile lies in the training region")
-        self.corners = np.array(keep)
+        self.corners = corners[corners[:, 0] + t <= xtime.X_SPLIT - xtime.BUFFER_M]
+        if not len(self.corners):
+            raise ValueError("no tile lies in the training region")
 
     def _view(self, raster, cx, cy):
         for _ in range(50):
@@ -108,12 +122,34 @@ class PairSampler:
         r = round(heading_deg / step) % self.ref_rotations
         return np.ascontiguousarray(np.rot90(tile, r * 4 // self.ref_rotations))
 
+    def _tiles(self):
+        """Indices into corners, in the order a batch takes them: pairwise
+        at least MIN_SEP_M apart, in groups of `near` within NEAR_M."""
+        pts = self.corners
+        taken = np.empty((0, 2))
+
+        def free(j):
+            return len(taken) == 0 or np.hypot(*(taken - pts[j]).T).min() >= self.MIN_SEP_M
+        for i in self.rng.permutation(len(pts)):
+            if not free(i):
+                continue
+            group = [i]
+            if self.near > 1:
+                d = np.hypot(*(pts - pts[i]).T)
+                for j in self.rng.permutation(np.flatnonzero(d <= self.NEAR_M)):
+                    if len(group) == self.near:
+                        break
+                    if j != i and np.hypot(*(pts[group] - pts[j]).T).min() >= self.MIN_SEP_M \
+                            and free(j):
+                        group.append(j)
+            taken = np.vstack([taken, pts[group]])
+            yield from group
+
     def batch(self, n: int):
         """(queries, references) as float32 tensors [n, 3, H, W] in 0..255."""
         q, r = [], []
-        order = self.rng.permutation(len(self.corners))
         half = views.STRIDE_M / 2
-        for i in order:
+        for i in self._tiles():
             if len(q) == n:
                 break
             x0, y0 = self.corners[i]
@@ -140,12 +176,12 @@ def pair_loss(q: torch.Tensor, r: torch.Tensor, kind: str, temperature: float = 
     positives and every other pairing is a negative."""
     sim = q @ r.t()
     n = sim.shape[0]
-    labels = torch.arange(n)
+    labels = torch.arange(n, device=sim.device)
     if kind == "infonce":
         logits = sim / temperature
         return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
     pos = sim.diag()
-    off = ~torch.eye(n, dtype=torch.bool)
+    off = ~torch.eye(n, dtype=torch.bool, device=sim.device)
     if kind == "triplet":
         neg = sim.masked_fill(~off, -2.0)
         hard = torch.maximum(neg.max(dim=1).values, neg.max(dim=0).values)
@@ -161,15 +197,15 @@ def pair_loss(q: torch.Tensor, r: torch.Tensor, kind: str, temperature: float = 
 @torch.no_grad()
 def recall_at_1(net: M.GeoNet, q: torch.Tensor, r: torch.Tensor) -> float:
     net.eval()
-    sim = net(q) @ net(r).t()
+    sim = (net(q) @ net(r).t()).cpu()
     net.train()
     return float((sim.argmax(dim=1) == torch.arange(len(q))).float().mean())
 
 
 def train(naip_dir: str, out_dir: str, *, steps: int, batch: int, seed: int, loss: str,
           lr: float, tflite_path: str, config: Optional[ModelConfig] = None,
-          threads: int = 0, ckpt_every: int = 200, resume: bool = False,
-          log=print) -> str:
+          threads: int = 0, ckpt_every: int = 200, resume: bool = False, near: int = 1,
+          device: str = "cpu", log=print) -> str:
     """Trains and writes out_dir/model.safetensors (plus checkpoints and
     train.log.jsonl). Returns the model path. steps 0 writes the untrained
     model (ImageNet backbone, random head): the baseline training is
@@ -183,25 +219,27 @@ def train(naip_dir: str, out_dir: str, *, steps: int, batch: int, seed: int, los
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
     cfg = config or default_config(64)
-    net = init_from_imagenet(cfg, tflite_path).train()
+    dev = torch.device(device)
+    net = init_from_imagenet(cfg, tflite_path).to(dev).train()
     head = [p for n, p in net.named_parameters() if not n.startswith("backbone.")]
     body = [p for n, p in net.named_parameters() if n.startswith("backbone.")]
     opt = torch.optim.AdamW([{"params": body, "lr": lr}, {"params": head, "lr": lr * 10}],
                             weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[lr, lr * 10],
                                                 total_steps=max(steps, 1), pct_start=0.05)
-    sampler = PairSampler(naip_dir, cfg.input_size[0], seed, ref_rotations=cfg.ref_rotations)
-    val_q, val_r = PairSampler(naip_dir, cfg.input_size[0], seed + 1,
-                               ref_rotations=cfg.ref_rotations).batch(128)
+    sampler = PairSampler(naip_dir, cfg.input_size[0], seed, ref_rotations=cfg.ref_rotations,
+                          near=near)
+    val_q, val_r = (t.to(dev) for t in PairSampler(naip_dir, cfg.input_size[0], seed + 1,
+                                                   ref_rotations=cfg.ref_rotations).batch(128))
     ckpt = os.path.join(out_dir, "checkpoint.pt")
     start = 0
     if resume and os.path.exists(ckpt):
-        state = torch.load(ckpt)
+        state = torch.load(ckpt, map_location=dev)
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         sampler.rng.bit_generator.state = state["rng"]
-        torch.set_rng_state(state["torch_rng"])
+        torch.set_rng_state(state["torch_rng"].cpu())
         start = state["step"]
         log(f"resumed from {ckpt} at step {start}")
     with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
@@ -210,7 +248,7 @@ def train(naip_dir: str, out_dir: str, *, steps: int, batch: int, seed: int, los
     t0 = time.time()
     avg = None
     for step in range(start, steps):
-        q, r = sampler.batch(batch)
+        q, r = (t.to(dev) for t in sampler.batch(batch))
         lossv = pair_loss(net(q), net(r), loss)
         opt.zero_grad(set_to_none=True)
         lossv.backward()
@@ -241,18 +279,22 @@ def train(naip_dir: str, out_dir: str, *, steps: int, batch: int, seed: int, los
 def main_args(p) -> None:
     p.add_argument("--naip", required=True, help="folder of the NAIP GeoTIFFs (all years)")
     p.add_argument("--out", required=True, help="run folder: checkpoints, log, model.safetensors")
-    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--steps", type=int, default=5000)
     p.add_argument("--batch", type=int, default=48, help="positive pairs per step")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--loss", choices=LOSSES, default="infonce")
-    p.add_argument("--lr", type=float, default=2e-4, help="backbone learning rate (head: 10x)")
+    p.add_argument("--lr", type=float, default=5e-5, help="peak backbone learning rate (head: 10x)")
     p.add_argument("--input", type=int, default=64, help="model input side in pixels")
     p.add_argument("--config", help="model config JSON (default: the geo model of train.py)")
     p.add_argument("--tflite", help="ImageNet MobileNetV2 TFLite file (default: data/backbone)")
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="torch device: cpu, cuda, cuda:1, ... (default: cuda when present)")
     p.add_argument("--ckpt-every", type=int, default=200)
     p.add_argument("--ref-rotations", type=int, default=4, choices=(1, 2, 4),
                    help="headings the map encodes each tile at (config ref_rotations)")
+    p.add_argument("--near", type=int, default=4,
+                   help="tiles per group of nearby tiles in a batch (1: tiles drawn anywhere)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
 
 
@@ -260,7 +302,7 @@ def run(a, repo_root: str) -> int:
     cfg = ModelConfig.load(a.config) if a.config else default_config(a.input, a.ref_rotations)
     path = train(a.naip, a.out, steps=a.steps, batch=a.batch, seed=a.seed, loss=a.loss,
                  lr=a.lr, config=cfg, threads=a.threads, ckpt_every=a.ckpt_every,
-                 resume=a.resume,
+                 resume=a.resume, near=a.near, device=a.device,
                  tflite_path=a.tflite or os.path.join(repo_root, "data", "backbone",
                                                       "mobilenet_v2_1.0_224_quant.tflite"))
     print(f"wrote {path}")

@@ -97,6 +97,19 @@ class Sampler(unittest.TestCase):
         one = T.PairSampler(NAIP, 64, seed=5, ref_rotations=1)
         self.assertTrue((one.reference(tile, 90) == tile).all())
 
+    def test_batch_tiles_apart_and_grouped(self):
+        s = T.PairSampler(NAIP, 64, seed=6, near=4)
+        it = s._tiles()
+        idx = [next(it) for _ in range(48)]
+        p = s.corners[idx]
+        d = np.hypot(p[:, None, 0] - p[None, :, 0], p[:, None, 1] - p[None, :, 1])
+        np.fill_diagonal(d, np.inf)
+        self.assertGreaterEqual(d.min(), T.PairSampler.MIN_SEP_M)
+        # Groups of four within NEAR_M of their first tile (with this seed
+        # every group is full).
+        for g in range(0, 48, 4):
+            self.assertLessEqual(d[g, g + 1:g + 4].max(), T.PairSampler.NEAR_M)
+
     def test_batch(self):
         q, r = self.s.batch(6)
         self.assertEqual((tuple(q.shape), tuple(r.shape)), ((6, 3, 64, 64), (6, 3, 64, 64)))
