@@ -534,24 +534,24 @@ static int gl__flush(struct gl__build *b, struct gl_image *imgs, struct gl__tile
                      uint32_t n, char *err, size_t errlen) {
   if (n == 0)
     return 0;
-  uint32_t dim = b->enc->dim * b->rot; /* floats per tile */
+  uint32_t dim = b->enc->dim;
+  size_t per_tile = (size_t)dim * b->rot; /* floats */
   if (b->n_tiles + n > b->cap_tiles) {
     uint64_t cap = b->cap_tiles ? b->cap_tiles * 2 : 1024;
     while (cap < b->n_tiles + n)
       cap *= 2;
-    float *d = realloc(b->desc, (size_t)cap * dim * sizeof(float));
+    float *d = realloc(b->desc, (size_t)cap * per_tile * sizeof(float));
     if (!d)
       return gl_fail(err, errlen, GL_ENOMEM, "out of memory for %llu descriptors",
                           (unsigned long long)cap);
     b->desc = d;
     b->cap_tiles = cap;
   }
-  float *out = b->desc + (size_t)b->n_tiles * dim;
+  float *out = b->desc + (size_t)b->n_tiles * per_tile;
   int rc = b->enc->encode(b->enc->ctx, imgs, n * b->rot, out);
   if (rc)
     return gl_fail(err, errlen, rc, "encoding a batch of %u tiles failed: %s", n,
                         gl_strerror(rc));
-  dim = b->enc->dim;
   for (uint32_t i = 0; i < n * b->rot; i++) {
     /* The index scores by inner product, which is the cosine only for
      * unit vectors: a model that does not normalise must not build a pack
