@@ -58,13 +58,16 @@ step "starting geolocd on 127.0.0.1:$PORT (log: $OUT/geolocd.log)"
 "$GEOLOCD" --config "$OUT/geolocd.conf" 2>"$OUT/geolocd.log" &
 DAEMON=$!
 trap 'kill -KILL $DAEMON 2>/dev/null || true' EXIT
+ready=0
 for _ in $(seq 1 300); do
   kill -0 "$DAEMON" 2>/dev/null || { cat "$OUT/geolocd.log" >&2; die "geolocd exited"; }
-  "$GEOLOC" ping --connect "127.0.0.1:$PORT" --count 1 >/dev/null 2>&1 && break
+  if "$GEOLOC" ping --connect "127.0.0.1:$PORT" --count 1 >/dev/null 2>&1; then
+    ready=1
+    break
+  fi
   sleep 0.2
 done
-"$GEOLOC" ping --connect "127.0.0.1:$PORT" --count 1 >/dev/null 2>&1 ||
-  { cat "$OUT/geolocd.log" >&2; die "geolocd did not answer within 60 s"; }
+[ "$ready" -eq 1 ] || { cat "$OUT/geolocd.log" >&2; die "geolocd did not answer within 60 s"; }
 
 step "streaming the flight through geolocd"
 status=0

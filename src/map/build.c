@@ -897,6 +897,11 @@ static int gl__write_manifest(struct gl__build *b, char *err, size_t errlen) {
   return rc;
 }
 
+/* Descriptors per tile the encoder asks for (its rotations; 0 means 1). */
+static uint32_t gl__enc_rotations(const struct gl_map_encoder *enc) {
+  return enc->rotations ? enc->rotations : 1;
+}
+
 static int gl__check_opts(const struct gl_map_build_opts *o, const struct gl_map_encoder *enc,
                           char *err, size_t errlen) {
   if (!o || !enc || !o->out || !o->orthos || o->n_orthos == 0)
@@ -913,7 +918,7 @@ static int gl__check_opts(const struct gl_map_build_opts *o, const struct gl_map
       enc->dim > 65536 || enc->max_batch > 4096)
     return gl_fail(err, errlen, GL_EINVAL, "unusable encoder (size %ux%u, dim %u, batch %u)",
                         enc->width, enc->height, enc->dim, enc->max_batch);
-  uint32_t rot = enc->rotations ? enc->rotations : 1;
+  uint32_t rot = gl__enc_rotations(enc);
   if ((rot != 1 && rot != 2 && rot != 4) || (rot > 1 && enc->width != enc->height) ||
       enc->max_batch < rot)
     return gl_fail(err, errlen, GL_EINVAL,
@@ -970,9 +975,9 @@ int gl_map_build(const struct gl_map_build_opts *o, const struct gl_map_encoder 
                  struct gl_map_build_stats *stats, char *err, size_t errlen) {
   int rc;
   struct gl__build b = {.o = o, .enc = enc, .paths = {.lock_fd = -1}};
-  b.rot = enc->rotations ? enc->rotations : 1;
   if ((rc = gl__check_opts(o, enc, err, errlen)))
     return rc;
+  b.rot = gl__enc_rotations(enc);
   b.t0 = gl__now();
   gl__factory_string(o->index_type ? o->index_type : "Flat", b.index_type, sizeof b.index_type);
   gl__map_gdal_init();
