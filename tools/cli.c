@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 
 #include "core/err.h"
+#include "loc/fine.h"
 
 uint64_t gl_cli_clock_us(clockid_t id) {
   struct timespec ts;
@@ -123,6 +124,38 @@ void gl_cli_tls_option(int o, const char *arg, struct gl_client_opts *co) {
     co->server_name = arg;
     break;
   }
+}
+
+bool gl_cli_fine_option(const char *prog, int o, const char *arg, struct gl_loc_fine_params *p,
+                        bool *off) {
+  char *end = NULL, err[256];
+  double v = arg ? strtod(arg, &end) : 0;
+  if (arg && (end == arg || *end)) {
+    fprintf(stderr, "%s: '%s' is not a number\n", prog, arg);
+    return false;
+  }
+  switch (o) {
+  case 1000:
+    *off = true;
+    return true;
+  case 1001:
+    p->top_k = v >= 1 && v <= 1024 ? (uint32_t)v : 0;
+    break;
+  case 1002:
+    p->radius_cells = v >= 0 && v <= 16 ? (uint32_t)v : 99;
+    break;
+  case 1003:
+    p->step_deg = v;
+    break;
+  case 1004:
+    p->tolerance_deg = v;
+    break;
+  }
+  if (gl_loc_fine_params_check(p, err, sizeof err) != 0) {
+    fprintf(stderr, "%s: %s\n", prog, err);
+    return false;
+  }
+  return true;
 }
 
 int gl_cli_parse_prior(const char *arg, double *lat, double *lon, double *radius_m) {

@@ -29,7 +29,16 @@ static void usage(FILE *f) {
              "  --model FILE       model file (safetensors, see python/geoloc_train)\n"
              "  --threads N        CPU threads (default: all cores)\n"
              "  --batch N          images per engine call (default 8)\n"
-             "  --max-pixels N     refuse images with more pixels (default 67108864)\n");
+             "  --max-pixels N     refuse images with more pixels (default 67108864)\n"
+             "\n"
+             "       geoloc encode --model M.safetensors --dense L --out F.f32 [--heading H,...] IMAGE\n"
+             "\n"
+             "Writes the L2-normalised feature cells of backbone block L as raw float32 to\n"
+             "F.f32 and their shape to stdout: with --heading, the image warped north-up at each\n"
+             "heading (the fine stage's query, [headings][rows][cols][channels]); without, the\n"
+             "whole image as a map canvas in 512-pixel blocks with 64 pixels of context\n"
+             "([rows][cols][channels]; sides multiples of the layer's stride), as the map\n"
+             "builder computes a pack's dense layer.\n");
 }
 
 /* Parses a whole decimal number in [min, max]; 0 on success. */
@@ -69,13 +78,95 @@ static void report(const char *path, const char *err) {
     fprintf(stderr, "geoloc encode: %s: %s\n", path, err);
 }
 
+/* --dense: the fine stage's features of one image (see usage). */
+static int encode_dense(const struct gl_nn_model *model, uint32_t layer, const char *headings,
+                        uint32_t threads, const char *path, const char *out_path) {
+  char err[512];
+  struct gl_image img = {0};
+  struct gl_nn_engine *e = NULL;
+  float hd[360], *out = NULL;
+  uint8_t *pix = NULL;
+  void *scratch = NULL;
+  struct gl_image warped[360];
+  uint32_t nh = 0, S = gl_nn_model_input_size(model), rows, cols, ch, stride;
+  int status = 1;
+  for (const char *p = headings; p && *p && nh < 360;) {
+    char *end;
+    hd[nh++] = strtof(p, &end);
+    if (end == p || (*end && *end != ',')) {
+      fprintf(stderr, "geoloc encode: --heading wants degrees, comma-separated\n");
+      return 2;
+    }
+    p = *end ? end + 1 : end;
+  }
+  if (gl_img_load(path, DEFAULT_MAX_PIXELS, &img, err, sizeof err) != GL_OK) {
+    report(path, err);
+    return 1;
+  }
+  struct gl_nn_engine_opts eo = {.backend = GL_NN_BACKEND_CPU,
+                                 .max_batch = nh ? nh : 1,
+                                 .threads = threads,
+                                 .feature_layer = layer,
+                                 .input_w = nh ? S : 640,
+                                 .input_h = nh ? S : 640};
+  if (gl_nn_engine_create(model, &eo, &e, err, sizeof err) != GL_OK) {
+    fprintf(stderr, "geoloc encode: %s\n", err);
+    goto done;
+  }
+  gl_nn_engine_feature_shape(e, &rows, &cols, &ch, &stride);
+  size_t n_out = nh ? (size_t)nh * rows * cols * ch
+                    : (size_t)(img.height / stride) * (img.width / stride) * ch;
+  int rc;
+  if (!(out = malloc(n_out * sizeof *out)) || !(pix = malloc((size_t)(nh ? nh : 1) * S * S * 3)) ||
+      !(scratch = malloc(gl_nn_tiled_scratch_bytes(e)))) {
+    fprintf(stderr, "geoloc encode: out of memory\n");
+    goto done;
+  }
+  if (nh) {
+    for (uint32_t h = 0; h < nh; h++) {
+      warped[h] = (struct gl_image){pix + (size_t)h * S * S * 3, S, S};
+      gl_img_warp(&img, hd[h], S, S, warped[h].rgb);
+    }
+    rc = gl_nn_engine_features(e, warped, nh, out);
+  } else {
+    rc = gl_nn_engine_features_tiled(e, 64, &img, scratch, out);
+  }
+  if (rc != GL_OK) {
+    report(path, rc == GL_EINVAL ? "the image's sides must be multiples of the layer's stride"
+                                 : gl_strerror(rc));
+    goto done;
+  }
+  if (nh)
+    printf("%u %u %u %u\n", nh, rows, cols, ch);
+  else
+    printf("%u %u %u\n", img.height / stride, img.width / stride, ch);
+  FILE *f = fopen(out_path, "wb");
+  if (!f || fwrite(out, sizeof *out, n_out, f) != n_out) {
+    fprintf(stderr, "geoloc encode: %s: cannot write it\n", out_path);
+    if (f)
+      fclose(f);
+    goto done;
+  }
+  status = fclose(f) == 0 ? 0 : 1;
+done:
+  free(scratch);
+  free(pix);
+  free(out);
+  gl_nn_engine_destroy(e);
+  gl_img_free(&img);
+  return status;
+}
+
 int gl_cmd_encode(int argc, char **argv) {
   static const struct option opts[] = {
       {"model", required_argument, NULL, 'm'}, {"threads", required_argument, NULL, 't'},
       {"batch", required_argument, NULL, 'b'}, {"max-pixels", required_argument, NULL, 'p'},
-      {"help", no_argument, NULL, 'h'},        {NULL, 0, NULL, 0},
+      {"dense", required_argument, NULL, 'd'}, {"heading", required_argument, NULL, 'H'},
+      {"out", required_argument, NULL, 'o'},   {"help", no_argument, NULL, 'h'},
+      {NULL, 0, NULL, 0},
   };
-  const char *model_path = NULL;
+  const char *model_path = NULL, *headings = NULL, *out_path = NULL;
+  uint64_t dense = 0;
   uint64_t threads = 0, batch = DEFAULT_BATCH, max_pixels = DEFAULT_MAX_PIXELS;
   int o;
   while ((o = getopt_long(argc, argv, "m:", opts, NULL)) != -1) {
@@ -101,6 +192,18 @@ int gl_cmd_encode(int argc, char **argv) {
                 (unsigned long long)ENGINE_MAX_PIXELS);
         return 2;
       }
+      break;
+    case 'd':
+      if (parse_u64(optarg, 1, 17, &dense)) {
+        fprintf(stderr, "geoloc encode: --dense wants a backbone block from 1 to 17\n");
+        return 2;
+      }
+      break;
+    case 'H':
+      headings = optarg;
+      break;
+    case 'o':
+      out_path = optarg;
       break;
     case 'h':
       usage(stdout);
@@ -131,6 +234,16 @@ int gl_cmd_encode(int argc, char **argv) {
   if (rc != GL_OK) {
     report(model_path, err[0] ? err : gl_strerror(rc));
     return 1;
+  }
+  if (dense || headings || out_path) {
+    if (!dense || !out_path || optind + 1 != argc) {
+      gl_nn_model_destroy(model);
+      usage(stderr);
+      return 2;
+    }
+    status = encode_dense(model, (uint32_t)dense, headings, (uint32_t)threads, paths[0], out_path);
+    gl_nn_model_destroy(model);
+    return status;
   }
   uint32_t dim = gl_nn_model_descriptor_dim(model);
   if (dim == 0) {

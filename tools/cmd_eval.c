@@ -16,10 +16,10 @@
 #include "loc/locate.h"
 #include "map/map.h"
 #include "nn/nn.h"
+#include "inproc.h"
 #include "stream.h"
 
 #define EVAL_PROG "geoloc eval"
-#define EVAL_MAX_PIXELS (4096u * 4096u) /* as geolocd's default max_decoded_pixels */
 #define EVAL_MAX_TOP_K 100
 #define EVAL_MAX_BATCH 64
 
@@ -57,6 +57,11 @@ static void usage(FILE *f) {
              "  --per-frame         a row per frame: file, status, estimate lat/lon, truth\n"
              "                      lat/lon, error m, true tile, rank of the true tile, latency\n"
              "  --format F          table (default) or csv\n"
+             "  --use-heading       send each frame's compass heading: the labels' heading\n"
+             "                      column, plus --heading-noise\n"
+             "  --heading-noise D   add a deterministic error uniform in +-D degrees to each\n"
+             "                      heading (default 0)\n"
+             GL_CLI_FINE_USAGE
              "  --report FILE.png   draw the truths (green), the estimates (red) and a line\n"
              "                      between each pair over the map's source raster\n"
              "\n"
@@ -87,48 +92,61 @@ struct eval_opts {
   long threads, batch, tiles, top_k, window;
   double prior_m;
   bool per_frame, csv;
+  bool use_heading, no_fine;
+  double heading_noise;
+  struct gl_loc_fine_params fine;
 };
+
+/* Frame i's compass heading for --use-heading: the label's, plus a
+ * deterministic error uniform in +-heading_noise degrees (splitmix64 of the
+ * frame's index), as a real compass would add. NaN for an empty heading. */
+static double eval_heading(const struct eval_opts *o, const struct gl_cli_eval *ev, size_t i) {
+  double h = ev->labels.v[i].heading_deg;
+  uint64_t z = (uint64_t)i + 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  z ^= z >> 31;
+  double u = (double)(z >> 11) / 9007199254740992.0; /* [0, 1) */
+  return h + (2 * u - 1) * o->heading_noise;
+}
 
 static double now_s(void) { return (double)gl_cli_clock_us(CLOCK_MONOTONIC) / 1e6; }
 
 /* --- in-process ---------------------------------------------------------------- */
 
+struct local_ctx {
+  struct gl_cli_eval *ev;
+  const size_t *which;
+  double t0;
+};
+
+static void local_done(void *ctx, uint32_t j, int rc, const char *err,
+                       const struct gl_report_candidate *cand, size_t n) {
+  struct local_ctx *c = ctx;
+  size_t i = c->which[j];
+  if (rc != GL_OK) {
+    fprintf(stderr, EVAL_PROG ": %s: %s\n", c->ev->paths[i], err);
+    gl_cli_eval_record(c->ev, i, "ERROR", false, NULL, 0, (now_s() - c->t0) * 1000);
+    return;
+  }
+  gl_cli_eval_record(c->ev, i, n ? "OK" : "NO_MATCH", n > 0, cand, n, (now_s() - c->t0) * 1000);
+}
+
 static int run_local(const struct eval_opts *o, struct gl_cli_eval *ev, double *seconds) {
   char err[512];
   int rc;
-  struct gl_nn_model *model = NULL;
-  struct gl_nn_engine *engine = NULL;
-  struct gl_map *map = NULL;
-  struct gl_loc_locator *loc = NULL;
-  float *desc = NULL;
-  struct gl_image *imgs = NULL;
-  size_t *which = NULL;
-  struct gl_loc_estimate est[EVAL_MAX_TOP_K];
-  struct gl_report_candidate cand[EVAL_MAX_TOP_K];
-
-  if ((rc = gl_nn_model_load(o->model, &model, err, sizeof err)) != GL_OK) {
-    fprintf(stderr, EVAL_PROG ": %s: %s\n", o->model, err);
+  struct gl_cli_inproc ip;
+  struct gl_image *imgs = calloc((size_t)o->batch, sizeof *imgs);
+  size_t *which = calloc((size_t)o->batch, sizeof *which);
+  double *headings = calloc((size_t)o->batch, sizeof *headings);
+  struct gl_map_prior *priors = calloc((size_t)o->batch, sizeof *priors);
+  if ((rc = gl_cli_inproc_open(&ip, EVAL_PROG, o->model, o->map, (uint32_t)o->threads,
+                               (uint32_t)o->batch, (uint32_t)o->tiles,
+                               o->no_fine ? NULL : &o->fine)) != GL_OK)
     goto done;
-  }
-  if ((rc = gl_map_open(o->map, gl_nn_model_sha256(model), &map, err, sizeof err)) != GL_OK) {
-    fprintf(stderr, EVAL_PROG ": %s: %s\n", o->map, err);
+  if ((rc = gl_cli_eval_init(ev, EVAL_PROG, o->labels, ip.map, o->map)) != GL_OK)
     goto done;
-  }
-  if ((rc = gl_cli_eval_init(ev, EVAL_PROG, o->labels, map, o->map)) != GL_OK)
-    goto done;
-  struct gl_nn_engine_opts eo = {.backend = GL_NN_BACKEND_CPU,
-                                 .max_batch = (uint32_t)o->batch,
-                                 .threads = (uint32_t)o->threads,
-                                 .max_input_pixels = EVAL_MAX_PIXELS};
-  if ((rc = gl_nn_engine_create(model, &eo, &engine, err, sizeof err)) != GL_OK) {
-    fprintf(stderr, EVAL_PROG ": engine: %s\n", err);
-    goto done;
-  }
-  uint32_t dim = gl_nn_model_descriptor_dim(model);
-  desc = malloc((size_t)o->batch * dim * sizeof *desc);
-  imgs = calloc((size_t)o->batch, sizeof *imgs);
-  which = calloc((size_t)o->batch, sizeof *which);
-  if (!desc || !imgs || !which || (rc = gl_loc_locator_create((uint32_t)o->tiles, &loc))) {
+  if (!imgs || !which || !headings || !priors) {
     fprintf(stderr, EVAL_PROG ": out of memory\n");
     rc = GL_ENOMEM;
     goto done;
@@ -139,60 +157,36 @@ static int run_local(const struct eval_opts *o, struct gl_cli_eval *ev, double *
   size_t n = ev->labels.n;
   for (size_t next = 0; next < n;) {
     /* Decode a batch; a frame that does not decode is answered at once. */
-    double t0 = now_s();
+    struct local_ctx c = {.ev = ev, .which = which, .t0 = now_s()};
     uint32_t m = 0;
     while (next < n && m < (uint32_t)o->batch) {
       size_t i = next++;
-      rc = gl_img_load(ev->paths[i], EVAL_MAX_PIXELS, &imgs[m], err, sizeof err);
+      rc = gl_img_load(ev->paths[i], GL_CLI_INPROC_MAX_PIXELS, &imgs[m], err, sizeof err);
       if (rc != GL_OK) {
         fprintf(stderr, EVAL_PROG ": %s: %s\n", ev->paths[i], err);
-        gl_cli_eval_record(ev, i, "BAD_IMAGE", false, NULL, 0, (now_s() - t0) * 1000);
+        gl_cli_eval_record(ev, i, "BAD_IMAGE", false, NULL, 0, (now_s() - c.t0) * 1000);
         continue;
       }
+      headings[m] = o->use_heading ? eval_heading(o, ev, i) : NAN;
+      priors[m] = (struct gl_map_prior){ev->frames[i].truth_lat, ev->frames[i].truth_lon,
+                                        o->prior_m};
       which[m++] = i;
     }
     if (m == 0)
       continue;
-    rc = gl_nn_engine_encode(engine, imgs, m, desc);
+    gl_cli_inproc_run(&ip, imgs, headings, m, o->prior_m > 0 ? priors : NULL, (size_t)o->top_k,
+                      local_done, &c);
     for (uint32_t j = 0; j < m; j++)
       gl_img_free(&imgs[j]);
-    for (uint32_t j = 0; j < m; j++) {
-      size_t i = which[j], n_est = 0;
-      if (rc != GL_OK) {
-        fprintf(stderr, EVAL_PROG ": %s: inference: %s\n", ev->paths[i], gl_strerror(rc));
-        gl_cli_eval_record(ev, i, "ERROR", false, NULL, 0, (now_s() - t0) * 1000);
-        continue;
-      }
-      struct gl_map_prior prior = {ev->frames[i].truth_lat, ev->frames[i].truth_lon, o->prior_m};
-      int lrc = gl_loc_locate(loc, map, desc + (size_t)j * dim, (uint32_t)o->tiles,
-                              o->prior_m > 0 ? &prior : NULL, 0, est, (size_t)o->top_k, &n_est, err,
-                              sizeof err);
-      if (lrc != GL_OK) {
-        fprintf(stderr, EVAL_PROG ": %s: %s\n", ev->paths[i], err);
-        gl_cli_eval_record(ev, i, "ERROR", false, NULL, 0, (now_s() - t0) * 1000);
-        continue;
-      }
-      for (size_t k = 0; k < n_est; k++)
-        cand[k] = (struct gl_report_candidate){est[k].lat,
-                                               est[k].lon,
-                                               (float)est[k].best_score,
-                                               (float)est[k].confidence,
-                                               (float)est[k].radius_m,
-                                               (uint64_t)est[k].tile_id};
-      gl_cli_eval_record(ev, i, n_est ? "OK" : "NO_MATCH", n_est > 0, cand, n_est,
-                         (now_s() - t0) * 1000);
-    }
   }
   *seconds = now_s() - t_start;
   rc = GL_OK;
 done:
+  free(priors);
+  free(headings);
   free(which);
   free(imgs);
-  gl_loc_locator_destroy(loc);
-  free(desc);
-  gl_nn_engine_destroy(engine);
-  gl_map_close(map);
-  gl_nn_model_destroy(model);
+  gl_cli_inproc_close(&ip);
   return rc;
 }
 
@@ -215,6 +209,7 @@ static int run_remote(const struct eval_opts *o, struct gl_cli_stream_opts *so,
   char err[512];
   struct gl_map *pack = NULL;
   struct gl_map_prior *priors = NULL;
+  double *headings = NULL;
   int rc;
   if (o->pack && (rc = gl_map_open(o->pack, NULL, &pack, err, sizeof err)) != GL_OK) {
     fprintf(stderr, EVAL_PROG ": --pack %s: %s\n", o->pack, err);
@@ -236,6 +231,16 @@ static int run_remote(const struct eval_opts *o, struct gl_cli_stream_opts *so,
     so->priors = priors;
     so->priors_per_frame = true;
   }
+  if (o->use_heading) {
+    if (!(headings = calloc(n, sizeof *headings))) {
+      free(priors);
+      fprintf(stderr, EVAL_PROG ": out of memory\n");
+      return GL_ENOMEM;
+    }
+    for (size_t i = 0; i < n; i++)
+      headings[i] = eval_heading(o, ev, i);
+    so->headings = headings;
+  }
   struct remote r = {.ev = ev};
   so->ready_cb = remote_ready;
   so->answer_cb = remote_answer;
@@ -244,6 +249,7 @@ static int run_remote(const struct eval_opts *o, struct gl_cli_stream_opts *so,
     gl_cli_eval_rows_begin(ev, stdout, o->csv);
   rc = gl_cli_stream(so, ev->paths, n);
   *seconds = now_s() - r.t_start;
+  free(headings);
   free(priors);
   return rc;
 }
@@ -273,11 +279,15 @@ int gl_cmd_eval(int argc, char **argv) {
       {"per-frame", no_argument, NULL, 'F'},
       {"format", required_argument, NULL, 'f'},
       {"report", required_argument, NULL, 'R'},
+      {"use-heading", no_argument, NULL, 'u'},
+      {"heading-noise", required_argument, NULL, 'N'},
       GL_CLI_TLS_OPTIONS,
+      GL_CLI_FINE_OPTIONS,
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0},
   };
   struct eval_opts o = {.batch = 8, .tiles = 64, .top_k = 10, .window = 16};
+  gl_loc_fine_params_init(&o.fine);
   struct gl_cli_stream_opts so = {.prog = EVAL_PROG, .client_name = "geoloc eval"};
   int opt, li = -1;
   while ((opt = getopt_long(argc, argv, "", opts, &li)) != -1) {
@@ -327,6 +337,23 @@ int gl_cmd_eval(int argc, char **argv) {
       break;
     case 'R':
       o.report = optarg;
+      break;
+    case 'u':
+      o.use_heading = true;
+      break;
+    case 'N':
+      o.heading_noise = strtod(optarg, &end);
+      good = end != optarg && !*end && o.heading_noise >= 0 && o.heading_noise <= 180;
+      break;
+    case 1000:
+    case 1001:
+    case 1002:
+    case 1003:
+    case 1004:
+      if (!gl_cli_fine_option(EVAL_PROG, opt, optarg, &o.fine, &o.no_fine)) {
+        usage(stderr);
+        return 2;
+      }
       break;
     case 'a':
     case 'e':

@@ -1,6 +1,7 @@
-/* geoloc inspect: what a model file holds (config, size, hash). Map packs
- * will be inspected here too; for now every path is read as a model and the
- * loader's message says what is wrong with anything else. */
+/* geoloc inspect: what a model file holds (config, size, hash), or what a
+ * map pack holds (a directory with a manifest.json: gl_map_inspect). Any
+ * other path is read as a model and the loader's message says what is
+ * wrong with it. */
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
@@ -14,7 +15,9 @@ static void usage(FILE *f) {
   fprintf(f, "usage: geoloc inspect MODEL.safetensors|NAME.map\n"
              "\n"
              "For a model: its SHA-256, parameter count, descriptor size and its\n"
-             "architecture config (JSON). For a map pack: its manifest summary.\n");
+             "architecture config (JSON). For a map pack: its manifest summary (model,\n"
+             "index, tiling, headings and years per tile, the source rasters with their\n"
+             "capture dates and the places each covers) and whether its checksums verify.\n");
 }
 
 /* Skips a JSON string starting at its opening quote; returns the character

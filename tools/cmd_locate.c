@@ -1,5 +1,7 @@
 /* geoloc locate: the whole pipeline in-process, without a daemon. */
 #include <getopt.h>
+#include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,29 +15,54 @@
 #include "loc/locate.h"
 #include "map/map.h"
 #include "nn/nn.h"
+#include "inproc.h"
 
-#define LOCATE_MAX_PIXELS (4096u * 4096u)
 #define LOCATE_MAX_TOP_K 100
 
 static void usage(FILE *f) {
   fprintf(f, "usage: geoloc locate --model M.safetensors --map NAME.map [options] IMAGE...\n"
              "\n"
              "Localizes each JPEG/PNG image against a map pack in this process (no\n"
-             "geolocd) and prints its ranked estimates.\n"
+             "geolocd) and prints its ranked estimates: the global descriptor's nearest\n"
+             "tiles, then (when the pack has a dense layer) the fine stage's alignment of\n"
+             "the frame's features with the map's over headings and shifts.\n"
              "\n"
              "  --prior LAT,LON,R   search only within R metres of (LAT, LON)\n"
              "  --top-k K           estimates per image (default 5, at most 100)\n"
              "  --tiles N           nearest tiles clustered into estimates (default 64)\n"
              "  --threads N         CPU threads (default: all cores)\n"
              "  --format F          table (default), csv or geojson\n"
+             "  --heading DEG       the camera's compass heading (degrees clockwise from\n"
+             "                      north of the image's top): the frame is turned north-up\n"
+             "                      and the fine stage scans only headings near it\n"
+             GL_CLI_FINE_USAGE
              "\n"
              "Exit status: 0 when every image got an estimate, 1 otherwise.\n");
 }
 
-static uint64_t now_us(clockid_t id) {
-  struct timespec ts;
-  clock_gettime(id, &ts);
-  return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+static uint64_t now_us(clockid_t id) { return gl_cli_clock_us(id); }
+
+struct locate_ctx {
+  struct gl_report report;
+  enum gl_report_format fmt;
+  const char *path;
+  uint64_t t0;
+  size_t ok, failed;
+};
+
+static void locate_done(void *ctx, uint32_t i, int rc, const char *err,
+                        const struct gl_report_candidate *cand, size_t n) {
+  struct locate_ctx *c = ctx;
+  (void)i;
+  if (rc != GL_OK) {
+    fprintf(stderr, "geoloc locate: %s: %s\n", c->path, err);
+    gl_report_frame(&c->report, c->path, "ERROR", NULL, 0, now_us(CLOCK_REALTIME), 0);
+    c->failed++;
+    return;
+  }
+  n ? c->ok++ : c->failed++;
+  gl_report_frame(&c->report, c->path, n ? "OK" : "NO_MATCH", cand, n, now_us(CLOCK_REALTIME),
+                  (double)(now_us(CLOCK_MONOTONIC) - c->t0) / 1000.0);
 }
 
 int gl_cmd_locate(int argc, char **argv) {
@@ -44,6 +71,7 @@ int gl_cmd_locate(int argc, char **argv) {
       {"prior", required_argument, NULL, 'r'},  {"top-k", required_argument, NULL, 'k'},
       {"tiles", required_argument, NULL, 't'},  {"threads", required_argument, NULL, 'j'},
       {"format", required_argument, NULL, 'f'}, {"help", no_argument, NULL, 'h'},
+      {"heading", required_argument, NULL, 'H'}, GL_CLI_FINE_OPTIONS,
       {NULL, 0, NULL, 0},
   };
   const char *model_path = NULL, *map_path = NULL;
@@ -51,8 +79,29 @@ int gl_cmd_locate(int argc, char **argv) {
   int have_prior = 0, o;
   long top_k = 5, tiles = 64, threads = 0;
   enum gl_report_format fmt = GL_REPORT_TABLE;
+  struct gl_loc_fine_params fine;
+  gl_loc_fine_params_init(&fine);
+  bool no_fine = false;
+  double heading = NAN;
   while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
     switch (o) {
+    case 'H': {
+      char *end;
+      heading = strtod(optarg, &end);
+      if (end == optarg || *end || !(heading >= -360 && heading <= 720)) {
+        fprintf(stderr, "geoloc locate: --heading wants degrees clockwise from north\n");
+        return 2;
+      }
+      break;
+    }
+    case 1000:
+    case 1001:
+    case 1002:
+    case 1003:
+    case 1004:
+      if (!gl_cli_fine_option("geoloc locate", o, optarg, &fine, &no_fine))
+        return 2;
+      break;
     case 'm':
       model_path = optarg;
       break;
@@ -95,84 +144,33 @@ int gl_cmd_locate(int argc, char **argv) {
     return 2;
   }
 
-  char err[512];
-  int status = 1, rc;
-  struct gl_nn_model *model = NULL;
-  struct gl_nn_engine *engine = NULL;
-  struct gl_map *map = NULL;
-  struct gl_loc_locator *loc = NULL;
-  float *desc = NULL;
-  struct gl_loc_estimate est[LOCATE_MAX_TOP_K];
-  struct gl_report_candidate cand[LOCATE_MAX_TOP_K];
-
-  if ((rc = gl_nn_model_load(model_path, &model, err, sizeof err)) != GL_OK) {
-    fprintf(stderr, "geoloc locate: %s: %s\n", model_path, err);
+  struct gl_cli_inproc ip;
+  struct locate_ctx c = {.fmt = fmt};
+  int status = 1;
+  if (gl_cli_inproc_open(&ip, "geoloc locate", model_path, map_path, (uint32_t)threads, 1,
+                         (uint32_t)tiles, no_fine ? NULL : &fine) != GL_OK)
     goto done;
-  }
-  if ((rc = gl_map_open(map_path, gl_nn_model_sha256(model), &map, err, sizeof err)) != GL_OK) {
-    fprintf(stderr, "geoloc locate: %s: %s\n", map_path, err);
-    goto done;
-  }
-  struct gl_nn_engine_opts eo = {.backend = GL_NN_BACKEND_CPU,
-                                 .max_batch = 1,
-                                 .threads = (uint32_t)threads,
-                                 .max_input_pixels = LOCATE_MAX_PIXELS};
-  if ((rc = gl_nn_engine_create(model, &eo, &engine, err, sizeof err)) != GL_OK) {
-    fprintf(stderr, "geoloc locate: engine: %s\n", err);
-    goto done;
-  }
-  desc = malloc(gl_nn_model_descriptor_dim(model) * sizeof *desc);
-  if (!desc || gl_loc_locator_create((uint32_t)tiles, &loc) != GL_OK) {
-    fprintf(stderr, "geoloc locate: out of memory\n");
-    goto done;
-  }
-
-  struct gl_report report;
-  size_t ok = 0, failed = 0;
-  gl_report_begin(&report, stdout, fmt);
+  gl_report_begin(&c.report, stdout, fmt);
   for (int i = optind; i < argc; i++) {
-    const char *path = argv[i];
+    char err[512];
     struct gl_image img = {0};
-    size_t n = 0;
-    uint64_t t0 = now_us(CLOCK_MONOTONIC);
-    const char *what = "BAD_IMAGE";
-    rc = gl_img_load(path, LOCATE_MAX_PIXELS, &img, err, sizeof err);
-    if (rc == GL_OK) {
-      what = "ERROR";
-      rc = gl_nn_engine_encode(engine, &img, 1, desc);
-      if (rc != GL_OK)
-        snprintf(err, sizeof err, "inference: %s", gl_strerror(rc));
-    }
-    gl_img_free(&img);
-    if (rc == GL_OK)
-      rc = gl_loc_locate(loc, map, desc, (uint32_t)tiles, have_prior ? &prior : NULL, 0, est,
-                         (size_t)top_k, &n, err, sizeof err);
-    if (rc != GL_OK) {
-      fprintf(stderr, "geoloc locate: %s: %s\n", path, err);
-      gl_report_frame(&report, path, what, NULL, 0, now_us(CLOCK_REALTIME), 0);
-      failed++;
+    c.path = argv[i];
+    c.t0 = now_us(CLOCK_MONOTONIC);
+    if (gl_img_load(c.path, GL_CLI_INPROC_MAX_PIXELS, &img, err, sizeof err) != GL_OK) {
+      fprintf(stderr, "geoloc locate: %s: %s\n", c.path, err);
+      gl_report_frame(&c.report, c.path, "BAD_IMAGE", NULL, 0, now_us(CLOCK_REALTIME), 0);
+      c.failed++;
       continue;
     }
-    for (size_t j = 0; j < n; j++)
-      cand[j] = (struct gl_report_candidate){est[j].lat,
-                                             est[j].lon,
-                                             (float)est[j].best_score,
-                                             (float)est[j].confidence,
-                                             (float)est[j].radius_m,
-                                             (uint64_t)est[j].tile_id};
-    n ? ok++ : failed++;
-    gl_report_frame(&report, path, n ? "OK" : "NO_MATCH", cand, n, now_us(CLOCK_REALTIME),
-                    (double)(now_us(CLOCK_MONOTONIC) - t0) / 1000.0);
+    gl_cli_inproc_run(&ip, &img, &heading, 1, have_prior ? &prior : NULL, (size_t)top_k,
+                      locate_done, &c);
+    gl_img_free(&img);
   }
-  gl_report_end(&report);
-  status = failed ? 1 : 0;
-  fprintf(stderr, "geoloc locate: %zu image(s): %zu estimated, %zu failed\n", ok + failed, ok,
-          failed);
+  gl_report_end(&c.report);
+  status = c.failed ? 1 : 0;
+  fprintf(stderr, "geoloc locate: %zu image(s): %zu estimated, %zu failed\n", c.ok + c.failed,
+          c.ok, c.failed);
 done:
-  gl_loc_locator_destroy(loc);
-  free(desc);
-  gl_nn_engine_destroy(engine);
-  gl_map_close(map);
-  gl_nn_model_destroy(model);
+  gl_cli_inproc_close(&ip);
   return status;
 }

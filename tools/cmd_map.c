@@ -15,24 +15,32 @@ static void usage(FILE *f) {
           "usage: geoloc map build --model M.safetensors --ortho A.tif [--ortho B.tif ...]\n"
           "                        --out NAME.map [--tile-m 320] [--stride-m 80]\n"
           "                        [--index Flat|HNSW32|IVF1024,PQ64|...] [--batch N] [--threads N]\n"
-          "                        [--bbox WEST,SOUTH,EAST,NORTH]\n"
+          "                        [--bbox WEST,SOUTH,EAST,NORTH] [--dense-layer L]\n"
           "       geoloc map inspect NAME.map\n"
           "\n"
           "build: cuts the rasters (GeoTIFF or any GDAL raster, any CRS, first three bands\n"
           "8-bit RGB) into tiles on a metric grid, encodes them with the model on the CPU and\n"
           "writes the pack NAME.map/ (manifest.json, tiles.sqlite, index.faiss). An existing\n"
           "pack is replaced atomically.\n"
+          "Repeating --ortho over the same area makes a multi-year map: the grid is shared,\n"
+          "so there is one tile per place, holding the descriptors of every raster (a raster\n"
+          "that does not cover the place, or has nodata there, repeats the first one that\n"
+          "does), and a search scores each tile by its best year and heading.\n"
           "  --model FILE     model (safetensors); the pack is bound to its sha256\n"
-          "  --ortho FILE     source raster, repeatable (e.g. one per year)\n"
+          "  --ortho FILE     source raster, repeatable: one per year of the same area\n"
           "  --out DIR        the pack to write\n"
           "  --tile-m M       tile side in metres (default 320)\n"
           "  --stride-m M     grid step in metres (default 80)\n"
           "  --index TYPE     FAISS index_factory string, inner product (default Flat)\n"
           "  --batch N        tiles per encoder call (default 16)\n"
           "  --threads N      encoder threads (default: all cores)\n"
+          "  --dense-layer L  backbone block whose features form the pack's dense layer for\n"
+          "                   the fine stage (default 6: 32 channels, one cell per 8 model\n"
+          "                   pixels); 0 builds a pack without one\n"
           "  --bbox W,S,E,N   keep only the tiles whose centre (WGS84 degrees, as written to\n"
           "                   tiles.sqlite) lies inside the box, edges included\n"
-          "inspect: prints the manifest summary and verifies the checksums.\n");
+          "inspect: prints the manifest summary (tiling, years, sources with their capture\n"
+          "dates) and verifies the checksums.\n");
 }
 
 struct progress {
@@ -118,13 +126,14 @@ static int cmd_build(int argc, char **argv) {
       {"out", required_argument, NULL, 'O'},     {"tile-m", required_argument, NULL, 't'},
       {"stride-m", required_argument, NULL, 's'}, {"index", required_argument, NULL, 'i'},
       {"batch", required_argument, NULL, 'b'},   {"threads", required_argument, NULL, 'j'},
+      {"dense-layer", required_argument, NULL, 'd'},
       {"bbox", required_argument, NULL, 'x'},    {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0},
   };
   const char *model = NULL;
   struct gl_map_build_opts bo = {.tile_m = 320, .stride_m = 80};
   const char **orthos = calloc((size_t)argc, sizeof *orthos);
-  long batch = 16, threads = 0;
+  long batch = 16, threads = 0, dense_layer = 6;
   int o, status = 2;
   if (!orthos)
     return 1;
@@ -153,6 +162,15 @@ static int cmd_build(int argc, char **argv) {
     case 'b':
       batch = strtol(optarg, NULL, 10);
       break;
+    case 'd': {
+      char *end;
+      dense_layer = strtol(optarg, &end, 10);
+      if (end == optarg || *end || dense_layer < 0 || dense_layer > 17) {
+        fprintf(stderr, "geoloc: --dense-layer wants a backbone block 1..17, or 0 for none\n");
+        goto bad;
+      }
+      break;
+    }
     case 'j':
       threads = strtol(optarg, NULL, 10);
       break;
@@ -181,7 +199,10 @@ static int cmd_build(int argc, char **argv) {
   struct gl_map_encoder enc;
   int rc = gl_map_encoder_init_model(&enc, model, (uint32_t)threads, (uint32_t)batch, err,
                                      sizeof err);
+  if (!rc && dense_layer)
+    rc = gl_map_encoder_enable_dense(&enc, (uint32_t)dense_layer, err, sizeof err);
   if (rc) {
+    gl_map_encoder_fini(&enc);
     fprintf(stderr, "geoloc: %s\n", err);
     status = 1;
     goto done;
@@ -199,8 +220,11 @@ static int cmd_build(int argc, char **argv) {
     status = 1;
     goto done;
   }
-  printf("wrote %s: %llu tiles (%llu skipped) in %.1f s\n", bo.out,
-         (unsigned long long)st.tiles, (unsigned long long)st.skipped, st.seconds);
+  printf("wrote %s: %llu tiles", bo.out, (unsigned long long)st.tiles);
+  if (bo.n_orthos > 1)
+    printf(" of %u years each", bo.n_orthos);
+  printf(" (%llu places skipped for nodata) in %.1f s\n", (unsigned long long)st.skipped,
+         st.seconds);
   status = 0;
   goto done;
 bad:

@@ -26,6 +26,8 @@ int gl_cli_eval_init(struct gl_cli_eval *ev, const char *prog, const char *label
     ev->paths[i] = ev->labels.v[i].path;
     ev->frames[i] = (struct gl_eval_frame){.truth_lat = ev->labels.v[i].lat,
                                            .truth_lon = ev->labels.v[i].lon,
+                                           .truth_heading = ev->labels.v[i].heading_deg,
+                                           .heading_err_deg = NAN,
                                            .true_tile = -1,
                                            .error_m = INFINITY};
   }
@@ -127,7 +129,8 @@ void gl_cli_eval_record(struct gl_cli_eval *ev, size_t i, const char *status, bo
   if (n > sizeof cand / sizeof cand[0])
     n = sizeof cand / sizeof cand[0];
   for (size_t k = 0; k < n; k++)
-    cand[k] = (struct gl_eval_candidate){c[k].lat, c[k].lon, (int64_t)c[k].tile_id};
+    cand[k] = (struct gl_eval_candidate){c[k].lat, c[k].lon, (int64_t)c[k].tile_id,
+                                         c[k].heading_deg};
   x->answered = true;
   x->ok = ok;
   x->latency_ms = latency_ms;
@@ -176,6 +179,9 @@ void gl_cli_eval_print_line(const struct gl_eval_summary *s, FILE *f) {
           s->frames, pct(s->recall[0], a[0], 32), pct(s->recall[1], a[1], 32),
           pct(s->recall[2], a[2], 32), metres(s->median_m, m[0], 32), metres(s->p90_m, m[1], 32),
           pct(s->success[2], sc, 32), isfinite(s->fps) ? s->fps : 0.0);
+  if (s->headed)
+    fprintf(f, "eval: heading error median %.1f, p90 %.1f degrees over %zu frames\n",
+            s->heading_median_deg, s->heading_p90_deg, s->headed);
   fflush(f);
 }
 
@@ -238,6 +244,9 @@ void gl_cli_eval_print_summary(const struct gl_cli_eval *ev, const struct gl_eva
   }
   fprintf(f, "%-22s %s m\n", "median error", metres(s->median_m, b, sizeof b));
   fprintf(f, "%-22s %s m\n", "p90 error", metres(s->p90_m, b, sizeof b));
+  if (s->headed)
+    fprintf(f, "%-22s median %.1f  p90 %.1f degrees (%zu frames)\n", "heading error",
+            s->heading_median_deg, s->heading_p90_deg, s->headed);
   for (int k = 0; k < GL_EVAL_N_COARSE; k++) {
     char name[32];
     snprintf(name, sizeof name, "within %g km", gl_eval_coarse_km[k]);

@@ -2,6 +2,7 @@
 #include "stream.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,7 +57,8 @@ static int receive_one(struct stream *s, char *const *paths) {
     for (size_t i = 0; i < e->n_candidates && n < STREAM_MAX_CANDIDATES; i++, n++) {
       const Geoloc__V1__Candidate *c = e->candidates[i];
       cand[n] = (struct gl_report_candidate){c->lat,        c->lon,      c->score,
-                                             c->confidence, c->radius_m, c->tile_id};
+                                             c->confidence, c->radius_m, c->tile_id,
+                                             c->has_heading_deg ? c->heading_deg : NAN};
     }
   } else if (m->msg_case == GEOLOC__V1__SERVER_MESSAGE__MSG_ERROR && m->error->has_frame_id) {
     id = m->error->frame_id;
@@ -138,6 +140,10 @@ static int send_one(struct stream *s, char *const *paths, size_t i, size_t max_b
     pr.lon = p->lon;
     pr.radius_m = p->radius_m;
     fr.prior = &pr;
+  }
+  if (o->headings && !isnan(o->headings[i])) {
+    fr.has_heading_deg = 1;
+    fr.heading_deg = o->headings[i];
   }
   cm.msg_case = GEOLOC__V1__CLIENT_MESSAGE__MSG_FRAME;
   cm.frame = &fr;

@@ -35,6 +35,8 @@ struct gl_cli_stream_opts {
    * else priors[0] for every frame. A radius <= 0 sends no prior. */
   const struct gl_map_prior *priors;
   bool priors_per_frame;
+  /* Compass headings: NULL for none, else one per path (NaN: none). */
+  const double *headings;
   /* Called once the server has welcomed us, before the first frame; may
    * be NULL. */
   void (*ready_cb)(void *ctx);

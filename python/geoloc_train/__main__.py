@@ -6,9 +6,14 @@
   classify --model M.safetensors [--labels L] IMAGE
   testvectors --out DIR [--seed S] [--configs a,b] [--sizes 224x224,1280x720]
   to-fp16 --model IN.safetensors --out OUT.safetensors   half-precision copy
-  make-eval-set --naip DIR --out DIR [--count N] [--seed S] [--size PX]
+  make-eval-set --naip DIR --out DIR [--count N] [--seed S] [--size PX] [--region east|west]
   make-flight --naip DIR --out DIR [--year Y] [--frames N] [--seed S] [--size PX]
-  xtime-bbox --naip DIR                 the naip-xtime map's --bbox WEST,SOUTH,EAST,NORTH
+  xtime-bbox --naip DIR [--region east|west]   a naip-xtime map's --bbox WEST,SOUTH,EAST,NORTH
+  warp --image IN --heading H --size S --out OUT.png      fine stage step 1 (fine.py)
+  dense --model M --image CANVAS --out OUT.f32 [--layer L] [--block B] [--margin P]
+                                        dense features, raw float32 rows x cols x C
+  query-features --model M --image IN --headings 0,10,20 --out OUT.f32 [--layer L]
+                                        raw float32 [headings, n, n, C]
   train --naip DIR --out RUN [--steps N] [--batch B] [--seed S] [--loss L] [--near N]
         [--ref-rotations R] [--lr LR] [--resume]    (--steps 0: the untrained model)
 """
@@ -111,7 +116,7 @@ def cmd_to_fp16(a) -> int:
 # The naip-xtime commands need GDAL, which the model commands do not.
 def cmd_make_eval_set(a) -> int:
     from . import xtime
-    xtime.make_eval_set(a.naip, a.out, a.count, a.seed, a.size)
+    xtime.make_eval_set(a.naip, a.out, a.count, a.seed, a.size, a.region)
     return 0
 
 
@@ -123,7 +128,55 @@ def cmd_make_flight(a) -> int:
 
 def cmd_xtime_bbox(a) -> int:
     from . import xtime
-    print(xtime.bbox_string(a.naip))
+    print(xtime.bbox_string(a.naip, a.region))
+    return 0
+
+
+# The fine stage's reference (fine.py): outputs for the C parity tests.
+def _rgb(path):
+    return image.load_image(path).numpy()
+
+
+def _write_f32(path, arr) -> None:
+    import numpy as np
+    np.ascontiguousarray(arr, dtype="<f4").tofile(path)
+
+
+def cmd_warp(a) -> int:
+    from . import fine
+    try:
+        from PIL import Image
+    except ImportError:
+        raise image.ImageError("writing PNG needs Pillow (Debian: python3-pil)") from None
+    out = fine.warp(_rgb(a.image), a.heading, a.size)
+    Image.fromarray(out).save(a.out, format="PNG")
+    print(f"wrote {a.out}: {a.size}x{a.size}")
+    return 0
+
+
+def cmd_dense(a) -> int:
+    from . import fine
+    model = M.load_model(a.model)
+    f = fine.dense_features(model, _rgb(a.image), a.layer, a.block, a.margin)
+    _write_f32(a.out, f)
+    print(" ".join(str(v) for v in f.shape))
+    return 0
+
+
+def _parse_headings(text: str):
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"headings {text!r} are not comma-separated "
+                                         "degrees") from None
+
+
+def cmd_query_features(a) -> int:
+    from . import fine
+    model = M.load_model(a.model)
+    f = fine.query_features(model, _rgb(a.image), a.headings, a.layer)
+    _write_f32(a.out, f)
+    print(" ".join(str(v) for v in f.shape))
     return 0
 
 
@@ -171,8 +224,11 @@ def main(argv=None) -> int:
     s.add_argument("--naip", required=True, help="folder of the NAIP GeoTIFFs")
     s.add_argument("--out", required=True)
     s.add_argument("--count", type=int, default=1000)
-    s.add_argument("--seed", type=int, default=2020)
+    s.add_argument("--seed", type=int, default=None,
+                   help="default 2020 for the east region, 7 for the west")
     s.add_argument("--size", type=int, default=128, help="frame side in pixels")
+    s.add_argument("--region", choices=["east", "west"], default="east",
+                   help="east: the evaluation half; west: the validation tiles on training ground")
     s.set_defaults(func=cmd_make_eval_set)
 
     s = sub.add_parser("make-flight", help="write a simulated demo flight over the east half")
@@ -186,7 +242,37 @@ def main(argv=None) -> int:
 
     s = sub.add_parser("xtime-bbox", help="print the --bbox of the naip-xtime reference map")
     s.add_argument("--naip", required=True, help="folder of the NAIP GeoTIFFs")
+    s.add_argument("--region", choices=["east", "west"], default="east",
+                   help="east: the evaluation map; west: the validation map on training ground")
     s.set_defaults(func=cmd_xtime_bbox)
+
+    s = sub.add_parser("warp", help="fine stage: turn a frame north-up for a heading")
+    s.add_argument("--image", required=True)
+    s.add_argument("--heading", type=float, required=True,
+                   help="degrees clockwise from north of the direction the frame's top looks at")
+    s.add_argument("--size", type=int, required=True, help="output side in pixels")
+    s.add_argument("--out", required=True, help="PNG file")
+    s.set_defaults(func=cmd_warp)
+
+    s = sub.add_parser("dense", help="fine stage: dense L2-normalised features of a canvas "
+                       "(raw little-endian float32 rows x cols x C)")
+    s.add_argument("--model", required=True)
+    s.add_argument("--image", required=True, help="canvas; sides multiples of the layer's stride")
+    s.add_argument("--layer", type=int, default=6, help="backbone feature index (default 6)")
+    s.add_argument("--block", type=int, default=512)
+    s.add_argument("--margin", type=int, default=64)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_dense)
+
+    s = sub.add_parser("query-features", help="fine stage: L2-normalised features of a frame "
+                       "warped to each heading (raw little-endian float32 [H, n, n, C])")
+    s.add_argument("--model", required=True)
+    s.add_argument("--image", required=True)
+    s.add_argument("--headings", type=_parse_headings, required=True,
+                   help="comma-separated degrees, e.g. 0,10,20")
+    s.add_argument("--layer", type=int, default=6, help="backbone feature index (default 6)")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_query_features)
 
     s = sub.add_parser("train", help="train the geo model on the naip-xtime training region")
     train.main_args(s)

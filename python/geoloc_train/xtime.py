@@ -6,6 +6,11 @@ into a west half for training and an east half for evaluation.
 - Queries: simulated drone views from the nine other years, centred inside
   the reference tiles' centre range (make_eval_set).
 - Training may only use ground at or west of X_SPLIT - BUFFER_M (train_ok).
+- Validation (region "west"): the same protocol on the training ground, for
+  choosing parameters without looking at the east half. Reference tiles:
+  the 2020 grid tiles wholly on training ground (train_corners),
+  `geoloc map build --bbox $(xtime-bbox --region west)`; queries centred
+  inside their centre range, seed 7 by default (east: 2020).
 
 X_SPLIT is the middle easting of the 2020 raster, moved down onto the
 nearest multiple of the stride plus half a stride: tile centres lie on
@@ -32,6 +37,13 @@ REFERENCE_YEAR = 2020
 X_SPLIT = 488200.0          # = split_easting(the 2020 raster), EPSG:26914 metres
 BUFFER_M = 300.0            # training ground ends this far west of X_SPLIT
 BBOX_MARGIN_DEG = 0.001     # around the raster on the sides other than the split
+# The validation map's east edge (EPSG:26914 metres): a tile lies wholly on
+# training ground when its centre is at or west of it. Tile centres lie on
+# multiples of the stride and 487740 is not one: every centre is at least
+# 20 m from it, far more than the meridian convergence across the raster.
+WEST_EDGE = X_SPLIT - BUFFER_M - TILE_M / 2
+REGIONS = ("east", "west")  # evaluation, validation
+DEFAULT_SEEDS = {"east": 2020, "west": 7}
 # labels.csv: the required columns, then extra ones (capture date of the
 # query's imagery, scale, tilt in degrees).
 LABEL_FIELDS = ["file", "lat", "lon", "heading"]
@@ -80,21 +92,60 @@ def train_corners(raster: Raster) -> np.ndarray:
     return c[c[:, 0] + TILE_M <= X_SPLIT - BUFFER_M]
 
 
+def _outer_bbox(ref: Raster) -> tuple:
+    """(west, south, east, north) WGS84 degrees just outside the raster:
+    its corners' range widened by BBOX_MARGIN_DEG."""
+    xmin, ymin, xmax, ymax = ref.extent()
+    lon, lat = ref.to_lonlat(np.array([xmin, xmax, xmax, xmin]),
+                             np.array([ymin, ymin, ymax, ymax]))
+    m = BBOX_MARGIN_DEG
+    return (float(lon.min()) - m, float(lat.min()) - m, float(lon.max()) + m,
+            float(lat.max()) + m)
+
+
 def east_bbox(ref: Raster) -> tuple:
     """(west, south, east, north) WGS84 degrees holding the centres of the
     reference tiles and no other 2020 tile centre: west is the split line's
     longitude at the raster's middle northing; the other sides lie just
     outside the raster."""
-    xmin, ymin, xmax, ymax = ref.extent()
+    _, ymin, _, ymax = ref.extent()
     west, _ = ref.to_lonlat(X_SPLIT, (ymin + ymax) / 2)
-    lon, lat = ref.to_lonlat(np.array([xmin, xmax, xmax, xmin]), np.array([ymin, ymin, ymax, ymax]))
-    m = BBOX_MARGIN_DEG
-    return west, float(lat.min()) - m, float(lon.max()) + m, float(lat.max()) + m
+    _, south, east, north = _outer_bbox(ref)
+    return west, south, east, north
 
 
-def bbox_string(naip_dir) -> str:
+def west_bbox(ref: Raster) -> tuple:
+    """(west, south, east, north) WGS84 degrees holding the centres of the
+    validation tiles (train_corners) and no other 2020 tile centre: east is
+    the longitude of WEST_EDGE at the raster's middle northing; the other
+    sides lie just outside the raster (as east_bbox)."""
+    _, ymin, _, ymax = ref.extent()
+    east, _ = ref.to_lonlat(WEST_EDGE, (ymin + ymax) / 2)
+    west, south, _, north = _outer_bbox(ref)
+    return west, south, east, north
+
+
+def _check_region(region: str) -> None:
+    if region not in REGIONS:
+        raise ValueError(f"region {region!r} is not one of {', '.join(REGIONS)}")
+
+
+def region_bbox(ref: Raster, region: str = "east") -> tuple:
+    """east_bbox or west_bbox."""
+    _check_region(region)
+    return east_bbox(ref) if region == "east" else west_bbox(ref)
+
+
+def region_corners(ref: Raster, region: str = "east") -> np.ndarray:
+    """(N, 2) lower-left corners of a region's map tiles: reference_corners
+    (east) or train_corners (west)."""
+    _check_region(region)
+    return reference_corners(ref) if region == "east" else train_corners(ref)
+
+
+def bbox_string(naip_dir, region: str = "east") -> str:
     """"WEST,SOUTH,EAST,NORTH" for `geoloc map build --bbox`."""
-    return ",".join(f"{v:.7f}" for v in east_bbox(reference_raster(naip_dir)))
+    return ",".join(f"{v:.7f}" for v in region_bbox(reference_raster(naip_dir), region))
 
 
 def _write_set(out_dir, rows, extra_fields):
@@ -115,24 +166,30 @@ def _label(raster: Raster, p: ViewParams) -> list:
             f"{p.scale:.4f}", f"{p.tilt_deg:.2f}"]
 
 
-def centre_range(ref: Raster) -> tuple:
-    """(xmin, ymin, xmax, ymax): the range of the reference tile centres."""
-    c = reference_corners(ref) + TILE_M / 2
+def centre_range(ref: Raster, region: str = "east") -> tuple:
+    """(xmin, ymin, xmax, ymax): the range of a region's tile centres
+    (default: the reference tiles)."""
+    c = region_corners(ref, region) + TILE_M / 2
     return (*c.min(axis=0), *c.max(axis=0))
 
 
-def make_eval_set(naip_dir, out_dir, count=1000, seed=2020, size=128) -> int:
+def make_eval_set(naip_dir, out_dir, count=1000, seed=None, size=128, region="east") -> int:
     """The labelled naip-xtime query set: `count` simulated drone views of
-    the east half from the years other than 2020, a year drawn uniformly per
-    query, the centre uniformly over the reference tile centres' range,
+    the region (east: the evaluation half; west: the validation tiles on
+    training ground) from the years other than 2020, a year drawn uniformly
+    per query, the centre uniformly over the region's tile centres' range,
     random_view parameters; views reaching outside the raster are redrawn.
-    Deterministic for a seed. Returns the number of frames written."""
+    seed None: DEFAULT_SEEDS[region]. Deterministic for a seed. Returns the
+    number of frames written."""
+    _check_region(region)
+    if seed is None:
+        seed = DEFAULT_SEEDS[region]
     paths = rasters(naip_dir)
     years = sorted(y for y in paths if y != REFERENCE_YEAR)
     if not years:
         raise ValueError(f"{naip_dir}: no query years besides {REFERENCE_YEAR}")
     ref, opened = Raster.open(paths[REFERENCE_YEAR]), {}
-    x0, y0, x1, y1 = centre_range(ref)
+    x0, y0, x1, y1 = centre_range(ref, region)
     rng = np.random.default_rng(seed)
     rows, tries = [], 0
     while len(rows) < count:
@@ -146,7 +203,8 @@ def make_eval_set(naip_dir, out_dir, count=1000, seed=2020, size=128) -> int:
         if valid:
             rows.append((img, _label(r, p)))
     _write_set(out_dir, rows, EXTRA_FIELDS)
-    print(f"wrote {count} frames ({size}x{size}, from {len(years)} years other than "
+    where = "" if region == "east" else f"{region} region, "
+    print(f"wrote {count} frames ({where}{size}x{size}, from {len(years)} years other than "
           f"{REFERENCE_YEAR}; {tries - count} views off the raster redrawn) and labels.csv "
           f"to {out_dir}")
     return count

@@ -13,6 +13,7 @@ struct gl_report_candidate {
   double lat, lon;
   float score, confidence, radius_m;
   uint64_t tile_id;
+  float heading_deg; /* estimated heading of the frame's top; NaN when unknown */
 };
 
 struct gl_report {

@@ -34,4 +34,14 @@ int gl_img_load(const char *path, uint64_t max_pixels, struct gl_image *out, cha
 
 void gl_img_free(struct gl_image *img);
 
+/* Resamples src into the out_w x out_h RGB8 image out, turned north-up for a
+ * frame whose top looks towards heading_deg (degrees clockwise from north):
+ * the whole frame is stretched onto the output as the network's resize
+ * does, then rotated about the centre; coordinates that fall outside the
+ * frame are reflected back into it (no constant fill); a frame larger than
+ * the output is antialiased with up to 4 x 4 samples a pixel. The exact
+ * formulas are step 1 of src/loc/fine.h. Allocates nothing. */
+void gl_img_warp(const struct gl_image *src, double heading_deg, uint32_t out_w, uint32_t out_h,
+                 uint8_t *out);
+
 #endif

@@ -340,9 +340,14 @@ long gl_eval_nearest(const double *lat, const double *lon, size_t n, double qlat
 void gl_eval_frame_score(struct gl_eval_frame *f, const struct gl_eval_candidate *c, size_t n) {
   f->has_estimate = n > 0;
   f->rank = 0;
+  f->heading_err_deg = NAN;
   if (n == 0) {
     f->error_m = INFINITY;
     return;
+  }
+  if (!isnan(c[0].heading_deg) && !isnan(f->truth_heading)) {
+    double d = fmod(fabs(c[0].heading_deg - f->truth_heading), 360.0);
+    f->heading_err_deg = d > 180 ? 360 - d : d;
   }
   f->est_lat = c[0].lat;
   f->est_lon = c[0].lon;
@@ -376,9 +381,11 @@ int gl_eval_summarize(const struct gl_eval_frame *f, size_t n, double seconds,
   out->seconds = seconds;
   out->fps = seconds > 0 ? (double)n / seconds : NAN;
   double *err = malloc((n ? n : 1) * sizeof *err), *lat = malloc((n ? n : 1) * sizeof *lat);
-  if (!err || !lat) {
+  double *hd = malloc((n ? n : 1) * sizeof *hd);
+  if (!err || !lat || !hd) {
     free(err);
     free(lat);
+    free(hd);
     return GL_ENOMEM;
   }
   size_t n_lat = 0, hits[GL_EVAL_N_RECALL] = {0}, within[GL_EVAL_N_SUCCESS] = {0},
@@ -391,6 +398,8 @@ int gl_eval_summarize(const struct gl_eval_frame *f, size_t n, double seconds,
     out->not_ok += !x->ok;
     if (x->answered)
       lat[n_lat++] = x->latency_ms;
+    if (x->has_estimate && !isnan(x->heading_err_deg))
+      hd[out->headed++] = x->heading_err_deg;
     if (x->true_tile >= 0) {
       out->ranked++;
       for (int k = 0; k < GL_EVAL_N_RECALL; k++)
@@ -413,6 +422,10 @@ int gl_eval_summarize(const struct gl_eval_frame *f, size_t n, double seconds,
   out->p90_m = gl_eval_percentile(err, n, 90);
   out->latency_p50_ms = gl_eval_percentile(lat, n_lat, 50);
   out->latency_p90_ms = gl_eval_percentile(lat, n_lat, 90);
+  qsort(hd, out->headed, sizeof *hd, gl__cmp_double);
+  out->heading_median_deg = gl_eval_percentile(hd, out->headed, 50);
+  out->heading_p90_deg = gl_eval_percentile(hd, out->headed, 90);
+  free(hd);
   free(err);
   free(lat);
   return 0;

@@ -61,17 +61,22 @@ void gl_eval_labels_free(struct gl_eval_labels *l);
 struct gl_eval_candidate {
   double lat, lon;
   int64_t tile_id;
+  double heading_deg; /* estimated heading; NaN when the candidate has none */
 };
 
 /* The outcome of one frame. */
 struct gl_eval_frame {
   double truth_lat, truth_lon;
+  double truth_heading;    /* the label's heading; NaN when empty */
   int64_t true_tile;       /* -1 when unknown (no map) */
   bool answered;           /* an answer (of any status) was recorded */
   bool ok;                 /* the answer's status was OK */
   bool has_estimate;       /* at least one candidate */
   double est_lat, est_lon; /* the first candidate, when has_estimate */
   double error_m;          /* metres; INFINITY without an estimate */
+  /* Angle between the first candidate's heading and the true heading,
+   * 0..180 degrees; NaN when either is unknown. */
+  double heading_err_deg;
   int rank;                /* see the file comment; 0 also when true_tile is unknown */
   double latency_ms;
 };
@@ -105,6 +110,8 @@ struct gl_eval_summary {
   double success[GL_EVAL_N_SUCCESS];     /* fractions of all frames */
   double coarse[GL_EVAL_N_COARSE];       /* fractions of all frames */
   double median_m, p90_m;                /* nearest-rank; NAN when frames is 0 */
+  size_t headed;                         /* frames with a heading error */
+  double heading_median_deg, heading_p90_deg; /* over those; NAN when none */
   double latency_p50_ms, latency_p90_ms; /* over the frames with an answer */
   double seconds;                        /* wall time of the run */
   double fps;                            /* frames / seconds */

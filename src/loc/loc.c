@@ -384,6 +384,7 @@ static void gl__loc_finish(struct gl_loc_workspace *ws, const struct gl_loc_para
   e->radius_m = sqrt(ss / sw);
   if (!(e->radius_m >= p->min_radius_m))
     e->radius_m = p->min_radius_m;
+  e->heading_deg = NAN;
   e->tile_id = b->tile_id;
   e->n_support = c->count;
   e->support = ws->support + c->first;

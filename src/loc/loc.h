@@ -112,6 +112,9 @@ struct gl_loc_estimate {
   double best_score; /* the highest member score */
   double confidence; /* softmax of score / T over the returned estimates */
   double radius_m;   /* weighted RMS spread, at least params.min_radius_m */
+  /* Heading of the frame's top, degrees clockwise from north, when the fine
+   * stage estimated it (fine.h); NaN otherwise. */
+  double heading_deg;
   int64_t tile_id;   /* the best member (== support[0]) */
   size_t n_support;  /* number of member matches, >= 1 */
   /* Tile ids of the members, best score first. Points into the workspace:

@@ -110,6 +110,15 @@ int gl_loc_locator_cluster(struct gl_loc_locator *l, uint32_t i, double bandwidt
   return rc;
 }
 
+const struct gl_map_hit *gl_loc_locator_hits(const struct gl_loc_locator *l, uint32_t i,
+                                             uint32_t *count) {
+  *count = 0;
+  if (i >= l->n)
+    return NULL;
+  *count = l->counts[i];
+  return l->hits + (size_t)i * l->tiles;
+}
+
 int gl_loc_locate(struct gl_loc_locator *l, struct gl_map *map, const float *d, uint32_t tiles,
                   const struct gl_map_prior *prior, double bandwidth_m, struct gl_loc_estimate *out,
                   size_t max_out, size_t *n_out, char *err, size_t errlen) {

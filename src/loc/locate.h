@@ -38,6 +38,11 @@ int gl_loc_locator_cluster(struct gl_loc_locator *l, uint32_t i, double bandwidt
                            struct gl_loc_estimate *out, size_t max_out, size_t *n_out, char *err,
                            size_t errlen);
 
+/* The hits of query i of the last search (best first), *count of them;
+ * NULL when there is no such query. */
+const struct gl_map_hit *gl_loc_locator_hits(const struct gl_loc_locator *l, uint32_t i,
+                                             uint32_t *count);
+
 /* Searches map for the `tiles` tiles nearest to descriptor d (restricted to
  * prior when not NULL) and clusters them (bandwidth_m, 0 meaning the map's
  * tile size; radii at least half the map's stride) into at most max_out

@@ -393,11 +393,20 @@ struct gl__build {
   struct gl__map_grid grid;
   struct gl__map_source *src;
   uint32_t n_src;
-  uint64_t *src_tiles, *src_skipped;
+  /* Per source: places it covered with valid pixels, and places inside its
+   * extent (and the bbox) where it holds nodata. */
+  uint64_t *src_places, *src_skipped;
   sqlite3 *db;
   sqlite3_stmt *ins_tile, *ins_rtree;
-  uint32_t rot;  /* descriptors per tile: the tile turned to rot headings */
-  float *desc;   /* n_tiles * rot * dim: tile id t, heading r at row (t - 1) * rot + r */
+  uint32_t rot;      /* headings: each source's view of a place turned to rot headings */
+  uint32_t years;    /* sources whose descriptors every tile holds: n_src */
+  uint32_t per_tile; /* descriptors per tile: rot * years */
+  /* n_tiles * per_tile * dim: tile id t, source y, heading r at row
+   * (t - 1) * per_tile + y * rot + r. */
+  float *desc;
+  /* n_tiles * years: have[(t - 1) * years + y] when source y covered tile t
+   * with valid pixels (its rows hold its own descriptors, not copies). */
+  uint8_t *have;
   uint64_t n_tiles, cap_tiles;
   struct gl_map_progress prog;
   double t0, last_cb;
@@ -406,6 +415,8 @@ struct gl__build {
   uint64_t index_bytes, tiles_bytes;
   size_t nprobe;
   char index_type[512]; /* the index_factory string used */
+  double ext[4];        /* grid-CRS bounds of the tiles: xmin, ymin, xmax, ymax */
+  cJSON *dense;         /* the manifest's "dense" object, when the encoder has a layer */
 };
 
 static void gl__progress(struct gl__build *b, const char *stage, bool force) {
@@ -528,26 +539,43 @@ static void gl__rot90(const uint8_t *src, uint8_t *dst, uint32_t s, uint32_t k) 
     }
 }
 
-/* Encodes one batch of n tiles (n * rot images, each tile's headings
- * together) and stores the tiles. */
-static int gl__flush(struct gl__build *b, struct gl_image *imgs, struct gl__tile_meta *meta,
-                     uint32_t n, char *err, size_t errlen) {
+/* One source's view of one place, waiting in a batch: its rot images are
+ * encoded into the rows of tile `tile`, source `year`. */
+struct gl__unit {
+  uint64_t tile;
+  uint32_t year;
+};
+
+/* Makes room in desc and have for one more tile. */
+static int gl__grow(struct gl__build *b, char *err, size_t errlen) {
+  if (b->n_tiles < b->cap_tiles)
+    return 0;
+  uint64_t cap = b->cap_tiles ? b->cap_tiles * 2 : 1024;
+  size_t floats = (size_t)b->enc->dim * b->per_tile;
+  if (cap > SIZE_MAX / sizeof(float) / floats)
+    return gl_fail(err, errlen, GL_ENOMEM, "out of memory for %llu tiles",
+                   (unsigned long long)cap);
+  float *d = realloc(b->desc, (size_t)cap * floats * sizeof(float));
+  if (d)
+    b->desc = d;
+  uint8_t *h = d ? realloc(b->have, (size_t)cap * b->years) : NULL;
+  if (!h)
+    return gl_fail(err, errlen, GL_ENOMEM, "out of memory for %llu descriptors",
+                   (unsigned long long)cap * b->per_tile);
+  memset(h + (size_t)b->cap_tiles * b->years, 0, (size_t)(cap - b->cap_tiles) * b->years);
+  b->have = h;
+  b->cap_tiles = cap;
+  return 0;
+}
+
+/* Encodes one batch of n units (n * rot images, each unit's headings
+ * together) into the rows of their tiles. out has room for the batch. */
+static int gl__flush(struct gl__build *b, struct gl_image *imgs, const struct gl__unit *units,
+                     uint32_t n, float *out, char *err, size_t errlen) {
   if (n == 0)
     return 0;
   uint32_t dim = b->enc->dim;
-  size_t per_tile = (size_t)dim * b->rot; /* floats */
-  if (b->n_tiles + n > b->cap_tiles) {
-    uint64_t cap = b->cap_tiles ? b->cap_tiles * 2 : 1024;
-    while (cap < b->n_tiles + n)
-      cap *= 2;
-    float *d = realloc(b->desc, (size_t)cap * per_tile * sizeof(float));
-    if (!d)
-      return gl_fail(err, errlen, GL_ENOMEM, "out of memory for %llu descriptors",
-                          (unsigned long long)cap);
-    b->desc = d;
-    b->cap_tiles = cap;
-  }
-  float *out = b->desc + (size_t)b->n_tiles * per_tile;
+  size_t per_unit = (size_t)dim * b->rot; /* floats */
   int rc = b->enc->encode(b->enc->ctx, imgs, n * b->rot, out);
   if (rc)
     return gl_fail(err, errlen, rc, "encoding a batch of %u tiles failed: %s", n,
@@ -566,75 +594,170 @@ static int gl__flush(struct gl__build *b, struct gl_image *imgs, struct gl__tile
                           sqrt(ss));
   }
   for (uint32_t i = 0; i < n; i++) {
-    if ((rc = gl__insert_tile(b, (int64_t)(b->n_tiles + i + 1), &meta[i], err, errlen)))
-      return rc;
-    b->src_tiles[meta[i].source]++;
+    size_t row = (size_t)(units[i].tile - 1) * b->per_tile + (size_t)units[i].year * b->rot;
+    memcpy(b->desc + row * dim, out + i * per_unit, per_unit * sizeof(float));
   }
-  b->n_tiles += n;
   return 0;
 }
 
+/* Whether the tile range of s holds the place at (row, col). */
+static bool gl__covers(const struct gl__map_source *s, int64_t row, int64_t col) {
+  return s->ncols > 0 && s->nrows > 0 && col >= s->col0 && col < s->col0 + s->ncols &&
+         row <= s->row_top && row > s->row_top - s->nrows;
+}
+
+/* Places in grid order: rows north to south, columns west to east, over
+ * the union of the sources' tile ranges (the grid is shared, so the same
+ * place of two sources is the same (row, col)). Moves *row, *col to the
+ * first place at or after them that at least one source's range holds,
+ * skipping rows and column gaps that none does (sources far apart must not
+ * cost a walk over the empty grid between them). Returns false past the
+ * last place. */
+static bool gl__place_seek(const struct gl__build *b, int64_t *row, int64_t *col) {
+  for (;;) {
+    int64_t next_col = INT64_MAX, next_row = INT64_MIN;
+    for (uint32_t i = 0; i < b->n_src; i++) {
+      const struct gl__map_source *s = &b->src[i];
+      if (s->ncols <= 0 || s->nrows <= 0)
+        continue;
+      int64_t bottom = s->row_top - s->nrows + 1;
+      if (*row >= bottom && *row <= s->row_top && s->col0 + s->ncols - 1 >= *col) {
+        int64_t c = s->col0 > *col ? s->col0 : *col;
+        next_col = c < next_col ? c : next_col;
+      }
+      if (bottom < *row) {
+        int64_t r = s->row_top < *row - 1 ? s->row_top : *row - 1;
+        next_row = r > next_row ? r : next_row;
+      }
+    }
+    if (next_col != INT64_MAX) {
+      *col = next_col;
+      return true;
+    }
+    if (next_row == INT64_MIN)
+      return false;
+    *row = next_row;
+    *col = INT64_MIN;
+  }
+}
+
+/* The first place (see gl__place_seek). */
+static bool gl__place_first(const struct gl__build *b, int64_t *row, int64_t *col) {
+  *row = INT64_MIN;
+  *col = INT64_MIN;
+  for (uint32_t i = 0; i < b->n_src; i++)
+    if (b->src[i].ncols > 0 && b->src[i].nrows > 0 && b->src[i].row_top > *row)
+      *row = b->src[i].row_top;
+  return *row != INT64_MIN && gl__place_seek(b, row, col);
+}
+
+/* Sources that covered none of a tile's place (outside their range, or
+ * nodata there) get copies of the first covering source's descriptors, so
+ * that every tile holds per_tile vectors: a copy scores exactly what the
+ * tile's real year scores, so it never changes a tile's best. */
+static void gl__fill_years(struct gl__build *b) {
+  size_t per_unit = (size_t)b->enc->dim * b->rot;
+  for (uint64_t t = 0; t < b->n_tiles && b->years > 1; t++) {
+    const uint8_t *h = b->have + (size_t)t * b->years;
+    float *d = b->desc + (size_t)t * b->per_tile * b->enc->dim;
+    uint32_t first = 0;
+    while (!h[first])
+      first++; /* a tile exists because some source covered it */
+    for (uint32_t y = 0; y < b->years; y++)
+      if (!h[y])
+        memcpy(d + y * per_unit, d + first * per_unit, per_unit * sizeof(float));
+  }
+}
+
+/* Reads every place from every source that covers it, in grid order. A
+ * place becomes a tile (the next id) when its first source with valid
+ * pixels is read; each valid source's view is queued as a unit of rot
+ * images, and full batches are encoded. */
 static int gl__cut_and_encode(struct gl__build *b, char *err, size_t errlen) {
   int rc = 0;
   const struct gl_map_encoder *enc = b->enc;
   size_t px = (size_t)enc->width * enc->height;
+  uint32_t per_batch = enc->max_batch / b->rot; /* units */
   uint8_t *pixels = malloc(px * 3 * enc->max_batch);
   uint8_t *mask = malloc(px);
   struct gl_image *imgs = calloc(enc->max_batch, sizeof *imgs);
-  struct gl__tile_meta *meta = calloc(enc->max_batch, sizeof *meta);
-  if (!pixels || !mask || !imgs || !meta) {
+  struct gl__unit *units = calloc(per_batch, sizeof *units);
+  float *out = malloc((size_t)enc->max_batch * enc->dim * sizeof *out);
+  if (!pixels || !mask || !imgs || !units || !out) {
     rc = gl_fail(err, errlen, GL_ENOMEM, "out of memory");
     goto cleanup;
   }
   uint32_t n = 0;
-  for (uint32_t si = 0; si < b->n_src; si++) {
-    const struct gl__map_source *s = &b->src[si];
-    for (int64_t r = 0; r < s->nrows; r++) {
-      for (int64_t c = 0; c < s->ncols; c++) {
-        double x0 = (double)(s->col0 + c) * b->grid.stride_m;
-        double y0 = (double)(s->row_top - r) * b->grid.stride_m;
-        bool valid, in = true;
-        double lat, lon;
-        if (b->o->has_bbox && (rc = gl__tile_in_bbox(b->o, &b->grid, x0, y0, &in, &lat, &lon))) {
-          rc = gl_fail(err, errlen, rc, "PROJ cannot convert %.3f,%.3f (%s) to WGS84", x0, y0,
-                       b->grid.name);
-          goto cleanup;
-        }
-        if (!in)
-          continue; /* outside the bbox: not read, not counted */
-        struct gl_image *im = imgs + (size_t)n * b->rot;
-        for (uint32_t k = 0; k < b->rot; k++)
-          im[k] = (struct gl_image){pixels + px * 3 * (n * b->rot + k), enc->width, enc->height};
-        if ((rc = gl__map_source_read_tile(s, &b->grid, x0, y0, enc->width, enc->height,
-                                           im[0].rgb, mask, &valid, err, errlen)))
-          goto cleanup;
-        b->prog.done++;
-        if (!valid) {
-          b->prog.skipped++;
-          b->src_skipped[si]++;
-          continue;
-        }
-        if ((rc = gl__tile_meta(&b->grid, x0, y0, si, &meta[n]))) {
+  int64_t row, col;
+  for (bool more = gl__place_first(b, &row, &col); more;
+       col++, more = gl__place_seek(b, &row, &col)) {
+    double x0 = (double)col * b->grid.stride_m;
+    double y0 = (double)row * b->grid.stride_m;
+    bool in = true;
+    double lat, lon;
+    if (b->o->has_bbox && (rc = gl__tile_in_bbox(b->o, &b->grid, x0, y0, &in, &lat, &lon))) {
+      rc = gl_fail(err, errlen, rc, "PROJ cannot convert %.3f,%.3f (%s) to WGS84", x0, y0,
+                   b->grid.name);
+      goto cleanup;
+    }
+    if (!in)
+      continue; /* outside the bbox: not read, not counted */
+    uint64_t id = 0; /* the place's tile id, once a source covers it */
+    for (uint32_t y = 0; y < b->years; y++) {
+      if (!gl__covers(&b->src[y], row, col))
+        continue;
+      struct gl_image *im = imgs + (size_t)n * b->rot;
+      for (uint32_t k = 0; k < b->rot; k++)
+        im[k] = (struct gl_image){pixels + px * 3 * (n * b->rot + k), enc->width, enc->height};
+      bool valid;
+      if ((rc = gl__map_source_read_tile(&b->src[y], &b->grid, x0, y0, enc->width, enc->height,
+                                         im[0].rgb, mask, &valid, err, errlen)))
+        goto cleanup;
+      if (!valid) {
+        b->src_skipped[y]++;
+        continue;
+      }
+      if (!id) {
+        /* The first source with valid pixels names the tile in
+         * tiles.sqlite (source, capture date). */
+        struct gl__tile_meta meta;
+        if ((rc = gl__tile_meta(&b->grid, x0, y0, y, &meta))) {
           rc = gl_fail(err, errlen, rc, "PROJ cannot convert %.3f,%.3f (%s) to WGS84", x0,
-                            y0, b->grid.name);
+                       y0, b->grid.name);
           goto cleanup;
         }
-        for (uint32_t k = 1; k < b->rot; k++)
-          gl__rot90(im[0].rgb, im[k].rgb, enc->width, k * 4 / b->rot);
-        if (++n == enc->max_batch / b->rot) {
-          if ((rc = gl__flush(b, imgs, meta, n, err, errlen)))
-            goto cleanup;
-          n = 0;
-          gl__progress(b, "tiles", false);
-        }
+        if ((rc = gl__grow(b, err, errlen)) ||
+            (rc = gl__insert_tile(b, (int64_t)b->n_tiles + 1, &meta, err, errlen)))
+          goto cleanup;
+        id = ++b->n_tiles;
+        b->ext[0] = fmin(b->ext[0], x0);
+        b->ext[1] = fmin(b->ext[1], y0);
+        b->ext[2] = fmax(b->ext[2], x0 + b->grid.tile_m);
+        b->ext[3] = fmax(b->ext[3], y0 + b->grid.tile_m);
+      }
+      b->have[(size_t)(id - 1) * b->years + y] = 1;
+      b->src_places[y]++;
+      for (uint32_t k = 1; k < b->rot; k++)
+        gl__rot90(im[0].rgb, im[k].rgb, enc->width, k * 4 / b->rot);
+      units[n] = (struct gl__unit){id, y};
+      if (++n == per_batch) {
+        if ((rc = gl__flush(b, imgs, units, n, out, err, errlen)))
+          goto cleanup;
+        n = 0;
+        gl__progress(b, "tiles", false);
       }
     }
+    b->prog.done++;
+    if (!id)
+      b->prog.skipped++; /* nodata in every source that covers it */
   }
-  if ((rc = gl__flush(b, imgs, meta, n, err, errlen)))
+  if ((rc = gl__flush(b, imgs, units, n, out, err, errlen)))
     goto cleanup;
+  gl__fill_years(b);
   gl__progress(b, "tiles", true);
 cleanup:
-  free(meta);
+  free(out);
+  free(units);
   free(imgs);
   free(mask);
   free(pixels);
@@ -696,7 +819,7 @@ static int gl__build_index(struct gl__build *b, char *err, size_t errlen) {
    * calling thread and restored after. */
   int omp_threads = omp_get_max_threads();
   omp_set_num_threads(1);
-  uint64_t nv = b->n_tiles * b->rot; /* vector id v: tile (v - 1) / rot + 1 */
+  uint64_t nv = b->n_tiles * b->per_tile; /* vector id v: tile (v - 1) / per_tile + 1 */
   if (faiss_index_factory(&sub, (int)b->enc->dim, type, METRIC_INNER_PRODUCT) != 0) {
     rc = gl__faiss_fail(err, errlen, type);
     goto fail;
@@ -839,9 +962,12 @@ static int gl__write_manifest(struct gl__build *b, char *err, size_t errlen) {
   cJSON_AddItemToArray(a, cJSON_CreateNumber(enc->height));
   cJSON_AddNumberToObject(t, "m_per_px", b->grid.tile_m / enc->width);
   cJSON_AddStringToObject(t, "resampling", "bilinear");
-  /* Descriptors per tile: the tile turned to headings 0, 360/n, ...; the
-   * index holds tile id t at heading r as vector id (t - 1) * n + r + 1. */
+  /* Descriptors per tile: every source ("year", in the order of the
+   * sources list) at headings 0, 360/rotations, ...; the index holds tile
+   * id t, source y, heading r as vector id
+   * (t - 1) * rotations * years + y * rotations + r + 1. */
   cJSON_AddNumberToObject(t, "rotations", b->rot);
+  cJSON_AddNumberToObject(t, "years", b->years);
   if (b->o->has_bbox) {
     a = cJSON_AddArrayToObject(t, "bbox"); /* west, south, east, north */
     for (int i = 0; i < 4; i++)
@@ -866,7 +992,9 @@ static int gl__write_manifest(struct gl__build *b, char *err, size_t errlen) {
       cJSON_AddStringToObject(j, "capture_date", s->date);
     else
       cJSON_AddNullToObject(j, "capture_date");
-    cJSON_AddNumberToObject(j, "tiles", (double)b->src_tiles[i]);
+    /* Places it covered with valid pixels (the tiles holding its own
+     * descriptors), and places in its range where it has nodata. */
+    cJSON_AddNumberToObject(j, "places", (double)b->src_places[i]);
     cJSON_AddNumberToObject(j, "skipped", (double)b->src_skipped[i]);
     cJSON_AddItemToArray(srcs, j);
   }
@@ -874,6 +1002,10 @@ static int gl__write_manifest(struct gl__build *b, char *err, size_t errlen) {
   cJSON_AddNumberToObject(c, "tiles", (double)b->n_tiles);
   cJSON_AddNumberToObject(c, "sources", b->n_src);
   cJSON_AddNumberToObject(c, "skipped", (double)b->prog.skipped);
+  if (b->dense) {
+    cJSON_AddItemToObject(m, "dense", b->dense);
+    b->dense = NULL; /* the manifest owns it now */
+  }
   cJSON *f = cJSON_AddObjectToObject(m, "files");
   cJSON_AddItemToObject(f, GL__MAP_TILES, gl__json_file(b->tiles_sha, b->tiles_bytes));
   cJSON_AddItemToObject(f, GL__MAP_INDEX, gl__json_file(b->index_sha, b->index_bytes));
@@ -906,6 +1038,11 @@ static int gl__check_opts(const struct gl_map_build_opts *o, const struct gl_map
                           char *err, size_t errlen) {
   if (!o || !enc || !o->out || !o->orthos || o->n_orthos == 0)
     return gl_fail(err, errlen, GL_EINVAL, "a pack needs --out and at least one --ortho");
+  if (o->n_orthos > GL__MAP_MAX_YEARS)
+    return gl_fail(err, errlen, GL_EINVAL,
+                   "%u source rasters; a pack holds at most %u (every tile stores each one's "
+                   "descriptors)",
+                   o->n_orthos, GL__MAP_MAX_YEARS);
   for (uint32_t i = 0; i < o->n_orthos; i++)
     if (!o->orthos[i])
       return gl_fail(err, errlen, GL_EINVAL, "source raster %u is NULL", i);
@@ -953,31 +1090,38 @@ static int gl__check_opts(const struct gl_map_build_opts *o, const struct gl_map
   return 0;
 }
 
-/* Adds the grid tiles of s whose centre is inside the bbox to the progress
- * total, so that the total counts only the tiles the build will read. */
-static int gl__count_in_bbox(struct gl__build *b, const struct gl__map_source *s, char *err,
-                             size_t errlen) {
-  for (int64_t r = 0; r < s->nrows; r++)
-    for (int64_t c = 0; c < s->ncols; c++) {
-      double x0 = (double)(s->col0 + c) * b->grid.stride_m;
-      double y0 = (double)(s->row_top - r) * b->grid.stride_m;
+/* Counts the places the build will read into the progress total: every
+ * place some source's range holds, once however many sources hold it, and
+ * with a bbox only those whose centre is inside. */
+static int gl__count_places(struct gl__build *b, char *err, size_t errlen) {
+  int64_t row, col;
+  for (bool more = gl__place_first(b, &row, &col); more;
+       col++, more = gl__place_seek(b, &row, &col)) {
+    bool in = true;
+    if (b->o->has_bbox) {
+      double x0 = (double)col * b->grid.stride_m, y0 = (double)row * b->grid.stride_m;
       double lat, lon;
-      bool in;
       if (gl__tile_in_bbox(b->o, &b->grid, x0, y0, &in, &lat, &lon))
         return gl_fail(err, errlen, GL_EINTERNAL, "PROJ cannot convert %.3f,%.3f (%s) to WGS84",
                        x0, y0, b->grid.name);
-      b->prog.total += in;
     }
+    b->prog.total += in;
+  }
   return 0;
 }
 
 int gl_map_build(const struct gl_map_build_opts *o, const struct gl_map_encoder *enc,
                  struct gl_map_build_stats *stats, char *err, size_t errlen) {
   int rc;
-  struct gl__build b = {.o = o, .enc = enc, .paths = {.lock_fd = -1}};
+  struct gl__build b = {.o = o,
+                        .enc = enc,
+                        .paths = {.lock_fd = -1},
+                        .ext = {INFINITY, INFINITY, -INFINITY, -INFINITY}};
   if ((rc = gl__check_opts(o, enc, err, errlen)))
     return rc;
   b.rot = gl__enc_rotations(enc);
+  b.years = o->n_orthos;
+  b.per_tile = b.rot * b.years;
   b.t0 = gl__now();
   gl__factory_string(o->index_type ? o->index_type : "Flat", b.index_type, sizeof b.index_type);
   gl__map_gdal_init();
@@ -992,9 +1136,9 @@ int gl_map_build(const struct gl_map_build_opts *o, const struct gl_map_encoder 
 
   b.n_src = o->n_orthos;
   b.src = calloc(b.n_src, sizeof *b.src);
-  b.src_tiles = calloc(b.n_src, sizeof *b.src_tiles);
+  b.src_places = calloc(b.n_src, sizeof *b.src_places);
   b.src_skipped = calloc(b.n_src, sizeof *b.src_skipped);
-  if (!b.src || !b.src_tiles || !b.src_skipped) {
+  if (!b.src || !b.src_places || !b.src_skipped) {
     rc = gl_fail(err, errlen, GL_ENOMEM, "out of memory");
     goto cleanup;
   }
@@ -1019,14 +1163,11 @@ int gl_map_build(const struct gl_map_build_opts *o, const struct gl_map_encoder 
     if (rc)
       goto cleanup;
   }
-  for (uint32_t i = 0; i < b.n_src; i++) {
+  for (uint32_t i = 0; i < b.n_src; i++)
     if ((rc = gl__map_source_open(&b.src[i], o->orthos[i], &b.grid, err, errlen)))
       goto cleanup;
-    if (!o->has_bbox)
-      b.prog.total += (uint64_t)(b.src[i].nrows * b.src[i].ncols);
-    else if ((rc = gl__count_in_bbox(&b, &b.src[i], err, errlen)))
-      goto cleanup;
-  }
+  if ((rc = gl__count_places(&b, err, errlen)))
+    goto cleanup;
   if (o->has_bbox && b.prog.total == 0) {
     rc = gl_fail(err, errlen, GL_EINVAL,
                  "no tile centre lies inside the bbox %.7g,%.7g,%.7g,%.7g (west,south,east,north)",
@@ -1047,9 +1188,16 @@ int gl_map_build(const struct gl_map_build_opts *o, const struct gl_map_encoder 
   if ((rc = gl__cut_and_encode(&b, err, errlen)))
     goto cleanup;
   if (b.n_tiles == 0) {
-    rc = gl_fail(err, errlen, GL_EINVAL, "all %llu tiles hold nodata pixels",
-                      (unsigned long long)b.prog.total);
+    rc = gl_fail(err, errlen, GL_EINVAL,
+                 "all %llu places hold nodata pixels in every source that covers them",
+                 (unsigned long long)b.prog.total);
     goto cleanup;
+  }
+  if (enc->dense_layer) {
+    gl__progress(&b, "dense", true);
+    if ((rc = gl__map_dense_write(&b.grid, b.src, b.n_src, enc, b.ext, b.paths.tmp, &b.dense, err,
+                                  errlen)))
+      goto cleanup;
   }
   gl__progress(&b, "index", true);
   if ((rc = gl__build_index(&b, err, errlen)))
@@ -1073,6 +1221,7 @@ int gl_map_build(const struct gl_map_build_opts *o, const struct gl_map_encoder 
     stats->seconds = gl__now() - b.t0;
   }
 cleanup:
+  cJSON_Delete(b.dense);
   if (b.index)
     faiss_Index_free(b.index);
   sqlite3_finalize(b.ins_tile);
@@ -1089,9 +1238,10 @@ cleanup:
   for (uint32_t i = 0; b.src && i < b.n_src; i++)
     gl__map_source_close(&b.src[i]);
   free(b.src);
-  free(b.src_tiles);
+  free(b.src_places);
   free(b.src_skipped);
   free(b.desc);
+  free(b.have);
   gl__map_grid_fini(&b.grid);
   gl__paths_fini(&b.paths);
   CPLPopErrorHandler();

@@ -15,7 +15,20 @@
 struct gl__map_nn {
   struct gl_nn_model *model;
   struct gl_nn_engine *engine;
+  struct gl_nn_engine *features; /* the dense layer's, or NULL */
+  void *scratch;
 };
+
+/* The dense layer's tiled pass: blocks of 512 pixels with 64 pixels of
+ * context each side, more than half the receptive field of the layers the
+ * fine stage uses (59 pixels for block 6), so blocks join exactly. */
+#define GL__DENSE_BLOCK 512u
+#define GL__DENSE_MARGIN 64u
+
+static int gl__nn_features_tiled(void *ctx, const struct gl_image *image, float *out) {
+  struct gl__map_nn *nn = ctx;
+  return gl_nn_engine_features_tiled(nn->features, GL__DENSE_MARGIN, image, nn->scratch, out);
+}
 
 static int gl__nn_encode(void *ctx, const struct gl_image *images, uint32_t n, float *out) {
   struct gl__map_nn *nn = ctx;
@@ -93,9 +106,47 @@ fail:
   return rc;
 }
 
+int gl_map_encoder_enable_dense(struct gl_map_encoder *enc, uint32_t layer, char *err,
+                                size_t errlen) {
+  struct gl__map_nn *nn = enc->encode == gl__nn_encode ? enc->ctx : NULL;
+  uint32_t stride, ch;
+  if (!nn)
+    return gl_fail(err, errlen, GL_EINVAL, "the encoder has no model");
+  if (gl_nn_model_feature_shape(nn->model, layer, &stride, &ch) != 0)
+    return gl_fail(err, errlen, GL_EINVAL, "dense layer %u: not a backbone block (1..17)", layer);
+  if (enc->width % stride || enc->height % stride || GL__DENSE_MARGIN % stride)
+    return gl_fail(err, errlen, GL_EINVAL,
+                   "dense layer %u: its stride %u does not divide the model input %ux%u", layer,
+                   stride, enc->width, enc->height);
+  struct gl_nn_engine_opts eo = {
+      .backend = GL_NN_BACKEND_CPU,
+      .max_batch = 1,
+      .feature_layer = layer,
+      .input_w = GL__DENSE_BLOCK + 2 * GL__DENSE_MARGIN,
+      .input_h = GL__DENSE_BLOCK + 2 * GL__DENSE_MARGIN,
+  };
+  int rc = gl_nn_engine_create(nn->model, &eo, &nn->features, err, errlen);
+  if (rc)
+    return rc;
+  if (!(nn->scratch = malloc(gl_nn_tiled_scratch_bytes(nn->features)))) {
+    gl_nn_engine_destroy(nn->features);
+    nn->features = NULL;
+    return gl_fail(err, errlen, GL_ENOMEM, "out of memory");
+  }
+  enc->dense_layer = layer;
+  enc->dense_stride = stride;
+  enc->dense_channels = ch;
+  enc->dense_block = GL__DENSE_BLOCK;
+  enc->dense_margin = GL__DENSE_MARGIN;
+  enc->features_tiled = gl__nn_features_tiled;
+  return 0;
+}
+
 void gl_map_encoder_fini(struct gl_map_encoder *enc) {
   struct gl__map_nn *nn = enc->encode == gl__nn_encode ? enc->ctx : NULL;
   if (nn) {
+    gl_nn_engine_destroy(nn->features);
+    free(nn->scratch);
     gl_nn_engine_destroy(nn->engine);
     gl_nn_model_destroy(nn->model);
     free(nn);

@@ -5,12 +5,28 @@
  *                  tiling, source rasters with their sha256, counts, and the
  *                  sha256 of each other file;
  *   tiles.sqlite   one row per tile (centre and bounds in WGS84, metres per
- *                  pixel, source raster, capture date) with an R*Tree on the
- *                  bounds for prior queries;
- *   index.faiss    the descriptors in a FAISS IndexIDMap keyed by tile id.
+ *                  pixel, source raster and capture date of the first source
+ *                  that covers the place) with an R*Tree on the bounds for
+ *                  prior queries;
+ *   index.faiss    the descriptors in a FAISS IndexIDMap keyed by vector id.
  *
- * Tile ids run from 1 to the tile count, in the order the tiles were cut.
- * Building writes into a temporary directory beside the target and renames
+ * Tiles and years. A tile is a place on the metric grid (its lower-left
+ * corner); the grid is shared by all source rasters, so the rasters of
+ * several years of one area give the same places, and the pack holds ONE
+ * tile per place: a multi-year map. Every tile holds per_tile = rotations
+ * x years descriptors, years being the number of sources (the manifest's
+ * tiling.years; packs without it hold 1) and rotations the headings each
+ * is encoded at: tile t, source y (its position in the manifest's sources
+ * list), heading r is vector id (t - 1) * per_tile + y * rotations + r + 1,
+ * so the tile of vector v is (v - 1) / per_tile + 1. A source that does not
+ * cover a place (outside its extent, or nodata there) holds a copy of the
+ * descriptors of the first source that does. Every search scores a tile by
+ * its best vector: the best heading of its best year. Sources are years by
+ * position, not by date: rasters of one year that lie side by side are two
+ * "years" too, each holding copies where it does not reach.
+ *
+ * Tile ids run from 1 to the tile count in grid order: rows north to
+ * south, each row west to east. Building writes into a temporary directory beside the target and renames
  * it into place, so a crash never leaves a half-built pack. Opening verifies
  * the manifest, every checksum and (when asked) the model. */
 #ifndef GL_MAP_MAP_H
@@ -43,6 +59,13 @@ struct gl_map_encoder {
   char model_sha256[65];  /* 64 lowercase hex digits: the model the pack is bound to */
   int (*encode)(void *ctx, const struct gl_image *images, uint32_t n, float *out);
   void *ctx;
+  /* The dense layer (dense.h), when dense_layer is not 0: the backbone
+   * block, its stride in pixels and channels, the block and margin of the
+   * tiled pass, and features_tiled, which fills out with the L2-normalised
+   * cells of an image whose sides are multiples of the stride
+   * (gl_nn_engine_features_tiled). */
+  uint32_t dense_layer, dense_stride, dense_channels, dense_block, dense_margin;
+  int (*features_tiled)(void *ctx, const struct gl_image *image, float *out);
 };
 
 /* Loads the model file at model_path and plans a CPU engine for it
@@ -53,6 +76,13 @@ struct gl_map_encoder {
 int gl_map_encoder_init_model(struct gl_map_encoder *enc, const char *model_path, uint32_t threads,
                               uint32_t max_batch, char *err, size_t errlen);
 
+/* Adds the dense layer of backbone block `layer` (1..17; fine.h) to an
+ * encoder from gl_map_encoder_init_model: packs built with it carry the
+ * layer. Returns 0, GL_EINVAL (no such layer, or a model whose input is
+ * not a multiple of its stride) or the engine's error. */
+int gl_map_encoder_enable_dense(struct gl_map_encoder *enc, uint32_t layer, char *err,
+                                size_t errlen);
+
 /* Releases what gl_map_encoder_init_model acquired; safe on a zeroed struct. */
 void gl_map_encoder_fini(struct gl_map_encoder *enc);
 
@@ -60,25 +90,35 @@ void gl_map_encoder_fini(struct gl_map_encoder *enc);
 
 /* Where a build is; passed to the progress callback. */
 struct gl_map_progress {
-  const char *stage;      /* "tiles" while encoding, then "index", "write", "done" */
-  uint64_t done;          /* tiles read so far (encoded + skipped) */
-  uint64_t total;         /* tiles on the grid over all sources (inside the bbox, if any) */
-  uint64_t skipped;       /* tiles left out because they hold nodata pixels */
+  /* "tiles" while encoding, "dense" while computing the dense layer (when
+   * the encoder has one), then "index", "write", "done". */
+  const char *stage;
+  /* Places read so far (made tiles + skipped), each read from every source
+   * that covers it. */
+  uint64_t done;
+  /* Places on the grid that at least one source's extent holds (inside the
+   * bbox, if any), each counted once however many sources cover it. */
+  uint64_t total;
+  /* Places left out: every source that covers them has nodata pixels there. */
+  uint64_t skipped;
   double elapsed_s;       /* since the build started */
 };
 
 struct gl_map_build_opts {
   /* Source rasters (any GDAL-readable georeferenced raster, any CRS, first
-   * three bands 8-bit RGB), n_orthos >= 1. */
+   * three bands 8-bit RGB), 1 <= n_orthos <= 256. Each is a year of every
+   * tile (see the file comment): several years of one area make a
+   * multi-year map with one tile per place. */
   const char *const *orthos;
   uint32_t n_orthos;
   double tile_m;          /* tile side in metres, > 0 */
   double stride_m;        /* grid step in metres, > 0 */
   const char *index_type; /* FAISS index_factory string; NULL means "Flat" */
   const char *out;        /* the pack directory to create or replace */
-  /* When has_bbox, only grid tiles whose centre (WGS84, the value written
+  /* When has_bbox, only places whose tile centre (WGS84, the value written
    * to tiles.sqlite) lies inside bbox = {west, south, east, north} degrees,
-   * edges included, are cut; the others are neither read nor counted.
+   * edges included, are cut; the others are neither read (from any
+   * source) nor counted.
    * west < east (a box across the antimeridian is not supported), south <
    * north, longitudes in [-180, 180], latitudes in [-90, 90]. */
   bool has_bbox;
@@ -90,8 +130,8 @@ struct gl_map_build_opts {
 
 /* Result counts of a build. */
 struct gl_map_build_stats {
-  uint64_t tiles;   /* tiles in the pack */
-  uint64_t skipped; /* grid tiles left out (nodata) */
+  uint64_t tiles;   /* tiles in the pack: places some source covers with valid pixels */
+  uint64_t skipped; /* places left out (nodata in every source that covers them) */
   double seconds;
 };
 
@@ -99,11 +139,14 @@ struct gl_map_build_stats {
  * the layout). The grid is metric: tile corners lie on multiples of
  * stride_m in the grid CRS, which is the first raster's CRS when it is
  * projected in metres and otherwise the WGS84 UTM zone of its centre;
- * rasters in another CRS are warped into the grid CRS. Tiles must lie
- * wholly inside a raster; tiles with nodata pixels are skipped. Each tile is
+ * rasters in another CRS are warped into the grid CRS. A source covers a
+ * place when the tile lies wholly inside the raster and holds no nodata
+ * pixel there; a place no source covers is skipped, and a source that does
+ * not cover a tile gets copies (see the file comment). Each tile is
  * resampled (bilinear) to enc->width x enc->height pixels. With a bbox, a
- * grid that keeps no tile is GL_EINVAL, and the box is recorded in the
- * manifest (tiling.bbox).
+ * grid that keeps no place is GL_EINVAL, and the box is recorded in the
+ * manifest (tiling.bbox). The manifest lists every source with its sha256,
+ * capture date, the places it covered and those it had nodata at.
  *
  * Stale temporary directories of earlier builds of the same target that
  * were killed are removed first. An existing pack at o->out is replaced
@@ -143,6 +186,10 @@ const char *gl_map_model_sha256(const struct gl_map *m);
 const char *gl_map_index_type(const struct gl_map *m);
 double gl_map_tile_m(const struct gl_map *m);
 double gl_map_stride_m(const struct gl_map *m);
+/* Headings and years (sources) whose descriptors each tile holds: the
+ * index holds tile count x rotations x years vectors. */
+uint32_t gl_map_rotations(const struct gl_map *m);
+uint32_t gl_map_years(const struct gl_map *m);
 
 /* One tile, as stored in tiles.sqlite. */
 struct gl_map_tile {
@@ -150,8 +197,10 @@ struct gl_map_tile {
   double lat, lon;                         /* centre, WGS84 degrees */
   double min_lat, max_lat, min_lon, max_lon; /* bounds, WGS84 degrees */
   double m_per_px;                         /* metres per pixel of the encoded tile */
-  char source[256];                        /* file name of the source raster */
-  char capture_date[11];                   /* "YYYY-MM-DD", or "" when unknown */
+  /* File name and capture date ("YYYY-MM-DD", or "" when unknown) of the
+   * first source that covers the place (a multi-year tile has others). */
+  char source[256];
+  char capture_date[11];
 };
 
 /* Fills *out for tile id. Returns 0, GL_EINVAL (no such id) or GL_EIO. */
@@ -171,7 +220,8 @@ struct gl_map_hit {
 };
 
 /* Searches the top k tiles for each of n queries (n * dim floats, each
- * L2-normalised), best first, into hits[i * k .. i * k + k - 1]. priors is
+ * L2-normalised), best first, into hits[i * k .. i * k + k - 1]; a tile
+ * scores as its best vector (heading and year) on every path. priors is
  * NULL or n entries. counts (NULL or n entries) receives the number of
  * hits found per query; slots past it have tile_id -1.
  *
@@ -198,10 +248,10 @@ double gl_map_distance_m(double lat1, double lon1, double lat2, double lon2);
 bool gl_map_is_pack(const char *path);
 
 /* Prints a summary of the pack at path to f: format, model, descriptor
- * size, index, tiling, sources with dates and tile counts, files with
- * sizes, and whether the checksums verify. Returns 0 when the pack verifies,
- * else the gl_map_open error (the summary is still printed as far as the
- * manifest could be read; err says what is wrong). */
+ * size, index, tiling, rotations, years, sources with dates and the places
+ * they cover, files with sizes, and whether the checksums verify. Returns 0
+ * when the pack verifies, else the gl_map_open error (the summary is still
+ * printed as far as the manifest could be read; err says what is wrong). */
 int gl_map_inspect(const char *path, FILE *f, char *err, size_t errlen);
 
 #endif

@@ -20,6 +20,10 @@
  * country-sized map is far smaller); refusing it early keeps a corrupt file
  * from making us allocate without bound. */
 #define GL__MAP_MANIFEST_MAX (16u * 1024u * 1024u)
+/* Most source rasters (years) a pack holds per tile: every tile stores
+ * rotations x years descriptors, so this bounds the vectors a tile costs
+ * (decades of yearly imagery is a few dozen). */
+#define GL__MAP_MAX_YEARS 256u
 
 /* --- errors ------------------------------------------------------------- */
 
@@ -117,5 +121,28 @@ void gl__map_capture_date(const char *path, GDALDatasetH ds, char out[11]);
 
 /* Makes sure GDAL's drivers are registered (once per process). */
 void gl__map_gdal_init(void);
+
+/* --- the dense layer (dense.c) ------------------------------------------------ */
+
+struct gl_map;
+struct gl_map_encoder;
+struct gl__map_dense_ctx;
+typedef struct cJSON cJSON;
+
+/* Computes the dense layer of every source over the cells covering ext =
+ * {xmin, ymin, xmax, ymax} (grid CRS) with enc->features_tiled, writes
+ * dense-N.i8 files into dir and returns the manifest's "dense" object in
+ * *out. Returns 0 or an error with err set. */
+int gl__map_dense_write(const struct gl__map_grid *g, const struct gl__map_source *src,
+                        uint32_t n_src, const struct gl_map_encoder *enc, const double ext[4],
+                        const char *dir, cJSON **out, char *err, size_t errlen);
+/* Loads and verifies the dense layer the manifest root describes (*out
+ * stays NULL for a pack without one); lat/lon are the tile centres by id - 1. */
+int gl__map_dense_load(const char *pack, const cJSON *root, uint64_t n_tiles, const double *lat,
+                       const double *lon, struct gl__map_dense_ctx **out, char *err,
+                       size_t errlen);
+void gl__map_dense_free(struct gl__map_dense_ctx *d);
+/* The dense context of an open pack, or NULL (pack.c). */
+struct gl__map_dense_ctx *gl__map_dense_of(const struct gl_map *m);
 
 #endif

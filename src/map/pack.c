@@ -51,7 +51,7 @@ struct gl__manifest {
   const char *index_type;
   size_t nprobe;
   double tile_m, stride_m, m_per_px;
-  uint32_t tile_w, tile_h, rot;
+  uint32_t tile_w, tile_h, rot, years;
   const char *crs;
   uint64_t tiles, skipped;
   const cJSON *sources;
@@ -65,13 +65,15 @@ struct gl_map {
   char model_sha256[65];
   char index_type[512];
   uint32_t dim;
-  uint64_t n;   /* tiles */
-  uint32_t rot; /* descriptors per tile (headings); n * rot vectors */
+  uint64_t n;        /* tiles */
+  uint32_t rot;      /* headings each source is encoded at */
+  uint32_t years;    /* sources whose descriptors each tile holds */
+  uint32_t per_tile; /* descriptors per tile: rot * years; n * per_tile vectors */
   double tile_m, stride_m;
   FaissIndex *index; /* the IndexIDMap, owned; NULL for a Flat index */
   FaissIndex *sub;   /* its inner index (position = vector id - 1) */
-  /* A Flat index's descriptors, row (id - 1) * rot + r for tile id at
-   * heading r (row = vector id - 1), read out of FAISS
+  /* A Flat index's descriptors, row (id - 1) * per_tile + y * rot + r for
+   * tile id, source y, heading r (row = vector id - 1), read out of FAISS
    * at open (whose copy is then freed): the exact search is a matrix
    * product of the queries with these rows, one BLAS call for a whole
    * batch, where FAISS 1.7.3 scores one query at a time with scalar loops
@@ -84,7 +86,10 @@ struct gl_map {
   /* One sqlite connection serves all threads: its statements are reused
    * under this lock (R*Tree lookups take microseconds). */
   pthread_mutex_t db_lock;
+  struct gl__map_dense_ctx *dense; /* the fine stage's layer, or NULL */
 };
+
+struct gl__map_dense_ctx *gl__map_dense_of(const struct gl_map *m) { return m->dense; }
 
 static bool gl__is_hex64(const char *s) {
   return s && strlen(s) == 64 && strspn(s, "0123456789abcdef") == 64;
@@ -185,14 +190,25 @@ static int gl__manifest_read(const char *path, struct gl__manifest *m, char *err
   if (ro && (!gl__json_u64(ro, 4, &rv) || (rv != 1 && rv != 2 && rv != 4)))
     BAD("%s: manifest.json: tiling.rotations must be 1, 2 or 4", path);
   m->rot = (uint32_t)rv;
+  m->sources = cJSON_GetObjectItemCaseSensitive(m->root, "sources");
+  if (!cJSON_IsArray(m->sources))
+    BAD("%s: manifest.json: sources missing", path);
+  /* Packs written before years were recorded hold one source's
+   * descriptors per tile (several sources gave separate tiles). Since,
+   * every source is a year of every tile, in the order of the list. */
+  const cJSON *yr = cJSON_GetObjectItemCaseSensitive(t, "years");
+  uint64_t yv = 1;
+  if (yr && (!gl__json_u64(yr, GL__MAP_MAX_YEARS, &yv) || yv == 0))
+    BAD("%s: manifest.json: tiling.years must be 1 to %u", path, GL__MAP_MAX_YEARS);
+  if (yr && yv != (uint64_t)cJSON_GetArraySize(m->sources))
+    BAD("%s: manifest.json: tiling.years is %llu but sources lists %d", path,
+        (unsigned long long)yv, cJSON_GetArraySize(m->sources));
+  m->years = (uint32_t)yv;
   const cJSON *c = cJSON_GetObjectItemCaseSensitive(m->root, "counts");
   if (!gl__json_u64(cJSON_GetObjectItemCaseSensitive(c, "tiles"), 1ull << 40, &m->tiles))
     BAD("%s: manifest.json: counts.tiles missing", path);
   if (!gl__json_u64(cJSON_GetObjectItemCaseSensitive(c, "skipped"), 1ull << 40, &m->skipped))
     m->skipped = 0;
-  m->sources = cJSON_GetObjectItemCaseSensitive(m->root, "sources");
-  if (!cJSON_IsArray(m->sources))
-    BAD("%s: manifest.json: sources missing", path);
   const cJSON *files = cJSON_GetObjectItemCaseSensitive(m->root, "files");
   if (!cJSON_IsObject(files))
     BAD("%s: manifest.json: files missing", path);
@@ -264,7 +280,7 @@ static int gl__faiss_fail(char *err, size_t errlen, const char *pack, const char
  * copies its rows as stored), so the map keeps one copy, not two. */
 static int gl__flat_take(struct gl_map *map, char *err, size_t errlen) {
   size_t dim = map->dim;
-  uint64_t nv = map->n * map->rot;
+  uint64_t nv = map->n * map->per_tile;
   if (nv > SIZE_MAX / sizeof(float) / dim || !(map->xb = malloc((size_t)nv * dim * sizeof(float))))
     return gl_fail(err, errlen, GL_ENOMEM, "%s: out of memory for %llu descriptors", map->path,
                    (unsigned long long)nv);
@@ -298,7 +314,7 @@ static int gl__load_index(struct gl_map *map, const struct gl__manifest *mf, cha
   if (!idmap)
     return gl_fail(err, errlen, GL_EFORMAT, "%s: index.faiss is not an IndexIDMap",
                         map->path);
-  uint64_t nv = mf->tiles * mf->rot;
+  uint64_t nv = mf->tiles * mf->rot * mf->years;
   if (faiss_Index_d(map->index) != (int)mf->dim ||
       (uint64_t)faiss_Index_ntotal(map->index) != nv ||
       faiss_Index_metric_type(map->index) != METRIC_INNER_PRODUCT)
@@ -312,11 +328,12 @@ static int gl__load_index(struct gl_map *map, const struct gl__manifest *mf, cha
   size_t nids;
   faiss_IndexIDMap_id_map(idmap, &ids, &nids);
   if (nids != nv)
-    return gl_fail(err, errlen, GL_EFORMAT, "%s: index.faiss maps %zu ids for %llu tiles x %u",
-                        map->path, nids, (unsigned long long)mf->tiles, mf->rot);
-  /* Ids are vector ids 1..n * rot in insertion order, so the inner index
-   * position of vector id is id - 1 and its tile (id - 1) / rot + 1: the
-   * searches rely on it. */
+    return gl_fail(err, errlen, GL_EFORMAT,
+                   "%s: index.faiss maps %zu ids for %llu tiles x %u headings x %u years",
+                   map->path, nids, (unsigned long long)mf->tiles, mf->rot, mf->years);
+  /* Ids are vector ids 1..n * per_tile in insertion order, so the inner
+   * index position of vector id is id - 1 and its tile
+   * (id - 1) / per_tile + 1: the searches rely on it. */
   for (size_t i = 0; i < nids; i++)
     if (ids[i] != (idx_t)(i + 1))
       return gl_fail(err, errlen, GL_EFORMAT,
@@ -410,6 +427,7 @@ static void gl__map_free(struct gl_map *m) {
   if (m->index)
     faiss_Index_free(m->index);
   free(m->xb);
+  gl__map_dense_free(m->dense);
   pthread_mutex_destroy(&m->db_lock);
   free(m->lat);
   free(m->lon);
@@ -439,6 +457,8 @@ int gl_map_open(const char *path, const char *model_sha256, struct gl_map **out,
   m->dim = mf.dim;
   m->n = mf.tiles;
   m->rot = mf.rot;
+  m->years = mf.years;
+  m->per_tile = mf.rot * mf.years;
   m->tile_m = mf.tile_m;
   m->stride_m = mf.stride_m;
   /* The model first: it is the cheapest check and the likeliest mistake. */
@@ -449,7 +469,8 @@ int gl_map_open(const char *path, const char *model_sha256, struct gl_map **out,
                       path, mf.model_sha256, model_sha256);
     goto fail;
   }
-  if ((rc = gl__load_tiles(m, &mf, err, errlen)) || (rc = gl__load_index(m, &mf, err, errlen)))
+  if ((rc = gl__load_tiles(m, &mf, err, errlen)) || (rc = gl__load_index(m, &mf, err, errlen)) ||
+      (rc = gl__map_dense_load(path, mf.root, m->n, m->lat, m->lon, &m->dense, err, errlen)))
     goto fail;
   cJSON_Delete(mf.root);
   *out = m;
@@ -477,6 +498,8 @@ const char *gl_map_model_sha256(const struct gl_map *m) { return m->model_sha256
 const char *gl_map_index_type(const struct gl_map *m) { return m->index_type; }
 double gl_map_tile_m(const struct gl_map *m) { return m->tile_m; }
 double gl_map_stride_m(const struct gl_map *m) { return m->stride_m; }
+uint32_t gl_map_rotations(const struct gl_map *m) { return m->rot; }
+uint32_t gl_map_years(const struct gl_map *m) { return m->years; }
 
 int gl_map_tile_get(struct gl_map *m, int64_t id, struct gl_map_tile *out) {
   if (!m || !out || id < 1 || (uint64_t)id > m->n)
@@ -612,9 +635,9 @@ static int gl__search_prior(struct gl_map *m, const float *q, uint32_t k,
     }
     if (gl_map_distance_m(p->lat, p->lon, m->lat[id - 1], m->lon[id - 1]) > p->radius_m)
       continue;
-    double best = -INFINITY; /* a tile scores as its best heading */
-    for (uint32_t r = 0; r < m->rot; r++) {
-      uint64_t row = (uint64_t)(id - 1) * m->rot + r;
+    double best = -INFINITY; /* a tile scores as its best heading and year */
+    for (uint32_t r = 0; r < m->per_tile; r++) {
+      uint64_t row = (uint64_t)(id - 1) * m->per_tile + r;
       const float *x = m->xb ? m->xb + row * m->dim : v;
       if (!m->xb && faiss_Index_reconstruct(m->sub, (idx_t)row, v) != 0) {
         const char *fe = faiss_get_last_error();
@@ -668,16 +691,17 @@ static void gl__cand_sift(struct gl__cand *h, uint32_t n, uint32_t i) {
 
 /* Exact top-k of nq queries (rows of q) on a Flat map: blocks of tiles are
  * scored against all queries with one sgemm each, every tile's score (the
- * best of its headings) goes through the query's top-k heap, and the heaps
+ * best of its headings and years) goes through the query's top-k heap, and the heaps
  * are sorted best first (ties by id, as the prior search orders them).
  * which[j] is the caller's index of query j, for hits and counts. */
 static int gl__search_flat(struct gl_map *m, const float *q, uint32_t nq, const uint32_t *which,
                            uint32_t k, struct gl_map_hit *hits, uint32_t *counts, char *err,
                            size_t errlen) {
   uint32_t keep = (uint64_t)k < m->n ? k : (uint32_t)m->n;
-  uint32_t rot = m->rot, per = GL__FLAT_BLOCK / rot; /* tiles per block */
+  /* Tiles per block: at least one, however many vectors a tile holds. */
+  uint32_t per_tile = m->per_tile, per = GL__FLAT_BLOCK / per_tile ? GL__FLAT_BLOCK / per_tile : 1;
   uint32_t block = m->n < per ? (uint32_t)m->n : per;
-  float *scores = malloc((size_t)nq * block * rot * sizeof *scores);
+  float *scores = malloc((size_t)nq * block * per_tile * sizeof *scores);
   struct gl__cand *heaps = malloc((size_t)nq * keep * sizeof *heaps);
   uint32_t *len = calloc(nq, sizeof *len);
   if (!scores || !heaps || !len) {
@@ -688,8 +712,8 @@ static int gl__search_flat(struct gl_map *m, const float *q, uint32_t nq, const 
   }
   for (uint64_t b0 = 0; b0 < m->n; b0 += block) {
     uint32_t nb = m->n - b0 < block ? (uint32_t)(m->n - b0) : block;
-    uint32_t nr = nb * rot; /* rows of the block */
-    const float *xb = m->xb + b0 * rot * m->dim;
+    uint32_t nr = nb * per_tile; /* rows of the block */
+    const float *xb = m->xb + b0 * per_tile * m->dim;
     if (nq >= GL__FLAT_GEMM_MIN)
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)nr, (int)m->dim, 1.0f, q,
                   (int)m->dim, xb, (int)m->dim, 0.0f, scores, (int)nr);
@@ -702,9 +726,9 @@ static int gl__search_flat(struct gl_map *m, const float *q, uint32_t nq, const 
       const float *sj = scores + (size_t)j * nr;
       for (uint32_t t = 0; t < nb; t++) {
         int64_t id = (int64_t)(b0 + t) + 1;
-        float sc = sj[t * rot];
-        for (uint32_t r = 1; r < rot; r++)
-          sc = fmaxf(sc, sj[t * rot + r]);
+        float sc = sj[t * per_tile];
+        for (uint32_t r = 1; r < per_tile; r++)
+          sc = fmaxf(sc, sj[t * per_tile + r]);
         if (len[j] < keep) {
           /* Filling: append, then sift up. */
           uint32_t i = len[j]++;
@@ -782,9 +806,11 @@ int gl_map_search(struct gl_map *m, const float *queries, uint32_t n, uint32_t k
       if (rc)
         goto cleanup;
     } else {
-      /* k tiles need up to k * rot vectors: a tile's other headings rank
-       * near it and only its best counts. */
-      uint32_t kv = k * m->rot;
+      /* k tiles need up to k * per_tile vectors: a tile's other headings
+       * and years (copies among them score exactly alike) rank near it and
+       * only its best counts. More than the index holds buys nothing. */
+      uint64_t kv64 = (uint64_t)k * m->per_tile, nv = m->n * m->per_tile;
+      uint32_t kv = (uint32_t)(kv64 < nv || nv == 0 ? kv64 : nv);
       dist = malloc((size_t)nfree * kv * sizeof *dist);
       lab = malloc((size_t)nfree * kv * sizeof *lab);
       if (!dist || !lab) {
@@ -801,11 +827,11 @@ int gl_map_search(struct gl_map *m, const float *queries, uint32_t n, uint32_t k
         uint32_t c = 0;
         for (uint32_t r = 0; r < kv && c < k; r++) {
           idx_t v = lab[(size_t)j2 * kv + r];
-          if (v < 1 || (uint64_t)v > m->n * m->rot)
+          if (v < 1 || (uint64_t)v > nv)
             continue; /* FAISS pads with -1 when it finds fewer than kv */
-          int64_t id = (int64_t)((v - 1) / m->rot) + 1;
-          bool seen = false; /* a better heading of this tile came first */
-          for (uint32_t e = 0; m->rot > 1 && e < c && !seen; e++)
+          int64_t id = (int64_t)((v - 1) / m->per_tile) + 1;
+          bool seen = false; /* a better vector of this tile came first */
+          for (uint32_t e = 0; m->per_tile > 1 && e < c && !seen; e++)
             seen = h[e].tile_id == id;
           if (!seen)
             h[c++] = (struct gl_map_hit){id, dist[(size_t)j2 * kv + r], m->lat[id - 1],
@@ -874,18 +900,32 @@ int gl_map_inspect(const char *path, FILE *f, char *err, size_t errlen) {
           mf.tile_m, mf.stride_m, mf.crs ? mf.crs : "?", mf.tile_w, mf.tile_h, mf.m_per_px);
   if (mf.rot > 1)
     fprintf(f, "  rotations   %u headings per tile, %g degrees apart\n", mf.rot, 360.0 / mf.rot);
+  const cJSON *s;
+  if (mf.years > 1) {
+    /* A multi-year pack: every tile holds every source's descriptors. */
+    fprintf(f, "  years       %u per tile (", mf.years);
+    bool first = true;
+    cJSON_ArrayForEach(s, mf.sources) {
+      const char *date = gl__json_str(s, "capture_date");
+      fprintf(f, "%s%s", first ? "" : ", ", date ? date : "no date");
+      first = false;
+    }
+    fprintf(f, "); %u descriptors a tile, scored by its best\n", mf.rot * mf.years);
+  }
   fprintf(f, "  tiles       %llu", (unsigned long long)mf.tiles);
   if (mf.skipped)
-    fprintf(f, " (%llu grid tiles skipped for nodata)", (unsigned long long)mf.skipped);
-  fprintf(f, "\n  sources     %d\n", cJSON_GetArraySize(mf.sources));
-  const cJSON *s;
+    fprintf(f, " (%llu grid places skipped for nodata)", (unsigned long long)mf.skipped);
+  fprintf(f, "\n  sources     %d%s\n", cJSON_GetArraySize(mf.sources),
+          mf.years > 1 ? " (the years, in descriptor order)" : "");
   cJSON_ArrayForEach(s, mf.sources) {
     const char *file = gl__json_str(s, "file"), *date = gl__json_str(s, "capture_date");
     const char *crs = gl__json_str(s, "crs"), *sha = gl__json_str(s, "sha256");
-    const cJSON *nt = cJSON_GetObjectItemCaseSensitive(s, "tiles");
-    fprintf(f, "    %-40s %-10s %-12s %6.0f tiles  sha256 %.16s...\n", file ? file : "?",
+    /* Places it covered; packs before multi-year ones counted its tiles. */
+    const cJSON *np = cJSON_GetObjectItemCaseSensitive(s, "places");
+    const cJSON *nt = np ? np : cJSON_GetObjectItemCaseSensitive(s, "tiles");
+    fprintf(f, "    %-40s %-10s %-12s %6.0f %s  sha256 %.16s...\n", file ? file : "?",
             date ? date : "no date", crs ? crs : "?", cJSON_IsNumber(nt) ? nt->valuedouble : 0.0,
-            sha ? sha : "?");
+            np ? "places" : "tiles", sha ? sha : "?");
   }
   fprintf(f, "  files\n");
   for (int i = 0; i < GL__N_FILES; i++)

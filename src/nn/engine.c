@@ -1,6 +1,8 @@
 /* The engine: a graph planned on a backend, and the encode path, which
  * allocates nothing: it uploads pixels into the arena, runs passes of the
  * planned batch sizes and downloads the descriptors. */
+#include <math.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -42,7 +44,12 @@ int gl_nn_engine_create(const struct gl_nn_model *m, const struct gl_nn_engine_o
   if (!e)
     return gl_fail(err, errlen, GL_ENOMEM, "out of memory");
   e->model = m;
-  if ((rc = gl__nn_graph_build(m, o.max_batch, o.max_input_pixels, &e->graph, err, errlen)))
+  if (o.feature_layer && !o.input_w && !o.input_h)
+    o.input_w = o.input_h = m->cfg.input_w;
+  if (o.feature_layer && (uint64_t)o.input_w * o.input_h > o.max_input_pixels)
+    o.max_input_pixels = (uint64_t)o.input_w * o.input_h;
+  if ((rc = gl__nn_graph_build(m, o.max_batch, o.max_input_pixels, o.feature_layer, o.input_w,
+                               o.input_h, &e->graph, err, errlen)))
     goto fail;
   if (!(e->refs = calloc(o.max_batch, sizeof *e->refs))) {
     rc = gl_fail(err, errlen, GL_ENOMEM, "out of memory");
@@ -84,16 +91,20 @@ void gl_nn_engine_destroy(struct gl_nn_engine *e) {
   free(e);
 }
 
-int gl_nn_engine_encode(struct gl_nn_engine *e, const struct gl_image *images, uint32_t n,
-                        float *out) {
+/* Runs the graph over n images in passes of the planned batch sizes and
+ * downloads each pass's `res` tensor (dim floats an image, contiguous) into
+ * out. */
+static int gl__run(struct gl_nn_engine *e, const struct gl_image *images, uint32_t n,
+                   const struct gl__nn_tensor *res, size_t dim, float *out) {
   struct gl__nn_graph *g = &e->graph;
   const struct gl_nn_backend_i *be = e->be.i;
-  uint32_t dim = g->model->cfg.descriptor_dim;
   if (n == 0 || n > g->max_batch || !images || !out)
     return GL_EINVAL;
   for (uint32_t i = 0; i < n; i++) {
     const struct gl_image *im = &images[i];
     if (!im->rgb || !im->width || !im->height || (uint64_t)im->width * im->height > g->max_pixels)
+      return GL_EINVAL;
+    if (g->feature_layer && (im->width != g->ops[0].dst.w || im->height != g->ops[0].dst.h))
       return GL_EINVAL;
   }
   int rc = 0;
@@ -118,13 +129,52 @@ int gl_nn_engine_encode(struct gl_nn_engine *e, const struct gl_image *images, u
     g->trace_first = done;
     if ((rc = be->compute(e->be.ctx, g, batch, e->refs)))
       return rc;
-    if ((rc = be->download(e->be.ctx, out + (size_t)done * dim,
-                           g->arena + g->buf_off[GL__NN_BUF_OUT],
+    if ((rc = be->download(e->be.ctx, out + (size_t)done * dim, gl__nn_tensor_at(g, res, 0),
                            (size_t)batch * dim * sizeof(float))))
       return rc;
     done += batch;
   }
   return be->synchronize(e->be.ctx);
+}
+
+int gl_nn_engine_encode(struct gl_nn_engine *e, const struct gl_image *images, uint32_t n,
+                        float *out) {
+  struct gl__nn_graph *g = &e->graph;
+  if (g->feature_layer)
+    return GL_EINVAL;
+  struct gl__nn_tensor res = {.buf = GL__NN_BUF_OUT};
+  return gl__run(e, images, n, &res, g->model->cfg.descriptor_dim, out);
+}
+
+int gl_nn_engine_features(struct gl_nn_engine *e, const struct gl_image *images, uint32_t n,
+                          float *out) {
+  const struct gl__nn_tensor *t = &e->graph.feat;
+  if (!e->graph.feature_layer || t->image_stride != (size_t)t->h * t->w * t->c)
+    return GL_EINVAL;
+  int rc = gl__run(e, images, n, t, t->image_stride, out);
+  if (rc)
+    return rc;
+  for (size_t i = 0; i < (size_t)n * t->h * t->w; i++) {
+    float *v = out + i * t->c;
+    double ss = 0;
+    for (uint32_t k = 0; k < t->c; k++)
+      ss += (double)v[k] * v[k];
+    /* The reference's l2_normalize divides by max(norm, eps). */
+    float inv = (float)(1.0 / fmax(sqrt(ss), 1e-12));
+    for (uint32_t k = 0; k < t->c; k++)
+      v[k] *= inv;
+  }
+  return 0;
+}
+
+void gl_nn_engine_feature_shape(const struct gl_nn_engine *e, uint32_t *rows, uint32_t *cols,
+                                uint32_t *channels, uint32_t *stride) {
+  const struct gl__nn_tensor *t = &e->graph.feat;
+  bool f = e->graph.feature_layer != 0;
+  *rows = f ? t->h : 0;
+  *cols = f ? t->w : 0;
+  *channels = f ? t->c : 0;
+  *stride = f ? gl__nn_feature_stride(e->model, e->graph.feature_layer) : 0;
 }
 
 const char *gl_nn_engine_backend_name(const struct gl_nn_engine *e) { return e->be.i->name; }

@@ -212,11 +212,25 @@ static void gl__osm(struct gl__builder *b, uint32_t level, struct gl__nn_tensor 
 }
 
 int gl__nn_graph_build(const struct gl_nn_model *m, uint32_t max_batch, uint64_t max_pixels,
+                       uint32_t feature_layer, uint32_t in_w, uint32_t in_h,
                        struct gl__nn_graph *g, char *err, size_t errlen) {
   const struct gl__nn_config *cfg = &m->cfg;
   const struct gl__nn_arch *a = &m->arch;
   memset(g, 0, sizeof *g);
-  if (!cfg->descriptor)
+  if (feature_layer) {
+    if (feature_layer >= GL__NN_LAST_FEATURE)
+      return gl_fail(err, errlen, GL_EINVAL, "feature layer %u is not a backbone block (1..%u)",
+                     feature_layer, GL__NN_LAST_FEATURE - 1);
+    if (cfg->resizer)
+      return gl_fail(err, errlen, GL_ENOTSUP,
+                     "dense features of a model with a learned resizer are not supported");
+    uint32_t s = gl__nn_feature_stride(m, feature_layer);
+    if (!in_w || !in_h || in_w % s || in_h % s || (uint64_t)in_w * in_h > max_pixels)
+      return gl_fail(err, errlen, GL_EINVAL,
+                     "feature input %ux%u must be a non-zero multiple of the layer's stride %u "
+                     "and at most %llu pixels",
+                     in_w, in_h, s, (unsigned long long)max_pixels);
+  } else if (!cfg->descriptor)
     return gl_fail(err, errlen, GL_EINVAL,
                        "the model has no descriptor head (config descriptor=false)");
   g->model = m;
@@ -233,7 +247,9 @@ int gl__nn_graph_build(const struct gl_nn_model *m, uint32_t max_batch, uint64_t
   struct gl__builder b = {.g = g, .m = m, .err = err, .errlen = errlen};
 
   /* Preprocessing: to the network input size, plain or learned. */
-  struct gl__nn_tensor x = gl__t(GL__NN_BUF_X, cfg->input_h, cfg->input_w, 3);
+  g->feature_layer = feature_layer;
+  struct gl__nn_tensor x = feature_layer ? gl__t(GL__NN_BUF_X, in_h, in_w, 3)
+                                         : gl__t(GL__NN_BUF_X, cfg->input_h, cfg->input_w, 3);
   if (cfg->resizer) {
     gl__resizer(&b, x);
   } else {
@@ -247,7 +263,7 @@ int gl__nn_graph_build(const struct gl_nn_model *m, uint32_t max_batch, uint64_t
   }
 
   /* MobileNetV2 up to the last level, each level's OSM right after it. */
-  uint32_t last = cfg->levels[cfg->n_levels - 1], level = 0;
+  uint32_t last = feature_layer ? feature_layer : cfg->levels[cfg->n_levels - 1], level = 0;
   enum gl__nn_pad pad = cfg->padding;
   enum gl__nn_act act = cfg->activation;
   struct gl__nn_tensor t = x;
@@ -275,12 +291,13 @@ int gl__nn_graph_build(const struct gl_nn_model *m, uint32_t max_batch, uint64_t
     if (b.rc)
       break;
     snprintf(g->ops[g->n_ops - 1].trace, sizeof g->ops->trace, "backbone.features.%u", f);
-    if (level < cfg->n_levels && cfg->levels[level] == f) {
+    g->feat = t;
+    if (!feature_layer && level < cfg->n_levels && cfg->levels[level] == f) {
       gl__osm(&b, level, t, &g->groups[(size_t)level * cfg->osm_groups]);
       level++;
     }
   }
-  if (cfg->n_levels > 1) {
+  if (!feature_layer && cfg->n_levels > 1) {
     struct gl__nn_op *op = gl__op(&b, GL__NN_OP_FUSE, "fusion");
     if (op) {
       op->src = gl__t(GL__NN_BUF_LEVELS, 1, cfg->n_levels, cfg->descriptor_dim);

@@ -127,11 +127,19 @@ struct gl__nn_graph {
   gl__nn_trace_cb trace;
   void *trace_ud;
   uint32_t trace_first; /* index of the pass's first image in the call */
+  /* A feature graph (feature_layer > 0) stops after that backbone block,
+   * on inputs of exactly input_w x input_h pixels; feat is its output. */
+  uint32_t feature_layer;
+  struct gl__nn_tensor feat;
 };
 
 /* Builds the op list of m for images up to max_pixels and batches up to
- * max_batch, and sizes the buffers (arena not allocated). */
+ * max_batch, and sizes the buffers (arena not allocated). With
+ * feature_layer > 0 the graph is the backbone up to that block, at an input
+ * of in_w x in_h pixels (the images' own size: the resize op only
+ * normalises); otherwise the descriptor graph at the model's input size. */
 int gl__nn_graph_build(const struct gl_nn_model *m, uint32_t max_batch, uint64_t max_pixels,
+                       uint32_t feature_layer, uint32_t in_w, uint32_t in_h,
                        struct gl__nn_graph *g, char *err, size_t errlen);
 void gl__nn_graph_fini(struct gl__nn_graph *g);
 

@@ -201,6 +201,24 @@ uint32_t gl_nn_model_ref_rotations(const struct gl_nn_model *m) { return m->cfg.
 
 const char *gl_nn_model_sha256(const struct gl_nn_model *m) { return m->st.sha256; }
 
+uint32_t gl_nn_model_input_size(const struct gl_nn_model *m) { return m->cfg.input_w; }
+
+uint32_t gl__nn_feature_stride(const struct gl_nn_model *m, uint32_t layer) {
+  uint32_t s = 1;
+  for (uint32_t f = 0; f <= layer && f < GL__NN_FEATURES; f++)
+    s *= m->arch.stride[f];
+  return s;
+}
+
+int gl_nn_model_feature_shape(const struct gl_nn_model *m, uint32_t layer, uint32_t *stride,
+                              uint32_t *channels) {
+  if (layer == 0 || layer >= GL__NN_LAST_FEATURE)
+    return GL_EINVAL;
+  *stride = gl__nn_feature_stride(m, layer);
+  *channels = m->arch.cout[layer];
+  return 0;
+}
+
 const float *gl__nn_model_tensor(const struct gl_nn_model *m, const char *name) {
   const struct gl__st_tensor *t = gl__st_find(&m->st, name);
   return t ? t->data : NULL;

@@ -94,5 +94,7 @@ struct gl_nn_model {
 const float *gl__nn_model_tensor(const struct gl_nn_model *m, const char *name);
 /* The folded conv unit with this prefix ("backbone.features.3.dw"), or NULL. */
 const struct gl__nn_unit *gl__nn_model_unit(const struct gl_nn_model *m, const char *prefix);
+/* Total stride of backbone block `layer` (product of the strides up to it). */
+uint32_t gl__nn_feature_stride(const struct gl_nn_model *m, uint32_t layer);
 
 #endif

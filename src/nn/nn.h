@@ -34,6 +34,12 @@ uint32_t gl_nn_model_descriptor_dim(const struct gl_nn_model *m);
 uint32_t gl_nn_model_ref_rotations(const struct gl_nn_model *m);
 /* SHA-256 of the model file, as 64 lowercase hex digits. */
 const char *gl_nn_model_sha256(const struct gl_nn_model *m);
+/* Side in pixels of the (square) network input: config input_size. */
+uint32_t gl_nn_model_input_size(const struct gl_nn_model *m);
+/* Total stride (pixels per cell) and channels of backbone block `layer`
+ * (1..17). Returns 0 or GL_EINVAL. */
+int gl_nn_model_feature_shape(const struct gl_nn_model *m, uint32_t layer, uint32_t *stride,
+                              uint32_t *channels);
 
 enum gl_nn_backend_kind {
   GL_NN_BACKEND_CPU = 0,
@@ -48,6 +54,13 @@ struct gl_nn_engine_opts {
    * sizes the buffers of ops that run at the input's own resolution. 0 means
    * 1920*1080. */
   uint64_t max_input_pixels;
+  /* 0: the engine computes descriptors (gl_nn_engine_encode). L in 1..17:
+   * it computes the feature map of backbone block L instead
+   * (gl_nn_engine_features), on images of exactly input_w x input_h pixels
+   * (0: the model's input size), which must be multiples of the layer's
+   * stride. */
+  uint32_t feature_layer;
+  uint32_t input_w, input_h;
 };
 
 /* Plans the graph of m on a backend. Returns GL_ENOTSUP for a backend this
@@ -61,6 +74,32 @@ void gl_nn_engine_destroy(struct gl_nn_engine *e);
  * Returns 0, GL_EINVAL (bad n or image size) or GL_EGPU. */
 int gl_nn_engine_encode(struct gl_nn_engine *e, const struct gl_image *images, uint32_t n,
                         float *out);
+
+/* Computes the feature maps of n images (n <= max_batch, each exactly the
+ * engine's input size) into out: n * rows * cols * channels floats, cells
+ * row-major, channels innermost, every cell L2-normalised (a zero cell
+ * stays zero). Only for an engine created with feature_layer. Returns 0,
+ * GL_EINVAL or GL_EGPU. */
+int gl_nn_engine_features(struct gl_nn_engine *e, const struct gl_image *images, uint32_t n,
+                          float *out);
+/* Shape of one image's feature map of a feature engine, and the layer's
+ * stride in pixels (zeros for a descriptor engine). */
+void gl_nn_engine_feature_shape(const struct gl_nn_engine *e, uint32_t *rows, uint32_t *cols,
+                                uint32_t *channels, uint32_t *stride);
+
+/* Dense features of an image of any size whose sides are multiples of the
+ * layer's stride s (a map's reference raster): the image is cut into blocks
+ * of (N - 2 margin) pixels, N the feature engine's square input, each run
+ * with `margin` pixels of context on every side (pixels outside the image
+ * are reflected into it, the edge pixel not repeated), and each block keeps
+ * the cells of its own pixels. With a margin of at least half the layer's
+ * receptive field the blocks join as one pass over the whole image would.
+ * scratch holds N * N * 3 bytes plus (N/s)^2 * C floats
+ * (gl_nn_tiled_scratch_bytes); out gets (H/s) * (W/s) * C floats, cells
+ * L2-normalised. Returns 0, GL_EINVAL (sizes) or the engine's error. */
+size_t gl_nn_tiled_scratch_bytes(const struct gl_nn_engine *e);
+int gl_nn_engine_features_tiled(struct gl_nn_engine *e, uint32_t margin,
+                                const struct gl_image *image, void *scratch, float *out);
 
 /* The backend in use ("cpu-onednn", "cuda"). */
 const char *gl_nn_engine_backend_name(const struct gl_nn_engine *e);

@@ -114,10 +114,14 @@ static void test_nearest(void) {
 }
 
 static void test_score(void) {
-  struct gl_eval_frame f = {.truth_lat = 47.0, .truth_lon = -99.0, .true_tile = 7};
-  struct gl_eval_candidate c[3] = {{47.001, -99.0, 3}, {47.0, -99.0, 7}, {47.0, -99.0, 7}};
+  struct gl_eval_frame f = {
+      .truth_lat = 47.0, .truth_lon = -99.0, .truth_heading = 350, .true_tile = 7};
+  struct gl_eval_candidate c[3] = {
+      {47.001, -99.0, 3, 5}, {47.0, -99.0, 7, NAN}, {47.0, -99.0, 7, 90}};
   gl_eval_frame_score(&f, c, 3);
   CHECK(f.has_estimate);
+  /* The heading error is the angle between the two, across north. */
+  CHECK(NEAR(f.heading_err_deg, 15));
   CHECK_EQ_INT(f.rank, 2);
   /* 0.001 degrees of latitude at 47 N: the geodesic, about 111.2 m. */
   CHECK(NEAR(f.error_m, gl_map_distance_m(47.0, -99.0, 47.001, -99.0)));
@@ -129,6 +133,7 @@ static void test_score(void) {
   f.true_tile = -1; /* unknown: never ranked */
   gl_eval_frame_score(&f, c + 1, 2);
   CHECK_EQ_INT(f.rank, 0);
+  CHECK(isnan(f.heading_err_deg)); /* the first candidate has no heading */
   CHECK(NEAR(f.error_m, 0));
   gl_eval_frame_score(&f, NULL, 0);
   CHECK(!f.has_estimate && isinf(f.error_m));

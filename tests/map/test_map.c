@@ -4,14 +4,15 @@
  * thumbnail, mean removed, L2-normalised) and remembers every descriptor
  * and tile image it produced, in order, which is the order of tile ids. The
  * checks:
- *   - the tile grid of two NAIP years (EPSG:26914, origins a metre apart)
- *     against an independent computation from GDAL's geotransform, and each
- *     tile centre against GDAL's own OCTTransform to EPSG:4326;
+ *   - the tile grid of two NAIP years (EPSG:26914, origins a metre apart,
+ *     so the same places: one tile each, holding both years) against an
+ *     independent computation from GDAL's geotransform, and each tile
+ *     centre against GDAL's own OCTTransform to EPSG:4326;
  *   - tile pixels placed by coordinates: synthetic rasters whose pixel
  *     values are their own column and row, in UTM and reprojected to
  *     EPSG:4326 with an alpha band (the warped path, nodata skipping);
  *   - opening (manifest, checksums, model), searching a tile's own
- *     descriptor (first), batches, priors (only tiles in the circle, all of
+ *     descriptor of either year (first), batches, priors (only tiles in the circle, all of
  *     them), several FAISS index types, tiles encoded at four headings;
  *   - refusals: flipped bytes, missing files, another model, bad manifests,
  *     a target that is not a pack, bad sources and index strings;
@@ -163,6 +164,9 @@ static int build(const char *out, const char *const *orthos, uint32_t n, double 
 static char *naip_pack;
 static struct fake naip_fake = {.notify_fd = -1};
 static uint64_t naip_tiles;
+/* The two-year pack's descriptor of tile index t (id t + 1), year y (0:
+ * 2020, 1: 2009): the encoder sees each place's years in turn. */
+#define NAIP_DESC(t, y) (naip_fake.desc + ((size_t)(t) * 2 + (size_t)(y)) * DIM)
 
 /* Tile columns and rows of a north-up raster, computed here from GDAL's
  * geotransform (not from the library's code): tile corners on multiples
@@ -204,10 +208,13 @@ static void test_naip_build(void) {
   /* 4670 m x 3615 m: 28 columns and 20 rows of 320 m tiles every 160 m. */
   CHECK_EQ_INT(g20.nc, 28);
   CHECK_EQ_INT(g20.nr, 20);
-  naip_tiles = (uint64_t)(g20.nc * g20.nr + g09.nc * g09.nr);
+  /* The years' origins differ by a metre, their places do not: one tile
+   * per place, each encoded once per year. */
+  CHECK(g09.c0 == g20.c0 && g09.nc == g20.nc && g09.rtop == g20.rtop && g09.nr == g20.nr);
+  naip_tiles = (uint64_t)(g20.nc * g20.nr);
   CHECK_EQ_U64(st.tiles, naip_tiles);
   CHECK_EQ_U64(st.skipped, 0);
-  CHECK_EQ_U64(naip_fake.n, naip_tiles);
+  CHECK_EQ_U64(naip_fake.n, 2 * naip_tiles);
 
   /* Tile rows in order, each centre against GDAL's own transform. */
   OGRSpatialReferenceH utm = OSRNewSpatialReference(NULL), wgs = OSRNewSpatialReference(NULL);
@@ -229,30 +236,28 @@ static void test_naip_build(void) {
   int64_t id = 0;
   double worst = 0;
   int bad_rows = 0;
-  for (int s = 0; s < 2; s++) {
-    const struct expect_grid *g = s == 0 ? &g20 : &g09;
-    for (long r = 0; r < g->nr; r++)
-      for (long c = 0; c < g->nc; c++) {
-        if (sqlite3_step(q) != SQLITE_ROW) {
-          bad_rows++;
-          continue;
-        }
-        id++;
-        double x = (double)(g->c0 + c) * 160 + 160, y = (double)(g->rtop - r) * 160 + 160;
-        double lon = x, lat = y;
-        OCTTransform(ct, 1, &lon, &lat, NULL);
-        double glat = sqlite3_column_double(q, 1), glon = sqlite3_column_double(q, 2);
-        worst = fmax(worst, fmax(fabs(glat - lat), fabs(glon - lon)));
-        if (sqlite3_column_int64(q, 0) != id || sqlite3_column_double(q, 7) != x ||
-            sqlite3_column_double(q, 8) != y || sqlite3_column_double(q, 9) != 5.0 ||
-            !(sqlite3_column_double(q, 3) < glat && glat < sqlite3_column_double(q, 4)) ||
-            !(sqlite3_column_double(q, 5) < glon && glon < sqlite3_column_double(q, 6)) ||
-            strcmp((const char *)sqlite3_column_text(q, 10),
-                   s == 0 ? "m_4709963_se_14_1_20200831.tif" : "m_4709963_se_14_1_20090818.tif") ||
-            strcmp((const char *)sqlite3_column_text(q, 11), s == 0 ? "2020-08-31" : "2009-08-18"))
-          bad_rows++;
+  const struct expect_grid *g = &g20;
+  for (long r = 0; r < g->nr; r++)
+    for (long c = 0; c < g->nc; c++) {
+      if (sqlite3_step(q) != SQLITE_ROW) {
+        bad_rows++;
+        continue;
       }
-  }
+      id++;
+      double x = (double)(g->c0 + c) * 160 + 160, y = (double)(g->rtop - r) * 160 + 160;
+      double lon = x, lat = y;
+      OCTTransform(ct, 1, &lon, &lat, NULL);
+      double glat = sqlite3_column_double(q, 1), glon = sqlite3_column_double(q, 2);
+      worst = fmax(worst, fmax(fabs(glat - lat), fabs(glon - lon)));
+      /* Source and date: the first year that covers the place. */
+      if (sqlite3_column_int64(q, 0) != id || sqlite3_column_double(q, 7) != x ||
+          sqlite3_column_double(q, 8) != y || sqlite3_column_double(q, 9) != 5.0 ||
+          !(sqlite3_column_double(q, 3) < glat && glat < sqlite3_column_double(q, 4)) ||
+          !(sqlite3_column_double(q, 5) < glon && glon < sqlite3_column_double(q, 6)) ||
+          strcmp((const char *)sqlite3_column_text(q, 10), "m_4709963_se_14_1_20200831.tif") ||
+          strcmp((const char *)sqlite3_column_text(q, 11), "2020-08-31"))
+        bad_rows++;
+    }
   CHECK_EQ_INT(bad_rows, 0);
   CHECK(sqlite3_step(q) == SQLITE_DONE);
   /* Same PROJ underneath, same operation: nanodegrees at most. */
@@ -276,16 +281,15 @@ static void test_naip_build(void) {
   OSRDestroySpatialReference(utm);
   OSRDestroySpatialReference(wgs);
 
-  /* Both years tile the same footprints: tile k of 2020 and tile k of 2009
-   * have the same centre although the rasters' origins differ by 1 m. */
+  /* Each tile holds both years. */
   struct gl_map *m = NULL;
   CHECK_EQ_INT(gl_map_open(naip_pack, MODEL_A, &m, err, sizeof err), 0);
   if (m) {
-    struct gl_map_tile a, b;
+    struct gl_map_tile a;
+    CHECK_EQ_INT(gl_map_years(m), 2);
+    CHECK_EQ_INT(gl_map_rotations(m), 1);
     CHECK_EQ_INT(gl_map_tile_get(m, 1, &a), 0);
-    CHECK_EQ_INT(gl_map_tile_get(m, 1 + (int64_t)(naip_tiles / 2), &b), 0);
-    CHECK(a.lat == b.lat && a.lon == b.lon);
-    CHECK_EQ_STR(b.capture_date, "2009-08-18");
+    CHECK_EQ_STR(a.capture_date, "2020-08-31");
     CHECK_EQ_STR(a.source, "m_4709963_se_14_1_20200831.tif");
     CHECK_EQ_INT(gl_map_tile_get(m, 0, &a), GL_EINVAL);
     CHECK_EQ_INT(gl_map_tile_get(m, (int64_t)naip_tiles + 1, &a), GL_EINVAL);
@@ -301,6 +305,8 @@ static void test_naip_build(void) {
   CHECK_CONTAINS(text, MODEL_A);
   CHECK_CONTAINS(text, "\"crs\":\t\"EPSG:26914\"");
   CHECK_CONTAINS(text, "\"capture_date\":\t\"2020-08-31\"");
+  CHECK_CONTAINS(text, "\"capture_date\":\t\"2009-08-18\"");
+  CHECK_CONTAINS(text, "\"years\":\t2");
   CHECK_CONTAINS(text, "\"index_type\":\t\"Flat\"");
   CHECK_CONTAINS(text, "\"warped\":\tfalse"); /* same CRS: read directly, no warp */
   free(text);
@@ -481,14 +487,14 @@ static void test_search_own(void) {
   CHECK_EQ_STR(gl_map_model_sha256(m), MODEL_A);
   CHECK_EQ_STR(gl_map_index_type(m), "Flat");
   CHECK(gl_map_tile_m(m) == 320 && gl_map_stride_m(m) == 160);
-  /* A batch of every 37th tile's own descriptor: each finds itself first
-   * with score 1, and the next hits in decreasing order. */
+  /* A batch of every 37th tile's own descriptor, of either year: each
+   * finds itself first with score 1, and the next hits in decreasing order. */
   enum { K = 5 };
   uint32_t n = 0;
   float *q = malloc(naip_tiles * DIM * sizeof(float));
   int64_t *want = malloc(naip_tiles * sizeof *want);
   for (uint64_t t = 0; t < naip_tiles; t += 37) {
-    memcpy(q + (size_t)n * DIM, naip_fake.desc + t * DIM, DIM * sizeof(float));
+    memcpy(q + (size_t)n * DIM, NAIP_DESC(t, n % 2), DIM * sizeof(float));
     want[n++] = (int64_t)t + 1;
   }
   struct gl_map_hit *hits = calloc((size_t)n * K, sizeof *hits);
@@ -546,7 +552,7 @@ static void *search_thread(void *arg) {
     struct gl_map_hit h[3];
     uint32_t c = 0;
     char err[256];
-    if (gl_map_search(j->m, naip_fake.desc + t * DIM, 1, 3, &pr, h, &c, err, sizeof err) != 0 ||
+    if (gl_map_search(j->m, NAIP_DESC(t, it / 2 % 2), 1, 3, &pr, h, &c, err, sizeof err) != 0 ||
         c == 0 || h[0].tile_id != (int64_t)t + 1)
       j->wrong++;
   }
@@ -585,8 +591,9 @@ static uint32_t tiles_within(struct gl_map *m, double lat, double lon, double r)
   return n;
 }
 
-static void check_prior_search(struct gl_map *m, const float *descs, const char *what,
-                               bool exact) {
+/* descs: tile id t's descriptor at descs + (t - 1) * per_tile * DIM. */
+static void check_prior_search(struct gl_map *m, const float *descs, size_t per_tile,
+                               const char *what, bool exact) {
   char err[1024] = "";
   struct gl_map_tile centre, far;
   CHECK_EQ_INT(gl_map_tile_get(m, 300, &centre), 0);
@@ -598,9 +605,9 @@ static void check_prior_search(struct gl_map *m, const float *descs, const char 
    * circle that excludes tile 20, tile 300's own with that prior, and tile
    * 20's own with no prior. */
   float q[3 * DIM];
-  memcpy(q, descs + 19 * DIM, DIM * sizeof(float));
-  memcpy(q + DIM, descs + 299 * DIM, DIM * sizeof(float));
-  memcpy(q + 2 * DIM, descs + 19 * DIM, DIM * sizeof(float));
+  memcpy(q, descs + 19 * per_tile * DIM, DIM * sizeof(float));
+  memcpy(q + DIM, descs + 299 * per_tile * DIM, DIM * sizeof(float));
+  memcpy(q + 2 * DIM, descs + 19 * per_tile * DIM, DIM * sizeof(float));
   struct gl_map_prior pr[3] = {{centre.lat, centre.lon, r}, {centre.lat, centre.lon, r}, {0, 0, 0}};
   enum { K = 100 };
   struct gl_map_hit hits[3 * K];
@@ -665,7 +672,8 @@ static void test_prior(void) {
   struct gl_map *m = NULL;
   if (!CHECK_EQ_INT(gl_map_open(naip_pack, NULL, &m, err, sizeof err), 0))
     return;
-  check_prior_search(m, naip_fake.desc, "Flat", true);
+  check_prior_search(m, NAIP_DESC(0, 0), 2, "Flat, 2020", true);
+  check_prior_search(m, NAIP_DESC(0, 1), 2, "Flat, 2009", true);
   /* References: the map outlives its first close while a ref is held. */
   struct gl_map *m2 = gl_map_ref(m);
   gl_map_close(m);
@@ -748,7 +756,7 @@ static void test_index_types(void) {
       CHECK(exact ? first == (int)tried : first >= (int)(tried * 6 / 10));
       if (!(exact ? first == (int)tried : first >= (int)(tried * 6 / 10)))
         fprintf(stderr, "  %s: own tile first %d of %zu\n", types[i], first, tried);
-      check_prior_search(m, f.desc, types[i], exact);
+      check_prior_search(m, f.desc, 1, types[i], exact);
       gl_map_close(m);
     }
     fake_fini(&f);

@@ -338,6 +338,12 @@ class MapBuilder(unittest.TestCase):
         self.check(self.build("east.map", "--bbox", X.bbox_string(NAIP)),
                    X.reference_corners(self.r))
 
+    def test_west_bbox_matches_builder(self):
+        if "--bbox" not in self.help:
+            self.skipTest(f"{GEOLOC} has no map build --bbox")
+        self.check(self.build("west.map", "--bbox", X.bbox_string(NAIP, "west")),
+                   X.train_corners(self.r))
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -1,4 +1,5 @@
 /* Estimate reports: CSV quoting, GeoJSON structure, NMEA lines, table rows. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,8 +9,8 @@
 #include "test.h"
 
 static const struct gl_report_candidate cands[2] = {
-    {47.0123, -99.2345, 0.91f, 0.75f, 40.0f, 17},
-    {47.0200, -99.2000, 0.80f, 0.25f, 60.0f, 23},
+    {47.0123, -99.2345, 0.91f, 0.75f, 40.0f, 17, NAN},
+    {47.0200, -99.2000, 0.80f, 0.25f, 60.0f, 23, NAN},
 };
 
 /* Runs one report of two frames (one with candidates, one failed) into a

@@ -270,7 +270,9 @@ out:
  * counts the floats it needs. Pieces are 64-byte aligned. */
 static size_t gl__own_layout(struct gl__cpu_ctx *c, const struct gl__nn_graph *g, float *base) {
   const struct gl__nn_config *cfg = &g->model->cfg;
-  const uint32_t h = cfg->input_h, w = cfg->input_w, C = cfg->resizer ? cfg->resizer_channels : 0;
+  /* The network input: the model's input size, or a feature graph's own. */
+  const uint32_t h = g->ops[0].dst.h, w = g->ops[0].dst.w;
+  const uint32_t C = cfg->resizer ? cfg->resizer_channels : 0;
   size_t off = 0;
 #define GL__TAKE(ptr, type, n)                                                                     \
   do {                                                                                             \
@@ -351,8 +353,8 @@ static int gl__own_scratch(struct gl__cpu_ctx *c, const struct gl__nn_graph *g, 
   memset(base, 0, total * sizeof(float));
   gl__own_layout(c, g, base);
   struct gl__cpu_pre *p = &c->pre;
-  p->h = cfg->input_h;
-  p->w = cfg->input_w;
+  p->h = g->ops[0].dst.h;
+  p->w = g->ops[0].dst.w;
   p->c = cfg->resizer ? cfg->resizer_channels : 0;
   for (int ch = 0; ch < 3; ch++)
     for (int v = 0; v < 256; v++)

@@ -1,0 +1,113 @@
+#include "inproc.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/err.h"
+#include "map/dense.h"
+
+#define GL__MAX_OUT 128
+
+int gl_cli_inproc_open(struct gl_cli_inproc *ip, const char *prog, const char *model_path,
+                       const char *map_path, uint32_t threads, uint32_t batch, uint32_t tiles,
+                       const struct gl_loc_fine_params *fine) {
+  char err[512];
+  int rc;
+  memset(ip, 0, sizeof *ip);
+  ip->batch = batch;
+  ip->tiles = tiles;
+  if ((rc = gl_nn_model_load(model_path, &ip->model, err, sizeof err))) {
+    fprintf(stderr, "%s: %s: %s\n", prog, model_path, err);
+    return rc;
+  }
+  if ((rc = gl_map_open(map_path, gl_nn_model_sha256(ip->model), &ip->map, err, sizeof err))) {
+    fprintf(stderr, "%s: %s: %s\n", prog, map_path, err);
+    return rc;
+  }
+  struct gl_nn_engine_opts eo = {.backend = GL_NN_BACKEND_CPU,
+                                 .max_batch = batch,
+                                 .threads = threads,
+                                 .max_input_pixels = GL_CLI_INPROC_MAX_PIXELS};
+  if ((rc = gl_nn_engine_create(ip->model, &eo, &ip->engine, err, sizeof err))) {
+    fprintf(stderr, "%s: engine: %s\n", prog, err);
+    return rc;
+  }
+  const struct gl_map_dense *d = gl_map_dense(ip->map);
+  if (fine && d &&
+      (rc = gl_loc_fine_frame_create(ip->model, d->layer, fine, threads, &ip->fine, err,
+                                     sizeof err))) {
+    fprintf(stderr, "%s: fine stage: %s\n", prog, err);
+    return rc;
+  }
+  ip->dim = gl_nn_model_descriptor_dim(ip->model);
+  ip->S = gl_nn_model_input_size(ip->model);
+  ip->desc = malloc((size_t)batch * ip->dim * sizeof(float));
+  ip->northup = malloc((size_t)batch * ip->S * ip->S * 3);
+  ip->enc = calloc(batch, sizeof *ip->enc);
+  ip->est = calloc(GL__MAX_OUT, sizeof *ip->est);
+  if (!ip->desc || !ip->northup || !ip->enc || !ip->est ||
+      (rc = gl_loc_locator_create(tiles, &ip->loc))) {
+    fprintf(stderr, "%s: out of memory\n", prog);
+    return GL_ENOMEM;
+  }
+  return 0;
+}
+
+void gl_cli_inproc_close(struct gl_cli_inproc *ip) {
+  gl_loc_fine_frame_destroy(ip->fine);
+  gl_loc_locator_destroy(ip->loc);
+  free(ip->desc);
+  free(ip->northup);
+  free(ip->enc);
+  free(ip->est);
+  gl_nn_engine_destroy(ip->engine);
+  gl_map_close(ip->map);
+  gl_nn_model_destroy(ip->model);
+  memset(ip, 0, sizeof *ip);
+}
+
+void gl_cli_inproc_run(struct gl_cli_inproc *ip, const struct gl_image *frames,
+                       const double *headings, uint32_t n, const struct gl_map_prior *priors,
+                       size_t max_out, gl_cli_inproc_cb done, void *ctx) {
+  char err[512] = "";
+  struct gl_report_candidate cand[GL__MAX_OUT];
+  if (max_out > GL__MAX_OUT)
+    max_out = GL__MAX_OUT;
+  /* A frame with a compass heading is encoded north-up, as the map is. */
+  for (uint32_t i = 0; i < n; i++) {
+    ip->enc[i] = frames[i];
+    if (headings && !isnan(headings[i])) {
+      ip->enc[i] = (struct gl_image){ip->northup + (size_t)i * ip->S * ip->S * 3, ip->S, ip->S};
+      gl_img_warp(&frames[i], headings[i], ip->S, ip->S, ip->enc[i].rgb);
+    }
+  }
+  int rc = gl_nn_engine_encode(ip->engine, ip->enc, n, ip->desc);
+  if (rc)
+    snprintf(err, sizeof err, "inference: %s", gl_strerror(rc));
+  else
+    rc = gl_loc_locator_search(ip->loc, ip->map, ip->desc, n, ip->tiles, priors, err, sizeof err);
+  for (uint32_t i = 0; i < n; i++) {
+    size_t ne = 0;
+    int frc = rc;
+    if (!frc && ip->fine) {
+      uint32_t nh;
+      const struct gl_map_hit *hits = gl_loc_locator_hits(ip->loc, i, &nh);
+      frc = gl_loc_fine_frame(ip->fine, ip->map, &frames[i], headings ? headings[i] : NAN, hits,
+                              nh, priors ? &priors[i] : NULL, ip->est, max_out, &ne, err,
+                              sizeof err);
+    } else if (!frc) {
+      frc = gl_loc_locator_cluster(ip->loc, i, 0, ip->est, max_out, &ne, err, sizeof err);
+    }
+    for (size_t k = 0; k < ne; k++)
+      cand[k] = (struct gl_report_candidate){ip->est[k].lat,
+                                             ip->est[k].lon,
+                                             (float)ip->est[k].best_score,
+                                             (float)ip->est[k].confidence,
+                                             (float)ip->est[k].radius_m,
+                                             (uint64_t)ip->est[k].tile_id,
+                                             (float)ip->est[k].heading_deg};
+    done(ctx, i, frc, err, cand, frc ? 0 : ne);
+  }
+}

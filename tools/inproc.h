@@ -1,0 +1,49 @@
+/* The whole pipeline in this process, for `geoloc locate` and `geoloc
+ * eval`: frames turned north-up when their heading is known, the global
+ * descriptor and search, then the fine stage when the map has a dense layer
+ * (clustering of the global matches when it has none or it is disabled). */
+#ifndef GL_TOOLS_INPROC_H
+#define GL_TOOLS_INPROC_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "client/report.h"
+#include "img/img.h"
+#include "loc/fine.h"
+#include "loc/locate.h"
+#include "map/map.h"
+#include "nn/nn.h"
+
+#define GL_CLI_INPROC_MAX_PIXELS (4096u * 4096u)
+
+struct gl_cli_inproc {
+  struct gl_nn_model *model;
+  struct gl_nn_engine *engine;
+  struct gl_map *map;
+  struct gl_loc_locator *loc;
+  struct gl_loc_fine_frame *fine; /* NULL: no fine stage */
+  uint32_t batch, tiles, dim, S;
+  float *desc;
+  uint8_t *northup;           /* [batch][S][S][3] */
+  struct gl_image *enc;       /* [batch]: what the global stage encodes */
+  struct gl_loc_estimate *est; /* scratch for one frame */
+};
+
+/* Loads model and map, plans the engines; fine NULL disables the fine
+ * stage. Prints what failed to stderr with prog's prefix. */
+int gl_cli_inproc_open(struct gl_cli_inproc *ip, const char *prog, const char *model_path,
+                       const char *map_path, uint32_t threads, uint32_t batch, uint32_t tiles,
+                       const struct gl_loc_fine_params *fine);
+void gl_cli_inproc_close(struct gl_cli_inproc *ip);
+
+/* Localizes n <= batch decoded frames (headings[i] NaN when unknown;
+ * priors NULL or n entries) and calls done(ctx, i, rc, cand, n_cand) for
+ * each, best candidate first (at most max_out <= 128). */
+typedef void (*gl_cli_inproc_cb)(void *ctx, uint32_t i, int rc, const char *err,
+                                 const struct gl_report_candidate *cand, size_t n);
+void gl_cli_inproc_run(struct gl_cli_inproc *ip, const struct gl_image *frames,
+                       const double *headings, uint32_t n, const struct gl_map_prior *priors,
+                       size_t max_out, gl_cli_inproc_cb done, void *ctx);
+
+#endif
