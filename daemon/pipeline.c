@@ -1,5 +1,6 @@
 #include "pipeline.h"
 
+#include <math.h>
 #include <omp.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -62,6 +63,7 @@ void gl_job_free(struct gl_job *job) {
     return;
   gl_wire_free(job->msg);
   gl_img_free(&job->image);
+  free(job->north.rgb);
   free(job);
 }
 
@@ -106,6 +108,16 @@ static void gl__decode_work(uv_work_t *w) {
     job->result = GL_JOB_BAD_IMAGE;
     if (!job->error[0])
       snprintf(job->error, sizeof job->error, "%s", gl_strerror(rc));
+  } else if (!isnan(job->heading_deg)) {
+    /* A compass heading: the frame is encoded north-up, as the map is. */
+    uint32_t s = job->rt->input_size;
+    if (!(job->north.rgb = malloc((size_t)s * s * 3))) {
+      job->result = GL_JOB_FAILED;
+      snprintf(job->error, sizeof job->error, "out of memory");
+    } else {
+      job->north.width = job->north.height = s;
+      gl_img_warp(&job->image, job->heading_deg, s, s, job->north.rgb);
+    }
   }
   /* The encoded bytes are not needed any more: free them while the frame
    * waits for inference. */
@@ -148,13 +160,26 @@ uint32_t gl_pipeline_pending(const struct gl_pipeline *p) { return p->pending; }
 
 /* ---- inference; search and clustering on a thread of their own --------- */
 
-/* Clusters the last search's query i into job's candidates. False when
+/* Turns the last search's query i into job's candidates: the fine stage
+ * when its map has one, else clustering of the matched tiles. False when
  * the job failed (its error says why). */
 static bool gl__cluster(struct gl_pipeline *p, struct gl_job *job, uint32_t i) {
   uint32_t want = job->top_k < GL_JOB_MAX_CANDIDATES ? job->top_k : GL_JOB_MAX_CANDIDATES;
   size_t n_est = 0;
-  if (gl_loc_locator_cluster(p->loc, i, job->rt->bandwidth_m, p->est, want, &n_est, job->error,
-                             sizeof job->error) != GL_OK) {
+  const struct gl_runtime *rt = job->rt;
+  int rc;
+  if (rt->maps[job->map].fine) {
+    uint32_t nh;
+    const struct gl_map_hit *hits = gl_loc_locator_hits(p->loc, i, &nh);
+    rc = gl_loc_fine_frame(rt->fine, rt->maps[job->map].map, &job->image, job->heading_deg, hits,
+                           nh, job->has_prior ? &job->prior : NULL, p->est, want, &n_est,
+                           job->error, sizeof job->error);
+    gl_img_free(&job->image);
+  } else {
+    rc = gl_loc_locator_cluster(p->loc, i, rt->bandwidth_m, p->est, want, &n_est, job->error,
+                                sizeof job->error);
+  }
+  if (rc != GL_OK) {
     job->result = GL_JOB_FAILED;
     return false;
   }
@@ -164,7 +189,8 @@ static bool gl__cluster(struct gl_pipeline *p, struct gl_job *job, uint32_t i) {
                                              (float)p->est[c].best_score,
                                              (float)p->est[c].confidence,
                                              (float)p->est[c].radius_m,
-                                             p->est[c].tile_id};
+                                             p->est[c].tile_id,
+                                             (float)p->est[c].heading_deg};
   job->n_cand = (uint32_t)n_est;
   return true;
 }
@@ -235,7 +261,7 @@ static void gl__run_batch(struct gl_pipeline *p, struct gl_job **jobs, uint32_t 
       continue;
     }
     p->batch[m] = job;
-    p->images[m++] = job->image;
+    p->images[m++] = job->north.rgb ? job->north : job->image;
   }
   if (m == 0)
     return;
@@ -257,7 +283,11 @@ static void gl__run_batch(struct gl_pipeline *p, struct gl_job **jobs, uint32_t 
   uint64_t t1 = gl_pipeline_now_us();
   for (uint32_t i = 0; i < m; i++) {
     struct gl_job *job = p->batch[i];
-    gl_img_free(&job->image);
+    /* The fine stage reads the frame again; the global stage is done. */
+    if (!job->rt->maps[job->map].fine)
+      gl_img_free(&job->image);
+    free(job->north.rgb);
+    job->north = (struct gl_image){0};
     job->t_inferred = t1;
     job->infer_us = (uint32_t)(t1 - t0);
     job->batch_size = m;

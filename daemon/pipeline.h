@@ -31,6 +31,7 @@ struct gl_job_candidate {
   double lat, lon;
   float score, confidence, radius_m;
   int64_t tile_id;
+  float heading_deg; /* estimated by the fine stage; NaN otherwise */
 };
 
 struct gl_job {
@@ -47,13 +48,18 @@ struct gl_job {
   uint32_t top_k;
   bool has_prior;
   struct gl_map_prior prior;
+  double heading_deg; /* the frame's compass heading; NaN when it has none */
   uint64_t max_pixels;
   /* Progress, microseconds on CLOCK_MONOTONIC. */
   uint64_t t_received, t_decoded, t_batched, t_inferred, t_done;
   uint32_t decode_us, infer_us, search_us;
   uint32_t batch_size;
   bool batch_first; /* the first frame of its batch: counts the batch once */
+  /* The decoded frame (kept until the fine stage has used it), and with a
+   * heading, the frame turned north-up at the model's input size, which the
+   * global stage encodes instead. */
   struct gl_image image;
+  struct gl_image north;
   /* The outcome. */
   enum gl_job_result result;
   char error[200];

@@ -6,15 +6,52 @@
 
 #include "core/err.h"
 #include "core/log.h"
+#include "map/dense.h"
 
 static void gl__runtime_free(struct gl_runtime *rt) {
   for (uint32_t i = 0; i < rt->n_maps; i++) {
     gl_map_close(rt->maps[i].map);
     free(rt->maps[i].name);
   }
+  gl_loc_fine_frame_destroy(rt->fine);
   gl_nn_engine_destroy(rt->engine);
   gl_nn_model_destroy(rt->model);
   free(rt);
+}
+
+/* The fine stage for the maps that have a dense layer: planned for the
+ * first one's layer; a map with another layer is served without it. */
+static int gl__runtime_fine(struct gl_runtime *rt, const struct gl_config *cfg, char *err,
+                            size_t errlen) {
+  struct gl_loc_fine_params fp;
+  gl_loc_fine_params_init(&fp);
+  fp.top_k = cfg->fine_top_k;
+  fp.radius_cells = cfg->fine_radius_cells;
+  fp.step_deg = cfg->heading_step_deg;
+  fp.tolerance_deg = cfg->heading_tolerance_deg;
+  int rc = gl_loc_fine_params_check(&fp, err, errlen);
+  if (rc || !cfg->fine)
+    return rc;
+  for (uint32_t i = 0; i < rt->n_maps; i++) {
+    const struct gl_map_dense *d = gl_map_dense(rt->maps[i].map);
+    if (!d) {
+      GL_LOG_I("map %s: no dense layer; its frames get the global stage only",
+               rt->maps[i].name);
+      continue;
+    }
+    if (!rt->fine && (rc = gl_loc_fine_frame_create(rt->model, d->layer, &fp,
+                                                     cfg->model_threads, &rt->fine, err, errlen)))
+      return rc;
+    if (d->layer != gl_loc_fine_frame_layer(rt->fine) || d->input_px != rt->input_size) {
+      GL_LOG_W("map %s: dense layer of block %u at %u px, not the fine stage's block %u at %u "
+               "px; its frames get the global stage only",
+               rt->maps[i].name, d->layer, d->input_px, gl_loc_fine_frame_layer(rt->fine),
+               rt->input_size);
+      continue;
+    }
+    rt->maps[i].fine = true;
+  }
+  return 0;
 }
 
 static int gl__runtime_engine(struct gl_runtime *rt, const struct gl_config *cfg, char *err,
@@ -83,6 +120,12 @@ int gl_runtime_load(const struct gl_config *cfg, struct gl_runtime **out, char *
     GL_LOG_I("map %s: %llu tiles, %s index, %s", m->name,
              (unsigned long long)gl_map_tile_count(m->map), gl_map_index_type(m->map),
              cfg->maps[i].path);
+  }
+  rt->input_size = gl_nn_model_input_size(rt->model);
+  rc = gl__runtime_fine(rt, cfg, why, sizeof why);
+  if (rc != GL_OK) {
+    snprintf(err, errlen, "[search] fine stage: %s", why);
+    goto fail;
   }
   GL_LOG_I("model %s: %u-d descriptors on %s, batches up to %u", cfg->model_path, rt->dim,
            gl_nn_engine_backend_name(rt->engine), rt->max_batch);

@@ -5,10 +5,12 @@
 #ifndef GL_DAEMON_RUNTIME_H
 #define GL_DAEMON_RUNTIME_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "core/config.h"
+#include "loc/fine.h"
 #include "loc/loc.h"
 #include "map/map.h"
 #include "nn/nn.h"
@@ -16,6 +18,7 @@
 struct gl_runtime_map {
   char *name;
   struct gl_map *map;
+  bool fine; /* its dense layer is the fine stage's: frames get the fine stage */
 };
 
 struct gl_runtime {
@@ -30,6 +33,10 @@ struct gl_runtime {
   uint32_t max_batch, batch_window_us, stale_after_ms;
   uint32_t search_tiles;
   double bandwidth_m; /* 0: each map's tile size */
+  uint32_t input_size; /* the model's input side: frames with a heading are warped to it */
+  /* The fine stage, when [search] fine is on and a map has a dense layer
+   * (the first such map's layer); used by the search thread only. */
+  struct gl_loc_fine_frame *fine;
 };
 
 /* Loads cfg's [model] and [map NAME] sections: the model, an engine on the

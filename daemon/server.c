@@ -1,6 +1,7 @@
 #include "server.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -497,6 +498,14 @@ static bool gl__conn_frame(struct gl_conn *c, gl_client_msg *m) {
                    "(0, 20037509]");
     return false;
   }
+  if (f->has_heading_deg && !(f->heading_deg >= -360 && f->heading_deg <= 720)) {
+    gl_metrics_frame(srv->metrics, GL_METRICS_FRAME_ERROR);
+    gl__conn_error(c, BAD, &id, false,
+                   "heading_deg %g is not a heading in degrees (-360 to 720, clockwise from "
+                   "north)",
+                   f->heading_deg);
+    return false;
+  }
   /* Backpressure: a bounded pipeline answers BUSY at once rather than
    * letting frames grow stale in a queue. */
   if (c->inflight >= cfg->max_frames_in_flight || srv->queued >= cfg->queue_depth) {
@@ -518,6 +527,7 @@ static bool gl__conn_frame(struct gl_conn *c, gl_client_msg *m) {
   job->top_k = f->top_k ? f->top_k : cfg->default_top_k;
   job->max_pixels = cfg->max_decoded_pixels;
   job->t_received = gl_pipeline_now_us();
+  job->heading_deg = f->has_heading_deg ? f->heading_deg : NAN;
   if (pr) {
     job->has_prior = true;
     job->prior = (struct gl_map_prior){pr->lat, pr->lon, pr->radius_m};
@@ -620,6 +630,10 @@ static void gl__on_job_done(void *ud, struct gl_job *job) {
         cand[i].radius_m = jc->radius_m;
         cand[i].tile_id = (uint64_t)jc->tile_id;
         cand[i].confidence = jc->confidence;
+        if (!isnan(jc->heading_deg)) {
+          cand[i].has_heading_deg = 1;
+          cand[i].heading_deg = jc->heading_deg;
+        }
         cp[i] = &cand[i];
       }
       t.has_decode_us = t.has_queue_us = t.has_infer_us = t.has_search_us = t.has_total_us = 1;

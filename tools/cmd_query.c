@@ -1,6 +1,8 @@
 /* geoloc query: stream image files to geolocd and print the estimates, or,
  * with --labels, score them against the true positions. */
 #include <getopt.h>
+#include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +31,8 @@ static void usage(FILE *f) {
           "  --top-k K           candidates per frame (default: the server's)\n"
           "  --window N          frames in flight at once (default 16)\n"
           "  --format F          table (default), csv, geojson or nmea\n"
+          "  --heading DEG       send every frame this compass heading (degrees clockwise\n"
+          "                      from north of the image's top)\n"
           "  --tls-ca FILE       CA of the server certificate (enables TLS)\n"
           "  --tls-cert FILE     client certificate\n"
           "  --tls-key FILE      client private key\n"
@@ -41,6 +45,7 @@ static void usage(FILE *f) {
           "  --pack PATH.map     a local copy of the map the server uses: adds the true tile\n"
           "                      and its rank, and the background of --report\n"
           "  --report FILE.png   draw truths (green) and estimates (red) over the map\n"
+          "  --use-heading       send each frame the labels' heading as its compass heading\n"
           "\n"
           "Exit status: 0 when every frame got an estimate, 1 otherwise.\n");
 }
@@ -93,6 +98,7 @@ int gl_cmd_query(int argc, char **argv) {
       {"window", required_argument, NULL, 'w'},   {"format", required_argument, NULL, 'f'},
       {"labels", required_argument, NULL, 'l'},   {"pack", required_argument, NULL, 'P'},
       {"report", required_argument, NULL, 'R'},
+      {"heading", required_argument, NULL, 'H'},  {"use-heading", no_argument, NULL, 'u'},
       GL_CLI_TLS_OPTIONS,
       {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0},
   };
@@ -105,6 +111,8 @@ int gl_cmd_query(int argc, char **argv) {
   struct gl_map_prior prior;
   int have_prior = 0;
   long top_k = 0, window = 16;
+  double heading = NAN, *headings = NULL;
+  bool use_heading = false;
   char **paths = NULL;
   size_t n_paths = 0;
   int status = 2, o;
@@ -138,6 +146,19 @@ int gl_cmd_query(int argc, char **argv) {
     case 'l':
       labels = optarg;
       break;
+    case 'H': {
+      char *end;
+      heading = strtod(optarg, &end);
+      if (end == optarg || *end || !(heading >= -360 && heading <= 720)) {
+        fprintf(stderr, "geoloc: --heading wants degrees clockwise from north, got '%s'\n",
+                optarg);
+        return 2;
+      }
+      break;
+    }
+    case 'u':
+      use_heading = true;
+      break;
     case 'P':
       pack_path = optarg;
       break;
@@ -163,8 +184,12 @@ int gl_cmd_query(int argc, char **argv) {
     usage(stderr);
     return 2;
   }
-  if (!labels && (pack_path || report)) {
-    fprintf(stderr, "geoloc: --pack and --report go with --labels\n");
+  if (!labels && (pack_path || report || use_heading)) {
+    fprintf(stderr, "geoloc: --pack, --report and --use-heading go with --labels\n");
+    return 2;
+  }
+  if (use_heading && !isnan(heading)) {
+    fprintf(stderr, "geoloc: --heading and --use-heading exclude each other\n");
     return 2;
   }
   if (labels && fmt != GL_REPORT_TABLE && fmt != GL_REPORT_CSV) {
@@ -203,6 +228,15 @@ int gl_cmd_query(int argc, char **argv) {
     }
     q.paths = paths;
   }
+  if (use_heading || !isnan(heading)) {
+    if (!(headings = malloc((n_paths ? n_paths : 1) * sizeof *headings))) {
+      fprintf(stderr, "geoloc: out of memory\n");
+      goto done;
+    }
+    for (size_t i = 0; i < n_paths; i++)
+      headings[i] = use_heading ? ev.labels.v[i].heading_deg : heading;
+    so.headings = headings;
+  }
   if (gl_cli_stream(&so, q.paths, n_paths) != GL_OK)
     goto done;
   if (q.ev) {
@@ -215,6 +249,7 @@ int gl_cmd_query(int argc, char **argv) {
   status = q.failed ? 1 : 0;
   fprintf(stderr, "geoloc: %zu frame(s): %zu estimated, %zu failed\n", n_paths, q.ok, q.failed);
 done:
+  free(headings);
   gl_cli_eval_fini(&ev);
   gl_map_close(pack);
   for (size_t i = 0; paths && i < n_paths; i++)

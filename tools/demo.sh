@@ -6,8 +6,11 @@
 #   2. simulates a drone flight over it in the 2009 imagery, which the map was
 #      not built from (heading along the path, tilted camera);
 #   3. starts geolocd on 127.0.0.1 (a free port) serving that model and map;
-#   4. streams the flight through `geoloc query --labels`: a row per frame
-#      (estimate, truth, error, latency), a summary, and a report picture;
+#   4. streams the flight through `geoloc query --labels --use-heading` (each
+#      frame carries its compass heading, as a drone's telemetry does; the
+#      daemon turns it north-up and runs the fine stage over the map's dense
+#      layer): a row per frame (estimate, truth, error, latency), a summary,
+#      and a report picture;
 #   5. stops the daemon with SIGTERM and checks that it exited cleanly.
 #
 # usage: tools/demo.sh BUILD_DIR OUT_DIR [FRAMES]
@@ -69,9 +72,9 @@ for _ in $(seq 1 300); do
 done
 [ "$ready" -eq 1 ] || { cat "$OUT/geolocd.log" >&2; die "geolocd did not answer within 60 s"; }
 
-step "streaming the flight through geolocd"
+step "streaming the flight through geolocd, each frame with its compass heading"
 status=0
-"$GEOLOC" query --connect "127.0.0.1:$PORT" --labels "$OUT/flight/labels.csv" \
+"$GEOLOC" query --connect "127.0.0.1:$PORT" --labels "$OUT/flight/labels.csv" --use-heading \
   --pack "$OUT/demo.map" --report "$OUT/report.png" || status=$?
 
 step "stopping geolocd"

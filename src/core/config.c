@@ -55,6 +55,11 @@ static const struct gl__cfg_key gl__keys[] = {
     GL__K("model", "threads", GL__CFG_U32, model_threads, 0, 256, false),
     GL__K("search", "tiles", GL__CFG_U32, search_tiles, 1, 1024, false),
     GL__K("search", "bandwidth_m", GL__CFG_U32, bandwidth_m, 0, 100000, false),
+    GL__K("search", "fine", GL__CFG_BOOL, fine, 0, 0, false),
+    GL__K("search", "fine_top_k", GL__CFG_U32, fine_top_k, 1, 1024, false),
+    GL__K("search", "fine_radius_cells", GL__CFG_U32, fine_radius_cells, 0, 16, false),
+    GL__K("search", "heading_step_deg", GL__CFG_U32, heading_step_deg, 1, 180, false),
+    GL__K("search", "heading_tolerance_deg", GL__CFG_U32, heading_tolerance_deg, 0, 180, false),
     GL__K("metrics", "listen", GL__CFG_STR, metrics_listen, 0, 0, false),
     GL__K("listen", "tcp", GL__CFG_STR, tcp, 0, 0, false),
     GL__K("listen", "unix", GL__CFG_STR, unix_path, 0, 0, false),
@@ -402,6 +407,12 @@ void gl_config_defaults(struct gl_config *cfg) {
   cfg->max_batch = 32;
   cfg->batch_window_us = 2000;
   cfg->search_tiles = 64;
+  /* The fine stage's defaults are gl_loc_fine_params_init's. */
+  cfg->fine = true;
+  cfg->fine_top_k = 50;
+  cfg->fine_radius_cells = 2;
+  cfg->heading_step_deg = 10;
+  cfg->heading_tolerance_deg = 20;
 }
 
 int gl_config_load(const char *path, struct gl_config *cfg, char *err, size_t errlen) {

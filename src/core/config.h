@@ -54,6 +54,12 @@ struct gl_config {
   /* [search] */
   uint32_t search_tiles; /* tiles: nearest tiles clustered into estimates */
   uint32_t bandwidth_m;  /* bandwidth_m: clustering bandwidth, 0 = the map's tile size */
+  /* The fine stage (src/loc/fine.h), for maps with a dense layer. */
+  bool fine;                   /* fine: on (default) or off */
+  uint32_t fine_top_k;         /* fine_top_k: global candidates re-scored */
+  uint32_t fine_radius_cells;  /* fine_radius_cells: shifts around each */
+  uint32_t heading_step_deg;   /* heading_step_deg: divides 360 */
+  uint32_t heading_tolerance_deg; /* heading_tolerance_deg: with a compass heading */
 
   /* [map NAME] sections, in file order */
   struct gl_config_map maps[GL_CONFIG_MAX_MAPS];

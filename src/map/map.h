@@ -26,7 +26,9 @@
  * "years" too, each holding copies where it does not reach.
  *
  * Tile ids run from 1 to the tile count in grid order: rows north to
- * south, each row west to east. Building writes into a temporary directory beside the target and renames
+ * south, each row west to east.
+ *
+ * Building writes into a temporary directory beside the target and renames
  * it into place, so a crash never leaves a half-built pack. Opening verifies
  * the manifest, every checksum and (when asked) the model. */
 #ifndef GL_MAP_MAP_H

@@ -691,15 +691,17 @@ static void gl__cand_sift(struct gl__cand *h, uint32_t n, uint32_t i) {
 
 /* Exact top-k of nq queries (rows of q) on a Flat map: blocks of tiles are
  * scored against all queries with one sgemm each, every tile's score (the
- * best of its headings and years) goes through the query's top-k heap, and the heaps
- * are sorted best first (ties by id, as the prior search orders them).
+ * best of its headings and years) goes through the query's top-k heap, and
+ * the heaps are sorted best first (ties by id, as the prior search orders
+ * them).
  * which[j] is the caller's index of query j, for hits and counts. */
 static int gl__search_flat(struct gl_map *m, const float *q, uint32_t nq, const uint32_t *which,
                            uint32_t k, struct gl_map_hit *hits, uint32_t *counts, char *err,
                            size_t errlen) {
   uint32_t keep = (uint64_t)k < m->n ? k : (uint32_t)m->n;
   /* Tiles per block: at least one, however many vectors a tile holds. */
-  uint32_t per_tile = m->per_tile, per = GL__FLAT_BLOCK / per_tile ? GL__FLAT_BLOCK / per_tile : 1;
+  uint32_t per_tile = m->per_tile;
+  uint32_t per = GL__FLAT_BLOCK / per_tile ? GL__FLAT_BLOCK / per_tile : 1;
   uint32_t block = m->n < per ? (uint32_t)m->n : per;
   float *scores = malloc((size_t)nq * block * per_tile * sizeof *scores);
   struct gl__cand *heaps = malloc((size_t)nq * keep * sizeof *heaps);

@@ -129,14 +129,24 @@ static void on_progress(void *ctx, const struct gl_map_progress *p) {
 
 /* One build over BBOX (bbox false: the whole rasters). */
 static int build(const char *out, const char *const *orthos, uint32_t n, uint32_t rotations,
-                 const char *index, bool bbox, const double *box, struct fake *f,
-                 struct prog *pr, struct gl_map_build_stats *st, char *err, size_t errlen) {
-  struct gl_map_encoder e = {.width = TILE_PX, .height = TILE_PX, .dim = DIM, .max_batch = 12,
-                             .rotations = rotations, .encode = fake_encode, .ctx = f};
+                 const char *index, bool bbox, const double *box, struct fake *f, struct prog *pr,
+                 struct gl_map_build_stats *st, char *err, size_t errlen) {
+  struct gl_map_encoder e = {.width = TILE_PX,
+                             .height = TILE_PX,
+                             .dim = DIM,
+                             .max_batch = 12,
+                             .rotations = rotations,
+                             .encode = fake_encode,
+                             .ctx = f};
   snprintf(e.model_sha256, sizeof e.model_sha256, "%s", MODEL);
-  struct gl_map_build_opts o = {.orthos = orthos, .n_orthos = n, .tile_m = TILE_M,
-                                .stride_m = STRIDE, .index_type = index, .out = out,
-                                .has_bbox = bbox, .progress_cb = on_progress,
+  struct gl_map_build_opts o = {.orthos = orthos,
+                                .n_orthos = n,
+                                .tile_m = TILE_M,
+                                .stride_m = STRIDE,
+                                .index_type = index,
+                                .out = out,
+                                .has_bbox = bbox,
+                                .progress_cb = on_progress,
                                 .progress_ctx = pr};
   if (bbox)
     memcpy(o.bbox, box ? box : BBOX, sizeof o.bbox);
@@ -395,8 +405,8 @@ static void test_two_years(void) {
       else
         CHECK_EQ_INT(found, tried);
       CHECK_EQ_INT(found_prior, tried);
-      fprintf(stderr, "  %s: own tile first %d/%d, with a prior %d/%d\n",
-              i < 0 ? "Flat" : types[i], found, tried, found_prior, tried);
+      fprintf(stderr, "  %s: own tile first %d/%d, with a prior %d/%d\n", i < 0 ? "Flat" : types[i],
+              found, tried, found_prior, tried);
       gl_map_close(m);
     } else {
       fprintf(stderr, "  %s\n", err);
@@ -483,12 +493,12 @@ static char *make_crop(const char *src, const char *name, double x_from, double 
   GDALSetSpatialRef(out, GDALGetSpatialRef(in));
   uint8_t *buf = malloc((size_t)w * ys);
   for (int b = 1; b <= 3; b++) {
-    CHECK_EQ_INT(GDALRasterIO(GDALGetRasterBand(in, b), GF_Read, c0, 0, w, ys, buf, w, ys,
-                              GDT_Byte, 0, 0),
-                 CE_None);
-    CHECK_EQ_INT(GDALRasterIO(GDALGetRasterBand(out, b), GF_Write, 0, 0, w, ys, buf, w, ys,
-                              GDT_Byte, 0, 0),
-                 CE_None);
+    CHECK_EQ_INT(
+        GDALRasterIO(GDALGetRasterBand(in, b), GF_Read, c0, 0, w, ys, buf, w, ys, GDT_Byte, 0, 0),
+        CE_None);
+    CHECK_EQ_INT(
+        GDALRasterIO(GDALGetRasterBand(out, b), GF_Write, 0, 0, w, ys, buf, w, ys, GDT_Byte, 0, 0),
+        CE_None);
   }
   memset(buf, 255, (size_t)w * ys);
   if (hole) {
@@ -690,12 +700,11 @@ done:
  * block of 256 rows holds. The ten NAIP years, over and over. */
 static void test_many_years(void) {
   enum { Y = 65 };
-  const char *names[] = {
-      "m_4709963_se_14_1_20090818.tif", "m_4709963_se_14_1_20100629.tif",
-      "m_4709963_se_14_1_20120731.tif", "m_4709963_se_14_1_20140720.tif",
-      "m_4709963_se_14_1_20150926.tif", "m_4709963_se_14_1_20160816.tif",
-      "m_4709963_se_14_1_20170827.tif", "m_4709963_se_14_1_20180716.tif",
-      "m_4709963_se_14_1_20190904.tif", "m_4709963_se_14_1_20200831.tif"};
+  const char *names[] = {"m_4709963_se_14_1_20090818.tif", "m_4709963_se_14_1_20100629.tif",
+                         "m_4709963_se_14_1_20120731.tif", "m_4709963_se_14_1_20140720.tif",
+                         "m_4709963_se_14_1_20150926.tif", "m_4709963_se_14_1_20160816.tif",
+                         "m_4709963_se_14_1_20170827.tif", "m_4709963_se_14_1_20180716.tif",
+                         "m_4709963_se_14_1_20190904.tif", "m_4709963_se_14_1_20200831.tif"};
   char *paths[10];
   const char *orthos[GL__MAP_MAX_YEARS + 1];
   for (int i = 0; i < 10; i++)
@@ -727,9 +736,9 @@ static void test_many_years(void) {
     fprintf(stderr, "  %s\n", err);
   }
   /* More sources than a pack holds. */
-  CHECK_EQ_INT(build(out, orthos, GL__MAP_MAX_YEARS + 1, 4, NULL, true, box, &f, &pr, &st, err,
-                     sizeof err),
-               GL_EINVAL);
+  CHECK_EQ_INT(
+      build(out, orthos, GL__MAP_MAX_YEARS + 1, 4, NULL, true, box, &f, &pr, &st, err, sizeof err),
+      GL_EINVAL);
   CHECK_CONTAINS(err, "at most 256");
   free(f.desc);
   free(out);
