@@ -150,6 +150,9 @@ bool gl_cli_fine_option(const char *prog, int o, const char *arg, struct gl_loc_
   case 1004:
     p->tolerance_deg = v;
     break;
+  case 1005:
+    p->full_scan_cells = v >= 0 && v <= 1e7 ? (uint32_t)v : 0;
+    break;
   }
   if (gl_loc_fine_params_check(p, err, sizeof err) != 0) {
     fprintf(stderr, "%s: %s\n", prog, err);

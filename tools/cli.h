@@ -19,18 +19,20 @@
 /* Applies one of GL_CLI_TLS_OPTIONS (o is its value) to co. */
 void gl_cli_tls_option(int o, const char *arg, struct gl_client_opts *co);
 
-/* The fine stage's options of locate and eval (option values 1000..1004). */
+/* The fine stage's options of locate and eval (option values 1000..1005). */
 #define GL_CLI_FINE_OPTIONS                                                                    \
   {"no-fine", no_argument, NULL, 1000}, {"fine-top-k", required_argument, NULL, 1001},          \
       {"fine-radius", required_argument, NULL, 1002},                                          \
       {"heading-step", required_argument, NULL, 1003},                                         \
-      {"heading-tolerance", required_argument, NULL, 1004}
+      {"heading-tolerance", required_argument, NULL, 1004},                                    \
+      {"fine-full-scan", required_argument, NULL, 1005}
 #define GL_CLI_FINE_USAGE                                                                      \
   "  --no-fine           rank the global matches only (no fine stage)\n"                       \
   "  --fine-top-k K      global candidates the fine stage re-scores (default 50)\n"            \
   "  --fine-radius R     shift radius around each, in cells (default 2)\n"                     \
   "  --heading-step D    heading step of the fine stage, degrees (default 10)\n"               \
-  "  --heading-tolerance D  with a compass heading, scan +-D degrees (default 20)\n"
+  "  --heading-tolerance D  with a compass heading, scan +-D degrees (default 20)\n"       \
+  "  --fine-full-scan N  scan every placement of a map of at most N cells\n"
 
 /* Applies one of GL_CLI_FINE_OPTIONS to p (*off for --no-fine). Returns false
  * for a value that does not parse or is out of range (after printing why). */

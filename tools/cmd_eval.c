@@ -350,6 +350,7 @@ int gl_cmd_eval(int argc, char **argv) {
     case 1002:
     case 1003:
     case 1004:
+    case 1005:
       if (!gl_cli_fine_option(EVAL_PROG, opt, optarg, &o.fine, &o.no_fine)) {
         usage(stderr);
         return 2;

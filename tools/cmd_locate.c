@@ -99,6 +99,7 @@ int gl_cmd_locate(int argc, char **argv) {
     case 1002:
     case 1003:
     case 1004:
+    case 1005:
       if (!gl_cli_fine_option("geoloc locate", o, optarg, &fine, &no_fine))
         return 2;
       break;

@@ -27,6 +27,7 @@ void gl_loc_fine_params_init(struct gl_loc_fine_params *p) {
       .nms_m = 80,
       .temperature = 0.02,
       .full_scan_cells = 0,
+      .centering = 0.5,
   };
 }
 
@@ -43,6 +44,8 @@ int gl_loc_fine_params_check(const struct gl_loc_fine_params *p, char *err, size
   if (!(p->tolerance_deg >= 0 && p->tolerance_deg <= 180))
     return gl_fail(err, errlen, GL_EINVAL, "heading tolerance %g is not in 0..180",
                    p->tolerance_deg);
+  if (!(p->centering >= 0 && p->centering <= 1))
+    return gl_fail(err, errlen, GL_EINVAL, "fine centering %g is not in 0..1", p->centering);
   if (!(p->nms_m >= 0 && p->nms_m <= 1e5) || !(p->temperature > 0 && p->temperature <= 10))
     return gl_fail(err, errlen, GL_EINVAL, "fine nms_m %g or temperature %g out of range",
                    p->nms_m, p->temperature);
@@ -85,7 +88,7 @@ struct gl_loc_fine {
   float *score;         /* [P][H] */
   float *acc;           /* [P] */
   float *dsub;          /* [years * C_reach][ch] gathered reference cells */
-  float *prod;          /* [H * nk][years * C_reach] */
+  float *prod;          /* [nk][years * C_reach]: one heading's products */
   size_t dsub_cap, prod_cap;
   float *best;          /* [P] best over headings */
   uint32_t *besth;      /* [P] */
@@ -127,6 +130,8 @@ int gl_loc_fine_create(const struct gl_loc_fine_params *p, uint32_t max_headings
   f->cap_p = (size_t)p->top_k * win * win;
   if (f->cap_p < 4096)
     f->cap_p = 4096;
+  if (f->cap_p < p->full_scan_cells)
+    f->cap_p = p->full_scan_cells;
   f->cap_c = f->cap_p + (size_t)p->top_k * (side + win) * (side + win);
   if (!(f->q = malloc((size_t)max_headings * f->nk * channels * sizeof(float))) ||
       !(f->pr = malloc(f->cap_p * sizeof(int32_t))) ||
@@ -186,7 +191,7 @@ static int gl__fit_map(struct gl_loc_fine *f, const struct gl_map_dense *d, size
       return GL_ENOMEM;
   }
   size_t need = (size_t)d->years * f->cap_c;
-  size_t dsub_n = need * d->channels, prod_n = (size_t)f->max_h * f->nk * need;
+  size_t dsub_n = need * d->channels, prod_n = (size_t)f->nk * need;
   if (dsub_n > f->dsub_cap) {
     free(f->dsub);
     f->dsub_cap = (f->dsub = malloc(dsub_n * sizeof(float))) ? dsub_n : 0;
@@ -290,6 +295,11 @@ int gl_loc_fine_run(struct gl_loc_fine *f, struct gl_map *map, const float *qfea
       for (int64_t q = q0 < 0 ? 0 : q0; q <= q1 && room; q++)
         if ((r - cr) * (r - cr) + (q - cq) * (q - cq) <= rad * rad)
           room = gl__add(f, &P, PR, PC, r, q, -1);
+  } else if ((size_t)d->rows * d->cols <= f->p.full_scan_cells) {
+    /* A small map: every placement, whatever the global stage thinks. */
+    for (int64_t r = 0; r < PR; r++)
+      for (int64_t q = 0; q < PC; q++)
+        gl__add(f, &P, PR, PC, r, q, -1);
   } else {
     int64_t R = f->p.radius_cells;
     uint32_t k = n_cand < f->p.top_k ? n_cand : f->p.top_k;
@@ -329,28 +339,28 @@ gathered:
   if (P == 0)
     return 0;
 
-  /* 3. Every (heading, query cell) against every cell in reach: one GEMM per
-   * year, prod[h * nk + k][y * cap_c + c]. */
+  /* 3-4. For each heading, its query cells against every cell in reach (one
+   * GEMM per year: prod[k][y * cap_c + c]), then the scores as sums along
+   * the product's diagonals, best year. A heading at a time keeps the
+   * product small enough for the cache. */
   for (uint32_t h = 0; h < H; h++)
     for (uint32_t k = 0; k < nk; k++)
       memcpy(f->q + ((size_t)h * nk + k) * C,
              qfeat + (((size_t)h * n + (size_t)f->kr[k]) * n + (size_t)f->kc[k]) * C,
              C * sizeof(float));
   const size_t ld = (size_t)d->years * f->cap_c;
-  for (uint32_t y = 0; y < d->years; y++)
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(H * nk), (int)NC, (int)C, 1.0f,
-                f->q, (int)C, f->dsub + (size_t)y * f->cap_c * C, (int)C, 0.0f,
-                f->prod + (size_t)y * f->cap_c, (int)ld);
-
-  /* 4. Scores: sums along the product's diagonals, best year. */
   const float inv = 1.0f / (float)nk;
   for (uint32_t h = 0; h < H; h++) {
+    for (uint32_t y = 0; y < d->years; y++)
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nk, (int)NC, (int)C, 1.0f,
+                  f->q + (size_t)h * nk * C, (int)C, f->dsub + (size_t)y * f->cap_c * C, (int)C,
+                  0.0f, f->prod + (size_t)y * f->cap_c, (int)ld);
     for (size_t p = 0; p < P; p++)
       f->score[p * H + h] = -INFINITY;
     for (uint32_t y = 0; y < d->years; y++) {
       memset(f->acc, 0, P * sizeof(float));
       for (uint32_t k = 0; k < nk; k++) {
-        const float *row = f->prod + ((size_t)h * nk + k) * ld + (size_t)y * f->cap_c;
+        const float *row = f->prod + (size_t)k * ld + (size_t)y * f->cap_c;
         const int32_t *idx = f->pk + (size_t)k * f->cap_p;
         for (size_t p = 0; p < P; p++)
           f->acc[p] += row[idx[p]];
@@ -360,11 +370,19 @@ gathered:
           f->score[p * H + h] = f->acc[p] * inv;
     }
   }
+  const bool circle = fabs(H * f->p.step_deg - 360.0) < 1e-6;
+  const double cw = circle ? f->p.centering : 0;
   for (size_t p = 0; p < P; p++) {
     uint32_t bh = 0;
+    double mean = 0;
     for (uint32_t h = 1; h < H; h++)
       if (f->score[p * H + h] > f->score[p * H + bh])
         bh = h;
+    for (uint32_t h = 0; h < H; h++)
+      mean += f->score[p * H + h] / H;
+    if (cw > 0)
+      for (uint32_t h = 0; h < H; h++)
+        f->score[p * H + h] -= (float)(cw * mean);
     f->best[p] = f->score[p * H + bh];
     f->besth[p] = bh;
     f->taken[p] = 0;
@@ -372,7 +390,6 @@ gathered:
 
   /* 5. Estimates: the best placement, then the best one far enough from
    * those taken, each refined between cells and headings. */
-  const bool circle = fabs(H * f->p.step_deg - 360.0) < 1e-6;
   const double nms_c = f->p.nms_m / cell;
   size_t ne = 0;
   double smax = -INFINITY;
