@@ -1,5 +1,6 @@
 #include "client/report.h"
 
+#include <math.h>
 #include <string.h>
 
 #include "client/nmea.h"
@@ -52,11 +53,12 @@ void gl_report_begin(struct gl_report *r, FILE *f, enum gl_report_format fmt) {
   r->features = 0;
   switch (fmt) {
   case GL_REPORT_TABLE:
-    fprintf(f, "%-32s %4s %12s %13s %7s %6s %9s %10s  %s\n", "image", "rank", "lat", "lon",
-            "score", "conf", "radius_m", "latency_ms", "status");
+    fprintf(f, "%-32s %4s %12s %13s %7s %6s %9s %7s %10s  %s\n", "image", "rank", "lat", "lon",
+            "score", "conf", "radius_m", "heading", "latency_ms", "status");
     break;
   case GL_REPORT_CSV:
-    fputs("image,rank,lat,lon,score,confidence,radius_m,tile_id,latency_ms,status\n", f);
+    fputs("image,rank,lat,lon,score,confidence,radius_m,tile_id,heading_deg,latency_ms,status\n",
+          f);
     break;
   case GL_REPORT_GEOJSON:
     fputs("{\"type\":\"FeatureCollection\",\"features\":[", f);
@@ -73,23 +75,30 @@ void gl_report_frame(struct gl_report *r, const char *image, const char *status,
   switch (r->fmt) {
   case GL_REPORT_TABLE:
     if (n == 0)
-      fprintf(f, "%-32s %4s %12s %13s %7s %6s %9s %10.2f  %s\n", image, "-", "-", "-", "-", "-",
-              "-", latency_ms, status);
-    for (size_t i = 0; i < n; i++)
-      fprintf(f, "%-32s %4zu %12.7f %13.7f %7.4f %6.3f %9.1f %10.2f  %s\n", image, i + 1,
+      fprintf(f, "%-32s %4s %12s %13s %7s %6s %9s %7s %10.2f  %s\n", image, "-", "-", "-", "-",
+              "-", "-", "-", latency_ms, status);
+    for (size_t i = 0; i < n; i++) {
+      char hd[16] = "-";
+      if (!isnan(c[i].heading_deg))
+        snprintf(hd, sizeof hd, "%.1f", (double)c[i].heading_deg);
+      fprintf(f, "%-32s %4zu %12.7f %13.7f %7.4f %6.3f %9.1f %7s %10.2f  %s\n", image, i + 1,
               c[i].lat, c[i].lon, (double)c[i].score, (double)c[i].confidence,
-              (double)c[i].radius_m, latency_ms, status);
+              (double)c[i].radius_m, hd, latency_ms, status);
+    }
     break;
   case GL_REPORT_CSV:
     if (n == 0) {
       gl_report_csv_field(f, image);
-      fprintf(f, ",,,,,,,,%.3f,%s\n", latency_ms, status);
+      fprintf(f, ",,,,,,,,,%.3f,%s\n", latency_ms, status);
     }
     for (size_t i = 0; i < n; i++) {
       gl_report_csv_field(f, image);
-      fprintf(f, ",%zu,%.8f,%.8f,%.6f,%.6f,%.2f,%llu,%.3f,%s\n", i + 1, c[i].lat, c[i].lon,
+      fprintf(f, ",%zu,%.8f,%.8f,%.6f,%.6f,%.2f,%llu,", i + 1, c[i].lat, c[i].lon,
               (double)c[i].score, (double)c[i].confidence, (double)c[i].radius_m,
-              (unsigned long long)c[i].tile_id, latency_ms, status);
+              (unsigned long long)c[i].tile_id);
+      if (!isnan(c[i].heading_deg))
+        fprintf(f, "%.2f", (double)c[i].heading_deg);
+      fprintf(f, ",%.3f,%s\n", latency_ms, status);
     }
     break;
   case GL_REPORT_GEOJSON:
@@ -101,9 +110,12 @@ void gl_report_frame(struct gl_report *r, const char *image, const char *status,
       gl__json_string(f, image);
       fprintf(f,
               ",\"rank\":%zu,\"score\":%.6f,\"confidence\":%.6f,\"radius_m\":%.2f,"
-              "\"tile_id\":%llu}}",
+              "\"tile_id\":%llu",
               i + 1, (double)c[i].score, (double)c[i].confidence, (double)c[i].radius_m,
               (unsigned long long)c[i].tile_id);
+      if (!isnan(c[i].heading_deg))
+        fprintf(f, ",\"heading_deg\":%.2f", (double)c[i].heading_deg);
+      fputs("}}", f);
     }
     break;
   case GL_REPORT_NMEA:

@@ -69,9 +69,13 @@ class Fixture:
             subprocess.run([sys.executable, "-m", "geoloc_train", "export-random", "--config",
                             cfg, "--seed", str(seed), "--out", out], env=env, check=True,
                            stdout=subprocess.DEVNULL)
+        # Without a dense layer: these tests hold the serving machinery to the
+        # global stage's exact answers (a crop equal to a tile scores 1 on
+        # it); FineServing serves the fine stage with the shipped model.
         self.map = os.path.join(self.dir, "area.map")
         subprocess.run([GEOLOC, "map", "build", "--model", self.model, "--ortho", RASTER,
-                        "--tile-m", str(TILE_M), "--stride-m", str(STRIDE_M), "--out", self.map],
+                        "--tile-m", str(TILE_M), "--stride-m", str(STRIDE_M), "--out", self.map,
+                        "--dense-layer", "0"],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         db = sqlite3.connect(os.path.join(self.map, "tiles.sqlite"))
         (xmin, xmax, ymin, ymax) = db.execute(
@@ -99,10 +103,11 @@ FIX = None
 
 
 class Daemon:
-    def __init__(self, extra="", model=None, model_extra=""):
+    def __init__(self, extra="", model=None, model_extra="", map_path=None):
         self.port, self.mport = free_port(), free_port()
         self.conf = os.path.join(FIX.dir, "geolocd-%d.conf" % self.port)
         self.model_extra = model_extra
+        self.map = map_path or FIX.map
         self.write_conf(extra, model or FIX.model)
         self.log = open(os.path.join(FIX.dir, "geolocd-%d.log" % self.port), "w+")
         self.proc = subprocess.Popen([GEOLOCD, "--config", self.conf], stderr=self.log)
@@ -123,7 +128,7 @@ class Daemon:
             f.write("[daemon]\n%s\n[listen]\ntcp = 127.0.0.1:%d\n[model]\npath = %s\n"
                     "max_batch = 8\n%s\n[map area]\npath = %s\n[metrics]\n"
                     "listen = 127.0.0.1:%d\n"
-                    % (extra, self.port, model, self.model_extra, FIX.map, self.mport))
+                    % (extra, self.port, model, self.model_extra, self.map, self.mport))
         os.rename(self.conf + ".tmp", self.conf)
 
     def log_text(self):
@@ -397,6 +402,67 @@ class Serving(unittest.TestCase):
             self.assertEqual(r.returncode, 1)
             self.assertIn("cannot start", r.stderr)
             self.assertIn(needle, r.stderr)
+
+
+class FineServing(unittest.TestCase):
+    """The fine stage through geolocd: the shipped model, a pack with a dense
+    layer, drone views turned to known headings and shifted off the tile
+    grid, sent with and without their compass heading."""
+
+    @classmethod
+    def setUpClass(cls):
+        sys.path.insert(0, os.path.join(SRC, "python"))
+        from geoloc_train import views
+        cls.model = os.path.join(SRC, "data", "models", "geoloc-naip-mnv2-64.safetensors")
+        r = views.Raster.open(RASTER)
+        # A 1.3 km block of the raster; views at points on no grid line.
+        lon, lat = r.to_lonlat([486400.0, 487700.0], [5206200.0, 5207500.0])
+        cls.map = os.path.join(FIX.dir, "fine.map")
+        subprocess.run([GEOLOC, "map", "build", "--model", cls.model, "--ortho", RASTER,
+                        "--bbox", "%.7f,%.7f,%.7f,%.7f" % (lon[0], lat[0], lon[1], lat[1]),
+                        "--out", cls.map], check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+        cls.views = []
+        for i, (x, y, h) in enumerate(((487017.0, 5206817.0, 37.0), (486886.0, 5206905.0, 248.0),
+                                       (487227.0, 5206770.0, 121.0))):
+            p = views.ViewParams(x, y, h, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0)
+            img, ok = views.render_view(r, p, 128, photometric=False)
+            out = os.path.join(FIX.dir, "view_%d.png" % i)
+            from PIL import Image
+            Image.fromarray(img).save(out)
+            vlon, vlat = r.to_lonlat(x, y)
+            cls.views.append((out, float(vlat), float(vlon), h))
+
+    def check(self, row, lat, lon, heading):
+        self.assertEqual(row["status"], "OK")
+        self.assertLess(metres(lat, lon, float(row["lat"]), float(row["lon"])), 40.0, row)
+        self.assertLess(abs((float(row["heading_deg"]) - heading + 180) % 360 - 180), 10.0, row)
+
+    def test_frames_with_and_without_heading(self):
+        d = Daemon(model=self.model, map_path=self.map)
+        try:
+            for img, lat, lon, h in self.views:
+                rc, rows, err = d.query([img], "--top-k", "1")
+                self.assertEqual(rc, 0, err)
+                self.check(rows[0], lat, lon, h)
+                rc, rows, err = d.query([img], "--top-k", "1", "--heading", "%.1f" % (h - 7))
+                self.assertEqual(rc, 0, err)
+                self.check(rows[0], lat, lon, h)
+            self.assertEqual(d.metric('geoloc_frames_total{status="ok"}'), 2 * len(self.views))
+        finally:
+            self.assertEqual(d.stop(), 0, d.log_text())
+
+    def test_fine_stage_off(self):
+        """[search] fine = false: the global stage alone, which estimates no
+        heading."""
+        d = Daemon(model=self.model, map_path=self.map, model_extra="[search]\nfine = false")
+        try:
+            rc, rows, err = d.query([self.views[0][0]], "--top-k", "1")
+            self.assertEqual(rc, 0, err)
+            self.assertEqual(rows[0]["status"], "OK")
+            self.assertEqual(rows[0]["heading_deg"], "")
+        finally:
+            self.assertEqual(d.stop(), 0, d.log_text())
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@
 
 static const struct gl_report_candidate cands[2] = {
     {47.0123, -99.2345, 0.91f, 0.75f, 40.0f, 17, NAN},
-    {47.0200, -99.2000, 0.80f, 0.25f, 60.0f, 23, NAN},
+    {47.0200, -99.2000, 0.80f, 0.25f, 60.0f, 23, 212.5f},
 };
 
 /* Runs one report of two frames (one with candidates, one failed) into a
@@ -39,12 +39,13 @@ static void test_parse(void) {
 
 static void test_csv(void) {
   char *s = render(GL_REPORT_CSV);
-  CHECK_EQ_STR(s, "image,rank,lat,lon,score,confidence,radius_m,tile_id,latency_ms,status\n"
+  CHECK_EQ_STR(s, "image,rank,lat,lon,score,confidence,radius_m,tile_id,heading_deg,latency_ms,"
+                  "status\n"
                   "\"dir/frame \"\"1\"\",a.jpg\",1,47.01230000,-99.23450000,0.910000,0.750000,"
-                  "40.00,17,12.500,OK\n"
+                  "40.00,17,,12.500,OK\n"
                   "\"dir/frame \"\"1\"\",a.jpg\",2,47.02000000,-99.20000000,0.800000,0.250000,"
-                  "60.00,23,12.500,OK\n"
-                  "b.png,,,,,,,,1.000,BAD_IMAGE\n");
+                  "60.00,23,212.50,12.500,OK\n"
+                  "b.png,,,,,,,,,1.000,BAD_IMAGE\n");
   free(s);
 }
 
@@ -58,7 +59,7 @@ static void test_geojson(void) {
                   "{\"type\":\"Feature\",\"geometry\":{\"type\":\"Point\",\"coordinates\":"
                   "[-99.20000000,47.02000000]},\"properties\":{\"image\":\"dir/frame "
                   "\\\"1\\\",a.jpg\",\"rank\":2,\"score\":0.800000,\"confidence\":0.250000,"
-                  "\"radius_m\":60.00,\"tile_id\":23}}\n]}\n");
+                  "\"radius_m\":60.00,\"tile_id\":23,\"heading_deg\":212.50}}\n]}\n");
   free(s);
 }
 
