@@ -227,9 +227,12 @@ class Daemon:
         return rc
 
 
-def bench(geoloc: str, port: int, clients: int, frames: int, window: int, images: list):
+def bench(geoloc: str, port: int, clients: int, frames: int, window: int, images: list,
+          heading=None):
     cmd = [geoloc, "bench", "--connect", "127.0.0.1:%d" % port, "--clients", str(clients),
            "--frames", str(frames), "--window", str(window), *images]
+    if heading is not None:
+        cmd[2:2] = ["--heading", str(heading)]
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
@@ -266,6 +269,14 @@ def main() -> int:
     p.add_argument("--seconds", type=float, help="per engine-alone measurement (3; --quick: 1)")
     p.add_argument("--rounds", type=int, help="rounds, best of which is reported (3; --quick: 2)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    p.add_argument("--model", help="serve this model file instead of a random one (its own "
+                   "input size; e.g. data/models/geoloc-naip-mnv2-64.safetensors)")
+    p.add_argument("--dense-layer", type=int, default=0,
+                   help="map build --dense-layer: 6 serves the fine stage (default 0: the "
+                   "global stage alone, the engine's own work)")
+    p.add_argument("--heading", type=float,
+                   help="send every frame this compass heading (the fine stage scans a few "
+                   "headings instead of the full circle)")
     p.add_argument("--verbose", action="store_true", help="print each geoloc bench output")
     a = p.parse_args()
     a.input = a.input or (64 if a.quick else 224)
@@ -297,14 +308,18 @@ def main() -> int:
         with open(cfg, "w") as f:
             f.write('{"input_size": [%d, %d]}' % (a.input, a.input))
         model = os.path.join(tmp, "model.safetensors")
-        log("exporting a random %dx%d model" % (a.input, a.input))
-        run(["/usr/bin/python3", "-m", "geoloc_train", "export-random", "--config", cfg,
-             "--seed", "1", "--out", model], env=env)
+        if a.model:
+            model = os.path.abspath(a.model)
+        else:
+            log("exporting a random %dx%d model" % (a.input, a.input))
+            run(["/usr/bin/python3", "-m", "geoloc_train", "export-random", "--config", cfg,
+                 "--seed", "1", "--out", model], env=env)
         map_dir = os.path.join(tmp, "area.map")
         log("building the map pack")
         t0 = time.time()
         run([geoloc, "map", "build", "--model", model, "--ortho", RASTER, "--tile-m",
-             str(TILE_M), "--stride-m", str(STRIDE_M), "--out", map_dir])
+             str(TILE_M), "--stride-m", str(STRIDE_M), "--out", map_dir, "--dense-layer",
+             str(a.dense_layer)])
         with sqlite3.connect(os.path.join(map_dir, "tiles.sqlite")) as db:
             ntiles = db.execute("select count(*) from tiles").fetchone()[0]
         log("map: %d tiles in %.1f s" % (ntiles, time.time() - t0))
@@ -318,12 +333,13 @@ def main() -> int:
             eng1.append(engine_fps(driver, model, 1, a.threads, a.seconds))
             engb.append(engine_fps(driver, model, a.max_batch, a.threads, a.seconds))
             daemon = Daemon(geolocd, tmp, model, map_dir, a)
-            bench(geoloc, daemon.port, a.max_batch, 4 * a.max_batch, a.window, images)  # warm-up
+            bench(geoloc, daemon.port, a.max_batch, 4 * a.max_batch, a.window, images,
+                  a.heading)  # warm-up
             for n in a.clients:
                 log("round %d/%d: geoloc bench, %d client(s), %d frames"
                     % (rnd, a.rounds, n, a.frames))
                 m0, d0 = daemon.counters(), daemon.cpu_s()
-                r = bench(geoloc, daemon.port, n, a.frames, a.window, images)
+                r = bench(geoloc, daemon.port, n, a.frames, a.window, images, a.heading)
                 r["daemon_cpu"] = daemon.cpu_s() - d0
                 m1 = daemon.counters()
 

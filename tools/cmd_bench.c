@@ -1,6 +1,7 @@
 /* geoloc bench: load geolocd with concurrent pipelined clients and check
  * that every frame sent is answered exactly once. */
 #include <getopt.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,6 +29,7 @@ static void usage(FILE *f) {
              "  --window W          frames in flight per client (default 8, capped by the\n"
              "                      server's limit)\n"
              "  --map NAME          map to localize against\n"
+             "  --heading DEG       send every frame this compass heading\n"
              "  --tls-ca FILE, --tls-cert FILE, --tls-key FILE, --server-name N: as query\n");
 }
 
@@ -44,6 +46,7 @@ struct bench {
   size_t n_images;
   uint32_t window;
   double rate_per_client; /* frames/s, 0 = unlimited */
+  double heading;         /* sent with every frame unless NaN */
 };
 
 struct bench_client {
@@ -148,6 +151,10 @@ static void *bench_client_main(void *arg) {
       f.image.data = img->data;
       f.image.len = img->len;
       f.format = img->format;
+      if (!isnan(b->heading)) {
+        f.has_heading_deg = 1;
+        f.heading_deg = b->heading;
+      }
       cm.msg_case = GEOLOC__V1__CLIENT_MESSAGE__MSG_FRAME;
       cm.frame = &f;
       c->sent_us[c->sent] = now;
@@ -190,10 +197,11 @@ int gl_cmd_bench(int argc, char **argv) {
       {"connect", required_argument, NULL, 'c'}, {"clients", required_argument, NULL, 'n'},
       {"frames", required_argument, NULL, 'f'},  {"rate", required_argument, NULL, 'r'},
       {"window", required_argument, NULL, 'w'},  {"map", required_argument, NULL, 'm'},
+      {"heading", required_argument, NULL, 'H'},
       GL_CLI_TLS_OPTIONS,
       {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
   };
-  struct bench b = {.window = 8};
+  struct bench b = {.window = 8, .heading = NAN};
   long clients = 0, frames = 0, window = 8;
   double rate = 0;
   char **paths = NULL;
@@ -217,6 +225,15 @@ int gl_cmd_bench(int argc, char **argv) {
     case 'w':
       window = strtol(optarg, NULL, 10);
       break;
+    case 'H': {
+      char *end;
+      b.heading = strtod(optarg, &end);
+      if (end == optarg || *end || !(b.heading >= -360 && b.heading <= 720)) {
+        fprintf(stderr, "geoloc bench: --heading wants degrees clockwise from north\n");
+        return 2;
+      }
+      break;
+    }
     case 'm':
       b.map = optarg;
       break;

@@ -9,6 +9,8 @@
  *                  that covers the place) with an R*Tree on the bounds for
  *                  prior queries;
  *   index.faiss    the descriptors in a FAISS IndexIDMap keyed by vector id.
+ *   dense-N.i8     the dense layer of source N for the fine stage (dense.h),
+ *                  when the pack was built with one.
  *
  * Tiles and years. A tile is a place on the metric grid (its lower-left
  * corner); the grid is shared by all source rasters, so the rasters of

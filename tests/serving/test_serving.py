@@ -166,6 +166,39 @@ def varint(n):
             return out
 
 
+def parse(data):
+    """The fields of a protobuf message: number -> value (varints as ints,
+    length-delimited as bytes; the last occurrence wins). A test-side reader
+    of the few messages the tests look into."""
+    out, i = {}, 0
+    while i < len(data):
+        key, i = read_varint(data, i)
+        kind = key & 7
+        if kind == 0:
+            out[key >> 3], i = read_varint(data, i)
+        elif kind == 2:
+            n, i = read_varint(data, i)
+            out[key >> 3], i = data[i:i + n], i + n
+        elif kind == 1:
+            out[key >> 3], i = data[i:i + 8], i + 8
+        elif kind == 5:
+            out[key >> 3], i = data[i:i + 4], i + 4
+        else:
+            raise AssertionError("wire type %d" % kind)
+    return out
+
+
+def read_varint(data, i):
+    v = shift = 0
+    while True:
+        b = data[i]
+        i += 1
+        v |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return v, i
+
+
 def answers(rows):
     """image -> list of its rows; each frame must have been answered once."""
     by = {}
@@ -359,7 +392,7 @@ class Serving(unittest.TestCase):
             slow = socket.create_connection(("127.0.0.1", d.port))
             hello = bytes([0x0a, 0x02, 0x08, 0x01])  # ClientMessage{hello{protocol_version 1}}
             slow.sendall(len(hello).to_bytes(4, "big") + hello)
-            frame_body = bytes([0x22]) + varint(len(png)) + png + bytes([0x20, 0x02])
+            frame_body = bytes([0x1a]) + varint(len(png)) + png + bytes([0x20, 0x02])
             sent = 0
             slow.setblocking(False)
             for i in range(2000):
@@ -449,6 +482,43 @@ class FineServing(unittest.TestCase):
                 self.assertEqual(rc, 0, err)
                 self.check(rows[0], lat, lon, h)
             self.assertEqual(d.metric('geoloc_frames_total{status="ok"}'), 2 * len(self.views))
+        finally:
+            self.assertEqual(d.stop(), 0, d.log_text())
+
+    def test_a_bad_heading_is_refused_and_the_stream_goes_on(self):
+        """heading_deg NaN or out of range: Error{BAD_REQUEST} for that frame
+        (not fatal), and the next frame is answered."""
+        import struct
+        d = Daemon(model=self.model, map_path=self.map)
+        try:
+            with open(self.views[0][0], "rb") as f:
+                png = f.read()
+            s = socket.create_connection(("127.0.0.1", d.port), timeout=60)
+            hello = bytes([0x0a, 0x02, 0x08, 0x01])  # ClientMessage{hello{protocol_version 1}}
+            s.sendall(len(hello).to_bytes(4, "big") + hello)
+            image = bytes([0x1a]) + varint(len(png)) + png + bytes([0x20, 0x02])
+            for i, h in enumerate((float("nan"), 1000.0, 37.0)):
+                body = bytes([0x08]) + varint(i + 1) + image + b"\x41" + struct.pack("<d", h)
+                msg = bytes([0x12]) + varint(len(body)) + body  # Frame{id, image, PNG, heading}
+                s.sendall(len(msg).to_bytes(4, "big") + msg)
+            answers = {}
+            buf = b""
+            while len(answers) < 3:
+                while len(buf) < 4 or len(buf) < 4 + int.from_bytes(buf[:4], "big"):
+                    chunk = s.recv(65536)
+                    self.assertTrue(chunk, "connection closed")
+                    buf += chunk
+                n = int.from_bytes(buf[:4], "big")
+                m, buf = parse(buf[4:4 + n]), buf[4 + n:]
+                if 3 in m:  # Error{code 1, frame_id 3, fatal 4}
+                    e = parse(m[3])
+                    self.assertFalse(e.get(4, 0), e)
+                    answers[e[3]] = ("error", e[1])
+                elif 2 in m:  # Estimate{frame_id 1, status 2}
+                    e = parse(m[2])
+                    answers[e[1]] = ("estimate", e[2])
+            s.close()
+            self.assertEqual(answers, {1: ("error", 12), 2: ("error", 12), 3: ("estimate", 1)})
         finally:
             self.assertEqual(d.stop(), 0, d.log_text())
 
