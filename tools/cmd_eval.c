@@ -64,8 +64,8 @@ static void usage(FILE *f) {
              GL_CLI_FINE_USAGE
              "  --report FILE.png   draw the truths (green), the estimates (red) and a line\n"
              "                      between each pair over the map's source raster\n"
-             "\n"
-             "Metrics:\n"
+             "\n");
+  fprintf(f, "Metrics:\n"
              "  true tile     the map tile whose centre is nearest to the true position\n"
              "  R@k           share of frames whose true tile is the tile_id (best tile) of one\n"
              "                of the first k estimates\n"
@@ -80,6 +80,8 @@ static void usage(FILE *f) {
              "The last line of the table is a one-line summary:\n"
              "  eval: N frames, R@1 x%%, R@5 x%%, R@10 x%%, median N m, p90 N m, success@100m x%%, "
              "N frames/s\n"
+             "preceded, when the labels have headings and the estimates too (the fine stage),\n"
+             "by: eval: heading error median X, p90 Y degrees over N frames\n"
              "With --format csv, stdout holds CSV only (the per-frame rows, or the summary as\n"
              "one record) and that line goes to stderr.\n"
              "\n"

@@ -173,15 +173,16 @@ static const char *metres(double v, char *buf, size_t n) {
 
 void gl_cli_eval_print_line(const struct gl_eval_summary *s, FILE *f) {
   char a[3][32], m[2][32], sc[32];
+  /* Before the summary line, which stays the last one. */
+  if (s->headed)
+    fprintf(f, "eval: heading error median %.1f, p90 %.1f degrees over %zu frames\n",
+            s->heading_median_deg, s->heading_p90_deg, s->headed);
   fprintf(f,
           "eval: %zu frames, R@1 %s, R@5 %s, R@10 %s, median %s m, p90 %s m, success@100m %s, "
           "%.1f frames/s\n",
           s->frames, pct(s->recall[0], a[0], 32), pct(s->recall[1], a[1], 32),
           pct(s->recall[2], a[2], 32), metres(s->median_m, m[0], 32), metres(s->p90_m, m[1], 32),
           pct(s->success[2], sc, 32), isfinite(s->fps) ? s->fps : 0.0);
-  if (s->headed)
-    fprintf(f, "eval: heading error median %.1f, p90 %.1f degrees over %zu frames\n",
-            s->heading_median_deg, s->heading_p90_deg, s->headed);
   fflush(f);
 }
 

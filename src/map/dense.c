@@ -173,7 +173,8 @@ struct gl__map_dense_ctx {
   uint64_t n;        /* tiles */
   double *tx, *ty;   /* tile centres in the grid CRS, by id - 1 */
   struct gl__place {
-    int64_t key, id;
+    uint64_t key;
+    int64_t id;
   } *by_place; /* tiles sorted by grid place */
   double tile_m, stride_m;
   PJ_CONTEXT *pj_ctx;
@@ -181,14 +182,15 @@ struct gl__map_dense_ctx {
   pthread_mutex_t mu;
 };
 
-static int64_t gl__place_key(const struct gl__map_dense_ctx *d, double x, double y) {
+/* The grid place of a centre: row and column as two 32-bit halves. */
+static uint64_t gl__place_key(const struct gl__map_dense_ctx *d, double x, double y) {
   int64_t c = llround((x - d->tile_m / 2) / d->stride_m);
   int64_t r = llround((y - d->tile_m / 2) / d->stride_m);
-  return (r + (1ll << 31)) << 32 | (uint32_t)(c + (1ll << 31));
+  return (uint64_t)(uint32_t)r << 32 | (uint32_t)c;
 }
 
 static int gl__by_place(const void *a, const void *b) {
-  int64_t x = ((const struct gl__place *)a)->key, y = ((const struct gl__place *)b)->key;
+  uint64_t x = ((const struct gl__place *)a)->key, y = ((const struct gl__place *)b)->key;
   return (x > y) - (x < y);
 }
 
@@ -372,7 +374,7 @@ int64_t gl_map_tile_near(const struct gl_map *m, double x, double y) {
   const struct gl__map_dense_ctx *d = gl__map_dense_of(m);
   if (!d || d->n == 0)
     return -1;
-  int64_t key = gl__place_key(d, x, y);
+  uint64_t key = gl__place_key(d, x, y);
   size_t lo = 0, hi = d->n;
   while (lo < hi) {
     size_t mid = (lo + hi) / 2;
