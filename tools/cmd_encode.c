@@ -11,6 +11,7 @@
 #include "commands.h"
 #include "core/err.h"
 #include "img/img.h"
+#include "loc/fine.h"
 #include "nn/nn.h"
 
 #define DEFAULT_BATCH 8u
@@ -85,7 +86,7 @@ static int encode_dense(const struct gl_nn_model *model, uint32_t layer, const c
   struct gl_image img = {0};
   struct gl_nn_engine *e = NULL;
   float hd[360], *out = NULL;
-  uint8_t *pix = NULL;
+  uint8_t *pix = NULL, *base = NULL;
   void *scratch = NULL;
   struct gl_image warped[360];
   uint32_t nh = 0, S = gl_nn_model_input_size(model), rows, cols, ch, stride;
@@ -118,15 +119,15 @@ static int encode_dense(const struct gl_nn_model *model, uint32_t layer, const c
                     : (size_t)(img.height / stride) * (img.width / stride) * ch;
   int rc;
   if (!(out = malloc(n_out * sizeof *out)) || !(pix = malloc((size_t)(nh ? nh : 1) * S * S * 3)) ||
+      !(base = malloc((size_t)4 * S * S * 3)) ||
       !(scratch = malloc(gl_nn_tiled_scratch_bytes(e)))) {
     fprintf(stderr, "geoloc encode: out of memory\n");
     goto done;
   }
   if (nh) {
-    for (uint32_t h = 0; h < nh; h++) {
+    for (uint32_t h = 0; h < nh; h++)
       warped[h] = (struct gl_image){pix + (size_t)h * S * S * 3, S, S};
-      gl_img_warp(&img, hd[h], S, S, warped[h].rgb);
-    }
+    gl_loc_fine_warp(&img, hd, nh, S, base, warped);
     rc = gl_nn_engine_features(e, warped, nh, out);
   } else {
     rc = gl_nn_engine_features_tiled(e, 64, &img, scratch, out);
@@ -150,6 +151,7 @@ static int encode_dense(const struct gl_nn_model *model, uint32_t layer, const c
   status = fclose(f) == 0 ? 0 : 1;
 done:
   free(scratch);
+  free(base);
   free(pix);
   free(out);
   gl_nn_engine_destroy(e);

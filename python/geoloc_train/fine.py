@@ -227,15 +227,17 @@ def model_size(model) -> int:
 
 def query_features(model, rgb: np.ndarray, headings: Sequence[float],
                    layer: int = DEFAULT_LAYER) -> np.ndarray:
-    """Step 2: float32 [len(headings), S/s, S/s, C]: the frame warped to
-    each heading at S = the model's input size, layer_features, l2n."""
+    """Step 2: float32 [len(headings), S/s, S/s, C]: the frame resized once
+    to 2S x 2S (warp at heading 0), that image warped to each heading at S =
+    the model's input size, layer_features, l2n."""
     size = model_size(model)
     s = layer_stride(model, layer)
     if size % s:
         raise ValueError(f"input size {size} is not a multiple of layer {layer}'s stride {s}")
     if not len(headings):
         raise ValueError("no headings")
-    imgs = np.stack([warp(rgb, float(h), size) for h in headings])
+    base = warp(rgb, 0.0, 2 * size)
+    imgs = np.stack([warp(base, float(h), size) for h in headings])
     return l2n(layer_features(model, imgs, layer)).numpy()
 
 

@@ -7,7 +7,9 @@
 #include "img/img.h"
 
 /* Reflects x into [0, n - 1] (the edge sample is not repeated). */
-static double gl__reflect(double x, uint32_t n) {
+static inline double gl__reflect(double x, uint32_t n) {
+  if (x >= 0 && x <= n - 1) /* nearly every sample: no division */
+    return x;
   if (n == 1)
     return 0;
   double p = 2.0 * (n - 1);

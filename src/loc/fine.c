@@ -463,12 +463,24 @@ gathered:
 
 /* --- one frame, end to end ----------------------------------------------------- */
 
+void gl_loc_fine_warp(const struct gl_image *frame, const float *headings, uint32_t H, uint32_t S,
+                      uint8_t *base, const struct gl_image *out) {
+  /* The frame is resized (antialiased) to 2S x 2S once; each heading turns
+   * that, with 2 x 2 samples a pixel. */
+  struct gl_image b = {base, 2 * S, 2 * S};
+  gl_img_warp(frame, 0, b.width, b.height, base);
+#pragma omp parallel for schedule(static)
+  for (uint32_t h = 0; h < H; h++)
+    gl_img_warp(&b, headings[h], S, S, out[h].rgb);
+}
+
 struct gl_loc_fine_frame {
   struct gl_nn_engine *engine; /* feature engine: S x S inputs */
   struct gl_loc_fine *fine;
   struct gl_loc_fine_params p;
   uint32_t layer, S, max_h;
   uint8_t *pix;           /* [max_h][S][S][3] */
+  uint8_t *base;          /* [2S][2S][3]: the frame resized once */
   struct gl_image *imgs;  /* [max_h] */
   float *headings;        /* [max_h] */
   float *qfeat;           /* [max_h][side][side][C] */
@@ -500,7 +512,7 @@ int gl_loc_fine_frame_create(const struct gl_nn_model *model, uint32_t layer,
     goto fail;
   gl_nn_engine_feature_shape(ff->engine, &rows, &cols, &ch, &stride);
   size_t S = ff->S;
-  if (!(ff->pix = malloc((size_t)ff->max_h * S * S * 3)) ||
+  if (!(ff->pix = malloc((size_t)ff->max_h * S * S * 3)) || !(ff->base = malloc(4 * S * S * 3)) ||
       !(ff->imgs = calloc(ff->max_h, sizeof *ff->imgs)) ||
       !(ff->headings = malloc(ff->max_h * sizeof(float))) ||
       !(ff->qfeat = malloc((size_t)ff->max_h * rows * cols * ch * sizeof(float)))) {
@@ -524,6 +536,7 @@ void gl_loc_fine_frame_destroy(struct gl_loc_fine_frame *ff) {
   gl_nn_engine_destroy(ff->engine);
   gl_loc_fine_destroy(ff->fine);
   free(ff->pix);
+  free(ff->base);
   free(ff->imgs);
   free(ff->headings);
   free(ff->qfeat);
@@ -545,8 +558,7 @@ int gl_loc_fine_frame(struct gl_loc_fine_frame *ff, struct gl_map *map,
                    "%u px)",
                    d ? d->layer : 0, d ? d->input_px : 0, ff->layer, ff->S);
   uint32_t H = gl_loc_fine_headings(&ff->p, heading_deg, ff->headings, ff->max_h);
-  for (uint32_t h = 0; h < H; h++)
-    gl_img_warp(frame, ff->headings[h], ff->S, ff->S, ff->imgs[h].rgb);
+  gl_loc_fine_warp(frame, ff->headings, H, ff->S, ff->base, ff->imgs);
   int rc = gl_nn_engine_features(ff->engine, ff->imgs, H, ff->qfeat);
   if (rc)
     return gl_fail(err, errlen, rc, "fine stage features: %s", gl_strerror(rc));

@@ -28,7 +28,10 @@
  *     larger than the output (f = max(W, H) / S > 1), each output pixel
  *     averages n x n such samples at the sub-pixel offsets ((a + 1/2)/n -
  *     1/2) of (u, v), n = min(ceil(f), 4): the warp antialiases. Values are
- *     rounded to the nearest integer.
+ *     rounded to the nearest integer. The fine stage first resizes the
+ *     frame so to 2S x 2S (h = 0) and turns that image to every heading
+ *     (n = 2): a frame of 2S pixels or less is warped exactly as above, a
+ *     larger one is antialiased in two steps at a fraction of the cost.
  *  2. Query features. The network runs on every warped image up to layer L:
  *     Q_h, an (S/s) x (S/s) grid (8 x 8) of C-vectors, each L2-normalised.
  *     Only the cells whose centre lies within S/2 pixels of the image
@@ -138,6 +141,11 @@ int gl_loc_fine_run(struct gl_loc_fine *f, struct gl_map *map, const float *qfea
                     size_t errlen);
 
 /* --- one frame, end to end ----------------------------------------------------- */
+
+/* Step 1 for H headings: out[h] (S x S each) is the frame turned north-up
+ * for headings[h], through the 2S x 2S resize in base (4 S^2 * 3 bytes). */
+void gl_loc_fine_warp(const struct gl_image *frame, const float *headings, uint32_t H, uint32_t S,
+                      uint8_t *base, const struct gl_image *out);
 
 /* What the fine stage of one frame needs besides the map: the feature
  * engine of the map's layer, the warped images, the query cells and the

@@ -46,7 +46,8 @@ int gl_nn_engine_create(const struct gl_nn_model *m, const struct gl_nn_engine_o
   e->model = m;
   if (o.feature_layer && !o.input_w && !o.input_h)
     o.input_w = o.input_h = m->cfg.input_w;
-  if (o.feature_layer && (uint64_t)o.input_w * o.input_h > o.max_input_pixels)
+  /* A feature engine takes images of exactly its input size. */
+  if (o.feature_layer)
     o.max_input_pixels = (uint64_t)o.input_w * o.input_h;
   if ((rc = gl__nn_graph_build(m, o.max_batch, o.max_input_pixels, o.feature_layer, o.input_w,
                                o.input_h, &e->graph, err, errlen)))

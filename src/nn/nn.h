@@ -58,7 +58,7 @@ struct gl_nn_engine_opts {
    * it computes the feature map of backbone block L instead
    * (gl_nn_engine_features), on images of exactly input_w x input_h pixels
    * (0: the model's input size), which must be multiples of the layer's
-   * stride. */
+   * stride; max_input_pixels is then that size. */
   uint32_t feature_layer;
   uint32_t input_w, input_h;
 };
