@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The geoloc demo on the shipped data (what `./run demo` runs after building):
 #
-#   1. builds the naip-xtime reference map (2020 imagery, east half) with the
-#      shipped model;
+#   1. builds the naip-xtime reference map of the east half from three years
+#      of imagery (2018, 2019, 2020: one tile per place, each scored by its
+#      best year) with the shipped model, dense layer included;
 #   2. simulates a drone flight over it in the 2009 imagery, which the map was
 #      not built from (heading along the path, tilted camera);
 #   3. starts geolocd on 127.0.0.1 (a free port) serving that model and map;
@@ -26,21 +27,22 @@ GEOLOCD=$BUILD/daemon/geolocd
 MODEL=$SRC/data/models/geoloc-naip-mnv2-64.safetensors
 NAIP=$SRC/data/naip
 REF=$NAIP/m_4709963_se_14_1_20200831.tif
+YEARS=("$REF" "$NAIP/m_4709963_se_14_1_20190904.tif" "$NAIP/m_4709963_se_14_1_20180716.tif")
 PY=(env PYTHONPATH="$SRC/python" /usr/bin/python3 -m geoloc_train)
 
 step() { printf '\033[1m--> %s\033[0m\n' "$*"; }
 die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
 
-for f in "$GEOLOC" "$GEOLOCD" "$MODEL" "$REF"; do
+for f in "$GEOLOC" "$GEOLOCD" "$MODEL" "${YEARS[@]}"; do
   [ -e "$f" ] || die "$f is missing"
 done
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
-step "reference map: 2020 imagery, east half of the naip-xtime area"
+step "reference map: 2018-2020 imagery, east half of the naip-xtime area"
 BBOX=$("${PY[@]}" xtime-bbox --naip "$NAIP")
-"$GEOLOC" map build --model "$MODEL" --ortho "$REF" --bbox "$BBOX" --out "$OUT/demo.map" \
-  2>&1 | tail -n 1
+"$GEOLOC" map build --model "$MODEL" "${YEARS[@]/#/--ortho=}" --bbox "$BBOX" \
+  --out "$OUT/demo.map" 2>&1 | tail -n 1
 
 step "demo flight: $FRAMES frames of 2009 imagery"
 rm -rf "$OUT/flight"
