@@ -94,9 +94,8 @@ void gl_cli_inproc_run(struct gl_cli_inproc *ip, const struct gl_image *frames,
     if (!frc && ip->fine) {
       uint32_t nh;
       const struct gl_map_hit *hits = gl_loc_locator_hits(ip->loc, i, &nh);
-      frc = gl_loc_fine_frame(ip->fine, ip->map, &frames[i], headings ? headings[i] : NAN, hits,
-                              nh, priors ? &priors[i] : NULL, ip->est, max_out, &ne, err,
-                              sizeof err);
+      frc = gl_loc_fine_frame(ip->fine, ip->map, &frames[i], headings ? headings[i] : NAN, hits, nh,
+                              priors ? &priors[i] : NULL, ip->est, max_out, &ne, err, sizeof err);
     } else if (!frc) {
       frc = gl_loc_locator_cluster(ip->loc, i, 0, ip->est, max_out, &ne, err, sizeof err);
     }

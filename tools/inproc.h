@@ -25,8 +25,8 @@ struct gl_cli_inproc {
   struct gl_loc_fine_frame *fine; /* NULL: no fine stage */
   uint32_t batch, tiles, dim, S;
   float *desc;
-  uint8_t *northup;           /* [batch][S][S][3] */
-  struct gl_image *enc;       /* [batch]: what the global stage encodes */
+  uint8_t *northup;            /* [batch][S][S][3] */
+  struct gl_image *enc;        /* [batch]: what the global stage encodes */
   struct gl_loc_estimate *est; /* scratch for one frame */
 };
 

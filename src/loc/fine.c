@@ -35,8 +35,7 @@ int gl_loc_fine_params_check(const struct gl_loc_fine_params *p, char *err, size
   if (p->top_k < 1 || p->top_k > 1024)
     return gl_fail(err, errlen, GL_EINVAL, "fine top_k %u is not in 1..1024", p->top_k);
   if (p->radius_cells > 16)
-    return gl_fail(err, errlen, GL_EINVAL, "fine radius %u cells is not in 0..16",
-                   p->radius_cells);
+    return gl_fail(err, errlen, GL_EINVAL, "fine radius %u cells is not in 0..16", p->radius_cells);
   if (!(p->step_deg >= 1 && p->step_deg <= 180) ||
       fabs(360.0 / p->step_deg - round(360.0 / p->step_deg)) > 1e-9)
     return gl_fail(err, errlen, GL_EINVAL, "fine heading step %g must divide 360 (1..180)",
@@ -47,8 +46,8 @@ int gl_loc_fine_params_check(const struct gl_loc_fine_params *p, char *err, size
   if (!(p->centering >= 0 && p->centering <= 1))
     return gl_fail(err, errlen, GL_EINVAL, "fine centering %g is not in 0..1", p->centering);
   if (!(p->nms_m >= 0 && p->nms_m <= 1e5) || !(p->temperature > 0 && p->temperature <= 10))
-    return gl_fail(err, errlen, GL_EINVAL, "fine nms_m %g or temperature %g out of range",
-                   p->nms_m, p->temperature);
+    return gl_fail(err, errlen, GL_EINVAL, "fine nms_m %g or temperature %g out of range", p->nms_m,
+                   p->temperature);
   return 0;
 }
 
@@ -75,25 +74,25 @@ struct gl_loc_fine {
   int32_t kr[GL__MAX_QSIDE * GL__MAX_QSIDE], kc[GL__MAX_QSIDE * GL__MAX_QSIDE];
   float *q; /* [max_h * nk][ch]: the masked query cells */
   /* Sized to the largest map seen (grown, never per frame). */
-  size_t grid_cap;      /* cells of that map */
-  uint32_t *stamp;      /* per reference cell: frame stamp when in reach */
-  int32_t *cidx;        /* its column in the product when stamped */
-  uint32_t *pstamp;     /* per placement (top-left cell): frame stamp */
-  int32_t *pidx;        /* its index in the placement list when stamped */
+  size_t grid_cap;  /* cells of that map */
+  uint32_t *stamp;  /* per reference cell: frame stamp when in reach */
+  int32_t *cidx;    /* its column in the product when stamped */
+  uint32_t *pstamp; /* per placement (top-left cell): frame stamp */
+  int32_t *pidx;    /* its index in the placement list when stamped */
   uint32_t frame;
-  size_t cap_p, cap_c;  /* placements and cells in reach */
-  int32_t *pr, *pq;     /* placements */
-  int64_t *ptile;       /* the candidate tile a placement came from */
-  int32_t *pk;          /* [nk][P]: product column of placement p's cell k */
-  float *score;         /* [P][H] */
-  float *acc;           /* [P] */
-  float *dsub;          /* [years * C_reach][ch] gathered reference cells */
-  float *prod;          /* [nk][years * C_reach]: one heading's products */
+  size_t cap_p, cap_c; /* placements and cells in reach */
+  int32_t *pr, *pq;    /* placements */
+  int64_t *ptile;      /* the candidate tile a placement came from */
+  int32_t *pk;         /* [nk][P]: product column of placement p's cell k */
+  float *score;        /* [P][H] */
+  float *acc;          /* [P] */
+  float *dsub;         /* [years * C_reach][ch] gathered reference cells */
+  float *prod;         /* [nk][years * C_reach]: one heading's products */
   size_t dsub_cap, prod_cap;
-  float *best;          /* [P] best over headings */
-  uint32_t *besth;      /* [P] */
-  uint8_t *taken;       /* [P] */
-  int64_t *esupport;    /* [max_out]: one supporting tile per estimate */
+  float *best;       /* [P] best over headings */
+  uint32_t *besth;   /* [P] */
+  uint8_t *taken;    /* [P] */
+  int64_t *esupport; /* [max_out]: one supporting tile per estimate */
   size_t esupport_cap;
 };
 
@@ -141,8 +140,7 @@ int gl_loc_fine_create(const struct gl_loc_fine_params *p, uint32_t max_headings
       !(f->score = malloc(f->cap_p * max_headings * sizeof(float))) ||
       !(f->acc = malloc(f->cap_p * sizeof(float))) ||
       !(f->best = malloc(f->cap_p * sizeof(float))) ||
-      !(f->besth = malloc(f->cap_p * sizeof(uint32_t))) ||
-      !(f->taken = malloc(f->cap_p))) {
+      !(f->besth = malloc(f->cap_p * sizeof(uint32_t))) || !(f->taken = malloc(f->cap_p))) {
     gl_loc_fine_destroy(f);
     return gl_fail(err, errlen, GL_ENOMEM, "out of memory");
   }
@@ -234,13 +232,13 @@ static bool gl__add(struct gl_loc_fine *f, size_t *P, uint32_t PR, uint32_t PC, 
   return true;
 }
 
-/* Index of placement (r, q) in this frame's list, or -1. */
-static int32_t gl__placement(const struct gl_loc_fine *f, uint32_t PR, uint32_t PC, int64_t r,
-                             int64_t q) {
+/* Index of placement (r, q) among this frame's first P, or -1. */
+static int32_t gl__placement(const struct gl_loc_fine *f, uint32_t PR, uint32_t PC, size_t P,
+                             int64_t r, int64_t q) {
   if (r < 0 || q < 0 || r >= PR || q >= PC)
     return -1;
   size_t i = (size_t)r * PC + (size_t)q;
-  return f->pstamp[i] == f->frame ? f->pidx[i] : -1;
+  return f->pstamp[i] == f->frame && (size_t)f->pidx[i] < P ? f->pidx[i] : -1;
 }
 
 /* The vertex offset of the parabola through (-1, a), (0, b), (1, c), when b
@@ -255,9 +253,8 @@ static double gl__parabola(double a, double b, double c) {
 
 int gl_loc_fine_run(struct gl_loc_fine *f, struct gl_map *map, const float *qfeat,
                     const float *headings, uint32_t H, const struct gl_map_hit *cand,
-                    uint32_t n_cand, const struct gl_map_prior *prior,
-                    struct gl_loc_estimate *out, size_t max_out, size_t *n_out, char *err,
-                    size_t errlen) {
+                    uint32_t n_cand, const struct gl_map_prior *prior, struct gl_loc_estimate *out,
+                    size_t max_out, size_t *n_out, char *err, size_t errlen) {
   *n_out = 0;
   const struct gl_map_dense *d = gl_map_dense(map);
   if (!d)
@@ -288,11 +285,13 @@ int gl_loc_fine_run(struct gl_loc_fine *f, struct gl_map *map, const float *qfea
                      prior->lat, prior->lon);
     double rad = prior->radius_m / cell;
     double cq = (px - d->x0) / cell - half, cr = (d->y0 - py) / cell - half;
-    int64_t r0 = (int64_t)floor(cr - rad), r1 = (int64_t)ceil(cr + rad);
-    int64_t q0 = (int64_t)floor(cq - rad), q1 = (int64_t)ceil(cq + rad);
+    /* The circle's bounding box, clamped to the map (a prior may be far
+     * larger than the map, or lie off it). */
+    double r0 = fmax(0, floor(cr - rad)), r1 = fmin(PR - 1.0, ceil(cr + rad));
+    double q0 = fmax(0, floor(cq - rad)), q1 = fmin(PC - 1.0, ceil(cq + rad));
     bool room = true;
-    for (int64_t r = r0 < 0 ? 0 : r0; r <= r1 && room; r++)
-      for (int64_t q = q0 < 0 ? 0 : q0; q <= q1 && room; q++)
+    for (int64_t r = (int64_t)r0; r <= (int64_t)r1 && room; r++)
+      for (int64_t q = (int64_t)q0; q <= (int64_t)q1 && room; q++)
         if ((r - cr) * (r - cr) + (q - cq) * (q - cq) <= rad * rad)
           room = gl__add(f, &P, PR, PC, r, q, -1);
   } else if ((size_t)d->rows * d->cols <= f->p.full_scan_cells) {
@@ -415,11 +414,11 @@ gathered:
     const int32_t r = f->pr[bp], q = f->pq[bp];
     const double s0 = f->best[bp];
     double dr = 0, dq = 0, dh = 0;
-    int32_t a = gl__placement(f, PR, PC, r - 1, q), b = gl__placement(f, PR, PC, r + 1, q);
+    int32_t a = gl__placement(f, PR, PC, P, r - 1, q), b = gl__placement(f, PR, PC, P, r + 1, q);
     if (a >= 0 && b >= 0)
       dr = gl__parabola(f->score[(size_t)a * H + h], s0, f->score[(size_t)b * H + h]);
-    a = gl__placement(f, PR, PC, r, q - 1);
-    b = gl__placement(f, PR, PC, r, q + 1);
+    a = gl__placement(f, PR, PC, P, r, q - 1);
+    b = gl__placement(f, PR, PC, P, r, q + 1);
     if (a >= 0 && b >= 0)
       dq = gl__parabola(f->score[(size_t)a * H + h], s0, f->score[(size_t)b * H + h]);
     if (H >= 3 && (circle || (h > 0 && h + 1 < H))) {
@@ -479,11 +478,11 @@ struct gl_loc_fine_frame {
   struct gl_loc_fine *fine;
   struct gl_loc_fine_params p;
   uint32_t layer, S, max_h;
-  uint8_t *pix;           /* [max_h][S][S][3] */
-  uint8_t *base;          /* [2S][2S][3]: the frame resized once */
-  struct gl_image *imgs;  /* [max_h] */
-  float *headings;        /* [max_h] */
-  float *qfeat;           /* [max_h][side][side][C] */
+  uint8_t *pix;          /* [max_h][S][S][3] */
+  uint8_t *base;         /* [2S][2S][3]: the frame resized once */
+  struct gl_image *imgs; /* [max_h] */
+  float *headings;       /* [max_h] */
+  float *qfeat;          /* [max_h][side][side][C] */
 };
 
 int gl_loc_fine_frame_create(const struct gl_nn_model *model, uint32_t layer,
@@ -548,8 +547,8 @@ uint32_t gl_loc_fine_frame_layer(const struct gl_loc_fine_frame *ff) { return ff
 int gl_loc_fine_frame(struct gl_loc_fine_frame *ff, struct gl_map *map,
                       const struct gl_image *frame, double heading_deg,
                       const struct gl_map_hit *hits, uint32_t n_hits,
-                      const struct gl_map_prior *prior, struct gl_loc_estimate *out,
-                      size_t max_out, size_t *n_out, char *err, size_t errlen) {
+                      const struct gl_map_prior *prior, struct gl_loc_estimate *out, size_t max_out,
+                      size_t *n_out, char *err, size_t errlen) {
   *n_out = 0;
   const struct gl_map_dense *d = gl_map_dense(map);
   if (!d || d->layer != ff->layer || d->input_px != ff->S)

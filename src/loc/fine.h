@@ -92,15 +92,15 @@
 /* Parameters of the fine stage; gl_loc_fine_params_init gives the defaults
  * (chosen on the naip-xtime validation split, see data/models/README.md). */
 struct gl_loc_fine_params {
-  uint32_t top_k;         /* global candidates re-scored (default 50), 1..1024 */
-  uint32_t radius_cells;  /* shift radius around a candidate tile (default 4) */
-  double step_deg;        /* heading step (default 10), divides 360, >= 1 */
-  double tolerance_deg;   /* compass headings scanned within +-this (default 20) */
-  double nms_m;           /* estimates at least this far apart (default 2 cells) */
-  double temperature;     /* confidence softmax (default 0.02) */
-  /* Scan every placement instead of only the top K's windows when the map's
-   * dense layer (or the prior's circle) has at most this many cells
-   * (default 0: only with a prior). */
+  uint32_t top_k;        /* global candidates re-scored (default 50), 1..1024 */
+  uint32_t radius_cells; /* shift radius around a candidate tile (default 2) */
+  double step_deg;       /* heading step (default 10), divides 360, >= 1 */
+  double tolerance_deg;  /* compass headings scanned within +-this (default 20) */
+  double nms_m;          /* estimates at least this far apart (default 2 cells) */
+  double temperature;    /* confidence softmax (default 0.02) */
+  /* Scan every placement of the map instead of only the top K's windows
+   * when its dense layer has at most this many cells (default 0: never; a
+   * frame with a prior always scans the prior's circle). */
   uint32_t full_scan_cells;
   /* Scans over the full circle of headings score a placement minus this
    * share of its mean score over all headings (default 0.5; step 4). */
@@ -136,9 +136,8 @@ void gl_loc_fine_destroy(struct gl_loc_fine *f);
  * GL_ENOMEM or GL_EINTERNAL with err set. */
 int gl_loc_fine_run(struct gl_loc_fine *f, struct gl_map *map, const float *qfeat,
                     const float *headings, uint32_t H, const struct gl_map_hit *cand,
-                    uint32_t n_cand, const struct gl_map_prior *prior,
-                    struct gl_loc_estimate *out, size_t max_out, size_t *n_out, char *err,
-                    size_t errlen);
+                    uint32_t n_cand, const struct gl_map_prior *prior, struct gl_loc_estimate *out,
+                    size_t max_out, size_t *n_out, char *err, size_t errlen);
 
 /* --- one frame, end to end ----------------------------------------------------- */
 
@@ -173,7 +172,7 @@ uint32_t gl_loc_fine_frame_layer(const struct gl_loc_fine_frame *ff);
 int gl_loc_fine_frame(struct gl_loc_fine_frame *ff, struct gl_map *map,
                       const struct gl_image *frame, double heading_deg,
                       const struct gl_map_hit *hits, uint32_t n_hits,
-                      const struct gl_map_prior *prior, struct gl_loc_estimate *out,
-                      size_t max_out, size_t *n_out, char *err, size_t errlen);
+                      const struct gl_map_prior *prior, struct gl_loc_estimate *out, size_t max_out,
+                      size_t *n_out, char *err, size_t errlen);
 
 #endif

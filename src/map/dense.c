@@ -53,8 +53,8 @@ static int gl__read_canvas(const struct gl__map_source *s, double x0, double y0,
   uint8_t *dst = rgb + ((size_t)i0 * w + (size_t)j0) * 3;
   int bands[3] = {1, 2, 3};
   CPLErrorReset();
-  if (GDALDatasetRasterIOEx(s->view, GF_Read, ix0, iy0, ix1 - ix0, iy1 - iy0, dst, (int)cw,
-                            (int)ch, GDT_Byte, 3, bands, 3, (GSpacing)w * 3, 1, &ex) != CE_None)
+  if (GDALDatasetRasterIOEx(s->view, GF_Read, ix0, iy0, ix1 - ix0, iy1 - iy0, dst, (int)cw, (int)ch,
+                            GDT_Byte, 3, bands, 3, (GSpacing)w * 3, 1, &ex) != CE_None)
     return gl_fail(err, errlen, GL_EIO, "%s: reading the dense canvas failed: %s", s->path,
                    CPLGetLastErrorMsg());
   uint8_t *okp = ok + (size_t)i0 * w + (size_t)j0;
@@ -170,12 +170,12 @@ cleanup:
 struct gl__map_dense_ctx {
   struct gl_map_dense pub;
   float *cells;
-  uint64_t n;        /* tiles */
-  double *tx, *ty;   /* tile centres in the grid CRS, by id - 1 */
+  uint64_t n;      /* tiles */
+  double *tx, *ty; /* tile centres in the grid CRS, by id - 1 */
   struct gl__place {
     uint64_t key;
     int64_t id;
-  } *by_place; /* tiles sorted by grid place */
+  } * by_place; /* tiles sorted by grid place */
   double tile_m, stride_m;
   PJ_CONTEXT *pj_ctx;
   PJ *to_wgs84; /* normalised: (x, y) -> (lon, lat) */
@@ -232,7 +232,7 @@ int gl__map_dense_load(const char *pack, const cJSON *root, uint64_t n_tiles, co
   d->n = n_tiles;
 #define BAD(...)                                                                                   \
   do {                                                                                             \
-    rc = gl_fail(err, errlen, GL_EFORMAT, __VA_ARGS__);                                           \
+    rc = gl_fail(err, errlen, GL_EFORMAT, __VA_ARGS__);                                            \
     goto fail;                                                                                     \
   } while (0)
   double layer, stride, ch, inpx, mpp, cell, rows, cols;
@@ -246,8 +246,8 @@ int gl__map_dense_load(const char *pack, const cJSON *root, uint64_t n_tiles, co
       !gl__num(dj, "m_per_px", 1e-6, 1e6, &mpp) || !gl__num(dj, "cell_m", 1e-6, 1e7, &cell) ||
       !gl__num(dj, "rows", 1, 1 << 20, &rows) || !gl__num(dj, "cols", 1, 1 << 20, &cols) ||
       !cJSON_IsArray(gt) || cJSON_GetArraySize(gt) != 6 || !cJSON_IsArray(layers) ||
-      cJSON_GetArraySize(layers) < 1 || !wkt ||
-      !gl__num(t, "tile_m", 1e-6, 1e7, &d->tile_m) || !gl__num(t, "stride_m", 1e-6, 1e7, &d->stride_m))
+      cJSON_GetArraySize(layers) < 1 || !wkt || !gl__num(t, "tile_m", 1e-6, 1e7, &d->tile_m) ||
+      !gl__num(t, "stride_m", 1e-6, 1e7, &d->stride_m))
     BAD("%s: manifest.json: dense layer description incomplete", pack);
   struct gl_map_dense *p = &d->pub;
   p->layer = (uint32_t)layer;
@@ -266,8 +266,7 @@ int gl__map_dense_load(const char *pack, const cJSON *root, uint64_t n_tiles, co
     BAD("%s: manifest.json: dense geotransform does not match cell_m", pack);
   size_t per = (size_t)p->rows * p->cols * p->channels;
   if (per > ((size_t)1 << 34) / p->years || !(d->cells = malloc(per * p->years * sizeof(float))))
-    BAD("%s: dense layer of %ux%u cells x %u years is too large", pack, p->rows, p->cols,
-        p->years);
+    BAD("%s: dense layer of %ux%u cells x %u years is too large", pack, p->rows, p->cols, p->years);
   int8_t *q = malloc(per);
   if (!q) {
     rc = gl_fail(err, errlen, GL_ENOMEM, "out of memory");
@@ -281,8 +280,7 @@ int gl__map_dense_load(const char *pack, const cJSON *root, uint64_t n_tiles, co
     if (!cJSON_IsString(f) || strchr(f->valuestring, '/') || !cJSON_IsString(sh) ||
         !gl__num(l, "bytes", 0, 1e15, &bytes) || (size_t)bytes != per) {
       free(q);
-      BAD("%s: manifest.json: dense layer %u: file, sha256 and bytes (%zu) needed", pack, y,
-          per);
+      BAD("%s: manifest.json: dense layer %u: file, sha256 and bytes (%zu) needed", pack, y, per);
     }
     char *path = NULL, sha[65];
     uint64_t got = 0;
@@ -386,8 +384,7 @@ int64_t gl_map_tile_near(const struct gl_map *m, double x, double y) {
   return lo < d->n && d->by_place[lo].key == key ? d->by_place[lo].id : -1;
 }
 
-static int gl__trans(struct gl_map *m, PJ_DIRECTION dir, double a, double b, double *u,
-                     double *v) {
+static int gl__trans(struct gl_map *m, PJ_DIRECTION dir, double a, double b, double *u, double *v) {
   struct gl__map_dense_ctx *d = gl__map_dense_of(m);
   if (!d)
     return GL_EINVAL;

@@ -22,12 +22,12 @@ struct gl_map_dense {
   uint32_t layer;     /* backbone block the features come from */
   uint32_t stride_px; /* model pixels per cell */
   uint32_t channels;
-  uint32_t input_px;  /* the model input side the tiles were encoded at */
-  double m_per_px;    /* metres per model pixel: tile_m / input_px */
-  double cell_m;      /* stride_px * m_per_px */
-  double x0, y0;      /* grid CRS: west and north edges of cell (0, 0) */
+  uint32_t input_px; /* the model input side the tiles were encoded at */
+  double m_per_px;   /* metres per model pixel: tile_m / input_px */
+  double cell_m;     /* stride_px * m_per_px */
+  double x0, y0;     /* grid CRS: west and north edges of cell (0, 0) */
   uint32_t rows, cols;
-  uint32_t years;     /* layers, one per source raster */
+  uint32_t years; /* layers, one per source raster */
   /* [years][rows][cols][channels] floats, unit cells or zero. */
   const float *cells;
 };

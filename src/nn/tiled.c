@@ -40,8 +40,7 @@ int gl_nn_engine_features_tiled(struct gl_nn_engine *e, uint32_t margin,
   for (uint32_t by = 0; by < H; by += block) {
     for (uint32_t bx = 0; bx < W; bx += block) {
       for (uint32_t i = 0; i < N; i++) {
-        const uint8_t *srow =
-            image->rgb + (size_t)gl__reflect((int64_t)by + i - margin, H) * W * 3;
+        const uint8_t *srow = image->rgb + (size_t)gl__reflect((int64_t)by + i - margin, H) * W * 3;
         uint8_t *drow = pix + (size_t)i * N * 3;
         for (uint32_t j = 0; j < N; j++)
           memcpy(drow + (size_t)j * 3, srow + (size_t)gl__reflect((int64_t)bx + j - margin, W) * 3,
