@@ -48,6 +48,7 @@ static const char *const gl__config_fields[] = {
     "num_classes", "descriptor",     "levels",           "fusion_init",
     "osm_dim",     "osm_groups",     "osm_se_reduction", "pool",
     "gem_p",       "descriptor_dim", "branches",         "ref_rotations",
+    "dense_head",
 };
 #define GL__N_FIELDS (sizeof gl__config_fields / sizeof *gl__config_fields)
 
@@ -195,6 +196,30 @@ static int gl__field(struct gl__nn_config *c, const char *name, const cJSON *j, 
     if (!gl__int(j, &iv) || (iv != 1 && iv != 2 && iv != 4))
       return gl__bad(err, errlen, name, "must be 1, 2 or 4", j);
     c->ref_rotations = (uint32_t)iv;
+  } else if (strcmp(name, "dense_head") == 0) {
+    /* null, or {"layer": L, "dim": D, "hidden": H}; absent keys take 6, 64
+     * and 56 (config.py's defaults). */
+    c->dh_layer = 0;
+    if (cJSON_IsNull(j))
+      return 0;
+    if (!cJSON_IsObject(j))
+      return gl__bad(err, errlen, name, "must be null or {layer, dim, hidden}", j);
+    static const char *const keys[] = {"layer", "dim", "hidden"};
+    uint32_t *dst[] = {&c->dh_layer, &c->dh_dim, &c->dh_hidden};
+    const uint32_t def[] = {6, 64, 56}, max[] = {GL__NN_LAST_FEATURE - 1, 4096, 4096};
+    const cJSON *k;
+    cJSON_ArrayForEach(k, j) {
+      if (strcmp(k->string, "layer") && strcmp(k->string, "dim") && strcmp(k->string, "hidden"))
+        return gl__bad(err, errlen, name, "has a key other than layer, dim and hidden", j);
+    }
+    for (int i = 0; i < 3; i++) {
+      const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, keys[i]);
+      *dst[i] = def[i];
+      if (v && (!gl__int(v, &iv) || iv < 1 || iv > max[i]))
+        return gl__bad(err, errlen, name, "layer must be 1..17, dim and hidden positive", j);
+      if (v)
+        *dst[i] = (uint32_t)iv;
+    }
   } else if (strcmp(name, "branches") == 0) {
     if (!cJSON_IsString(j) || strcmp(j->valuestring, "shared") != 0)
       return gl__bad(err, errlen, name, "only 'shared' is implemented", j);
@@ -251,6 +276,16 @@ int gl__nn_config_parse(const char *json, struct gl__nn_config *cfg, char *err, 
     rc = gl__bad(err, errlen, "ref_rotations", "needs a square input_size",
                  cJSON_GetObjectItemCaseSensitive(root, "ref_rotations"));
     goto out;
+  }
+  if (cfg->dh_layer) {
+    struct gl__nn_arch a;
+    gl__nn_arch_init(cfg, &a);
+    if (cfg->dh_dim < a.cout[cfg->dh_layer]) {
+      rc = gl_fail(err, errlen, GL_EFORMAT,
+                   "config field 'dense_head': dim %u is below block %u's %u channels",
+                   cfg->dh_dim, cfg->dh_layer, a.cout[cfg->dh_layer]);
+      goto out;
+    }
   }
   if (cfg->osm_dim % cfg->osm_groups) {
     rc = gl_fail(err, errlen, GL_EFORMAT,
@@ -372,12 +407,12 @@ static void gl__add_linear(struct gl__spec_list *l, const char *prefix, uint32_t
   gl__add(l, name, 1, out, 0, 0, 0);
 }
 
-/* A 1x1 nn.Conv2d with bias (the OSM's convs). */
-static void gl__add_conv1x1(struct gl__spec_list *l, const char *prefix, uint32_t out,
-                            uint32_t in) {
+/* A k x k nn.Conv2d with bias (the OSM's and the dense head's convs). */
+static void gl__add_conv(struct gl__spec_list *l, const char *prefix, uint32_t out, uint32_t in,
+                         uint32_t k) {
   char name[96];
   snprintf(name, sizeof name, "%s.weight", prefix);
-  gl__add(l, name, 4, out, in, 1, 1);
+  gl__add(l, name, 4, out, in, k, k);
   snprintf(name, sizeof name, "%s.bias", prefix);
   gl__add(l, name, 1, out, 0, 0, 0);
 }
@@ -408,19 +443,19 @@ int gl__nn_expected_tensors(const struct gl__nn_config *cfg, struct gl__nn_tenso
     uint32_t D = cfg->osm_dim, d = D / cfg->osm_groups, h = a.osm_se_hidden;
     for (uint32_t i = 0; i < cfg->n_levels; i++) {
       snprintf(p, sizeof p, "osm.%u.proj", i);
-      gl__add_conv1x1(&l, p, D, a.cout[cfg->levels[i]]);
+      gl__add_conv(&l, p, D, a.cout[cfg->levels[i]], 1);
       for (uint32_t g = 0; g < cfg->osm_groups; g++) {
         static const char *const qkv[3] = {"q", "k", "v"};
         for (int k = 0; k < 3; k++) {
           snprintf(p, sizeof p, "osm.%u.groups.%u.%s", i, g, qkv[k]);
-          gl__add_conv1x1(&l, p, d, d);
+          gl__add_conv(&l, p, d, d, 1);
         }
         snprintf(p, sizeof p, "osm.%u.groups.%u.se.fc1", i, g);
         gl__add_linear(&l, p, h, d);
         snprintf(p, sizeof p, "osm.%u.groups.%u.se.fc2", i, g);
         gl__add_linear(&l, p, d, h);
         snprintf(p, sizeof p, "osm.%u.groups.%u.overlap", i, g);
-        gl__add_conv1x1(&l, p, 1, d);
+        gl__add_conv(&l, p, 1, d, 1);
       }
       snprintf(p, sizeof p, "osm.%u.embed", i);
       gl__add_linear(&l, p, cfg->descriptor_dim, D);
@@ -429,6 +464,13 @@ int gl__nn_expected_tensors(const struct gl__nn_config *cfg, struct gl__nn_tenso
       gl__add(&l, "fusion.weight", 1, cfg->n_levels, 0, 0, 0);
   }
 
+  if (cfg->dh_layer) {
+    uint32_t c = a.cout[cfg->dh_layer], d = cfg->dh_dim, h = cfg->dh_hidden;
+    gl__add_conv(&l, "dense_head.proj", d, c, 1);
+    gl__add_conv(&l, "dense_head.b1", h, c, 1);
+    gl__add_conv(&l, "dense_head.b2", h, h, 3);
+    gl__add_conv(&l, "dense_head.b3", d, h, 1);
+  }
   if (cfg->resizer) {
     uint32_t c = cfg->resizer_channels, z = a.resizer_hidden;
     gl__add_unit(&l, "resizer.stem", c, 3, 3, false);

@@ -72,17 +72,17 @@ static void gl__pads(enum gl__nn_pad mode, uint32_t in, uint32_t k, uint32_t s, 
   *after = (uint32_t)(total - total / 2);
 }
 
-/* Adds a conv unit reading src into a tensor of buffer dst_buf; returns it. */
-static struct gl__nn_tensor gl__conv(struct gl__builder *b, const char *unit,
-                                     struct gl__nn_tensor src, enum gl__nn_buf dst_buf,
-                                     uint32_t cout, uint32_t k, uint32_t stride, uint32_t dil,
-                                     uint32_t groups, enum gl__nn_pad pad, enum gl__nn_act act,
-                                     bool residual) {
-  struct gl__nn_op *op = gl__op(b, GL__NN_OP_CONV, unit);
-  const struct gl__nn_unit *u = gl__nn_model_unit(b->m, unit);
-  if (!op || !u) {
+/* Adds a conv with weights w, b (OIHW, [O]) reading src into a tensor of
+ * buffer dst_buf; returns it. */
+static struct gl__nn_tensor gl__conv_wb(struct gl__builder *b, const char *name,
+                                        struct gl__nn_tensor src, enum gl__nn_buf dst_buf,
+                                        uint32_t cout, uint32_t k, uint32_t stride, uint32_t dil,
+                                        uint32_t groups, enum gl__nn_pad pad, enum gl__nn_act act,
+                                        bool residual, const float *w, const float *bias) {
+  struct gl__nn_op *op = gl__op(b, GL__NN_OP_CONV, name);
+  if (!op || !w || !bias) {
     if (!b->rc)
-      b->rc = gl_fail(b->err, b->errlen, GL_EINTERNAL, "graph: no conv unit '%s'", unit);
+      b->rc = gl_fail(b->err, b->errlen, GL_EINTERNAL, "graph: no weights for conv '%s'", name);
     return src;
   }
   op->src = src;
@@ -94,13 +94,54 @@ static struct gl__nn_tensor gl__conv(struct gl__builder *b, const char *unit,
   gl__pads(pad, src.w, k, stride, dil, &op->p.conv.pad_l, &op->p.conv.pad_r);
   op->p.conv.act = act;
   op->p.conv.residual = residual;
-  op->p.conv.w = u->w;
-  op->p.conv.b = u->b;
+  op->p.conv.w = w;
+  op->p.conv.b = bias;
   uint32_t keff = dil * (k - 1) + 1;
   uint32_t oh = (src.h + op->p.conv.pad_t + op->p.conv.pad_b - keff) / stride + 1;
   uint32_t ow = (src.w + op->p.conv.pad_l + op->p.conv.pad_r - keff) / stride + 1;
   op->dst = gl__t(dst_buf, oh, ow, cout);
   return op->dst;
+}
+
+/* A conv unit (folded conv + bias, model.ConvUnit) of the model. */
+static struct gl__nn_tensor gl__conv(struct gl__builder *b, const char *unit,
+                                     struct gl__nn_tensor src, enum gl__nn_buf dst_buf,
+                                     uint32_t cout, uint32_t k, uint32_t stride, uint32_t dil,
+                                     uint32_t groups, enum gl__nn_pad pad, enum gl__nn_act act,
+                                     bool residual) {
+  const struct gl__nn_unit *u = gl__nn_model_unit(b->m, unit);
+  if (!u && !b->rc)
+    b->rc = gl_fail(b->err, b->errlen, GL_EINTERNAL, "graph: no conv unit '%s'", unit);
+  return gl__conv_wb(b, unit, src, dst_buf, cout, k, stride, dil, groups, pad, act, residual,
+                     u ? u->w : NULL, u ? u->b : NULL);
+}
+
+/* The dense head (OPS.md) on the block output t (buffer A): per-pixel L2
+ * norm in place, proj A -> C, b1 A -> B, b2 B -> A, C += b3(A). Returns the
+ * head's output, in buffer C. */
+static struct gl__nn_tensor gl__dense_head(struct gl__builder *b, struct gl__nn_tensor t) {
+  const struct gl__nn_config *cfg = &b->m->cfg;
+  struct gl__nn_op *op = gl__op(b, GL__NN_OP_L2NORM, "dense_head.l2norm");
+  if (!op)
+    return t;
+  op->dst = t;
+  uint32_t d = cfg->dh_dim, h = cfg->dh_hidden;
+  const enum gl__nn_pad pt = GL__NN_PAD_TORCH;
+#define GL__W(n) gl__tensor(b, "dense_head." n ".weight"), gl__tensor(b, "dense_head." n ".bias")
+  struct gl__nn_tensor p = gl__conv_wb(b, "dense_head.proj", t, GL__NN_BUF_C, d, 1, 1, 1, 1, pt,
+                                       GL__NN_ACT_NONE, false, GL__W("proj"));
+  struct gl__nn_tensor x = gl__conv_wb(b, "dense_head.b1", t, GL__NN_BUF_B, h, 1, 1, 1, 1, pt,
+                                       GL__NN_ACT_RELU, false, GL__W("b1"));
+  x = gl__conv_wb(b, "dense_head.b2", x, GL__NN_BUF_A, h, 3, 1, 1, 1, pt, GL__NN_ACT_RELU, false,
+                  GL__W("b2"));
+  struct gl__nn_tensor out = gl__conv_wb(b, "dense_head.b3", x, GL__NN_BUF_C, d, 1, 1, 1, 1, pt,
+                                         GL__NN_ACT_NONE, true, GL__W("b3"));
+#undef GL__W
+  if (!b->rc && (out.buf != p.buf || out.h != p.h || out.w != p.w || out.c != p.c))
+    b->rc = gl_fail(b->err, b->errlen, GL_EINTERNAL, "graph: dense head residual mismatch");
+  if (!b->rc)
+    snprintf(b->g->ops[b->g->n_ops - 1].trace, sizeof op->trace, "dense_head");
+  return out;
 }
 
 static void gl__resizer(struct gl__builder *b, struct gl__nn_tensor x) {
@@ -291,6 +332,8 @@ int gl__nn_graph_build(const struct gl_nn_model *m, uint32_t max_batch, uint64_t
     if (b.rc)
       break;
     snprintf(g->ops[g->n_ops - 1].trace, sizeof g->ops->trace, "backbone.features.%u", f);
+    if (feature_layer && feature_layer == f && cfg->dh_layer == f)
+      t = gl__dense_head(&b, t);
     g->feat = t;
     if (!feature_layer && level < cfg->n_levels && cfg->levels[level] == f) {
       gl__osm(&b, level, t, &g->groups[(size_t)level * cfg->osm_groups]);

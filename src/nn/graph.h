@@ -47,6 +47,7 @@ enum gl__nn_op_kind {
   GL__NN_OP_ADD,          /* dst += src */
   GL__NN_OP_OSM,          /* src -> dst: one overlap scanning module */
   GL__NN_OP_FUSE,         /* src (per-level descriptors) -> dst */
+  GL__NN_OP_L2NORM,       /* dst /= max(||dst||, eps) per pixel, in place */
 };
 
 struct gl__nn_osm_group {

@@ -215,7 +215,7 @@ int gl_nn_model_feature_shape(const struct gl_nn_model *m, uint32_t layer, uint3
   if (layer == 0 || layer >= GL__NN_LAST_FEATURE)
     return GL_EINVAL;
   *stride = gl__nn_feature_stride(m, layer);
-  *channels = m->arch.cout[layer];
+  *channels = layer == m->cfg.dh_layer ? m->cfg.dh_dim : m->arch.cout[layer];
   return 0;
 }
 

@@ -41,6 +41,10 @@ struct gl__nn_config {
   double gem_p;
   uint32_t descriptor_dim;
   uint32_t ref_rotations; /* headings the map encodes each tile at: 1, 2 or 4 */
+  /* The dense head (config dense_head; OPS.md): on backbone block dh_layer,
+   * dh_dim output channels, dh_hidden in its residual branch. dh_layer 0:
+   * no head. */
+  uint32_t dh_layer, dh_dim, dh_hidden;
 };
 
 /* The MobileNetV2 shape that a config implies (model.py's MobileNetV2). */

@@ -37,7 +37,9 @@ const char *gl_nn_model_sha256(const struct gl_nn_model *m);
 /* Side in pixels of the (square) network input: config input_size. */
 uint32_t gl_nn_model_input_size(const struct gl_nn_model *m);
 /* Total stride (pixels per cell) and channels of backbone block `layer`
- * (1..17). Returns 0 or GL_EINVAL. */
+ * (1..17); for the block the model's dense head reads (config dense_head),
+ * the head's output channels, which a feature engine of that block
+ * computes. Returns 0 or GL_EINVAL. */
 int gl_nn_model_feature_shape(const struct gl_nn_model *m, uint32_t layer, uint32_t *stride,
                               uint32_t *channels);
 

@@ -11,6 +11,7 @@
 #include <oneapi/dnnl/dnnl.h>
 #include <omp.h>
 #include <stdio.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -92,6 +93,7 @@ static bool gl__cpu_supports_op(void *ctx, const struct gl__nn_op *op) {
   case GL__NN_OP_ADD:
   case GL__NN_OP_OSM:
   case GL__NN_OP_FUSE:
+  case GL__NN_OP_L2NORM:
     return true;
   }
   return false;
@@ -472,6 +474,21 @@ static int gl__cpu_compute(void *ctx, const struct gl__nn_graph *g, uint32_t bat
     case GL__NN_OP_FUSE:
       gl__cpu_fuse(g, op, batch, c->tmp);
       continue;
+    case GL__NN_OP_L2NORM:
+      for (uint32_t n = 0; n < batch; n++) {
+        float *d = gl__nn_tensor_at(g, &op->dst, n);
+        for (size_t k = 0; k < hw; k++) {
+          float *v = d + k * op->dst.c;
+          double ss = 0;
+          for (uint32_t ch = 0; ch < op->dst.c; ch++)
+            ss += (double)v[ch] * v[ch];
+          /* As ops.l2_normalize: x / max(||x||, 1e-12). */
+          float inv = (float)(1.0 / fmax(sqrt(ss), 1e-12));
+          for (uint32_t ch = 0; ch < op->dst.c; ch++)
+            v[ch] *= inv;
+        }
+      }
+      break;
     }
     if (g->trace && op->trace[0]) {
       if (dnnl_stream_wait(c->stream) != dnnl_success)
