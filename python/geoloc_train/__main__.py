@@ -16,6 +16,9 @@
                                         raw float32 [headings, n, n, C]
   train --naip DIR --out RUN [--steps N] [--batch B] [--seed S] [--loss L] [--near N]
         [--ref-rotations R] [--lr LR] [--resume]    (--steps 0: the untrained model)
+  train-dense --model BASE --naip DIR --out RUN [--steps N] [--batch B] [--seed S] [--lr LR]
+        [--layer 6] [--dim 64] [--hidden 56] [--resume]
+                                        the fine stage's dense head on BASE's frozen backbone
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import sys
 
 import torch
 
-from . import image, model as M, testvectors, tflite, train
+from . import image, model as M, testvectors, tflite, train, train_dense
 from .config import ConfigError, ModelConfig
 from .safetensors import SafetensorsError
 
@@ -277,6 +280,11 @@ def main(argv=None) -> int:
     s = sub.add_parser("train", help="train the geo model on the naip-xtime training region")
     train.main_args(s)
     s.set_defaults(func=lambda a: train.run(a, REPO_ROOT))
+
+    s = sub.add_parser("train-dense", help="train the fine stage's dense descriptor head "
+                       "(config dense_head) on a model's frozen backbone")
+    train_dense.main_args(s)
+    s.set_defaults(func=train_dense.run)
 
     a = p.parse_args(argv)
     try:

@@ -92,6 +92,16 @@ class ModelConfig:
     # rotation within +-180/R degrees.  The model is trained to match.
     ref_rotations: int = 1
 
+    # --- fine stage -----------------------------------------------------------
+    # A dense descriptor head on one backbone block, trained for the fine
+    # stage (train_dense.py; OPS.md 3.5): null = none (the fine stage uses
+    # the raw block features), else {"layer": L, "dim": D, "hidden": H}, all
+    # integers: L the backbone block it reads (1..17), D >= that block's
+    # channels the output channels, H >= 1 the hidden channels. Left out of
+    # the JSON when null, so configs and model files without a head read
+    # as before.
+    dense_head: Optional[dict] = None
+
     # ------------------------------------------------------------------------
     def validate(self) -> "ModelConfig":
         def bad(name, why):
@@ -146,7 +156,42 @@ class ModelConfig:
             bad("ref_rotations", "needs a square input_size")
         if self.branches != "shared":
             bad("branches", "only 'shared' is implemented")
+        if self.dense_head is not None:
+            self._validate_dense_head(bad)
         return self
+
+    DENSE_HEAD_KEYS = ("layer", "dim", "hidden")
+
+    def _validate_dense_head(self, bad) -> None:
+        h = self.dense_head
+        if not isinstance(h, dict):
+            bad("dense_head", 'must be null or an object {"layer": L, "dim": D, "hidden": H}')
+        unknown = sorted(set(h) - set(self.DENSE_HEAD_KEYS))
+        if unknown:
+            bad("dense_head", f"unknown key(s) {', '.join(unknown)}")
+        missing = [k for k in self.DENSE_HEAD_KEYS if k not in h]
+        if missing:
+            bad("dense_head", f"missing key(s) {', '.join(missing)}")
+        for k in self.DENSE_HEAD_KEYS:
+            if not isinstance(h[k], int) or isinstance(h[k], bool):
+                bad("dense_head", f"{k} must be an integer")
+        if not 1 <= h["layer"] <= MOBILENET_V2_LAST - 1:
+            bad("dense_head", f"layer must be a backbone block 1..{MOBILENET_V2_LAST - 1}")
+        if h["hidden"] < 1:
+            bad("dense_head", "hidden must be at least 1")
+        c = self.block_channels()[h["layer"]]
+        if h["dim"] < c:
+            bad("dense_head", f"dim must be at least the {c} channels of block {h['layer']}")
+
+    def block_channels(self) -> List[int]:
+        """Channels of the backbone's feature indices 0..18 at this width
+        (as model.MobileNetV2 builds them)."""
+        from .model import MOBILENET_V2_STAGES, make_divisible   # model imports this module
+        out = [make_divisible(32 * self.width_mult)]
+        for _, c, n, _ in MOBILENET_V2_STAGES:
+            out += [make_divisible(c * self.width_mult)] * n
+        out.append(make_divisible(1280 * max(1.0, self.width_mult)))
+        return out
 
     def fusion_weights(self) -> List[float]:
         if self.fusion_init is not None:
@@ -154,7 +199,10 @@ class ModelConfig:
         return {1: [1.0], 2: [0.4, 0.6], 3: [0.1, 0.4, 0.5]}[len(self.levels)]
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        d = dataclasses.asdict(self)
+        if d["dense_head"] is None:     # no head: the JSON of configs before the field
+            del d["dense_head"]
+        return json.dumps(d, sort_keys=True)
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":

@@ -143,8 +143,24 @@ def layer_stride(model, layer: int) -> int:
 
 
 def layer_channels(model, layer: int) -> int:
+    """Channels of the backbone's feature `layer` (before any dense head)."""
     layer_stride(model, layer)              # checks the index
     return model.backbone.channels[layer]
+
+
+def head_applies(model, layer: int) -> bool:
+    """True when the model has a dense head (config dense_head) on `layer`:
+    layer_features then returns the head's output."""
+    h = model.cfg.dense_head
+    return h is not None and getattr(model, "dense_head", None) is not None and \
+        layer == h["layer"]
+
+
+def feature_channels(model, layer: int) -> int:
+    """Channels of layer_features(model, ., layer): the head's dim where it
+    applies, else the block's channels."""
+    return model.cfg.dense_head["dim"] if head_applies(model, layer) else \
+        layer_channels(model, layer)
 
 
 def _check_dense_model(model) -> None:
@@ -154,12 +170,14 @@ def _check_dense_model(model) -> None:
                           "features at an image's own size")
 
 
-def layer_features(model, x, layer: int) -> torch.Tensor:
+def layer_features(model, x, layer: int, head: bool = True) -> torch.Tensor:
     """float32 [B, H/s, W/s, C]: backbone features up to index `layer` of a
     uint8 batch [B, H, W, 3] (numpy or torch) at the images' own size.
 
     The network input is the model's preprocess without the resize:
-    ops.normalize with the model's mean and std.  Not L2-normalised."""
+    ops.normalize with the model's mean and std.  When the model has a
+    dense head on this layer (and `head`), the head's output (C = its dim,
+    OPS.md 3.5) instead of the block's.  Not L2-normalised."""
     _check_dense_model(model)
     layer_stride(model, layer)
     t = torch.as_tensor(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
@@ -169,6 +187,8 @@ def layer_features(model, x, layer: int) -> torch.Tensor:
     with torch.no_grad():
         t = ops.normalize(t, model.mean, model.std)
         f = model.backbone(t, [layer])[layer]
+        if head and head_applies(model, layer):
+            f = model.dense_head(f)
     return f.permute(0, 2, 3, 1).contiguous()
 
 
@@ -183,8 +203,16 @@ def l2n(x):
 
 def dense_features(model, canvas: np.ndarray, layer: int = DEFAULT_LAYER,
                    block: int = DEFAULT_BLOCK, margin: int = DEFAULT_MARGIN) -> np.ndarray:
-    """Step 3: float32 [H/s, W/s, C] L2-normalised cells of a uint8 (H, W, 3)
-    canvas, H and W multiples of the layer's stride s.
+    """dense_raw_features, L2-normalised per cell (the reference's dense
+    layer): see there."""
+    return l2n(dense_raw_features(model, canvas, layer, block, margin))
+
+
+def dense_raw_features(model, canvas: np.ndarray, layer: int = DEFAULT_LAYER,
+                       block: int = DEFAULT_BLOCK, margin: int = DEFAULT_MARGIN,
+                       head: bool = True) -> np.ndarray:
+    """Step 3: float32 [H/s, W/s, C] cells of a uint8 (H, W, 3) canvas, H
+    and W multiples of the layer's stride s (C: feature_channels).
 
     For each block origin (by, bx) on multiples of `block` covering the
     canvas, the network runs on canvas[by - margin : by + block + margin,
@@ -192,7 +220,10 @@ def dense_features(model, canvas: np.ndarray, layer: int = DEFAULT_LAYER,
     the canvas reflected as in `reflect`, as often as needed) and keeps the
     cells [margin/s : (margin + block)/s] of each axis, clipped to the
     canvas.  With margin at least the layer's receptive field this equals
-    one pass over the canvas reflect-padded by margin."""
+    one pass over the canvas reflect-padded by margin.  A dense head on the
+    layer (unless `head` is false) runs on each block's feature map, its 3x3
+    zero padding at the block's edges (in the margin, cropped away).
+    dense_raw_features is not normalised."""
     _check_dense_model(model)
     s = layer_stride(model, layer)
     canvas = np.asarray(canvas)
@@ -205,16 +236,19 @@ def dense_features(model, canvas: np.ndarray, layer: int = DEFAULT_LAYER,
     if block < s or block % s or margin < 0 or margin % s:
         raise ValueError(f"block {block} and margin {margin} must be multiples of layer "
                          f"{layer}'s stride {s} (block > 0)")
-    out = np.zeros((h // s, w // s, layer_channels(model, layer)), np.float32)
+    use_head = head and head_applies(model, layer)
+    out = np.zeros((h // s, w // s, feature_channels(model, layer) if use_head
+                    else layer_channels(model, layer)), np.float32)
     m, nb = margin // s, block // s
     for by in range(0, h, block):
         rows = reflect(np.arange(by - margin, by + block + margin), h)
         for bx in range(0, w, block):
             cols = reflect(np.arange(bx - margin, bx + block + margin), w)
-            f = layer_features(model, canvas[np.ix_(rows, cols)][None], layer)[0].numpy()
+            f = layer_features(model, canvas[np.ix_(rows, cols)][None], layer,
+                               use_head)[0].numpy()
             rh, rw = min(nb, (h - by) // s), min(nb, (w - bx) // s)
             out[by // s:by // s + rh, bx // s:bx // s + rw] = f[m:m + rh, m:m + rw]
-    return l2n(out)
+    return out
 
 
 def model_size(model) -> int:
@@ -229,7 +263,8 @@ def query_features(model, rgb: np.ndarray, headings: Sequence[float],
                    layer: int = DEFAULT_LAYER) -> np.ndarray:
     """Step 2: float32 [len(headings), S/s, S/s, C]: the frame resized once
     to 2S x 2S (warp at heading 0), that image warped to each heading at S =
-    the model's input size, layer_features, l2n."""
+    the model's input size, layer_features (with the dense head, if the
+    model has one on this layer), l2n."""
     size = model_size(model)
     s = layer_stride(model, layer)
     if size % s:

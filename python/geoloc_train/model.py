@@ -246,6 +246,48 @@ class OSM(nn.Module):
         return ops.l2_normalize(e)
 
 
+class DenseHead(nn.Module):
+    """The fine stage's dense descriptor head (config dense_head; OPS.md
+    3.5) on a backbone block's feature map f [B, C, H, W]:
+
+        xn  = f / max(||f||_2 over channels, 1e-12)      per pixel
+        out = conv1x1(xn; proj) + conv1x1(relu(conv3x3(relu(conv1x1(xn; b1)); b2)); b3)
+
+    (3x3: stride 1, zero padding 1), dim output channels, not normalised.
+    reset_identity() gives the start of training: proj the identity on the
+    first C channels (zero for the others), b3 zero, so the output is xn
+    padded with zeros."""
+
+    def __init__(self, cin: int, dim: int, hidden: int):
+        super().__init__()
+        self.cin, self.dim, self.hidden = cin, dim, hidden
+        self.proj = nn.Conv2d(cin, dim, 1)
+        self.b1 = nn.Conv2d(cin, hidden, 1)
+        self.b2 = nn.Conv2d(hidden, hidden, 3)
+        self.b3 = nn.Conv2d(hidden, dim, 1)
+
+    @torch.no_grad()
+    def reset_identity(self, generator: Optional[torch.Generator] = None) -> None:
+        """proj = identity, b1 and b2 He-initialised (fan_in, from
+        `generator`), biases and b3 zero."""
+        self.proj.weight.zero_()
+        for i in range(self.cin):
+            self.proj.weight[i, i, 0, 0] = 1.0
+        for conv in (self.b1, self.b2):
+            fan_in = conv.weight[0].numel()
+            conv.weight.normal_(0.0, math.sqrt(2.0 / fan_in), generator=generator)
+        for conv in (self.proj, self.b1, self.b2, self.b3):
+            conv.bias.zero_()
+        self.b3.weight.zero_()
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        xn = ops.l2_normalize(f)                      # dim 1: channels, per pixel
+        p = ops.conv2d(xn, self.proj.weight, self.proj.bias)
+        b = torch.relu(ops.conv2d(xn, self.b1.weight, self.b1.bias))
+        b = torch.relu(ops.conv2d(b, self.b2.weight, self.b2.bias, padding="torch"))
+        return p + ops.conv2d(b, self.b3.weight, self.b3.bias)
+
+
 class GeoNet(nn.Module):
     def __init__(self, cfg: Optional[ModelConfig] = None):
         super().__init__()
@@ -265,13 +307,19 @@ class GeoNet(nn.Module):
                 self.fusion.weight = nn.Parameter(torch.tensor(cfg.fusion_weights()))
         else:
             self.osm, self.fusion = None, None
+        self.dense_head = None
+        if cfg.dense_head is not None:
+            h = cfg.dense_head
+            self.dense_head = DenseHead(self.backbone.channels[h["layer"]], h["dim"], h["hidden"])
         self._init_weights()
+        if self.dense_head is not None:
+            self.dense_head.reset_identity()
 
     def _init_weights(self):
         # As torchvision's MobileNetV2: He init for convs, small normal for
         # linear layers; the resizer keeps its zero output conv.
         for name, m in self.named_modules():
-            if name.startswith("resizer.out"):
+            if name.startswith("resizer.out") or name.startswith("dense_head"):
                 continue
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out")
@@ -468,6 +516,16 @@ def randomize_for_test(model: GeoNet, seed: int) -> GeoNet:
             p.add_(torch.empty_like(p).normal_(0.0, 0.05, generator=g))
         elif name == "fusion.weight":
             p.add_(torch.empty_like(p).uniform_(-0.05, 0.05, generator=g))
+    h = model.dense_head
+    if h is not None:
+        # Not the identity start: proj mixes channels, b1..b3 are random (b3
+        # non-zero), so a C engine that ignored any tensor would not match.
+        h.proj.weight.add_(torch.randn(h.proj.weight.shape, generator=g) * (0.3 / math.sqrt(h.cin)))
+        for conv in (h.b1, h.b2):
+            conv.weight.normal_(0.0, math.sqrt(2.0 / conv.weight[0].numel()), generator=g)
+        h.b3.weight.normal_(0.0, 0.5 / math.sqrt(h.hidden), generator=g)
+        for conv in (h.proj, h.b1, h.b2, h.b3):
+            conv.bias.normal_(0.0, 0.05, generator=g)
     return model.eval()
 
 

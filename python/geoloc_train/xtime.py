@@ -42,6 +42,15 @@ BBOX_MARGIN_DEG = 0.001     # around the raster on the sides other than the spli
 # multiples of the stride and 487740 is not one: every centre is at least
 # 20 m from it, far more than the meridian convergence across the raster.
 WEST_EDGE = X_SPLIT - BUFFER_M - TILE_M / 2
+# train-dense's held-out validation band (train_dense.py): the southern 30 %
+# of the training ground's northing range, i.e. northings below VAL_NORTHING
+# (EPSG:26914 metres). The ten rasters' common northing range is 5205631.2
+# to 5209245; 30 % of it ends at 5206715.3, moved up to the next multiple of
+# the fine stage's 40 m cell. train-dense trains only on ground at or north
+# of VAL_NORTHING + VAL_BUFFER_M (views, reference windows and the imagery
+# their features see) and validates only on ground south of VAL_NORTHING.
+VAL_NORTHING = 5206720.0
+VAL_BUFFER_M = 160.0
 REGIONS = ("east", "west")  # evaluation, validation
 DEFAULT_SEEDS = {"east": 2020, "west": 7}
 # labels.csv: the required columns, then extra ones (capture date of the
@@ -61,6 +70,20 @@ def train_ok(corners) -> bool:
     """True when every corner (an (N, 2) array of CRS points, e.g. a view's
     footprint or a tile's corners) lies at or west of X_SPLIT - BUFFER_M."""
     return bool(np.all(np.asarray(corners, np.float64)[:, 0] <= X_SPLIT - BUFFER_M))
+
+
+def dense_train_ok(corners) -> bool:
+    """train-dense's training ground: every corner on training ground
+    (train_ok) and at or north of VAL_NORTHING + VAL_BUFFER_M."""
+    c = np.asarray(corners, np.float64)
+    return train_ok(c) and bool(np.all(c[:, 1] >= VAL_NORTHING + VAL_BUFFER_M))
+
+
+def dense_val_ok(corners) -> bool:
+    """train-dense's validation band: every corner on training ground
+    (train_ok) and south of VAL_NORTHING."""
+    c = np.asarray(corners, np.float64)
+    return train_ok(c) and bool(np.all(c[:, 1] < VAL_NORTHING))
 
 
 def rasters(naip_dir) -> dict:

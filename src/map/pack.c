@@ -929,10 +929,32 @@ int gl_map_inspect(const char *path, FILE *f, char *err, size_t errlen) {
             date ? date : "no date", crs ? crs : "?", cJSON_IsNumber(nt) ? nt->valuedouble : 0.0,
             np ? "places" : "tiles", sha ? sha : "?");
   }
+  const cJSON *dn = cJSON_GetObjectItemCaseSensitive(mf.root, "dense");
+  const cJSON *dl = cJSON_GetObjectItemCaseSensitive(dn, "layers");
+  if (cJSON_IsArray(dl)) {
+    const char *k[] = {"layer", "channels", "cell_m", "rows", "cols"};
+    double v[5] = {0};
+    for (int i = 0; i < 5; i++) {
+      const cJSON *j = cJSON_GetObjectItemCaseSensitive(dn, k[i]);
+      v[i] = cJSON_IsNumber(j) ? j->valuedouble : 0;
+    }
+    fprintf(f, "  dense       block %.0f, %.0f int8 channels a %g m cell, %.0f x %.0f cells, %d "
+               "layer(s): the fine stage\n",
+            v[0], v[1], v[2], v[3], v[4], cJSON_GetArraySize(dl));
+  } else {
+    fprintf(f, "  dense       none (global stage only)\n");
+  }
   fprintf(f, "  files\n");
   for (int i = 0; i < GL__N_FILES; i++)
     fprintf(f, "    %-14s %12llu bytes  sha256 %s\n", gl__pack_files[i],
             (unsigned long long)mf.file_bytes[i], mf.file_sha[i]);
+  const cJSON *l;
+  cJSON_ArrayForEach(l, dl) {
+    const char *file = gl__json_str(l, "file"), *sha = gl__json_str(l, "sha256");
+    const cJSON *by = cJSON_GetObjectItemCaseSensitive(l, "bytes");
+    fprintf(f, "    %-14s %12.0f bytes  sha256 %s\n", file ? file : "?",
+            cJSON_IsNumber(by) ? by->valuedouble : 0.0, sha ? sha : "?");
+  }
   cJSON_Delete(mf.root);
 
   struct gl_map *m = NULL;

@@ -134,6 +134,32 @@ class FineC(unittest.TestCase):
             p = fine.query_features(self.model, rgb, [0, 37, 250], 6)
             self.assertGreater(cosines(c, p).min(), 0.9999, size)
 
+    def test_dense_head_matches_the_reference(self):
+        """A model with a dense head (random, non-trivial weights): the C
+        feature engine computes the head as the reference does, for query
+        cells and canvas cells alike."""
+        from _common import run_cli
+        cfg = self.path("head.json")
+        with open(cfg, "w") as f:
+            f.write('{"input_size": [64, 64], "dense_head": {"layer": 6, "dim": 64, "hidden": 56}}')
+        model_path = self.path("head.safetensors")
+        run_cli("export-random", "--config", cfg, "--seed", "5", "--out", model_path)
+        model = M.load_model(model_path)
+        img = self.save("h.png", view(self.r, PX, PY, 111.0))
+        out = self.path("h.f32")
+        shape = geoloc("encode", "--model", model_path, "--dense", "6", "--heading", "0,111",
+                       "--out", out, img).split()
+        self.assertEqual(shape, ["2", "8", "8", "64"])
+        c = np.fromfile(out, np.float32).reshape(2, 8, 8, 64)
+        p = fine.query_features(model, np.asarray(Image.open(img).convert("RGB")), [0, 111], 6)
+        self.assertGreater(cosines(c, p).min(), 0.9999)
+        canvas = self.save("hc.png", self.r.rgb[40:40 + 136, 16:16 + 200])
+        self.assertEqual(geoloc("encode", "--model", model_path, "--dense", "6", "--out", out,
+                                canvas).split(), ["17", "25", "64"])
+        c = np.fromfile(out, np.float32).reshape(17, 25, 64)
+        p = fine.dense_features(model, np.asarray(Image.open(canvas).convert("RGB")), 6)
+        self.assertGreater(cosines(c, p).min(), 0.9999)
+
     def test_dense_cells_match_the_reference(self):
         canvas = self.save("canvas.png", self.r.rgb[40:40 + 584, 16:16 + 528])
         out = self.path("d.f32")

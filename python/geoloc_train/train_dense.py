@@ -1,0 +1,396 @@
+"""train-dense: the fine stage's dense descriptor head (config dense_head,
+OPS.md 3.5), trained on the frozen backbone of a finished model so that a
+drone view of one year matches the aligned reference cells of another.
+
+The ten NAIP rasters are pixel-aligned within a few metres, so every cell of
+one year has its aligned cell in every other year: dense supervision for
+free.  Ground: the training ground of naip-xtime (xtime.train_ok, west of
+X_SPLIT - BUFFER_M), split by northing: training at or north of
+xtime.VAL_NORTHING + VAL_BUFFER_M, validation south of VAL_NORTHING (the
+southern 30 %).  Each part has its own canvas, so no feature computed for
+training sees a pixel of the validation band.
+
+Start-up: per year and part, the raster resampled onto a canvas of the
+model's pixel size (tile_m / S: 5 m) whose origin lies on multiples of the
+cell (stride s pixels: 40 m), and its frozen block-L features (raw: not
+normalised, no head; fine.dense_raw_features) kept in memory.
+
+A sample: query year q, reference year r != q (2020 half the time, else
+uniform), a centre, views.random_view of it rendered from year q at 2S
+pixels, warped north-up as the fine stage does (fine.warp to 2S at heading
+0, then to S at the true heading + U(-10, 10) degrees) -> block L (no grad)
+-> head -> l2n: the query's (S/s)^2 cells and the disc mask (fine.disc_mask,
+52 of 64).  The reference: the WIN x WIN cell window of year r's cached
+features around the centre (plus one cell of context for the head's 3x3,
+cropped after it) -> head -> l2n.  The query's top-left cell lies at
+(centre - S/(2s) cells) in the canvas's cell units; the nearest integer
+placement is the positive, at the middle of the window's P x P = (WIN -
+S/s + 1)^2 placements.
+
+Losses, summed:
+ (a) InfoNCE over the P^2 placement scores (fine.scores: the mean over the
+     masked cells of the cosines) plus one more negative, the score at the
+     true placement of the same view warped at a wrong heading (true +
+     U(60, 300) degrees); temperature --temperature (0.05).
+ (b) per cell: each masked query cell against every cell of the window,
+     the aligned cell the positive; temperature --cell-temperature (0.1).
+
+Validation: a fixed set of samples (seed VAL_SEED) in the validation band;
+top-1 placement accuracy of (a)'s scores over the P^2 placements
+(`top1`), also with the wrong-heading negative (`top1_h`), and for queries
+of 2009 and 2010 (`top1_0910`), for the head and for the raw features
+(the identity head).
+
+Everything random comes from --seed: step k draws its samples from
+numpy's default_rng([seed, k]), so a resumed run gives the same bytes as an
+uninterrupted one (same machine and threads).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import fine, model as M, views, xtime
+from .config import ModelConfig
+
+WIN = 20                  # reference window side, cells
+VAL_SEED = 20260
+VAL_COUNT = 256
+HEADING_NOISE_DEG = 10.0  # the query is warped at the true heading +- this
+WRONG_HEADING_DEG = (60.0, 300.0)
+REF_YEAR_P = 0.5          # P(reference year = 2020)
+
+
+def render_canvas(raster: views.Raster, x0: float, y_top: float, w_px: int, h_px: int,
+                  px_m: float) -> np.ndarray:
+    """uint8 (h_px, w_px, 3): the raster resampled north-up onto pixels of
+    px_m metres whose top-left corner is (x0, y_top) (views.render_tile's
+    resampling, on a rectangle)."""
+    g = raster.gt
+    h, w = raster.rgb.shape[:2]
+    px, py = (x0 - g[0]) / g[1], (y_top - g[3]) / g[5]
+    xa, xb, wx = views._resample_weights(px, w_px * px_m / g[1], w_px, w)
+    ya, yb, wy = views._resample_weights(py, h_px * px_m / -g[5], h_px, h)
+    sub = raster.rgb[ya:yb, xa:xb].astype(np.float64)
+    out = np.tensordot(wy, sub, axes=(1, 0))
+    out = np.tensordot(out, wx, axes=(1, 1)).transpose(0, 2, 1)
+    return np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8)
+
+
+class Geometry:
+    """The fine stage's sizes for a model and layer."""
+
+    def __init__(self, model: M.GeoNet, layer: int):
+        self.size = fine.model_size(model)                 # S
+        self.stride = fine.layer_stride(model, layer)      # s
+        self.px_m = views.TILE_M / self.size               # 5 m
+        self.cell_m = self.stride * self.px_m              # 40 m
+        self.n = self.size // self.stride                  # query cells a side (8)
+        self.places = WIN - self.n + 1                     # P (13)
+        self.pos = (self.places - 1) // 2                  # the positive's row and column
+        self.mask = torch.from_numpy(fine.disc_mask(self.n, self.stride, self.size))
+
+
+class Ground:
+    """One part (train or val) of the training ground: per year the raw
+    block-L features of its canvas, [C, rows, cols] float32, and the grid:
+    cell (r, c) spans x0 + cell (c, c + 1), y_top - cell (r + 1, r)."""
+
+    def __init__(self, rasters: Dict[int, views.Raster], model: M.GeoNet, layer: int,
+                 part: str, geo: Geometry):
+        if part not in ("train", "val"):
+            raise ValueError(f"part {part!r}")
+        self.part, self.geo = part, geo
+        ext = np.array([r.extent() for r in rasters.values()])
+        cell = geo.cell_m
+        xmin, ymin = ext[:, 0].max(), ext[:, 1].max()
+        ymax = ext[:, 3].min()
+        self.x0 = math.ceil(xmin / cell) * cell
+        x1 = math.floor((xtime.X_SPLIT - xtime.BUFFER_M) / cell) * cell
+        if part == "train":
+            y0 = math.ceil((xtime.VAL_NORTHING + xtime.VAL_BUFFER_M) / cell) * cell
+            y1 = math.floor(ymax / cell) * cell
+        else:
+            y0 = math.ceil(ymin / cell) * cell
+            y1 = math.floor(xtime.VAL_NORTHING / cell) * cell
+        self.y_top, self.y_bottom, self.x1 = y1, y0, x1
+        self.cols, self.rows = int(round((x1 - self.x0) / cell)), int(round((y1 - y0) / cell))
+        if self.cols < WIN + 2 or self.rows < WIN + 2:
+            raise ValueError(f"the {part} ground ({self.cols}x{self.rows} cells) is smaller "
+                             f"than a window")
+        s = geo.stride
+        self.feats: Dict[int, torch.Tensor] = {}
+        for year, r in sorted(rasters.items()):
+            canvas = render_canvas(r, self.x0, y1, self.cols * s, self.rows * s, geo.px_m)
+            f = fine.dense_raw_features(model, canvas, layer, head=False)
+            self.feats[year] = torch.from_numpy(f).permute(2, 0, 1).contiguous()
+
+    def ok(self, corners) -> bool:
+        return xtime.dense_train_ok(corners) if self.part == "train" else \
+            xtime.dense_val_ok(corners)
+
+    def window(self, cx: float, cy: float):
+        """(row, col) of the window's top-left cell for a view centred at
+        (cx, cy), or None when the window and its context cell do not fit."""
+        g = self.geo
+        half = g.n / 2 * g.cell_m
+        r = int(round((self.y_top - (cy + half)) / g.cell_m)) - g.pos
+        c = int(round((cx - half - self.x0) / g.cell_m)) - g.pos
+        if r < 1 or c < 1 or r + WIN + 1 > self.rows or c + WIN + 1 > self.cols:
+            return None
+        return r, c
+
+    def centre_range(self):
+        m = (WIN / 2 + 1.5) * self.geo.cell_m
+        return self.x0 + m, self.y_bottom + m, self.x1 - m, self.y_top - m
+
+
+def draw_years(rng: np.random.Generator, years: List[int]):
+    q = years[rng.integers(len(years))]
+    others = [y for y in years if y != q]
+    if q != xtime.REFERENCE_YEAR and rng.uniform() < REF_YEAR_P:
+        return q, xtime.REFERENCE_YEAR
+    return q, others[rng.integers(len(others))]
+
+
+def draw_samples(rng: np.random.Generator, ground: Ground, rasters: Dict[int, views.Raster],
+                 count: int) -> dict:
+    """count samples: query images [count, S, S, 3] at the noisy true
+    heading and at a wrong one (uint8), the reference year's windows of raw
+    features [count, C, WIN + 2, WIN + 2], and the query years."""
+    g = ground.geo
+    years = sorted(rasters)
+    xa, ya, xb, yb = ground.centre_range()
+    true_imgs, wrong_imgs, wins, qyears, centres = [], [], [], [], []
+    tries = 0
+    while len(true_imgs) < count:
+        tries += 1
+        if tries > 100 * count + 100:
+            raise ValueError(f"could draw only {len(true_imgs)} of {count} {ground.part} samples")
+        qy, ry = draw_years(rng, years)
+        p = views.random_view(rng, rng.uniform(xa, xb), rng.uniform(ya, yb))
+        noise = rng.uniform(-HEADING_NOISE_DEG, HEADING_NOISE_DEG)
+        wrong = rng.uniform(*WRONG_HEADING_DEG)
+        w = ground.window(p.cx, p.cy)
+        if w is None or not ground.ok(views.footprint(p)):
+            continue
+        img, valid = views.render_view(rasters[qy], p, 2 * g.size)
+        if not valid:
+            continue
+        base = fine.warp(img, 0.0, 2 * g.size)
+        true_imgs.append(fine.warp(base, p.heading_deg + noise, g.size))
+        wrong_imgs.append(fine.warp(base, p.heading_deg + wrong, g.size))
+        r, c = w
+        wins.append(ground.feats[ry][:, r - 1:r + WIN + 1, c - 1:c + WIN + 1])
+        qyears.append(qy)
+        centres.append((p.cx, p.cy))
+    return {"true": np.stack(true_imgs), "wrong": np.stack(wrong_imgs),
+            "win": torch.stack(wins), "qyear": np.array(qyears), "centre": np.array(centres)}
+
+
+def query_raw(model: M.GeoNet, layer: int, imgs: np.ndarray) -> torch.Tensor:
+    """Raw block-L features [B, C, n, n] of uint8 images [B, S, S, 3]."""
+    return fine.layer_features(model, imgs, layer, head=False).permute(0, 3, 1, 2).contiguous()
+
+
+def apply_head(head: Optional[M.DenseHead], f: torch.Tensor) -> torch.Tensor:
+    """head (or the identity: none) then L2 normalisation over channels."""
+    return F.normalize(head(f) if head is not None else f, p=2.0, dim=1, eps=1e-12)
+
+
+def scores_of(q: torch.Tensor, win: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """fine.scores for a batch: q [B, D, n, n], win [B, D, WIN, WIN] ->
+    [B, P, P] (mean over the masked cells of the cosines)."""
+    b, d, n, _ = q.shape
+    w = q * mask.to(q.dtype)                                   # [B, D, n, n]: one group each
+    out = F.conv2d(win.reshape(1, b * d, WIN, WIN), w, groups=b)[0]
+    return out / mask.sum()
+
+
+def losses(head, batch_q, batch_w, batch_win, geo: Geometry, temperature: float,
+           cell_temperature: float):
+    """(loss (a), loss (b), placement scores [B, P, P], wrong-heading score [B])."""
+    q = apply_head(head, batch_q)
+    qw = apply_head(head, batch_w)
+    win = apply_head(head, batch_win)[:, :, 1:-1, 1:-1]
+    b, d, n, _ = q.shape
+    sc = scores_of(q, win, geo.mask)
+    k = geo.pos
+    ref = win[:, :, k:k + n, k:k + n]
+    m = geo.mask.to(q.dtype)
+    wrong = (qw * ref * m).sum(dim=(1, 2, 3)) / m.sum()
+    logits = torch.cat([sc.reshape(b, -1), wrong[:, None]], dim=1) / temperature
+    target = torch.full((b,), k * geo.places + k, dtype=torch.long)
+    la = F.cross_entropy(logits, target)
+    # (b): each masked query cell against every window cell.
+    idx = torch.nonzero(geo.mask.reshape(-1)).reshape(-1)
+    qc = q.reshape(b, d, n * n)[:, :, idx].transpose(1, 2)              # [B, K, D]
+    wc = win.reshape(b, d, WIN * WIN)                                    # [B, D, WIN^2]
+    cl = torch.bmm(qc, wc) / cell_temperature                            # [B, K, WIN^2]
+    a, bb = idx // n, idx % n
+    tgt = ((k + a) * WIN + (k + bb)).repeat(b)
+    lb = F.cross_entropy(cl.reshape(b * len(idx), WIN * WIN), tgt)
+    return la, lb, sc, wrong
+
+
+@torch.no_grad()
+def validate(head, val: dict, geo: Geometry) -> dict:
+    la, lb, sc, wrong = losses(head, val["q"], val["w"], val["win"], geo, 0.05, 0.1)
+    b = sc.shape[0]
+    flat = sc.reshape(b, -1)
+    k = geo.pos * geo.places + geo.pos
+    hit = flat.argmax(dim=1) == k
+    hit_h = hit & (wrong < flat[:, k])
+    old = torch.from_numpy(np.isin(val["qyear"], (2009, 2010)))
+    return {"top1": round(float(hit.float().mean()), 4),
+            "top1_h": round(float(hit_h.float().mean()), 4),
+            "top1_0910": round(float(hit[old].float().mean()), 4) if bool(old.any()) else None,
+            "loss_a": round(float(la), 4), "loss_b": round(float(lb), 4)}
+
+
+def with_head(base: M.GeoNet, layer: int, dim: int, hidden: int, seed: int) -> M.GeoNet:
+    """base's config and tensors plus an identity-start dense head."""
+    cfg = ModelConfig.from_dict({**json.loads(base.cfg.to_json()),
+                                 "dense_head": {"layer": layer, "dim": dim, "hidden": hidden}})
+    net = M.GeoNet(cfg)
+    net.dense_head.reset_identity(torch.Generator().manual_seed(seed))
+    state = {k: v for k, v in M.model_tensors(base).items()}
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("dense_head.") and not k.endswith("num_batches_tracked")
+                         for k in missing):
+        raise ValueError(f"base tensors do not fit: {unexpected[:3]} {missing[:3]}")
+    return net.eval()
+
+
+def open_rasters(naip_dir: str) -> Dict[int, views.Raster]:
+    paths = xtime.rasters(naip_dir)
+    if len(paths) < 2:
+        raise ValueError(f"{naip_dir}: need at least two years")
+    return {y: views.Raster.open(p) for y, p in sorted(paths.items())}
+
+
+def train_dense(model_path: str, naip_dir: str, out_dir: str, *, steps: int, batch: int,
+                seed: int, lr: float = 1e-3, threads: int = 0, ckpt_every: int = 200,
+                resume: bool = False, layer: int = 6, dim: int = 64, hidden: int = 56,
+                temperature: float = 0.05, cell_temperature: float = 0.1,
+                val_count: int = VAL_COUNT, log=print) -> str:
+    """Trains the head; writes out_dir/model.safetensors (the base model
+    plus the head), checkpoint.pt, model-NNNNNN.safetensors at checkpoints
+    and train.log.jsonl. Returns the model path."""
+    if steps < 0 or batch < 1:
+        raise ValueError(f"need steps >= 0 and batch >= 1 (got {steps}, {batch})")
+    if threads:
+        torch.set_num_threads(threads)
+    os.makedirs(out_dir, exist_ok=True)
+    torch.manual_seed(seed)
+    t_start = time.time()
+    base = M.load_model(model_path)
+    if base.cfg.dense_head is not None:
+        raise ValueError(f"{model_path} already has a dense head")
+    net = with_head(base, layer, dim, hidden, seed)
+    geo = Geometry(net, layer)
+    head = net.dense_head
+    rasters = open_rasters(naip_dir)
+    ground = Ground(rasters, base, layer, "train", geo)
+    vground = Ground(rasters, base, layer, "val", geo)
+    vs = draw_samples(np.random.default_rng(VAL_SEED), vground, rasters, val_count)
+    val = {"q": query_raw(base, layer, vs["true"]), "w": query_raw(base, layer, vs["wrong"]),
+           "win": vs["win"], "qyear": vs["qyear"]}
+    raw = validate(None, val, geo)
+    log(f"cached features of {len(rasters)} years ({ground.cols}x{ground.rows} train, "
+        f"{vground.cols}x{vground.rows} val cells) and {val_count} validation samples in "
+        f"{time.time() - t_start:.1f} s; raw features: {raw}")
+
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1),
+                                                pct_start=0.05)
+    ckpt = os.path.join(out_dir, "checkpoint.pt")
+    start = 0
+    if resume and os.path.exists(ckpt):
+        state = torch.load(ckpt)
+        head.load_state_dict(state["head"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        start = state["step"]
+        log(f"resumed from {ckpt} at step {start}")
+    logf = open(os.path.join(out_dir, "train.log.jsonl"), "a", encoding="utf-8")
+    if start == 0:
+        logf.write(json.dumps({"step": 0, "val_raw": raw, "val_head": validate(head, val, geo),
+                               "args": {"model": model_path, "steps": steps, "batch": batch,
+                                        "seed": seed, "lr": lr, "layer": layer, "dim": dim,
+                                        "hidden": hidden, "temperature": temperature,
+                                        "cell_temperature": cell_temperature}}) + "\n")
+        logf.flush()
+    t0 = time.time()
+    avg = None
+    head.train()
+    for step in range(start, steps):
+        rng = np.random.default_rng([seed, step])
+        s = draw_samples(rng, ground, rasters, batch)
+        bq, bw = query_raw(base, layer, s["true"]), query_raw(base, layer, s["wrong"])
+        la, lb, _, _ = losses(head, bq, bw, s["win"], geo, temperature, cell_temperature)
+        loss = la + lb
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        cur = (loss.item(), la.item(), lb.item())
+        avg = cur if avg is None else tuple(0.95 * a + 0.05 * c for a, c in zip(avg, cur))
+        done = step + 1
+        if done % 20 == 0 or done == steps or done % ckpt_every == 0:
+            rec = {"step": done, "loss": round(avg[0], 4), "loss_a": round(avg[1], 4),
+                   "loss_b": round(avg[2], 4), "lr": round(sched.get_last_lr()[0], 6),
+                   "s": round(time.time() - t0, 1)}
+            if done % ckpt_every == 0 or done == steps:
+                head.eval()
+                rec["val_head"] = validate(head, val, geo)
+                rec["val_raw_top1"] = raw["top1"]
+                head.train()
+            logf.write(json.dumps(rec) + "\n")
+            logf.flush()
+            log(" ".join(f"{k} {v}" for k, v in rec.items()))
+        if done % ckpt_every == 0 or done == steps:
+            torch.save({"head": head.state_dict(), "opt": opt.state_dict(),
+                        "sched": sched.state_dict(), "step": done}, ckpt + ".tmp")
+            os.replace(ckpt + ".tmp", ckpt)
+            M.save_model(net.eval(), os.path.join(out_dir, f"model-{done:06d}.safetensors"))
+    logf.close()
+    path = os.path.join(out_dir, "model.safetensors")
+    M.save_model(net.eval(), path)
+    return path
+
+
+def main_args(p) -> None:
+    p.add_argument("--model", required=True, help="the base model (its backbone stays frozen)")
+    p.add_argument("--naip", required=True, help="folder of the NAIP GeoTIFFs (all years)")
+    p.add_argument("--out", required=True, help="run folder: checkpoints, log, model.safetensors")
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--batch", type=int, default=32, help="samples per step")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (one-cycle)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    p.add_argument("--ckpt-every", type=int, default=100)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--layer", type=int, default=6, help="backbone block the head reads")
+    p.add_argument("--dim", type=int, default=64, help="head output channels")
+    p.add_argument("--hidden", type=int, default=56, help="head hidden channels")
+    p.add_argument("--temperature", type=float, default=0.05, help="placement InfoNCE")
+    p.add_argument("--cell-temperature", type=float, default=0.1, help="per-cell InfoNCE")
+    p.add_argument("--val-count", type=int, default=VAL_COUNT, help="validation samples")
+
+
+def run(a) -> int:
+    path = train_dense(a.model, a.naip, a.out, steps=a.steps, batch=a.batch, seed=a.seed,
+                       lr=a.lr, threads=a.threads, ckpt_every=a.ckpt_every, resume=a.resume,
+                       layer=a.layer, dim=a.dim, hidden=a.hidden, temperature=a.temperature,
+                       cell_temperature=a.cell_temperature, val_count=a.val_count)
+    print(f"wrote {path}")
+    return 0
