@@ -307,19 +307,21 @@ class GeoNet(nn.Module):
                 self.fusion.weight = nn.Parameter(torch.tensor(cfg.fusion_weights()))
         else:
             self.osm, self.fusion = None, None
+        self._init_weights()
+        # Built last, so that a model without a head draws the same random
+        # init as before the head existed (and the other tensors of a model
+        # with one are those of the same model without it).
         self.dense_head = None
         if cfg.dense_head is not None:
             h = cfg.dense_head
             self.dense_head = DenseHead(self.backbone.channels[h["layer"]], h["dim"], h["hidden"])
-        self._init_weights()
-        if self.dense_head is not None:
             self.dense_head.reset_identity()
 
     def _init_weights(self):
         # As torchvision's MobileNetV2: He init for convs, small normal for
         # linear layers; the resizer keeps its zero output conv.
         for name, m in self.named_modules():
-            if name.startswith("resizer.out") or name.startswith("dense_head"):
+            if name.startswith("resizer.out"):
                 continue
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out")

@@ -37,9 +37,17 @@ Losses, summed:
 
 Validation: a fixed set of samples (seed VAL_SEED) in the validation band;
 top-1 placement accuracy of (a)'s scores over the P^2 placements
-(`top1`), also with the wrong-heading negative (`top1_h`), and for queries
-of 2009 and 2010 (`top1_0910`), for the head and for the raw features
-(the identity head).
+(`top1`), also with the wrong-heading negative (`top1_h`), the best
+placement within one cell of the true one (`near1`: the fine stage refines
+to sub-cell precision, and the true offset is up to half a cell from the
+integer placement), top1 for queries of 2009 and 2010 (`top1_0910`), and
+the validation losses, and the position error in metres after the fine
+stage's sub-cell refinement (a parabola through the neighbouring scores)
+against the true (fractional) placement: `err_m_median`, `err_m_mean`,
+`within_20m`; and the same query scored over the whole validation canvas
+of its reference year (27 x 49 cells, 20 x 42 placements, as the fine
+stage searches a map): `wide_top1`, `wide_near1` (within one cell); for
+the head and for the raw features (the identity head).
 
 Everything random comes from --seed: step k draws its samples from
 numpy's default_rng([seed, k]), so a resumed run gives the same bytes as an
@@ -165,11 +173,17 @@ def draw_samples(rng: np.random.Generator, ground: Ground, rasters: Dict[int, vi
                  count: int) -> dict:
     """count samples: query images [count, S, S, 3] at the noisy true
     heading and at a wrong one (uint8), the reference year's windows of raw
-    features [count, C, WIN + 2, WIN + 2], and the query years."""
+    features [count, C, WIN + 2, WIN + 2] (with their context cell), the
+    query and reference years, view centres and footprints, each window's
+    top-left cell (row, col) on the ground's grid (the context cell not
+    counted), the views warped to 2S at heading 0 [count, 2S, 2S, 3] and
+    their true headings."""
     g = ground.geo
     years = sorted(rasters)
     xa, ya, xb, yb = ground.centre_range()
-    true_imgs, wrong_imgs, wins, qyears, centres = [], [], [], [], []
+    true_imgs, wrong_imgs, wins, qyears, ryears, centres, footprints, cells = \
+        [], [], [], [], [], [], [], []
+    bases, headings = [], []
     tries = 0
     while len(true_imgs) < count:
         tries += 1
@@ -191,9 +205,17 @@ def draw_samples(rng: np.random.Generator, ground: Ground, rasters: Dict[int, vi
         r, c = w
         wins.append(ground.feats[ry][:, r - 1:r + WIN + 1, c - 1:c + WIN + 1])
         qyears.append(qy)
+        ryears.append(ry)
+        bases.append(base)
+        headings.append(p.heading_deg)
         centres.append((p.cx, p.cy))
+        footprints.append(views.footprint(p))
+        cells.append((r, c))
     return {"true": np.stack(true_imgs), "wrong": np.stack(wrong_imgs),
-            "win": torch.stack(wins), "qyear": np.array(qyears), "centre": np.array(centres)}
+            "win": torch.stack(wins), "qyear": np.array(qyears), "ryear": np.array(ryears),
+            "centre": np.array(centres),
+            "footprint": np.stack(footprints), "cell": np.array(cells),
+            "base": np.stack(bases), "heading": np.array(headings)}
 
 
 def query_raw(model: M.GeoNet, layer: int, imgs: np.ndarray) -> torch.Tensor:
@@ -247,13 +269,82 @@ def validate(head, val: dict, geo: Geometry) -> dict:
     b = sc.shape[0]
     flat = sc.reshape(b, -1)
     k = geo.pos * geo.places + geo.pos
-    hit = flat.argmax(dim=1) == k
+    best = flat.argmax(dim=1)
+    hit = best == k
     hit_h = hit & (wrong < flat[:, k])
+    near = ((best // geo.places - geo.pos).abs() <= 1) & ((best % geo.places - geo.pos).abs() <= 1)
     old = torch.from_numpy(np.isin(val["qyear"], (2009, 2010)))
-    return {"top1": round(float(hit.float().mean()), 4),
+    err = None
+    if "frac" in val:
+        err = position_error(sc, val["frac"], geo)
+    extra = {} if err is None else {
+        "err_m_median": round(float(err.median()), 2), "err_m_mean": round(float(err.mean()), 2),
+        "within_20m": round(float((err <= 20).float().mean()), 4)}
+    if "maps" in val:
+        extra.update(wide_metrics(head, val, geo))
+    return {**{"top1": round(float(hit.float().mean()), 4),
             "top1_h": round(float(hit_h.float().mean()), 4),
+            "near1": round(float(near.float().mean()), 4),
             "top1_0910": round(float(hit[old].float().mean()), 4) if bool(old.any()) else None,
-            "loss_a": round(float(la), 4), "loss_b": round(float(lb), 4)}
+            "loss_a": round(float(la), 4), "loss_b": round(float(lb), 4)}, **extra}
+
+
+def wide_metrics(head, val: dict, geo: Geometry) -> dict:
+    """The query scored at every placement on the whole validation canvas of
+    its reference year (val["maps"]: year -> raw features [C, rows, cols];
+    the head runs on the whole map, zero padding at its edges), as the fine
+    stage's search over a map: `wide_top1` the best placement is the
+    positive, `wide_near1` within one cell of it (per axis)."""
+    q = apply_head(head, val["q"])
+    maps = {y: apply_head(head, f[None])[0] for y, f in val["maps"].items()}
+    m = geo.mask.to(q.dtype)
+    hit = near = 0
+    for n in range(q.shape[0]):
+        d = maps[int(val["ryear"][n])]
+        sc = F.conv2d(d[None], (q[n] * m)[None])[0, 0]
+        best = int(sc.reshape(-1).argmax())
+        bi, bj = best // sc.shape[1], best % sc.shape[1]
+        ti, tj = (int(v) + geo.pos for v in val["cell"][n])
+        hit += (bi, bj) == (ti, tj)
+        near += abs(bi - ti) <= 1 and abs(bj - tj) <= 1
+    b = q.shape[0]
+    return {"wide_top1": round(hit / b, 4), "wide_near1": round(near / b, 4)}
+
+
+def position_error(sc: torch.Tensor, frac: torch.Tensor, geo: Geometry) -> torch.Tensor:
+    """Metres between the true placement (frac [B, 2]: fractional row and
+    column of the query's top-left cell in the window's placements) and the
+    best placement refined as the fine stage's step 6 does: a parabola
+    through the neighbouring scores along each axis, the offset clamped to
+    +-1/2 cell (none at the border)."""
+    b, p, _ = sc.shape
+    best = sc.reshape(b, -1).argmax(dim=1)
+    i, j = best // p, best % p
+    out = torch.zeros(b, dtype=torch.float64)
+    for n in range(b):
+        s, a, c = sc[n].double(), int(i[n]), int(j[n])
+        d = [0.0, 0.0]
+        for ax, (lo, hi) in enumerate((((a - 1, c), (a + 1, c)), ((a, c - 1), (a, c + 1)))):
+            if min(lo) < 0 or max(hi) >= p:
+                continue
+            sm, s0, sp = float(s[lo]), float(s[a, c]), float(s[hi])
+            den = 2 * (sm - 2 * s0 + sp)
+            if den != 0:
+                d[ax] = max(-0.5, min(0.5, (sm - sp) / den))
+        out[n] = math.hypot(a + d[0] - float(frac[n, 0]), c + d[1] - float(frac[n, 1])) * geo.cell_m
+    return out
+
+
+def true_placement(ground: Ground, samples: dict) -> torch.Tensor:
+    """[B, 2] float64: the fractional (row, col) placement of each sample's
+    query top-left cell in its window's placements (the positive is the
+    nearest integer, geo.pos)."""
+    g = ground.geo
+    half = g.n / 2 * g.cell_m
+    cx, cy = samples["centre"][:, 0], samples["centre"][:, 1]
+    r = (ground.y_top - (cy + half)) / g.cell_m - samples["cell"][:, 0]
+    c = (cx - half - ground.x0) / g.cell_m - samples["cell"][:, 1]
+    return torch.from_numpy(np.stack([r, c], axis=1))
 
 
 def with_head(base: M.GeoNet, layer: int, dim: int, hidden: int, seed: int) -> M.GeoNet:
@@ -277,14 +368,33 @@ def open_rasters(naip_dir: str) -> Dict[int, views.Raster]:
     return {y: views.Raster.open(p) for y, p in sorted(paths.items())}
 
 
+_CACHE: dict = {}
+
+
+def _grounds(model_path: str, naip_dir: str, base: M.GeoNet, layer: int, geo: Geometry):
+    """(rasters, train Ground, val Ground), kept for the process's next run
+    on the same files (the tests train several times)."""
+    paths = xtime.rasters(naip_dir)
+    key = (os.path.realpath(model_path), os.path.getmtime(model_path), layer,
+           tuple((y, os.path.realpath(p), os.path.getmtime(p)) for y, p in sorted(paths.items())))
+    if key not in _CACHE:
+        _CACHE.clear()
+        rasters = open_rasters(naip_dir)
+        _CACHE[key] = (rasters, Ground(rasters, base, layer, "train", geo),
+                       Ground(rasters, base, layer, "val", geo))
+    return _CACHE[key]
+
+
 def train_dense(model_path: str, naip_dir: str, out_dir: str, *, steps: int, batch: int,
                 seed: int, lr: float = 1e-3, threads: int = 0, ckpt_every: int = 200,
                 resume: bool = False, layer: int = 6, dim: int = 64, hidden: int = 56,
                 temperature: float = 0.05, cell_temperature: float = 0.1,
-                val_count: int = VAL_COUNT, log=print) -> str:
+                val_count: int = VAL_COUNT, stop_after: Optional[int] = None,
+                log=print) -> str:
     """Trains the head; writes out_dir/model.safetensors (the base model
     plus the head), checkpoint.pt, model-NNNNNN.safetensors at checkpoints
-    and train.log.jsonl. Returns the model path."""
+    and train.log.jsonl. Returns the model path. stop_after (tests): end
+    after that step, without model.safetensors (as if interrupted)."""
     if steps < 0 or batch < 1:
         raise ValueError(f"need steps >= 0 and batch >= 1 (got {steps}, {batch})")
     if threads:
@@ -298,12 +408,11 @@ def train_dense(model_path: str, naip_dir: str, out_dir: str, *, steps: int, bat
     net = with_head(base, layer, dim, hidden, seed)
     geo = Geometry(net, layer)
     head = net.dense_head
-    rasters = open_rasters(naip_dir)
-    ground = Ground(rasters, base, layer, "train", geo)
-    vground = Ground(rasters, base, layer, "val", geo)
+    rasters, ground, vground = _grounds(model_path, naip_dir, base, layer, geo)
     vs = draw_samples(np.random.default_rng(VAL_SEED), vground, rasters, val_count)
     val = {"q": query_raw(base, layer, vs["true"]), "w": query_raw(base, layer, vs["wrong"]),
-           "win": vs["win"], "qyear": vs["qyear"]}
+           "win": vs["win"], "qyear": vs["qyear"], "frac": true_placement(vground, vs),
+           "ryear": vs["ryear"], "cell": vs["cell"], "maps": vground.feats}
     raw = validate(None, val, geo)
     log(f"cached features of {len(rasters)} years ({ground.cols}x{ground.rows} train, "
         f"{vground.cols}x{vground.rows} val cells) and {val_count} validation samples in "
@@ -362,6 +471,10 @@ def train_dense(model_path: str, naip_dir: str, out_dir: str, *, steps: int, bat
                         "sched": sched.state_dict(), "step": done}, ckpt + ".tmp")
             os.replace(ckpt + ".tmp", ckpt)
             M.save_model(net.eval(), os.path.join(out_dir, f"model-{done:06d}.safetensors"))
+            head.train()
+        if stop_after is not None and done >= stop_after:
+            logf.close()
+            return ""
     logf.close()
     path = os.path.join(out_dir, "model.safetensors")
     M.save_model(net.eval(), path)
@@ -372,7 +485,8 @@ def main_args(p) -> None:
     p.add_argument("--model", required=True, help="the base model (its backbone stays frozen)")
     p.add_argument("--naip", required=True, help="folder of the NAIP GeoTIFFs (all years)")
     p.add_argument("--out", required=True, help="run folder: checkpoints, log, model.safetensors")
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--steps", type=int, default=1500,
+                   help="steps (1500: about 12 minutes on 2 idle cores at batch 32)")
     p.add_argument("--batch", type=int, default=32, help="samples per step")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (one-cycle)")

@@ -1,0 +1,269 @@
+"""The fine stage's dense descriptor head (config dense_head, model.DenseHead,
+OPS.md 3.5) and train-dense (geoloc_train.train_dense): config validation,
+the head's math, model files with a head, export-random, fine.py with a
+head, and train-dense's determinism, frozen backbone and held-out band.
+
+The train-dense checks need GDAL's Python bindings and skip without them."""
+
+import json
+import os
+import tempfile
+import unittest
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from _common import REPO, run_cli
+from geoloc_train import fine, safetensors, testvectors
+from geoloc_train import model as M
+from geoloc_train.config import ConfigError, ModelConfig
+
+try:
+    from geoloc_train import train_dense as T
+    from geoloc_train import views as V
+    from geoloc_train import xtime as X
+except ImportError:  # no GDAL (python3-gdal)
+    T = V = X = None
+
+NAIP = os.path.join(REPO, "data", "naip")
+SHIPPED = os.path.join(REPO, "data", "models", "geoloc-naip-mnv2-64.safetensors")
+HEAD = {"layer": 6, "dim": 64, "hidden": 56}
+need_gdal = unittest.skipIf(T is None, "GDAL's Python bindings (python3-gdal) not installed")
+
+torch.set_num_threads(2)
+
+
+def head_cfg(**kw):
+    return ModelConfig.from_dict({"input_size": [64, 64], "dense_head": dict(HEAD, **kw)})
+
+
+class Config(unittest.TestCase):
+    def test_good(self):
+        c = head_cfg()
+        self.assertEqual(c.dense_head, HEAD)
+        self.assertEqual(ModelConfig.from_json(c.to_json()), c)
+        self.assertEqual(json.loads(c.to_json())["dense_head"], HEAD)
+        head_cfg(layer=13, dim=96, hidden=1)                     # dim = the block's channels
+        ModelConfig.from_dict({"dense_head": {"layer": 1, "dim": 16, "hidden": 3}})
+
+    def test_none_is_left_out(self):
+        # Configs without a head serialise as before the field existed.
+        self.assertNotIn("dense_head", json.loads(ModelConfig().to_json()))
+        self.assertIsNone(ModelConfig.from_dict({"dense_head": None}).dense_head)
+
+    def test_bad(self):
+        bad = [[6], "6", {"layer": 6, "dim": 64}, dict(HEAD, extra=1), dict(HEAD, layer=0),
+               dict(HEAD, layer=18), dict(HEAD, layer=6.0), dict(HEAD, dim=31),
+               dict(HEAD, hidden=0), dict(HEAD, hidden=True), dict(HEAD, dim="64"),
+               dict(HEAD, layer=13, dim=64)]
+        for h in bad:
+            with self.subTest(dense_head=h), self.assertRaises(ConfigError) as e:
+                ModelConfig.from_dict({"dense_head": h})
+            self.assertIn("dense_head", str(e.exception))
+
+
+class HeadMath(unittest.TestCase):
+    def test_by_hand(self):
+        torch.manual_seed(0)
+        c, dim, hid = 3, 5, 4
+        h = M.DenseHead(c, dim, hid)
+        for p in h.parameters():
+            with torch.no_grad():
+                p.normal_()
+        f = torch.randn(2, c, 4, 5)
+        f[0, :, 1, 2] = 0                          # a zero pixel stays zero after l2n
+        xn = f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        w = lambda conv: conv.weight.detach()
+        bias = lambda conv: conv.bias.detach()
+        p = torch.einsum("oc,bchw->bohw", w(h.proj)[:, :, 0, 0], xn) + bias(h.proj)[None, :, None, None]
+        b = torch.relu(torch.einsum("oc,bchw->bohw", w(h.b1)[:, :, 0, 0], xn)
+                       + bias(h.b1)[None, :, None, None])
+        bp = F.pad(b, (1, 1, 1, 1))
+        b2 = torch.zeros(2, hid, 4, 5) + bias(h.b2)[None, :, None, None]
+        for ky in range(3):
+            for kx in range(3):
+                b2 += torch.einsum("oc,bchw->bohw", w(h.b2)[:, :, ky, kx],
+                                   bp[:, :, ky:ky + 4, kx:kx + 5])
+        b2 = torch.relu(b2)
+        out = p + torch.einsum("oc,bchw->bohw", w(h.b3)[:, :, 0, 0], b2) \
+            + bias(h.b3)[None, :, None, None]
+        with torch.no_grad():
+            torch.testing.assert_close(h(f), out, rtol=1e-5, atol=1e-5)
+
+    def test_identity_start(self):
+        h = M.DenseHead(32, 64, 56)
+        h.reset_identity(torch.Generator().manual_seed(1))
+        f = torch.randn(3, 32, 6, 7) * 5
+        with torch.no_grad():
+            out = h(f)
+        want = F.pad(F.normalize(f, dim=1, eps=1e-12), (0, 0, 0, 0, 0, 32))
+        torch.testing.assert_close(out, want, rtol=0, atol=1e-6)
+        self.assertTrue(bool((h.b3.weight == 0).all()) and bool((h.b3.bias == 0).all()))
+        self.assertNotEqual(float(h.b1.weight.abs().sum()), 0.0)
+
+    def test_shapes_and_names(self):
+        net = M.GeoNet(head_cfg())
+        t = {k: list(v.shape) for k, v in M.model_tensors(net).items() if k.startswith("dense_head")}
+        self.assertEqual(t, {"dense_head.proj.weight": [64, 32, 1, 1], "dense_head.proj.bias": [64],
+                             "dense_head.b1.weight": [56, 32, 1, 1], "dense_head.b1.bias": [56],
+                             "dense_head.b2.weight": [56, 56, 3, 3], "dense_head.b2.bias": [56],
+                             "dense_head.b3.weight": [64, 56, 1, 1], "dense_head.b3.bias": [64]})
+        self.assertNotIn("dense_head", " ".join(M.model_tensors(M.GeoNet(ModelConfig())).keys()))
+
+
+class Files(unittest.TestCase):
+    def test_round_trip_and_random(self):
+        cfg = head_cfg()
+        m = testvectors.random_model(cfg, 4)
+        h = m.dense_head
+        self.assertGreater(float(h.b3.weight.abs().min() + h.b3.weight.abs().mean()), 0.0)
+        self.assertGreater(float(h.b3.bias.abs().sum()), 0.0)
+        eye = torch.zeros_like(h.proj.weight)
+        for i in range(32):
+            eye[i, i] = 1
+        self.assertGreater(float((h.proj.weight - eye).abs().max()), 0.01)
+        # Headless random models are unchanged by the head's existence.
+        plain = testvectors.random_model(ModelConfig.from_dict({"input_size": [64, 64]}), 4)
+        for k, v in M.model_tensors(plain).items():
+            torch.testing.assert_close(M.model_tensors(m)[k], v, rtol=0, atol=0)
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "m.safetensors")
+            M.save_model(m, path)
+            back = M.load_model(path)
+            self.assertEqual(back.cfg, cfg)
+            for k, v in M.model_tensors(m).items():
+                torch.testing.assert_close(M.model_tensors(back)[k], v, rtol=0, atol=0)
+            _, meta = safetensors.load(path)
+            self.assertEqual(json.loads(meta["config"])["dense_head"], HEAD)
+            # export-random with a head: same tensors as random_model.
+            cpath = os.path.join(d, "c.json")
+            with open(cpath, "w") as f:
+                f.write(cfg.to_json())
+            out = os.path.join(d, "r.safetensors")
+            run_cli("export-random", "--config", cpath, "--seed", "4", "--out", out)
+            r = M.load_model(out)
+            torch.testing.assert_close(r.dense_head.b3.weight, h.b3.weight, rtol=0, atol=0)
+
+    def test_fine_with_head(self):
+        m = testvectors.random_model(head_cfg(), 5)
+        rng = np.random.default_rng(2)
+        img = rng.integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
+        raw = fine.layer_features(m, img, 6, head=False)
+        self.assertEqual(list(raw.shape), [1, 8, 8, 32])
+        f = fine.layer_features(m, img, 6)
+        self.assertEqual(list(f.shape), [1, 8, 8, 64])
+        with torch.no_grad():
+            want = m.dense_head(raw.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        torch.testing.assert_close(f, want)
+        self.assertEqual(list(fine.layer_features(m, img, 5).shape), [1, 8, 8, 32])
+        q = fine.query_features(m, img[0], [0.0, 90.0])
+        self.assertEqual(q.shape, (2, 8, 8, 64))
+        np.testing.assert_allclose(np.linalg.norm(q, axis=-1), 1.0, rtol=1e-5)
+        canvas = rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)
+        d = fine.dense_features(m, canvas, 6, block=64, margin=64)
+        self.assertEqual(d.shape, (12, 16, 64))
+        np.testing.assert_allclose(np.linalg.norm(d, axis=-1), 1.0, rtol=1e-5)
+        # The blocks join exactly with the head too (margin > its receptive field).
+        one = fine.dense_features(m, canvas, 6, block=128, margin=64)
+        np.testing.assert_allclose(d, one, rtol=0, atol=1e-5)
+        # The identity start gives the raw features padded with zeros.
+        plain = testvectors.random_model(ModelConfig.from_dict({"input_size": [64, 64]}), 5)
+        start = M.GeoNet(head_cfg())
+        start.load_state_dict(M.model_tensors(plain), strict=False)
+        start.eval()
+        a = fine.dense_features(plain, canvas, 6)
+        b = fine.dense_features(start, canvas, 6)
+        np.testing.assert_allclose(b[..., :32], a, atol=1e-6)
+        np.testing.assert_allclose(b[..., 32:], 0.0, atol=1e-6)
+
+
+@need_gdal
+class TrainDense(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        # Two years only, to keep the feature cache small.
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.naip = os.path.join(cls.tmp.name, "naip")
+        os.makedirs(cls.naip)
+        for y in (2009, 2020):
+            p = X.rasters(NAIP)[y]
+            os.symlink(p, os.path.join(cls.naip, os.path.basename(p)))
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def run_once(self, out, steps=2, **kw):
+        kw = {"ckpt_every": 2, **kw}
+        return T.train_dense(SHIPPED, self.naip, out, steps=steps, batch=2, seed=3, threads=2,
+                             val_count=4, log=lambda *a: None, **kw)
+
+    def test_deterministic_and_frozen(self):
+        a = self.run_once(os.path.join(self.tmp.name, "a"))
+        b = self.run_once(os.path.join(self.tmp.name, "b"))
+        with open(a, "rb") as fa, open(b, "rb") as fb:
+            self.assertEqual(fa.read(), fb.read())
+        base, bmeta = safetensors.load(SHIPPED)
+        out, meta = safetensors.load(a)
+        cfg = json.loads(meta["config"])
+        self.assertEqual(cfg.pop("dense_head"), HEAD)
+        self.assertEqual(cfg, json.loads(bmeta["config"]))
+        self.assertEqual(set(out) - set(base), {k for k in out if k.startswith("dense_head.")})
+        self.assertEqual(len(set(out) - set(base)), 8)
+        for k, v in base.items():
+            self.assertTrue(torch.equal(out[k], v), k)
+        # The head trained: b3 moved from zero.
+        self.assertGreater(float(out["dense_head.b3.weight"].abs().max()), 0.0)
+        # Resume: stop after step 1, resume to step 2: the same bytes.
+        c = os.path.join(self.tmp.name, "c")
+        self.run_once(c, ckpt_every=1, stop_after=1)
+        self.assertFalse(os.path.exists(os.path.join(c, "model.safetensors")))
+        self.assertEqual(torch.load(os.path.join(c, "checkpoint.pt"))["step"], 1)
+        self.run_once(c, ckpt_every=1, resume=True)
+        with open(os.path.join(c, "model.safetensors"), "rb") as fc, open(a, "rb") as fa:
+            self.assertEqual(fc.read(), fa.read())
+        with open(os.path.join(c, "train.log.jsonl"), encoding="utf-8") as f:
+            log = [json.loads(line) for line in f]
+        self.assertIn("val_raw", log[0])
+        self.assertIn("val_head", log[-1])
+        self.assertEqual(log[-1]["step"], 2)
+
+    def test_position_error(self):
+        # A paraboloid peaked at a fractional placement: refined exactly.
+        geo = T.Geometry(M.load_model(SHIPPED), 6)
+        p = geo.places
+        i, j = torch.meshgrid(torch.arange(p, dtype=torch.float64),
+                              torch.arange(p, dtype=torch.float64), indexing="ij")
+        frac = torch.tensor([[6.3, 5.8], [2.0, 9.45]], dtype=torch.float64)
+        sc = torch.stack([1 - (i - f[0]) ** 2 - (j - f[1]) ** 2 for f in frac])
+        err = T.position_error(sc, frac, geo)
+        torch.testing.assert_close(err, torch.zeros(2, dtype=torch.float64), rtol=0, atol=1e-9)
+        far = T.position_error(sc, frac + torch.tensor([[3.0, 4.0]], dtype=torch.float64), geo)
+        torch.testing.assert_close(far, torch.full((2,), 5.0 * geo.cell_m, dtype=torch.float64))
+
+    def test_held_out_band(self):
+        base = M.load_model(SHIPPED)
+        geo = T.Geometry(base, 6)
+        rasters, g, v = T._grounds(SHIPPED, self.naip, base, 6, geo)
+        self.assertEqual((g.part, v.part), ("train", "val"))
+        # The canvases: training imagery north of the band and its buffer,
+        # validation imagery inside the band, both on training ground.
+        self.assertGreaterEqual(g.y_bottom, X.VAL_NORTHING + X.VAL_BUFFER_M)
+        self.assertLessEqual(v.y_top, X.VAL_NORTHING)
+        self.assertLessEqual(max(g.x1, v.x1), X.X_SPLIT - X.BUFFER_M)
+        for ground, ok in ((g, lambda y: y >= X.VAL_NORTHING + X.VAL_BUFFER_M),
+                           (v, lambda y: y < X.VAL_NORTHING)):
+            s = T.draw_samples(np.random.default_rng(0), ground, rasters, 40)
+            fp = s["footprint"]
+            self.assertTrue(np.all(ok(fp[:, :, 1])), ground.part)
+            self.assertTrue(np.all(fp[:, :, 0] <= X.X_SPLIT - X.BUFFER_M))
+            # The windows with their context cell lie on the canvas.
+            r, c = s["cell"][:, 0], s["cell"][:, 1]
+            self.assertTrue(np.all(r >= 1) and np.all(r + T.WIN + 1 <= ground.rows))
+            self.assertTrue(np.all(c >= 1) and np.all(c + T.WIN + 1 <= ground.cols))
+            self.assertEqual(tuple(s["win"].shape[2:]), (T.WIN + 2, T.WIN + 2))
+
+
+if __name__ == "__main__":
+    unittest.main()
