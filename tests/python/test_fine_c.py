@@ -67,6 +67,8 @@ class FineC(unittest.TestCase):
             raise unittest.SkipTest(f"{GEOLOC} is missing (set GEOLOC_BIN)")
         cls.tmp = tempfile.TemporaryDirectory()
         cls.model = M.load_model(MODEL)
+        head = cls.model.cfg.dense_head
+        cls.channels = head["dim"] if head else 32
         cls.r = V.Raster.open(R2020)
         cls.bbox = cls.lonlat_box(BOX)
         cls.pack = cls.build("one.map", R2020)
@@ -128,8 +130,9 @@ class FineC(unittest.TestCase):
             out = self.path("c.f32")
             shape = geoloc("encode", "--model", MODEL, "--dense", "6", "--heading", "0,37,250",
                            "--out", out, img).split()
-            self.assertEqual(shape, ["3", "8", "8", "32"])
-            c = np.fromfile(out, np.float32).reshape(3, 8, 8, 32)
+            # The shipped model's dense head: 64 channels on block 6's grid.
+            self.assertEqual(shape, ["3", "8", "8", str(self.channels)])
+            c = np.fromfile(out, np.float32).reshape(3, 8, 8, self.channels)
             rgb = np.asarray(Image.open(img).convert("RGB"))
             p = fine.query_features(self.model, rgb, [0, 37, 250], 6)
             self.assertGreater(cosines(c, p).min(), 0.9999, size)
@@ -164,8 +167,8 @@ class FineC(unittest.TestCase):
         canvas = self.save("canvas.png", self.r.rgb[40:40 + 584, 16:16 + 528])
         out = self.path("d.f32")
         self.assertEqual(geoloc("encode", "--model", MODEL, "--dense", "6", "--out", out,
-                                canvas).split(), ["73", "66", "32"])
-        c = np.fromfile(out, np.float32).reshape(73, 66, 32)
+                                canvas).split(), ["73", "66", str(self.channels)])
+        c = np.fromfile(out, np.float32).reshape(73, 66, self.channels)
         p = fine.dense_features(self.model, np.asarray(Image.open(canvas).convert("RGB")), 6)
         self.assertGreater(cosines(c, p).min(), 0.9999)
 
