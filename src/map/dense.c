@@ -12,7 +12,6 @@
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
-#include <cpl_error.h>
 
 #include "core/err.h"
 #include "map/dense.h"
@@ -21,8 +20,8 @@
 /* --- building -------------------------------------------------------------- */
 
 /* Reads the part of canvas (origin x0, y0 in the grid CRS, p metres a
- * pixel) that lies inside source s, bilinearly as tiles are read, into rgb
- * and marks valid pixels in ok; the rest stays zero and invalid. */
+ * pixel) that lies inside source s, as tiles are read, into rgb and marks
+ * valid pixels in ok; the rest stays zero and invalid. */
 static int gl__read_canvas(const struct gl__map_source *s, double x0, double y0, double p,
                            uint32_t w, uint32_t h, uint8_t *rgb, uint8_t *ok, char *err,
                            size_t errlen) {
@@ -36,43 +35,13 @@ static int gl__read_canvas(const struct gl__map_source *s, double x0, double y0,
   if (j1 <= j0 || i1 <= i0)
     return 0;
   uint32_t cw = (uint32_t)(j1 - j0), ch = (uint32_t)(i1 - i0);
-  GDALRasterIOExtraArg ex;
-  INIT_RASTERIO_EXTRA_ARG(ex);
-  ex.eResampleAlg = GRIORA_Bilinear;
-  ex.bFloatingPointWindowValidity = TRUE;
-  ex.dfXOff = (x0 + j0 * p - s->gt[0]) / s->gt[1];
-  ex.dfYOff = (y0 - i0 * p - s->gt[3]) / s->gt[5];
-  ex.dfXSize = cw * p / s->gt[1];
-  ex.dfYSize = ch * p / -s->gt[5];
-  int ix0 = (int)floor(ex.dfXOff), iy0 = (int)floor(ex.dfYOff);
-  int ix1 = (int)ceil(ex.dfXOff + ex.dfXSize), iy1 = (int)ceil(ex.dfYOff + ex.dfYSize);
-  ix0 = ix0 < 0 ? 0 : ix0;
-  iy0 = iy0 < 0 ? 0 : iy0;
-  ix1 = ix1 > s->xsize ? s->xsize : ix1;
-  iy1 = iy1 > s->ysize ? s->ysize : iy1;
-  uint8_t *dst = rgb + ((size_t)i0 * w + (size_t)j0) * 3;
-  int bands[3] = {1, 2, 3};
-  CPLErrorReset();
-  if (GDALDatasetRasterIOEx(s->view, GF_Read, ix0, iy0, ix1 - ix0, iy1 - iy0, dst, (int)cw, (int)ch,
-                            GDT_Byte, 3, bands, 3, (GSpacing)w * 3, 1, &ex) != CE_None)
-    return gl_fail(err, errlen, GL_EIO, "%s: reading the dense canvas failed: %s", s->path,
-                   CPLGetLastErrorMsg());
-  uint8_t *okp = ok + (size_t)i0 * w + (size_t)j0;
-  if (s->all_valid) {
-    for (uint32_t i = 0; i < ch; i++)
-      memset(okp + (size_t)i * w, 1, cw);
-    return 0;
-  }
-  ex.eResampleAlg = GRIORA_NearestNeighbour;
-  GDALRasterBandH mask = GDALGetMaskBand(GDALGetRasterBand(s->view, 1));
-  if (GDALRasterIOEx(mask, GF_Read, ix0, iy0, ix1 - ix0, iy1 - iy0, okp, (int)cw, (int)ch, GDT_Byte,
-                     1, (GSpacing)w, &ex) != CE_None)
-    return gl_fail(err, errlen, GL_EIO, "%s: reading the dense canvas mask failed: %s", s->path,
-                   CPLGetLastErrorMsg());
-  for (uint32_t i = 0; i < ch; i++)
+  size_t at = (size_t)i0 * w + (size_t)j0;
+  int rc = gl__map_source_read(s, x0 + j0 * p, y0 - i0 * p, cw * p, ch * p, cw, ch, w,
+                               rgb + at * 3, ok + at, err, errlen);
+  for (uint32_t i = 0; !rc && i < ch; i++)
     for (uint32_t j = 0; j < cw; j++)
-      okp[(size_t)i * w + j] = okp[(size_t)i * w + j] != 0;
-  return 0;
+      ok[at + (size_t)i * w + j] = ok[at + (size_t)i * w + j] != 0;
+  return rc;
 }
 
 int gl__map_dense_write(const struct gl__map_grid *g, const struct gl__map_source *src,

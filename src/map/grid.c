@@ -321,12 +321,12 @@ static double gl__snap(double v) {
   return fabs(v - r) < 1e-6 ? r : v;
 }
 
-int gl__map_source_read_tile(const struct gl__map_source *s, const struct gl__map_grid *g,
-                             double x0, double y0, uint32_t w, uint32_t h, uint8_t *rgb,
-                             uint8_t *mask_scratch, bool *valid, char *err, size_t errlen) {
+int gl__map_source_read(const struct gl__map_source *s, double x0, double ytop, double wm,
+                        double hm, uint32_t w, uint32_t h, size_t stride, uint8_t *rgb,
+                        uint8_t *mask, char *err, size_t errlen) {
   double px = gl__snap((x0 - s->gt[0]) / s->gt[1]);
-  double py = gl__snap((y0 + g->tile_m - s->gt[3]) / s->gt[5]);
-  double pw = gl__snap(g->tile_m / s->gt[1]), ph = gl__snap(g->tile_m / -s->gt[5]);
+  double py = gl__snap((ytop - s->gt[3]) / s->gt[5]);
+  double pw = gl__snap(wm / s->gt[1]), ph = gl__snap(hm / -s->gt[5]);
   int ix0 = (int)floor(px), iy0 = (int)floor(py);
   int ix1 = (int)ceil(px + pw), iy1 = (int)ceil(py + ph);
   if (ix0 < 0)
@@ -338,12 +338,12 @@ int gl__map_source_read_tile(const struct gl__map_source *s, const struct gl__ma
   if (iy1 > s->ysize)
     iy1 = s->ysize;
   if (ix1 <= ix0 || iy1 <= iy0)
-    return gl_fail(err, errlen, GL_EINTERNAL, "%s: tile at %.3f,%.3f is outside the raster",
-                        s->path, x0, y0);
+    return gl_fail(err, errlen, GL_EINTERNAL, "%s: window at %.3f,%.3f is outside the raster",
+                   s->path, x0, ytop);
   GDALRasterIOExtraArg ex;
   INIT_RASTERIO_EXTRA_ARG(ex);
   /* GDAL widens the bilinear kernel when it downsamples (it shares the
-   * overview code), so this also antialiases tiles larger than the input. */
+   * overview code), so this also antialiases windows larger than w x h. */
   ex.eResampleAlg = GRIORA_Bilinear;
   ex.bFloatingPointWindowValidity = TRUE;
   ex.dfXOff = px;
@@ -353,24 +353,37 @@ int gl__map_source_read_tile(const struct gl__map_source *s, const struct gl__ma
   int bands[3] = {1, 2, 3};
   CPLErrorReset();
   if (GDALDatasetRasterIOEx(s->view, GF_Read, ix0, iy0, ix1 - ix0, iy1 - iy0, rgb, (int)w, (int)h,
-                            GDT_Byte, 3, bands, 3, (GSpacing)w * 3, 1, &ex) != CE_None)
-    return gl_fail(err, errlen, GL_EIO, "%s: reading the tile at %.3f,%.3f failed: %s",
-                        s->path, x0, y0, CPLGetLastErrorMsg());
-  *valid = true;
-  if (s->all_valid)
+                            GDT_Byte, 3, bands, 3, (GSpacing)stride * 3, 1, &ex) != CE_None)
+    return gl_fail(err, errlen, GL_EIO, "%s: reading the window at %.3f,%.3f failed: %s",
+                   s->path, x0, ytop, CPLGetLastErrorMsg());
+  if (!mask)
     return 0;
-  /* Nearest for the mask: any nodata source pixel that a tile pixel maps
-   * onto marks the tile. */
+  if (s->all_valid) {
+    for (uint32_t i = 0; i < h; i++)
+      memset(mask + (size_t)i * stride, 1, w);
+    return 0;
+  }
+  /* Nearest for the mask: any nodata source pixel that a window pixel maps
+   * onto marks it. */
   ex.eResampleAlg = GRIORA_NearestNeighbour;
-  GDALRasterBandH mask = GDALGetMaskBand(GDALGetRasterBand(s->view, 1));
-  if (GDALRasterIOEx(mask, GF_Read, ix0, iy0, ix1 - ix0, iy1 - iy0, mask_scratch, (int)w, (int)h,
-                     GDT_Byte, 0, 0, &ex) != CE_None)
-    return gl_fail(err, errlen, GL_EIO, "%s: reading the mask at %.3f,%.3f failed: %s",
-                        s->path, x0, y0, CPLGetLastErrorMsg());
-  for (size_t i = 0; i < (size_t)w * h; i++)
+  GDALRasterBandH mb = GDALGetMaskBand(GDALGetRasterBand(s->view, 1));
+  if (GDALRasterIOEx(mb, GF_Read, ix0, iy0, ix1 - ix0, iy1 - iy0, mask, (int)w, (int)h, GDT_Byte,
+                     1, (GSpacing)stride, &ex) != CE_None)
+    return gl_fail(err, errlen, GL_EIO, "%s: reading the mask at %.3f,%.3f failed: %s", s->path,
+                   x0, ytop, CPLGetLastErrorMsg());
+  return 0;
+}
+
+int gl__map_source_read_tile(const struct gl__map_source *s, const struct gl__map_grid *g,
+                             double x0, double y0, uint32_t w, uint32_t h, uint8_t *rgb,
+                             uint8_t *mask_scratch, bool *valid, char *err, size_t errlen) {
+  int rc = gl__map_source_read(s, x0, y0 + g->tile_m, g->tile_m, g->tile_m, w, h, w, rgb,
+                               s->all_valid ? NULL : mask_scratch, err, errlen);
+  *valid = true;
+  for (size_t i = 0; !rc && !s->all_valid && i < (size_t)w * h; i++)
     if (mask_scratch[i] == 0) {
       *valid = false;
       break;
     }
-  return 0;
+  return rc;
 }

@@ -104,6 +104,16 @@ int gl__map_source_open(struct gl__map_source *s, const char *path, const struct
                         char *err, size_t errlen);
 void gl__map_source_close(struct gl__map_source *s);
 
+/* Reads the north-up window of wm x hm metres whose top-left corner is
+ * (x0, ytop) in the grid CRS into rgb, w x h pixels in rows of `stride`
+ * pixels, resampled bilinearly (antialiased when downsampling); with mask
+ * not NULL, also each pixel's validity there (0: nodata; 1 everywhere for a
+ * raster without nodata), same layout, one byte a pixel. The window must lie
+ * inside the raster. Returns 0 or an error with err set. */
+int gl__map_source_read(const struct gl__map_source *s, double x0, double ytop, double wm,
+                        double hm, uint32_t w, uint32_t h, size_t stride, uint8_t *rgb,
+                        uint8_t *mask, char *err, size_t errlen);
+
 /* Reads the tile with lower-left corner (x0, y0) in the grid CRS into rgb
  * (w * h * 3 bytes), resampled bilinearly to w x h pixels. *valid is false
  * when the tile holds nodata pixels. Returns 0 or GL_EIO with err set. */
