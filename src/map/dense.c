@@ -36,8 +36,8 @@ static int gl__read_canvas(const struct gl__map_source *s, double x0, double y0,
     return 0;
   uint32_t cw = (uint32_t)(j1 - j0), ch = (uint32_t)(i1 - i0);
   size_t at = (size_t)i0 * w + (size_t)j0;
-  int rc = gl__map_source_read(s, x0 + j0 * p, y0 - i0 * p, cw * p, ch * p, cw, ch, w,
-                               rgb + at * 3, ok + at, err, errlen);
+  int rc = gl__map_source_read(s, x0 + j0 * p, y0 - i0 * p, cw * p, ch * p, cw, ch, w, rgb + at * 3,
+                               ok + at, err, errlen);
   for (uint32_t i = 0; !rc && i < ch; i++)
     for (uint32_t j = 0; j < cw; j++)
       ok[at + (size_t)i * w + j] = ok[at + (size_t)i * w + j] != 0;
@@ -139,8 +139,8 @@ cleanup:
 struct gl__map_dense_ctx {
   struct gl_map_dense pub;
   float *cells;
-  uint64_t n;      /* tiles */
-  double *tx, *ty; /* tile centres in the grid CRS, by id - 1 */
+  uint64_t n;            /* tiles */
+  const double *tx, *ty; /* tile centres in the grid CRS, by id - 1 (the map's) */
   struct gl__place {
     uint64_t key;
     int64_t id;
@@ -171,8 +171,6 @@ void gl__map_dense_free(struct gl__map_dense_ctx *d) {
     proj_context_destroy(d->pj_ctx);
   pthread_mutex_destroy(&d->mu);
   free(d->cells);
-  free(d->tx);
-  free(d->ty);
   free(d->by_place);
   free(d);
 }
@@ -185,9 +183,8 @@ static bool gl__num(const cJSON *o, const char *k, double lo, double hi, double 
   return true;
 }
 
-int gl__map_dense_load(const char *pack, const cJSON *root, uint64_t n_tiles, const double *lat,
-                       const double *lon, struct gl__map_dense_ctx **out, char *err,
-                       size_t errlen) {
+int gl__map_dense_load(const char *pack, const cJSON *root, uint64_t n_tiles, const double *gx,
+                       const double *gy, struct gl__map_dense_ctx **out, char *err, size_t errlen) {
   *out = NULL;
   const cJSON *dj = cJSON_GetObjectItemCaseSensitive(root, "dense");
   const cJSON *t = cJSON_GetObjectItemCaseSensitive(root, "tiling");
@@ -282,36 +279,17 @@ int gl__map_dense_load(const char *pack, const cJSON *root, uint64_t n_tiles, co
   free(q);
   p->cells = d->cells;
 
-  /* The grid CRS: tile centres on it, and estimates back to WGS84. */
-  PJ *src = NULL, *dst = NULL, *raw = NULL;
-  if ((d->pj_ctx = proj_context_create())) {
-    src = proj_create(d->pj_ctx, wkt);
-    dst = proj_create(d->pj_ctx, "EPSG:4326");
-    if (src && dst)
-      raw = proj_create_crs_to_crs_from_pj(d->pj_ctx, src, dst, NULL, NULL);
-    if (raw)
-      d->to_wgs84 = proj_normalize_for_visualization(d->pj_ctx, raw);
-  }
-  proj_destroy(raw);
-  proj_destroy(src);
-  proj_destroy(dst);
-  if (!d->to_wgs84)
+  /* Estimates back to WGS84 (and priors onto the grid). */
+  if (!(d->pj_ctx = proj_context_create()) || !(d->to_wgs84 = gl__map_pj_to_wgs84(d->pj_ctx, wkt)))
     BAD("%s: manifest.json: PROJ cannot use the grid CRS", pack);
-  if (!(d->tx = malloc((n_tiles + 1) * sizeof(double))) ||
-      !(d->ty = malloc((n_tiles + 1) * sizeof(double))) ||
-      !(d->by_place = malloc((n_tiles + 1) * sizeof *d->by_place))) {
+  if (!(d->by_place = malloc((n_tiles + 1) * sizeof *d->by_place))) {
     rc = gl_fail(err, errlen, GL_ENOMEM, "out of memory");
     goto fail;
   }
-  for (uint64_t i = 0; i < n_tiles; i++) {
-    PJ_COORD r = proj_trans(d->to_wgs84, PJ_INV, proj_coord(lon[i], lat[i], 0, 0));
-    if (!isfinite(r.v[0]) || !isfinite(r.v[1]))
-      BAD("%s: tile %llu: PROJ cannot place it on the grid", pack, (unsigned long long)i + 1);
-    /* Centres lie on the grid; snapping removes the round trip's error. */
-    d->tx[i] = llround((r.v[0] - d->tile_m / 2) / d->stride_m) * d->stride_m + d->tile_m / 2;
-    d->ty[i] = llround((r.v[1] - d->tile_m / 2) / d->stride_m) * d->stride_m + d->tile_m / 2;
-    d->by_place[i] = (struct gl__place){gl__place_key(d, d->tx[i], d->ty[i]), (int64_t)i + 1};
-  }
+  d->tx = gx;
+  d->ty = gy;
+  for (uint64_t i = 0; i < n_tiles; i++)
+    d->by_place[i] = (struct gl__place){gl__place_key(d, gx[i], gy[i]), (int64_t)i + 1};
   qsort(d->by_place, n_tiles, sizeof *d->by_place, gl__by_place);
 #undef BAD
   *out = d;

@@ -73,7 +73,6 @@ int gl__map_grid_init(struct gl__map_grid *g, GDALDatasetH first, double tile_m,
   g->tile_m = tile_m;
   g->stride_m = stride_m;
   int rc = GL_EFORMAT;
-  PJ *src = NULL, *dst = NULL, *raw = NULL;
   OGRSpatialReferenceH srs = GDALGetSpatialRef(first);
   if (!srs)
     return gl_fail(err, errlen, GL_EFORMAT, "%s has no coordinate reference system",
@@ -112,30 +111,30 @@ int gl__map_grid_init(struct gl__map_grid *g, GDALDatasetH first, double tile_m,
     rc = gl_fail(err, errlen, GL_ENOMEM, "cannot create a PROJ context");
     goto fail;
   }
-  src = proj_create(g->pj_ctx, g->wkt);
-  dst = proj_create(g->pj_ctx, "EPSG:4326");
-  if (src && dst)
-    raw = proj_create_crs_to_crs_from_pj(g->pj_ctx, src, dst, NULL, NULL);
-  /* Normalised for visualisation: input (easting, northing) and output
-   * (lon, lat) whatever axis order the CRS definitions declare, the same
-   * convention as GDAL geotransforms and OAMS_TRADITIONAL_GIS_ORDER. */
-  if (raw)
-    g->to_wgs84 = proj_normalize_for_visualization(g->pj_ctx, raw);
-  if (!g->to_wgs84) {
+  if (!(g->to_wgs84 = gl__map_pj_to_wgs84(g->pj_ctx, g->wkt))) {
     rc = gl_fail(err, errlen, GL_EINTERNAL, "PROJ: no transformation from %s to WGS84: %s",
                       g->name, proj_context_errno_string(g->pj_ctx, proj_context_errno(g->pj_ctx)));
     goto fail;
   }
-  proj_destroy(raw);
-  proj_destroy(src);
-  proj_destroy(dst);
   return 0;
 fail:
+  gl__map_grid_fini(g);
+  return rc;
+}
+
+PJ *gl__map_pj_to_wgs84(PJ_CONTEXT *ctx, const char *wkt) {
+  PJ *src = proj_create(ctx, wkt), *dst = proj_create(ctx, "EPSG:4326"), *raw = NULL, *out = NULL;
+  if (src && dst)
+    raw = proj_create_crs_to_crs_from_pj(ctx, src, dst, NULL, NULL);
+  /* Normalised for visualisation: input (easting, northing) and output
+   * (lon, lat) whatever axis order the CRS definitions declare, the same
+   * convention as GDAL geotransforms and OAMS_TRADITIONAL_GIS_ORDER. */
+  if (raw)
+    out = proj_normalize_for_visualization(ctx, raw);
   proj_destroy(raw);
   proj_destroy(src);
   proj_destroy(dst);
-  gl__map_grid_fini(g);
-  return rc;
+  return out;
 }
 
 void gl__map_grid_fini(struct gl__map_grid *g) {

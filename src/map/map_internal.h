@@ -121,6 +121,11 @@ int gl__map_source_read_tile(const struct gl__map_source *s, const struct gl__ma
                              double x0, double y0, uint32_t w, uint32_t h, uint8_t *rgb,
                              uint8_t *mask_scratch, bool *valid, char *err, size_t errlen);
 
+/* A PROJ transformation from the CRS of wkt to WGS84, normalised to
+ * (easting, northing) -> (lon, lat) order, in ctx; NULL when PROJ cannot
+ * make one. */
+PJ *gl__map_pj_to_wgs84(PJ_CONTEXT *ctx, const char *wkt);
+
 /* Converts grid CRS coordinates to WGS84 degrees. Returns 0 or GL_EINTERNAL. */
 int gl__map_grid_to_wgs84(const struct gl__map_grid *g, double x, double y, double *lat,
                           double *lon);
@@ -147,9 +152,10 @@ int gl__map_dense_write(const struct gl__map_grid *g, const struct gl__map_sourc
                         uint32_t n_src, const struct gl_map_encoder *enc, const double ext[4],
                         const char *dir, cJSON **out, char *err, size_t errlen);
 /* Loads and verifies the dense layer the manifest root describes (*out
- * stays NULL for a pack without one); lat/lon are the tile centres by id - 1. */
-int gl__map_dense_load(const char *pack, const cJSON *root, uint64_t n_tiles, const double *lat,
-                       const double *lon, struct gl__map_dense_ctx **out, char *err,
+ * stays NULL for a pack without one); gx/gy are the tile centres in the
+ * grid CRS by id - 1, which must outlive it (the map's). */
+int gl__map_dense_load(const char *pack, const cJSON *root, uint64_t n_tiles, const double *gx,
+                       const double *gy, struct gl__map_dense_ctx **out, char *err,
                        size_t errlen);
 void gl__map_dense_free(struct gl__map_dense_ctx *d);
 /* The dense context of an open pack, or NULL (pack.c). */

@@ -81,6 +81,7 @@ struct gl_map {
   float *xb;
   bool can_reconstruct;
   double *lat, *lon; /* tile centres by id - 1 */
+  double *gx, *gy;   /* the same in the grid CRS (tiles.sqlite grid_x, grid_y) */
   sqlite3 *db;
   sqlite3_stmt *q_rtree, *q_tile;
   /* One sqlite connection serves all threads: its statements are reused
@@ -375,10 +376,12 @@ static int gl__load_tiles(struct gl_map *map, const struct gl__manifest *mf, cha
   if (r != SQLITE_OK)
     goto sql_fail;
   if (!(map->lat = malloc((mf->tiles ? mf->tiles : 1) * sizeof(double))) ||
-      !(map->lon = malloc((mf->tiles ? mf->tiles : 1) * sizeof(double))))
+      !(map->lon = malloc((mf->tiles ? mf->tiles : 1) * sizeof(double))) ||
+      !(map->gx = malloc((mf->tiles ? mf->tiles : 1) * sizeof(double))) ||
+      !(map->gy = malloc((mf->tiles ? mf->tiles : 1) * sizeof(double))))
     return gl_fail(err, errlen, GL_ENOMEM, "out of memory");
-  if (sqlite3_prepare_v2(map->db, "SELECT id, lat, lon FROM tiles ORDER BY id", -1, &st, NULL) !=
-      SQLITE_OK)
+  if (sqlite3_prepare_v2(map->db, "SELECT id, lat, lon, grid_x, grid_y FROM tiles ORDER BY id", -1,
+                         &st, NULL) != SQLITE_OK)
     goto sql_fail;
   uint64_t i = 0;
   while ((r = sqlite3_step(st)) == SQLITE_ROW) {
@@ -390,6 +393,8 @@ static int gl__load_tiles(struct gl_map *map, const struct gl__manifest *mf, cha
     }
     map->lat[i] = sqlite3_column_double(st, 1);
     map->lon[i] = sqlite3_column_double(st, 2);
+    map->gx[i] = sqlite3_column_double(st, 3);
+    map->gy[i] = sqlite3_column_double(st, 4);
     i++;
   }
   sqlite3_finalize(st);
@@ -430,6 +435,8 @@ static void gl__map_free(struct gl_map *m) {
   gl__map_dense_free(m->dense);
   pthread_mutex_destroy(&m->db_lock);
   free(m->lat);
+  free(m->gx);
+  free(m->gy);
   free(m->lon);
   free(m->path);
   free(m);
@@ -470,7 +477,7 @@ int gl_map_open(const char *path, const char *model_sha256, struct gl_map **out,
     goto fail;
   }
   if ((rc = gl__load_tiles(m, &mf, err, errlen)) || (rc = gl__load_index(m, &mf, err, errlen)) ||
-      (rc = gl__map_dense_load(path, mf.root, m->n, m->lat, m->lon, &m->dense, err, errlen)))
+      (rc = gl__map_dense_load(path, mf.root, m->n, m->gx, m->gy, &m->dense, err, errlen)))
     goto fail;
   cJSON_Delete(mf.root);
   *out = m;
