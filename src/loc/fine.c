@@ -80,6 +80,7 @@ struct gl_loc_fine {
   uint32_t *pstamp; /* per placement (top-left cell): frame stamp */
   int32_t *pidx;    /* its index in the placement list when stamped */
   uint32_t frame;
+  size_t last_p;       /* placements scored by the last run or scan */
   size_t cap_p, cap_c; /* placements and cells in reach */
   int32_t *pr, *pq;    /* placements */
   int64_t *ptile;      /* the candidate tile a placement came from */
@@ -132,6 +133,8 @@ int gl_loc_fine_create(const struct gl_loc_fine_params *p, uint32_t max_headings
   if (f->cap_p < p->full_scan_cells)
     f->cap_p = p->full_scan_cells;
   f->cap_c = f->cap_p + (size_t)p->top_k * (side + win) * (side + win);
+  if (f->cap_c < (size_t)(64 + side) * (64 + side)) /* a 64 x 64 scan (gl_loc_fine_scan) */
+    f->cap_c = (size_t)(64 + side) * (64 + side);
   if (!(f->q = malloc((size_t)max_headings * f->nk * channels * sizeof(float))) ||
       !(f->pr = malloc(f->cap_p * sizeof(int32_t))) ||
       !(f->pq = malloc(f->cap_p * sizeof(int32_t))) ||
@@ -251,68 +254,14 @@ static double gl__parabola(double a, double b, double c) {
   return d < -0.5 ? -0.5 : d > 0.5 ? 0.5 : d;
 }
 
-int gl_loc_fine_run(struct gl_loc_fine *f, struct gl_map *map, const float *qfeat,
-                    const float *headings, uint32_t H, const struct gl_map_hit *cand,
-                    uint32_t n_cand, const struct gl_map_prior *prior, struct gl_loc_estimate *out,
-                    size_t max_out, size_t *n_out, char *err, size_t errlen) {
-  *n_out = 0;
-  const struct gl_map_dense *d = gl_map_dense(map);
-  if (!d)
-    return gl_fail(err, errlen, GL_EINVAL, "the map has no dense layer");
-  if (d->channels != f->ch || H == 0 || H > f->max_h || !qfeat || !headings)
-    return gl_fail(err, errlen, GL_EINVAL,
-                   "fine stage: %u headings of %u channels for a stage sized for %u of %u", H,
-                   d->channels, f->max_h, f->ch);
-  if (gl__fit_map(f, d, max_out))
-    return gl_fail(err, errlen, GL_ENOMEM, "out of memory for the fine stage");
+/* Steps 2-4 for the first P placements of f's list: gathers the reference
+ * cells they cover, scores every (heading, placement), centres full-circle
+ * scans, and leaves each placement's best score and heading in best/besth.
+ * Returns the number of placements scored (fewer than P when the cells in
+ * reach outgrow the scratch; the rest are dropped). */
+static size_t gl__score(struct gl_loc_fine *f, const struct gl_map_dense *d, const float *qfeat,
+                        uint32_t H, size_t P) {
   const uint32_t n = f->side, nk = f->nk, C = f->ch;
-  if (d->rows < n || d->cols < n || max_out == 0)
-    return 0;
-  const uint32_t PR = d->rows - n + 1, PC = d->cols - n + 1;
-  const double cell = d->cell_m, half = n / 2.0;
-  if (++f->frame == 0) { /* the stamps wrapped: start them over */
-    memset(f->stamp, 0, f->grid_cap * sizeof *f->stamp);
-    memset(f->pstamp, 0, f->grid_cap * sizeof *f->pstamp);
-    f->frame = 1;
-  }
-
-  /* 1. Placements: the prior's circle, or windows around the candidates. */
-  size_t P = 0;
-  if (prior && prior->radius_m > 0) {
-    double px, py;
-    if (gl_map_wgs84_to_xy(map, prior->lat, prior->lon, &px, &py))
-      return gl_fail(err, errlen, GL_EINVAL, "the prior %.7f,%.7f is off the map's grid",
-                     prior->lat, prior->lon);
-    double rad = prior->radius_m / cell;
-    double cq = (px - d->x0) / cell - half, cr = (d->y0 - py) / cell - half;
-    /* The circle's bounding box, clamped to the map (a prior may be far
-     * larger than the map, or lie off it). */
-    double r0 = fmax(0, floor(cr - rad)), r1 = fmin(PR - 1.0, ceil(cr + rad));
-    double q0 = fmax(0, floor(cq - rad)), q1 = fmin(PC - 1.0, ceil(cq + rad));
-    bool room = true;
-    for (int64_t r = (int64_t)r0; r <= (int64_t)r1 && room; r++)
-      for (int64_t q = (int64_t)q0; q <= (int64_t)q1 && room; q++)
-        if ((r - cr) * (r - cr) + (q - cq) * (q - cq) <= rad * rad)
-          room = gl__add(f, &P, PR, PC, r, q, -1);
-  } else if ((size_t)d->rows * d->cols <= f->p.full_scan_cells) {
-    /* A small map: every placement, whatever the global stage thinks. */
-    for (int64_t r = 0; r < PR; r++)
-      for (int64_t q = 0; q < PC; q++)
-        gl__add(f, &P, PR, PC, r, q, -1);
-  } else {
-    int64_t R = f->p.radius_cells;
-    uint32_t k = n_cand < f->p.top_k ? n_cand : f->p.top_k;
-    for (uint32_t c = 0; c < k; c++) {
-      double tx, ty;
-      if (cand[c].tile_id < 0 || gl_map_tile_xy(map, cand[c].tile_id, &tx, &ty))
-        continue;
-      int64_t r0 = llround((d->y0 - ty) / cell - half), q0 = llround((tx - d->x0) / cell - half);
-      for (int64_t dr = -R; dr <= R; dr++)
-        for (int64_t dq = -R; dq <= R; dq++)
-          gl__add(f, &P, PR, PC, r0 + dr, q0 + dq, cand[c].tile_id);
-    }
-  }
-
   /* 2. The reference cells those placements cover: product columns. */
   size_t NC = 0;
   for (size_t p = 0; p < P; p++) {
@@ -386,6 +335,122 @@ gathered:
     f->besth[p] = bh;
     f->taken[p] = 0;
   }
+
+  return P;
+}
+
+/* Starts a frame's placement list on map d: scratch fitted, stamps renewed. */
+static int gl__begin(struct gl_loc_fine *f, const struct gl_map_dense *d, size_t max_out) {
+  if (gl__fit_map(f, d, max_out))
+    return GL_ENOMEM;
+  if (++f->frame == 0) { /* the stamps wrapped: start them over */
+    memset(f->stamp, 0, f->grid_cap * sizeof *f->stamp);
+    memset(f->pstamp, 0, f->grid_cap * sizeof *f->pstamp);
+    f->frame = 1;
+  }
+  f->last_p = 0;
+  return 0;
+}
+
+int gl_loc_fine_scan(struct gl_loc_fine *f, struct gl_map *map, const float *qfeat,
+                     const float *headings, uint32_t H, int32_t r0, int32_t q0, uint32_t rows,
+                     uint32_t cols, float *score, float *heading, char *err, size_t errlen) {
+  const struct gl_map_dense *d = gl_map_dense(map);
+  if (!d || d->channels != f->ch || H == 0 || H > f->max_h || !qfeat || !headings)
+    return gl_fail(err, errlen, GL_EINVAL, "fine scan: no dense layer or a mismatched query");
+  if ((size_t)rows * cols > f->cap_p || (size_t)(rows + f->side) * (cols + f->side) > f->cap_c)
+    return gl_fail(err, errlen, GL_EINVAL, "fine scan: %ux%u placements exceed the stage's %zu",
+                   rows, cols, f->cap_p);
+  for (size_t i = 0; i < (size_t)rows * cols; i++)
+    score[i] = heading[i] = NAN;
+  if (gl__begin(f, d, 1))
+    return gl_fail(err, errlen, GL_ENOMEM, "out of memory for the fine stage");
+  if (d->rows < f->side || d->cols < f->side)
+    return 0;
+  const uint32_t PR = d->rows - f->side + 1, PC = d->cols - f->side + 1;
+  size_t P = 0;
+  for (int64_t r = r0; r < (int64_t)r0 + rows; r++)
+    for (int64_t q = q0; q < (int64_t)q0 + cols; q++)
+      gl__add(f, &P, PR, PC, r, q, -1);
+  P = gl__score(f, d, qfeat, H, P);
+  for (size_t p = 0; p < P; p++) {
+    size_t i = (size_t)(f->pr[p] - r0) * cols + (size_t)(f->pq[p] - q0);
+    score[i] = f->best[p];
+    heading[i] = headings[f->besth[p]];
+  }
+  f->last_p = P;
+  return 0;
+}
+
+size_t gl_loc_fine_scores(const struct gl_loc_fine *f, const int32_t **r, const int32_t **q,
+                          const float **best, const uint32_t **besth) {
+  *r = f->pr;
+  *q = f->pq;
+  *best = f->best;
+  *besth = f->besth;
+  return f->last_p;
+}
+
+int gl_loc_fine_run(struct gl_loc_fine *f, struct gl_map *map, const float *qfeat,
+                    const float *headings, uint32_t H, const struct gl_map_hit *cand,
+                    uint32_t n_cand, const struct gl_map_prior *prior, struct gl_loc_estimate *out,
+                    size_t max_out, size_t *n_out, char *err, size_t errlen) {
+  *n_out = 0;
+  const struct gl_map_dense *d = gl_map_dense(map);
+  if (!d)
+    return gl_fail(err, errlen, GL_EINVAL, "the map has no dense layer");
+  if (d->channels != f->ch || H == 0 || H > f->max_h || !qfeat || !headings)
+    return gl_fail(err, errlen, GL_EINVAL,
+                   "fine stage: %u headings of %u channels for a stage sized for %u of %u", H,
+                   d->channels, f->max_h, f->ch);
+  if (gl__begin(f, d, max_out))
+    return gl_fail(err, errlen, GL_ENOMEM, "out of memory for the fine stage");
+  const uint32_t n = f->side;
+  if (d->rows < n || d->cols < n || max_out == 0)
+    return 0;
+  const uint32_t PR = d->rows - n + 1, PC = d->cols - n + 1;
+  const double cell = d->cell_m, half = n / 2.0;
+
+  /* 1. Placements: the prior's circle, or windows around the candidates. */
+  size_t P = 0;
+  if (prior && prior->radius_m > 0) {
+    double px, py;
+    if (gl_map_wgs84_to_xy(map, prior->lat, prior->lon, &px, &py))
+      return gl_fail(err, errlen, GL_EINVAL, "the prior %.7f,%.7f is off the map's grid",
+                     prior->lat, prior->lon);
+    double rad = prior->radius_m / cell;
+    double cq = (px - d->x0) / cell - half, cr = (d->y0 - py) / cell - half;
+    /* The circle's bounding box, clamped to the map (a prior may be far
+     * larger than the map, or lie off it). */
+    double r0 = fmax(0, floor(cr - rad)), r1 = fmin(PR - 1.0, ceil(cr + rad));
+    double q0 = fmax(0, floor(cq - rad)), q1 = fmin(PC - 1.0, ceil(cq + rad));
+    bool room = true;
+    for (int64_t r = (int64_t)r0; r <= (int64_t)r1 && room; r++)
+      for (int64_t q = (int64_t)q0; q <= (int64_t)q1 && room; q++)
+        if ((r - cr) * (r - cr) + (q - cq) * (q - cq) <= rad * rad)
+          room = gl__add(f, &P, PR, PC, r, q, -1);
+  } else if ((size_t)d->rows * d->cols <= f->p.full_scan_cells) {
+    /* A small map: every placement, whatever the global stage thinks. */
+    for (int64_t r = 0; r < PR; r++)
+      for (int64_t q = 0; q < PC; q++)
+        gl__add(f, &P, PR, PC, r, q, -1);
+  } else {
+    int64_t R = f->p.radius_cells;
+    uint32_t k = n_cand < f->p.top_k ? n_cand : f->p.top_k;
+    for (uint32_t c = 0; c < k; c++) {
+      double tx, ty;
+      if (cand[c].tile_id < 0 || gl_map_tile_xy(map, cand[c].tile_id, &tx, &ty))
+        continue;
+      int64_t r0 = llround((d->y0 - ty) / cell - half), q0 = llround((tx - d->x0) / cell - half);
+      for (int64_t dr = -R; dr <= R; dr++)
+        for (int64_t dq = -R; dq <= R; dq++)
+          gl__add(f, &P, PR, PC, r0 + dr, q0 + dq, cand[c].tile_id);
+    }
+  }
+
+  if ((f->last_p = P = gl__score(f, d, qfeat, H, P)) == 0)
+    return 0;
+  const bool circle = fabs(H * f->p.step_deg - 360.0) < 1e-6;
 
   /* 5. Estimates: the best placement, then the best one far enough from
    * those taken, each refined between cells and headings. */
@@ -483,6 +548,7 @@ struct gl_loc_fine_frame {
   struct gl_image *imgs; /* [max_h] */
   float *headings;       /* [max_h] */
   float *qfeat;          /* [max_h][side][side][C] */
+  uint32_t H;            /* headings of the last frame */
 };
 
 int gl_loc_fine_frame_create(const struct gl_nn_model *model, uint32_t layer,
@@ -544,6 +610,8 @@ void gl_loc_fine_frame_destroy(struct gl_loc_fine_frame *ff) {
 
 uint32_t gl_loc_fine_frame_layer(const struct gl_loc_fine_frame *ff) { return ff->layer; }
 
+uint32_t gl_loc_fine_frame_side(const struct gl_loc_fine_frame *ff) { return ff->fine->side; }
+
 int gl_loc_fine_frame(struct gl_loc_fine_frame *ff, struct gl_map *map,
                       const struct gl_image *frame, double heading_deg,
                       const struct gl_map_hit *hits, uint32_t n_hits,
@@ -556,11 +624,27 @@ int gl_loc_fine_frame(struct gl_loc_fine_frame *ff, struct gl_map *map,
                    "the map's dense layer (block %u at %u px) is not this stage's (block %u at "
                    "%u px)",
                    d ? d->layer : 0, d ? d->input_px : 0, ff->layer, ff->S);
-  uint32_t H = gl_loc_fine_headings(&ff->p, heading_deg, ff->headings, ff->max_h);
+  uint32_t H = ff->H = gl_loc_fine_headings(&ff->p, heading_deg, ff->headings, ff->max_h);
   gl_loc_fine_warp(frame, ff->headings, H, ff->S, ff->base, ff->imgs);
   int rc = gl_nn_engine_features(ff->engine, ff->imgs, H, ff->qfeat);
   if (rc)
     return gl_fail(err, errlen, rc, "fine stage features: %s", gl_strerror(rc));
   return gl_loc_fine_run(ff->fine, map, ff->qfeat, ff->headings, H, hits, n_hits, prior, out,
                          max_out, n_out, err, errlen);
+}
+
+int gl_loc_fine_frame_scan(struct gl_loc_fine_frame *ff, struct gl_map *map, int32_t r0, int32_t q0,
+                           uint32_t rows, uint32_t cols, float *score, float *heading, char *err,
+                           size_t errlen) {
+  if (!ff->H)
+    return gl_fail(err, errlen, GL_EINVAL, "fine scan before any frame");
+  return gl_loc_fine_scan(ff->fine, map, ff->qfeat, ff->headings, ff->H, r0, q0, rows, cols, score,
+                          heading, err, errlen);
+}
+
+size_t gl_loc_fine_frame_scores(const struct gl_loc_fine_frame *ff, const int32_t **r,
+                                const int32_t **q, const float **best, const float **headings,
+                                const uint32_t **besth) {
+  *headings = ff->headings;
+  return gl_loc_fine_scores(ff->fine, r, q, best, besth);
 }

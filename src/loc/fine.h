@@ -139,6 +139,25 @@ int gl_loc_fine_run(struct gl_loc_fine *f, struct gl_map *map, const float *qfea
                     uint32_t n_cand, const struct gl_map_prior *prior, struct gl_loc_estimate *out,
                     size_t max_out, size_t *n_out, char *err, size_t errlen);
 
+/* Scores of a box of placements, for the tracker (src/track): for every
+ * placement (r, q) with r0 <= r < r0 + rows and q0 <= q < q0 + cols (the
+ * top-left cell of the query on the dense grid, as in step 4), its best
+ * score over the headings and years, step 4's centring included, into
+ * score[(r - r0) * cols + (q - q0)], and that heading into heading[];
+ * NaN for placements off the map. rows * cols is at most 4096 and (rows +
+ * side) * (cols + side) within the stage's reach (64 x 64 always fits).
+ * Returns 0 or GL_EINVAL/GL_ENOMEM with err set. */
+int gl_loc_fine_scan(struct gl_loc_fine *f, struct gl_map *map, const float *qfeat,
+                     const float *headings, uint32_t H, int32_t r0, int32_t q0, uint32_t rows,
+                     uint32_t cols, float *score, float *heading, char *err, size_t errlen);
+
+/* The placements the last run or scan of f scored: returns their number P
+ * and points r, q (top-left cells), best (best score over headings) and
+ * besth (the index of that heading) at P entries each, valid until f's
+ * next run or scan. */
+size_t gl_loc_fine_scores(const struct gl_loc_fine *f, const int32_t **r, const int32_t **q,
+                          const float **best, const uint32_t **besth);
+
 /* --- one frame, end to end ----------------------------------------------------- */
 
 /* Step 1 for H headings: out[h] (S x S each) is the frame turned north-up
@@ -164,6 +183,9 @@ void gl_loc_fine_frame_destroy(struct gl_loc_fine_frame *ff);
 /* The backbone block the frame stage was planned for. */
 uint32_t gl_loc_fine_frame_layer(const struct gl_loc_fine_frame *ff);
 
+/* The side of the frame's query grid in cells (8 for the shipped model). */
+uint32_t gl_loc_fine_frame_side(const struct gl_loc_fine_frame *ff);
+
 /* Steps 1-6 for one decoded frame: warps it at the headings the stage's
  * parameters give for heading_deg (NaN: unknown), computes the query cells
  * and runs gl_loc_fine_run with the global hits or the prior. Returns as
@@ -174,5 +196,15 @@ int gl_loc_fine_frame(struct gl_loc_fine_frame *ff, struct gl_map *map,
                       const struct gl_map_hit *hits, uint32_t n_hits,
                       const struct gl_map_prior *prior, struct gl_loc_estimate *out, size_t max_out,
                       size_t *n_out, char *err, size_t errlen);
+
+/* gl_loc_fine_scan and gl_loc_fine_scores for the frame the last
+ * gl_loc_fine_frame call ran (its query cells and headings; headings gets
+ * the heading list besth indexes). */
+int gl_loc_fine_frame_scan(struct gl_loc_fine_frame *ff, struct gl_map *map, int32_t r0, int32_t q0,
+                           uint32_t rows, uint32_t cols, float *score, float *heading, char *err,
+                           size_t errlen);
+size_t gl_loc_fine_frame_scores(const struct gl_loc_fine_frame *ff, const int32_t **r,
+                                const int32_t **q, const float **best, const float **headings,
+                                const uint32_t **besth);
 
 #endif
