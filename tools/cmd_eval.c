@@ -18,6 +18,7 @@
 #include "nn/nn.h"
 #include "inproc.h"
 #include "stream.h"
+#include "track/track.h"
 
 #define EVAL_PROG "geoloc eval"
 #define EVAL_MAX_TOP_K 100
@@ -25,6 +26,7 @@
 
 static void usage(FILE *f) {
   fprintf(f, "usage: geoloc eval --model M.safetensors --map PATH.map --labels L.csv [options]\n"
+             "       geoloc eval --model M.safetensors --map PATH.map --flights DIR [options]\n"
              "       geoloc eval --connect ADDR [--map NAME] [--pack PATH.map] --labels L.csv\n"
              "                   [TLS options] [options]\n"
              "\n"
@@ -63,7 +65,18 @@ static void usage(FILE *f) {
              "                      heading (default 0)\n"
              GL_CLI_FINE_USAGE
              "  --report FILE.png   draw the truths (green), the estimates (red) and a line\n"
-             "                      between each pair over the map's source raster\n"
+             "                      between each pair over the map's source raster; with\n"
+             "                      --flights also the track (blue, bright where locked)\n"
+             "\n"
+             "Flights (a set from `python -m geoloc_train make-flights`: DIR/labels.csv with the\n"
+             "columns flight, time_us and optionally vel_n, vel_e, event):\n"
+             "  --flights DIR       track each flight (the labels DIR/labels.csv) and print the\n"
+             "                      per-frame and the tracked figures side by side\n"
+             "  --use-velocity      give the tracker each frame's velocity (vel_n, vel_e)\n"
+             "  --max-speed V       the vehicle's top speed, m/s (default 25)\n"
+             "  --track-temperature T, --track-reacquire E, --lock-confidence C,\n"
+             "  --lost-confidence C, --lock-frames N\n"
+             "                      the tracker's parameters (src/track/track.h)\n"
              "\n");
   fprintf(f, "Metrics:\n"
              "  true tile     the map tile whose centre is nearest to the true position\n"
@@ -97,6 +110,11 @@ struct eval_opts {
   bool use_heading, no_fine;
   double heading_noise;
   struct gl_loc_fine_params fine;
+  const char *flights;
+  char *flights_labels;
+  bool use_velocity;
+  struct gl_track_params track;
+  double track_ms; /* in-process tracking: its cost a frame */
 };
 
 /* Frame i's compass heading for --use-heading: the label's, plus a
@@ -120,6 +138,7 @@ struct local_ctx {
   struct gl_cli_eval *ev;
   const size_t *which;
   double t0;
+  const struct gl_cli_inproc *ip;
 };
 
 static void local_done(void *ctx, uint32_t j, int rc, const char *err,
@@ -131,10 +150,14 @@ static void local_done(void *ctx, uint32_t j, int rc, const char *err,
     gl_cli_eval_record(c->ev, i, "ERROR", false, NULL, 0, (now_s() - c->t0) * 1000);
     return;
   }
+  if (c->ip->track) {
+    const struct gl_track_fix *x = &c->ip->fix[j];
+    gl_cli_eval_record_track(c->ev, i, (int)x->s.status, x->lat, x->lon);
+  }
   gl_cli_eval_record(c->ev, i, n ? "OK" : "NO_MATCH", n > 0, cand, n, (now_s() - c->t0) * 1000);
 }
 
-static int run_local(const struct eval_opts *o, struct gl_cli_eval *ev, double *seconds) {
+static int run_local(struct eval_opts *o, struct gl_cli_eval *ev, double *seconds) {
   char err[512];
   int rc;
   struct gl_cli_inproc ip;
@@ -142,13 +165,22 @@ static int run_local(const struct eval_opts *o, struct gl_cli_eval *ev, double *
   size_t *which = calloc((size_t)o->batch, sizeof *which);
   double *headings = calloc((size_t)o->batch, sizeof *headings);
   struct gl_map_prior *priors = calloc((size_t)o->batch, sizeof *priors);
+  uint64_t *times = calloc((size_t)o->batch, sizeof *times);
+  double(*vels)[2] = calloc((size_t)o->batch, sizeof *vels);
   if ((rc = gl_cli_inproc_open(&ip, EVAL_PROG, o->model, o->map, (uint32_t)o->threads,
                                (uint32_t)o->batch, (uint32_t)o->tiles,
                                o->no_fine ? NULL : &o->fine)) != GL_OK)
     goto done;
   if ((rc = gl_cli_eval_init(ev, EVAL_PROG, o->labels, ip.map, o->map)) != GL_OK)
     goto done;
-  if (!imgs || !which || !headings || !priors) {
+  if (o->flights && !ev->labels.flights) {
+    fprintf(stderr, EVAL_PROG ": %s has no flight and time_us columns\n", o->labels);
+    rc = GL_EFORMAT;
+    goto done;
+  }
+  if (o->flights && (rc = gl_cli_inproc_track(&ip, EVAL_PROG, &o->track)) != GL_OK)
+    goto done;
+  if (!imgs || !which || !headings || !priors || !times || !vels) {
     fprintf(stderr, EVAL_PROG ": out of memory\n");
     rc = GL_ENOMEM;
     goto done;
@@ -159,9 +191,14 @@ static int run_local(const struct eval_opts *o, struct gl_cli_eval *ev, double *
   size_t n = ev->labels.n;
   for (size_t next = 0; next < n;) {
     /* Decode a batch; a frame that does not decode is answered at once. */
-    struct local_ctx c = {.ev = ev, .which = which, .t0 = now_s()};
+    struct local_ctx c = {.ev = ev, .which = which, .t0 = now_s(), .ip = &ip};
     uint32_t m = 0;
+    /* A batch holds frames of one flight; a new flight starts a new track. */
+    if (ip.track && next > 0 && ev->labels.v[next].flight != ev->labels.v[next - 1].flight)
+      gl_track_reset(ip.track);
     while (next < n && m < (uint32_t)o->batch) {
+      if (ip.track && m > 0 && ev->labels.v[next].flight != ev->labels.v[next - 1].flight)
+        break;
       size_t i = next++;
       rc = gl_img_load(ev->paths[i], GL_CLI_INPROC_MAX_PIXELS, &imgs[m], err, sizeof err);
       if (rc != GL_OK) {
@@ -172,18 +209,26 @@ static int run_local(const struct eval_opts *o, struct gl_cli_eval *ev, double *
       headings[m] = o->use_heading ? eval_heading(o, ev, i) : NAN;
       priors[m] = (struct gl_map_prior){ev->frames[i].truth_lat, ev->frames[i].truth_lon,
                                         o->prior_m};
+      times[m] = ev->labels.v[i].time_us;
+      vels[m][0] = o->use_velocity ? ev->labels.v[i].vel_n : NAN;
+      vels[m][1] = o->use_velocity ? ev->labels.v[i].vel_e : NAN;
       which[m++] = i;
     }
     if (m == 0)
       continue;
+    ip.times = times;
+    ip.vels = (const double(*)[2])vels;
     gl_cli_inproc_run(&ip, imgs, headings, m, o->prior_m > 0 ? priors : NULL, (size_t)o->top_k,
                       local_done, &c);
     for (uint32_t j = 0; j < m; j++)
       gl_img_free(&imgs[j]);
   }
   *seconds = now_s() - t_start;
+  o->track_ms = ip.track && n ? ip.track_s * 1000 / (double)n : 0;
   rc = GL_OK;
 done:
+  free(vels);
+  free(times);
   free(priors);
   free(headings);
   free(which);
@@ -197,13 +242,21 @@ done:
 struct remote {
   struct gl_cli_eval *ev;
   double t_start;
+  size_t offset; /* of the stream's first frame among the labels */
 };
 
-static void remote_ready(void *ctx) { ((struct remote *)ctx)->t_start = now_s(); }
+static void remote_ready(void *ctx) {
+  struct remote *r = ctx;
+  if (r->t_start == 0)
+    r->t_start = now_s();
+}
 
 static void remote_answer(void *ctx, const struct gl_cli_answer *a) {
   struct remote *r = ctx;
-  gl_cli_eval_record(r->ev, a->index, a->status, a->ok, a->cand, a->n, a->latency_ms);
+  size_t i = r->offset + a->index;
+  if (a->track_status)
+    gl_cli_eval_record_track(r->ev, i, a->track_status, a->track_lat, a->track_lon);
+  gl_cli_eval_record(r->ev, i, a->status, a->ok, a->cand, a->n, a->latency_ms);
 }
 
 static int run_remote(const struct eval_opts *o, struct gl_cli_stream_opts *so,
@@ -221,6 +274,10 @@ static int run_remote(const struct eval_opts *o, struct gl_cli_stream_opts *so,
   gl_map_close(pack); /* ev holds its own reference */
   if (rc != GL_OK)
     return rc;
+  if (o->flights && !ev->labels.flights) {
+    fprintf(stderr, EVAL_PROG ": %s has no flight and time_us columns\n", o->labels);
+    return GL_EFORMAT;
+  }
   size_t n = ev->labels.n;
   if (o->prior_m > 0) {
     if (!(priors = calloc(n, sizeof *priors))) {
@@ -249,7 +306,39 @@ static int run_remote(const struct eval_opts *o, struct gl_cli_stream_opts *so,
   so->ctx = &r;
   if (o->per_frame)
     gl_cli_eval_rows_begin(ev, stdout, o->csv);
-  rc = gl_cli_stream(so, ev->paths, n);
+  if (!o->flights) {
+    rc = gl_cli_stream(so, ev->paths, n);
+  } else {
+    /* A stream per flight, tracked by the server, with the labels' capture
+     * times (and velocities). */
+    uint64_t *times = calloc(n, sizeof *times);
+    double(*vels)[2] = calloc(n, sizeof *vels);
+    rc = times && vels ? GL_OK : GL_ENOMEM;
+    if (rc)
+      fprintf(stderr, EVAL_PROG ": out of memory\n");
+    for (size_t i = 0; i < n && !rc; i++) {
+      times[i] = ev->labels.v[i].time_us;
+      vels[i][0] = o->use_velocity ? ev->labels.v[i].vel_n : NAN;
+      vels[i][1] = o->use_velocity ? ev->labels.v[i].vel_e : NAN;
+    }
+    so->track = true;
+    so->max_speed_mps = o->track.max_speed_mps;
+    for (size_t i = 0; i < n && !rc;) {
+      size_t j = i;
+      while (j < n && ev->labels.v[j].flight == ev->labels.v[i].flight)
+        j++;
+      struct gl_cli_stream_opts fo = *so;
+      fo.headings = headings ? headings + i : NULL;
+      fo.priors = priors ? priors + i : NULL;
+      fo.times = times + i;
+      fo.vels = (const double(*)[2])(vels + i);
+      r.offset = i;
+      rc = gl_cli_stream(&fo, ev->paths + i, j - i);
+      i = j;
+    }
+    free(times);
+    free(vels);
+  }
   *seconds = now_s() - r.t_start;
   free(headings);
   free(priors);
@@ -283,6 +372,14 @@ int gl_cmd_eval(int argc, char **argv) {
       {"report", required_argument, NULL, 'R'},
       {"use-heading", no_argument, NULL, 'u'},
       {"heading-noise", required_argument, NULL, 'N'},
+      {"flights", required_argument, NULL, 2000},
+      {"use-velocity", no_argument, NULL, 2001},
+      {"max-speed", required_argument, NULL, 2002},
+      {"track-temperature", required_argument, NULL, 2003},
+      {"track-reacquire", required_argument, NULL, 2004},
+      {"lock-confidence", required_argument, NULL, 2005},
+      {"lost-confidence", required_argument, NULL, 2006},
+      {"lock-frames", required_argument, NULL, 2007},
       GL_CLI_TLS_OPTIONS,
       GL_CLI_FINE_OPTIONS,
       {"help", no_argument, NULL, 'h'},
@@ -290,6 +387,7 @@ int gl_cmd_eval(int argc, char **argv) {
   };
   struct eval_opts o = {.batch = 8, .tiles = 64, .top_k = 10, .window = 16};
   gl_loc_fine_params_init(&o.fine);
+  gl_track_params_init(&o.track);
   struct gl_cli_stream_opts so = {.prog = EVAL_PROG, .client_name = "geoloc eval"};
   int opt, li = -1;
   while ((opt = getopt_long(argc, argv, "", opts, &li)) != -1) {
@@ -358,6 +456,32 @@ int gl_cmd_eval(int argc, char **argv) {
         return 2;
       }
       break;
+    case 2000:
+      o.flights = optarg;
+      break;
+    case 2001:
+      o.use_velocity = true;
+      break;
+    case 2002:
+    case 2003:
+    case 2004:
+    case 2005:
+    case 2006: {
+      double *dst[] = {&o.track.max_speed_mps, &o.track.temperature, &o.track.reacquire,
+                       &o.track.lock_confidence, &o.track.lost_confidence};
+      char terr[200];
+      *dst[opt - 2002] = strtod(optarg, &end);
+      good = end != optarg && !*end && gl_track_params_check(&o.track, terr, sizeof terr) == 0;
+      if (!good && end != optarg && !*end)
+        fprintf(stderr, EVAL_PROG ": %s\n", terr);
+      break;
+    }
+    case 2007: {
+      long v = 0;
+      good = parse_long(optarg, 1, 1000, &v);
+      o.track.lock_frames = (uint32_t)v;
+      break;
+    }
     case 'a':
     case 'e':
     case 'K':
@@ -380,10 +504,21 @@ int gl_cmd_eval(int argc, char **argv) {
   }
   bool remote = so.co.address != NULL;
   const char *why = NULL;
+  if (o.flights && !o.labels) {
+    if (asprintf(&o.flights_labels, "%s/labels.csv", o.flights) < 0) {
+      fprintf(stderr, EVAL_PROG ": out of memory\n");
+      return 1;
+    }
+    o.labels = o.flights_labels;
+  }
   if (optind != argc)
     why = "unexpected arguments";
   else if (!o.labels)
-    why = "--labels is required";
+    why = "--labels (or --flights) is required";
+  else if (o.flights && o.labels != o.flights_labels)
+    why = "--flights and --labels exclude each other";
+  else if (o.flights && o.no_fine)
+    why = "tracking (--flights) needs the fine stage";
   else if (remote && o.model)
     why = "--model and --connect exclude each other";
   else if (!remote && (!o.model || !o.map))
@@ -415,10 +550,17 @@ int gl_cmd_eval(int argc, char **argv) {
       else
         gl_cli_eval_print_line(&s, stderr);
       status = 0;
+      /* Beside CSV rows on stdout, the figures go to stderr. */
+      FILE *ff = o.per_frame && o.csv ? stderr : stdout;
+      if (o.flights && gl_cli_eval_print_flights(&ev, &s, o.track_ms, ff) != GL_OK) {
+        fprintf(stderr, EVAL_PROG ": the run's tracks cannot be summarized\n");
+        status = 1;
+      }
     }
     if (status == 0 && o.report && gl_cli_eval_report(&ev, o.report) != GL_OK)
       status = 1;
   }
   gl_cli_eval_fini(&ev);
+  free(o.flights_labels);
   return status;
 }

@@ -83,11 +83,15 @@ void gl_cli_eval_fini(struct gl_cli_eval *ev) {
 void gl_cli_eval_rows_begin(struct gl_cli_eval *ev, FILE *f, bool csv) {
   ev->rows = f;
   ev->csv = csv;
+  /* Flights add the track's status and error. */
+  const bool fl = ev->labels.flights;
   if (csv)
-    fputs("file,status,est_lat,est_lon,truth_lat,truth_lon,error_m,true_tile,rank,latency_ms\n", f);
+    fprintf(f, "file,status,est_lat,est_lon,truth_lat,truth_lon,error_m,true_tile,rank,latency_ms%s\n",
+            fl ? ",track_status,track_error_m" : "");
   else
-    fprintf(f, "%-32s %-13s %12s %13s %12s %13s %10s %9s %5s %10s\n", "file", "status", "est_lat",
-            "est_lon", "truth_lat", "truth_lon", "error_m", "true_tile", "rank", "latency_ms");
+    fprintf(f, "%-32s %-13s %12s %13s %12s %13s %10s %9s %5s %10s%s\n", "file", "status", "est_lat",
+            "est_lon", "truth_lat", "truth_lon", "error_m", "true_tile", "rank", "latency_ms",
+            fl ? "  track      track_error_m" : "");
   fflush(f);
 }
 
@@ -105,19 +109,30 @@ static void print_row(const struct gl_cli_eval *ev, size_t i, const char *status
     if (x->rank)
       snprintf(rank, sizeof rank, "%d", x->rank);
   }
+  static const char *const tstat[] = {"-", "ACQUIRING", "LOCKED", "LOST"};
+  const char *ts = tstat[x->track_status >= 0 && x->track_status <= 3 ? x->track_status : 0];
+  char terr[32] = "-";
+  if (x->track_status)
+    snprintf(terr, sizeof terr, "%.1f", x->track_err_m);
   if (ev->csv) {
     gl_report_csv_field(f, ev->labels.v[i].file);
-    fprintf(f, ",%s,%s,%s,%.7f,%.7f,%s,%s,%s,%.3f\n", status, est_lat, est_lon, x->truth_lat,
+    fprintf(f, ",%s,%s,%s,%.7f,%.7f,%s,%s,%s,%.3f", status, est_lat, est_lon, x->truth_lat,
             x->truth_lon, error, tile, rank, x->latency_ms);
+    if (ev->labels.flights)
+      fprintf(f, ",%s,%s", x->track_status ? ts : "", x->track_status ? terr : "");
+    fputc('\n', f);
   } else {
     /* Unknown values: "-"; a rank needs the map ("n/a" without one). */
-    fprintf(f, "%-32s %-13s %12s %13s %12.7f %13.7f %10s %9s %5s %10.2f\n", ev->labels.v[i].file,
+    fprintf(f, "%-32s %-13s %12s %13s %12.7f %13.7f %10s %9s %5s %10.2f", ev->labels.v[i].file,
             status, *est_lat ? est_lat : "-", *est_lon ? est_lon : "-", x->truth_lat, x->truth_lon,
             *error ? error : "-", *tile ? tile : "n/a",
             x->true_tile < 0 ? "n/a"
             : *rank          ? rank
                              : "-",
             x->latency_ms);
+    if (ev->labels.flights)
+      fprintf(f, "  %-10s %13s", ts, terr);
+    fputc('\n', f);
   }
   fflush(f);
 }
@@ -145,6 +160,15 @@ void gl_cli_eval_record(struct gl_cli_eval *ev, size_t i, const char *status, bo
   }
   if (ev->rows)
     print_row(ev, i, status);
+}
+
+void gl_cli_eval_record_track(struct gl_cli_eval *ev, size_t i, int status, double lat,
+                              double lon) {
+  struct gl_eval_frame *x = &ev->frames[i];
+  x->track_status = status;
+  x->track_lat = lat;
+  x->track_lon = lon;
+  x->track_err_m = gl_map_distance_m(x->truth_lat, x->truth_lon, lat, lon);
 }
 
 int gl_cli_eval_summarize(const struct gl_cli_eval *ev, double seconds, struct gl_eval_summary *s) {
@@ -268,4 +292,47 @@ int gl_cli_eval_report(const struct gl_cli_eval *ev, const char *png_path) {
   if (rc == 0)
     fprintf(stderr, "%s: report: wrote %s (%u x %u px)\n", ev->prog, png_path, w, h);
   return rc;
+}
+
+/* "12.3 s", "never" or "n/a". */
+static const char *secs(double v, char *buf, size_t n) {
+  if (isnan(v))
+    return "n/a";
+  if (isinf(v))
+    return "never";
+  snprintf(buf, n, "%.1f s", v);
+  return buf;
+}
+
+int gl_cli_eval_print_flights(const struct gl_cli_eval *ev, const struct gl_eval_summary *s,
+                              double track_ms, FILE *f) {
+  struct gl_eval_flights t;
+  int rc = gl_eval_flights_summarize(&ev->labels, ev->frames, ev->labels.n, &t);
+  if (rc)
+    return rc;
+  char a[32], b[32], c[32], d[32];
+  fprintf(f, "\nflights: %zu flights, %zu frames     per-frame   tracked\n", t.flights, t.frames);
+  static const char *const name[3] = {"success@25m ", "success@50m ", "success@100m"};
+  for (int k = 0; k < 3; k++)
+    fprintf(f, "  %s                %9s %9s\n", name[k], pct(s->success[k], a, sizeof a),
+            pct(t.success[k], b, sizeof b));
+  fprintf(f, "  median error                %7.1f m %7.1f m\n", s->median_m, t.median_m);
+  fprintf(f, "  p90 error                   %7.1f m %7.1f m\n", s->p90_m, t.p90_m);
+  fprintf(f,
+          "tracked: locked %s of frames; of the locked frames %s within 100 m, median %.1f m, "
+          "wrong locks (over 100 m) %s\n",
+          pct(t.locked, a, sizeof a), pct(t.locked_success100, b, sizeof b), t.locked_median_m,
+          pct(t.wrong_lock, c, sizeof c));
+  fprintf(f, "tracked: first lock within 100 m after median %s (worst %s)", 
+          secs(t.first_lock_median_s, a, sizeof a), secs(t.first_lock_max_s, b, sizeof b));
+  if (t.kidnaps)
+    fprintf(f, "; after a kidnap, locked again within 100 m after median %s (worst %s) over %zu",
+            secs(t.relock_median_s, c, sizeof c), secs(t.relock_max_s, d, sizeof d), t.kidnaps);
+  fputc('\n', f);
+  if (track_ms > 0)
+    fprintf(f, "tracked: tracking took %.2f ms a frame\n", track_ms);
+  fprintf(f, "track: %zu frames, locked %s, locked success@100m %s, wrong locks %s, median %.1f m\n",
+          t.frames, pct(t.locked, a, sizeof a), pct(t.locked_success100, b, sizeof b),
+          pct(t.wrong_lock, c, sizeof c), t.median_m);
+  return 0;
 }

@@ -51,6 +51,17 @@ void gl_cli_eval_rows_begin(struct gl_cli_eval *ev, FILE *f, bool csv);
 void gl_cli_eval_record(struct gl_cli_eval *ev, size_t i, const char *status, bool ok,
                         const struct gl_report_candidate *c, size_t n, double latency_ms);
 
+/* Records the stream's track after frame i (status as enum
+ * gl_track_status, position WGS84) and its error. */
+void gl_cli_eval_record_track(struct gl_cli_eval *ev, size_t i, int status, double lat,
+                              double lon);
+
+/* With flights in the labels and tracks recorded: the per-frame and the
+ * tracked figures side by side, the lock figures, and (track_ms > 0) what
+ * tracking cost a frame, to f. Returns 0, or a GL_E* code. */
+int gl_cli_eval_print_flights(const struct gl_cli_eval *ev, const struct gl_eval_summary *s,
+                              double track_ms, FILE *f);
+
 /* Summarizes the run (seconds of wall time) into *s. Returns 0 or
  * GL_ENOMEM. */
 int gl_cli_eval_summarize(const struct gl_cli_eval *ev, double seconds, struct gl_eval_summary *s);

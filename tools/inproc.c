@@ -4,11 +4,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "core/err.h"
 #include "map/dense.h"
 
 #define GL__MAX_OUT 128
+
+static double gl__now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
 
 int gl_cli_inproc_open(struct gl_cli_inproc *ip, const char *prog, const char *model_path,
                        const char *map_path, uint32_t threads, uint32_t batch, uint32_t tiles,
@@ -55,7 +62,30 @@ int gl_cli_inproc_open(struct gl_cli_inproc *ip, const char *prog, const char *m
   return 0;
 }
 
+int gl_cli_inproc_track(struct gl_cli_inproc *ip, const char *prog,
+                        const struct gl_track_params *p) {
+  char err[512];
+  uint32_t rows, cols;
+  double cell;
+  if (!ip->fine || gl_track_grid(ip->map, ip->fine, &rows, &cols, &cell)) {
+    fprintf(stderr, "%s: tracking needs the fine stage and a map with a dense layer\n", prog);
+    return GL_EINVAL;
+  }
+  int rc = gl_track_create(p, rows, cols, cell, &ip->track, err, sizeof err);
+  if (rc) {
+    fprintf(stderr, "%s: tracking: %s\n", prog, err);
+    return rc;
+  }
+  if (!(ip->fix = calloc(ip->batch, sizeof *ip->fix))) {
+    fprintf(stderr, "%s: out of memory\n", prog);
+    return GL_ENOMEM;
+  }
+  return 0;
+}
+
 void gl_cli_inproc_close(struct gl_cli_inproc *ip) {
+  gl_track_destroy(ip->track);
+  free(ip->fix);
   gl_loc_fine_frame_destroy(ip->fine);
   gl_loc_locator_destroy(ip->loc);
   free(ip->desc);
@@ -98,6 +128,14 @@ void gl_cli_inproc_run(struct gl_cli_inproc *ip, const struct gl_image *frames,
                               priors ? &priors[i] : NULL, ip->est, max_out, &ne, err, sizeof err);
     } else if (!frc) {
       frc = gl_loc_locator_cluster(ip->loc, i, 0, ip->est, max_out, &ne, err, sizeof err);
+    }
+    if (!frc && ip->track && ip->times) {
+      double t0 = gl__now_s();
+      const double *v = ip->vels && !isnan(ip->vels[i][0]) ? ip->vels[i] : NULL;
+      frc = gl_track_frame(ip->track, ip->fine, ip->map, ip->times[i], v,
+                           ne ? ip->est[0].lat : NAN, ne ? ip->est[0].lon : NAN, &ip->fix[i], err,
+                           sizeof err);
+      ip->track_s += gl__now_s() - t0;
     }
     for (size_t k = 0; k < ne; k++)
       cand[k] = (struct gl_report_candidate){ip->est[k].lat,

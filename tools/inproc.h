@@ -14,6 +14,7 @@
 #include "loc/locate.h"
 #include "map/map.h"
 #include "nn/nn.h"
+#include "track/track.h"
 
 #define GL_CLI_INPROC_MAX_PIXELS (4096u * 4096u)
 
@@ -28,6 +29,14 @@ struct gl_cli_inproc {
   uint8_t *northup;            /* [batch][S][S][3] */
   struct gl_image *enc;        /* [batch]: what the global stage encodes */
   struct gl_loc_estimate *est; /* scratch for one frame */
+  /* Tracking (gl_cli_inproc_track): the filter, and for each run the
+   * frames' capture times and velocities ({north, east}, NaN when unknown)
+   * that the caller sets, and the fixes it reads in its callback. */
+  struct gl_track *track;
+  const uint64_t *times;
+  const double (*vels)[2];
+  struct gl_track_fix *fix; /* [batch] */
+  double track_s;           /* time spent tracking, seconds */
 };
 
 /* Loads model and map, plans the engines; fine NULL disables the fine
@@ -36,6 +45,12 @@ int gl_cli_inproc_open(struct gl_cli_inproc *ip, const char *prog, const char *m
                        const char *map_path, uint32_t threads, uint32_t batch, uint32_t tiles,
                        const struct gl_loc_fine_params *fine);
 void gl_cli_inproc_close(struct gl_cli_inproc *ip);
+
+/* Tracks the frames of the following runs as one flight (needs the fine
+ * stage and the map's dense layer); gl_track_reset(ip->track) starts
+ * another. Prints what failed. */
+int gl_cli_inproc_track(struct gl_cli_inproc *ip, const char *prog,
+                        const struct gl_track_params *p);
 
 /* Localizes n <= batch decoded frames (headings[i] NaN when unknown;
  * priors NULL or n entries) and calls done(ctx, i, rc, cand, n_cand) for

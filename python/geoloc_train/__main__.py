@@ -8,6 +8,8 @@
   to-fp16 --model IN.safetensors --out OUT.safetensors   half-precision copy
   make-eval-set --naip DIR --out DIR [--count N] [--seed S] [--size PX] [--region east|west]
   make-flight --naip DIR --out DIR [--year Y] [--frames N] [--seed S] [--size PX]
+  make-flights --naip DIR --out DIR [--region east|west] [--flights N] [--frames N] [--seed S]
+        [--size PX] [--years 2009,2012] [--no-events]   flights for testing a tracker
   xtime-bbox --naip DIR [--region east|west]   a naip-xtime map's --bbox WEST,SOUTH,EAST,NORTH
   warp --image IN --heading H --size S --out OUT.png      fine stage step 1 (fine.py)
   dense --model M --image CANVAS --out OUT.f32 [--layer L] [--block B] [--margin P]
@@ -129,6 +131,21 @@ def cmd_make_flight(a) -> int:
     return 0
 
 
+def cmd_make_flights(a) -> int:
+    from . import xtime
+    xtime.make_flights(a.naip, a.out, a.region, a.flights, a.frames, a.seed, a.size, a.years,
+                       a.events)
+    return 0
+
+
+def _parse_years(text: str):
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"years {text!r} are not comma-separated years, "
+                                         "e.g. 2009,2012") from None
+
+
 def cmd_xtime_bbox(a) -> int:
     from . import xtime
     print(xtime.bbox_string(a.naip, a.region))
@@ -242,6 +259,23 @@ def main(argv=None) -> int:
     s.add_argument("--seed", type=int, default=7)
     s.add_argument("--size", type=int, default=256, help="frame side in pixels")
     s.set_defaults(func=cmd_make_flight)
+
+    s = sub.add_parser("make-flights", help="write simulated flights with gaps and kidnaps "
+                       "for testing a position tracker")
+    s.add_argument("--naip", required=True, help="folder of the NAIP GeoTIFFs")
+    s.add_argument("--out", required=True)
+    s.add_argument("--region", choices=["east", "west"], default="east",
+                   help="east: the evaluation half; west: the validation tiles on training ground")
+    s.add_argument("--flights", type=int, default=20)
+    s.add_argument("--frames", type=int, default=100, help="frames per flight")
+    s.add_argument("--seed", type=int, default=None,
+                   help="default 3030 for the east region, 3131 for the west")
+    s.add_argument("--size", type=int, default=128, help="frame side in pixels")
+    s.add_argument("--years", type=_parse_years, default=None,
+                   help="comma-separated imagery years (default: all but 2018-2020)")
+    s.add_argument("--no-events", dest="events", action="store_false",
+                   help="no gaps and no kidnaps")
+    s.set_defaults(func=cmd_make_flights)
 
     s = sub.add_parser("xtime-bbox", help="print the --bbox of the naip-xtime reference map")
     s.add_argument("--naip", required=True, help="folder of the NAIP GeoTIFFs")

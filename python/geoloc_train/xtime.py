@@ -11,6 +11,10 @@ into a west half for training and an east half for evaluation.
   the 2020 grid tiles wholly on training ground (train_corners),
   `geoloc map build --bbox $(xtime-bbox --region west)`; queries centred
   inside their centre range, seed 7 by default (east: 2020).
+- Flights (make_flights): simulated drone flights over a region for
+  testing a position tracker, in the years the maps are not built from
+  (MAP_YEARS), with capture times, noisy odometry velocities and per flight
+  one gap in the frames and one kidnap (a teleport of at least a kilometre).
 
 X_SPLIT is the middle easting of the 2020 raster, moved down onto the
 nearest multiple of the stride plus half a stride: tile centres lie on
@@ -57,6 +61,10 @@ DEFAULT_SEEDS = {"east": 2020, "west": 7}
 # query's imagery, scale, tilt in degrees).
 LABEL_FIELDS = ["file", "lat", "lon", "heading"]
 EXTRA_FIELDS = ["date", "scale", "tilt"]
+# Simulated flights (make_flight, make_flights) keep their frames' centres
+# this far inside the region's centre range, which keeps the tilted views
+# on the raster.
+FLIGHT_MARGIN_M = TILE_M * 0.75
 
 
 def split_easting(raster: Raster, stride_m=STRIDE_M) -> float:
@@ -233,6 +241,28 @@ def make_eval_set(naip_dir, out_dir, count=1000, seed=None, size=128, region="ea
     return count
 
 
+def _flight_camera(rng) -> tuple:
+    """One camera for a flight: a steady altitude and pitch (scale, tilt),
+    half the photometric changes of a random view (cam)."""
+    cam = random_view(rng, 0, 0)
+    return cam, rng.uniform(0.95, 1.05), rng.uniform(12, 18)
+
+
+def _flight_view(rng, camera, x, y, heading) -> ViewParams:
+    """A frame of a flight's camera (_flight_camera) centred on (x, y),
+    its top toward heading: the scale and tilt with small wobbles, the
+    brightness with a small flicker, its own noise seed."""
+    cam, scale, tilt = camera
+    return ViewParams(
+        cx=float(x), cy=float(y), heading_deg=float(heading),
+        scale=float(scale + rng.normal(0, 0.01)),
+        tilt_deg=float(np.clip(tilt + rng.normal(0, 1), 10, 20)),
+        brightness=1 + (cam.brightness - 1) / 2 + float(rng.normal(0, 0.01)),
+        contrast=1 + (cam.contrast - 1) / 2, hue_deg=cam.hue_deg / 2,
+        saturation=1 + (cam.saturation - 1) / 2, blur_sigma=cam.blur_sigma / 2,
+        noise_sigma=cam.noise_sigma / 2, noise_seed=int(rng.integers(2**31)))
+
+
 def _flight_path(rng, box, frames):
     """A gently curving path inside box: start, heading, step and turn rate
     drawn until every position fits. Returns (x, y, heading) arrays."""
@@ -258,24 +288,14 @@ def make_flight(naip_dir, out_dir, year=2009, frames=60, seed=7, size=256) -> in
         raise ValueError(f"{naip_dir}: no NAIP raster of {year}")
     ref, r = Raster.open(paths[REFERENCE_YEAR]), Raster.open(paths[year])
     xa, ya, xb, yb = centre_range(ref)
-    m = TILE_M * 0.75                          # keeps the tilted views on the raster
+    m = FLIGHT_MARGIN_M
     rng = np.random.default_rng(seed)
     for _ in range(100):
         x, y, heading = _flight_path(rng, (xa + m, ya + m, xb - m, yb - m), frames)
-        # One camera for the flight: a steady altitude and pitch with small
-        # wobbles, half the photometric changes of a random view.
-        cam = random_view(rng, 0, 0)
-        scale, tilt = rng.uniform(0.95, 1.05), rng.uniform(12, 18)
+        camera = _flight_camera(rng)
         rows = []
         for i in range(frames):
-            p = ViewParams(
-                cx=float(x[i]), cy=float(y[i]), heading_deg=float(heading[i]),
-                scale=float(scale + rng.normal(0, 0.01)),
-                tilt_deg=float(np.clip(tilt + rng.normal(0, 1), 10, 20)),
-                brightness=1 + (cam.brightness - 1) / 2 + float(rng.normal(0, 0.01)),
-                contrast=1 + (cam.contrast - 1) / 2, hue_deg=cam.hue_deg / 2,
-                saturation=1 + (cam.saturation - 1) / 2, blur_sigma=cam.blur_sigma / 2,
-                noise_sigma=cam.noise_sigma / 2, noise_seed=int(rng.integers(2**31)))
+            p = _flight_view(rng, camera, x[i], y[i], heading[i])
             img, valid = render_view(r, p, size)
             if not valid:
                 break
@@ -287,3 +307,239 @@ def make_flight(naip_dir, out_dir, year=2009, frames=60, seed=7, size=256) -> in
                   f"and labels.csv to {out_dir}")
             return frames
     raise ValueError("no flight stayed inside the raster")
+
+
+# --- the flights protocol (make_flights) ------------------------------------------
+
+MAP_YEARS = (2018, 2019, 2020)     # maps are built from these; flights use the other years
+FLIGHT_SEEDS = {"east": 3030, "west": 3131}
+# labels.csv of make_flights: LABEL_FIELDS + EXTRA_FIELDS, then these.
+FLIGHT_FIELDS = ["flight", "time_us", "vel_n", "vel_e", "event"]
+FLIGHT_T0_US = 1_700_000_000_000_000   # flight f starts at FLIGHT_T0_US + f * FLIGHT_DT_US
+FLIGHT_DT_US = 3_600_000_000
+ODOMETRY_SIGMA = 0.5                   # m/s, Gaussian noise on vel_n, vel_e
+KIDNAP_MIN_M = 1000.0
+MIN_EVENT_FRAMES = 34                  # the fewest frames that fit a gap and a kidnap
+_SUBSTEP_S = 0.1                       # integration step of the simulated flight
+_AVOID_RATE = (5.0, 8.0)               # degrees/s of a turn back from the region's edge
+
+
+def _wrap(deg):
+    """Degrees into -180..180."""
+    return (deg + 180.0) % 360.0 - 180.0
+
+
+class _Pilot:
+    """The direction of travel of a simulated flight: straight legs of 4-20 s
+    and turns of 20-120 degrees at 3-8 degrees/s either way; whenever the
+    point a lookahead ahead (two seconds of flight plus the widest turning
+    radius plus 20 m) leaves the box, a turn of 30-120 degrees at 5-8
+    degrees/s toward the box's middle. fly() integrates the position at the
+    flight's constant ground speed."""
+
+    def __init__(self, rng, box, speed: float):
+        self.rng, self.box, self.speed = rng, box, speed
+        self.lookahead = 2 * speed + speed / math.radians(_AVOID_RATE[0]) + 20
+        self.straight()
+
+    def straight(self) -> None:
+        self.rate, self.left, self.avoiding = 0.0, float(self.rng.uniform(4, 20)), False
+
+    def _turn(self, angle: float, rate: float, avoiding: bool) -> None:
+        self.rate, self.left, self.avoiding = rate, angle / abs(rate), avoiding
+
+    def clear_ahead(self, x: float, y: float, h: float) -> bool:
+        x0, y0, x1, y1 = self.box
+        ax = x + self.lookahead * math.sin(math.radians(h))
+        ay = y + self.lookahead * math.cos(math.radians(h))
+        return x0 <= ax <= x1 and y0 <= ay <= y1
+
+    def fly(self, x: float, y: float, h: float, seconds: float) -> tuple:
+        """(x, y, h) after flying for seconds from (x, y) with direction of
+        travel h (degrees clockwise from north)."""
+        rng = self.rng
+        while seconds > 1e-9:
+            if not self.avoiding and not self.clear_ahead(x, y, h):
+                x0, y0, x1, y1 = self.box
+                to_mid = _wrap(math.degrees(math.atan2((x0 + x1) / 2 - x, (y0 + y1) / 2 - y)) - h)
+                angle = float(np.clip(abs(to_mid) + rng.uniform(-20, 20), 30, 120))
+                self._turn(angle, math.copysign(rng.uniform(*_AVOID_RATE), to_mid), True)
+            ds = min(seconds, _SUBSTEP_S, self.left)
+            mid = math.radians(h + self.rate * ds / 2)
+            x += self.speed * ds * math.sin(mid)
+            y += self.speed * ds * math.cos(mid)
+            h = (h + self.rate * ds) % 360
+            seconds -= ds
+            self.left -= ds
+            if self.left <= 1e-9:
+                if self.rate:
+                    self.straight()
+                else:
+                    self._turn(rng.uniform(20, 120), rng.choice([-1, 1]) * rng.uniform(3, 8),
+                               False)
+        return x, y, h
+
+    def place(self, away_from=None):
+        """A random (x, y, h) in the box with the path ahead clear, at least
+        KIDNAP_MIN_M from away_from (x, y) when given; None when 1000 draws
+        find none."""
+        x0, y0, x1, y1 = self.box
+        for _ in range(1000):
+            x, y = float(self.rng.uniform(x0, x1)), float(self.rng.uniform(y0, y1))
+            h = float(self.rng.uniform(0, 360))
+            far = away_from is None or math.hypot(x - away_from[0],
+                                                  y - away_from[1]) >= KIDNAP_MIN_M
+            if far and self.clear_ahead(x, y, h):
+                self.straight()
+                return x, y, h
+        return None
+
+
+def _event_frames(rng, frames: int) -> tuple:
+    """(gap, kidnap) frame indices: the kidnap in the last third, at least 20
+    frames before the end (for short flights the last frame that allows,
+    moved up to 3 frames after the middle third's start), the gap in the
+    middle third at least 3 frames before the kidnap."""
+    third = frames // 3
+    k_hi = frames - 20
+    k_lo = max(min(-(-2 * frames // 3), k_hi), third + 3)
+    kidnap = int(rng.integers(k_lo, k_hi + 1))
+    gap = int(rng.integers(third, min(2 * frames // 3, kidnap - 2)))
+    return gap, kidnap
+
+
+def _flight_track(rng, box, frames: int, events: bool):
+    """One simulated flight's frames inside box: a dict of t (s from its
+    start), x, y, course (direction of travel, degrees), event (list of
+    str), speed (m/s), flown (m, the teleport not counted); None when the
+    path left the box."""
+    speed = float(rng.uniform(5, 20))
+    dt = float(rng.uniform(0.5, 1.0)) * rng.uniform(0.9, 1.1, frames)
+    dt[0] = 0.0
+    gap, kidnap = _event_frames(rng, frames) if events else (-1, -1)
+    if events:
+        dt[gap] += rng.uniform(10, 30)
+    pilot = _Pilot(rng, box, speed)
+    state = pilot.place()
+    if state is None:
+        return None
+    x, y, h = state
+    track = np.zeros((frames, 3))
+    event = [""] * frames
+    event[0] = "start"
+    for i in range(frames):
+        if i == kidnap:
+            state = pilot.place(away_from=(x, y))
+            if state is None:
+                return None
+            x, y, h = state
+            event[i] = "kidnap"
+        elif i:
+            x, y, h = pilot.fly(x, y, h, dt[i])
+            event[i] = "gap" if i == gap else ""
+        track[i] = x, y, h
+    x0, y0, x1, y1 = box
+    if not (track[:, 0].min() >= x0 and track[:, 0].max() <= x1 and track[:, 1].min() >= y0
+            and track[:, 1].max() <= y1):
+        return None
+    flown = speed * float(dt.sum() - (dt[kidnap] if events else 0.0))
+    return {"t": np.cumsum(dt), "x": track[:, 0], "y": track[:, 1], "course": track[:, 2],
+            "event": event, "speed": speed, "flown": flown}
+
+
+def _flight_years(paths: dict, years) -> list:
+    if years is None:
+        years = [y for y in paths if y not in MAP_YEARS]
+        if not years:
+            raise ValueError(f"no NAIP raster of a year other than {MAP_YEARS} for flights")
+    missing = [y for y in years if y not in paths]
+    if missing:
+        raise ValueError(f"no NAIP raster of {', '.join(map(str, missing))}")
+    return sorted(set(int(y) for y in years))
+
+
+def make_flights(naip_dir, out_dir, region: str = "east", flights: int = 20, frames: int = 100,
+                 seed=None, size: int = 128, years=None, events: bool = True) -> int:
+    """Simulated drone flights over a region for testing a position tracker,
+    `flights` flights of `frames` frames, all in one labels.csv (a flight's
+    frames on consecutive rows, flights one after another) with the columns
+    LABEL_FIELDS + EXTRA_FIELDS + FLIGHT_FIELDS.
+
+    Each flight uses one year's imagery (years: default every year but the
+    maps' MAP_YEARS), the years cycling through a seeded permutation. It
+    flies at a constant ground speed U(5, 20) m/s, a frame every U(0.5, 1)
+    s +-10 %, on straight legs and turns of up to 120 degrees at a few
+    degrees/s (_Pilot); each frame looks along the direction of travel with
+    a yaw wobble of a degree or two, through one camera per flight as in
+    make_flight. vel_n, vel_e: the true ground velocity plus Gaussian
+    odometry noise (ODOMETRY_SIGMA); time_us: capture time, flight f
+    starting at FLIGHT_T0_US + f * FLIGHT_DT_US. With events, each flight
+    has one gap (in the middle third the capture time jumps by U(10, 30) s
+    while the vehicle flies on; event "gap" on the frame after it) and one
+    kidnap (in the last third, at least 20 frames before the end: a teleport
+    at least KIDNAP_MIN_M away with a new heading, at the normal interval;
+    event "kidnap"); without, neither. A flight's first frame says "start".
+    Every frame's centre lies FLIGHT_MARGIN_M inside the region's centre
+    range (centre_range); flights that leave it or whose views reach off
+    the raster are redrawn. seed None: FLIGHT_SEEDS[region]. Deterministic
+    for a seed. Returns the number of frames written."""
+    _check_region(region)
+    if flights < 1 or frames < 2:
+        raise ValueError("flights must be at least 1 and frames at least 2")
+    if events and frames < MIN_EVENT_FRAMES:
+        raise ValueError(f"a flight with a gap and a kidnap needs at least {MIN_EVENT_FRAMES} "
+                         f"frames (or no events)")
+    if seed is None:
+        seed = FLIGHT_SEEDS[region]
+    paths = rasters(naip_dir)
+    years = _flight_years(paths, years)
+    ref, opened = Raster.open(paths[REFERENCE_YEAR]), {}
+    xa, ya, xb, yb = centre_range(ref, region)
+    m = FLIGHT_MARGIN_M
+    box = (xa + m, ya + m, xb - m, yb - m)
+    order = np.random.default_rng(seed).permutation(years)
+    stats = {"km": 0.0, "redrawn": 0}
+
+    def rows():
+        for f in range(flights):
+            year = int(order[f % len(order)])
+            if year not in opened:
+                opened[year] = Raster.open(paths[year])
+            r = opened[year]
+            rng = np.random.default_rng([seed, f])
+            for _ in range(1000):
+                track = _flight_track(rng, box, frames, events)
+                if track is None:
+                    stats["redrawn"] += 1
+                    continue
+                camera = _flight_camera(rng)
+                out = []
+                for i in range(frames):
+                    course = track["course"][i]
+                    wobble = float(np.clip(rng.normal(0, 1.0), -2.5, 2.5))
+                    p = _flight_view(rng, camera, track["x"][i], track["y"][i], course + wobble)
+                    img, valid = render_view(r, p, size)
+                    if not valid:
+                        break
+                    vn, ve = track["speed"] * np.array([math.cos(math.radians(course)),
+                                                        math.sin(math.radians(course))])
+                    vn, ve = rng.normal([vn, ve], ODOMETRY_SIGMA)
+                    t_us = FLIGHT_T0_US + f * FLIGHT_DT_US + round(track["t"][i] * 1e6)
+                    out.append((img, _label(r, p) + [str(f), str(t_us), f"{vn:.3f}",
+                                                     f"{ve:.3f}", track["event"][i]]))
+                if len(out) == frames:
+                    stats["km"] += track["flown"] / 1000
+                    yield from out
+                    break
+                stats["redrawn"] += 1
+            else:
+                raise ValueError(f"no {frames}-frame flight stays inside the {region} region; "
+                                 "use fewer frames")
+
+    _write_set(out_dir, rows(), EXTRA_FIELDS + FLIGHT_FIELDS)
+    what = "a gap and a kidnap each" if events else "no events"
+    used = sorted({int(order[f % len(order)]) for f in range(flights)})
+    print(f"wrote {flights} flights x {frames} frames ({region} region, {size}x{size}, years "
+          f"{','.join(map(str, used))}; {what}; {stats['km']:.1f} km flown, "
+          f"{stats['redrawn']} flights redrawn) and labels.csv to {out_dir}")
+    return flights * frames

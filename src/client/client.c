@@ -399,14 +399,16 @@ int gl_client_recv(struct gl_client *c, int timeout_ms, gl_server_msg **out) {
   }
 }
 
-int gl_client_hello(struct gl_client *c, const char *client_name, const char *map,
-                    uint32_t version, int timeout_ms, gl_server_msg **reply) {
+static int gl__hello(struct gl_client *c, const char *client_name, const char *map,
+                     uint32_t version, const Geoloc__V1__StreamOptions *opts, int timeout_ms,
+                     gl_server_msg **reply) {
   Geoloc__V1__Hello hello = GEOLOC__V1__HELLO__INIT;
   gl_client_msg m = GEOLOC__V1__CLIENT_MESSAGE__INIT;
   hello.has_protocol_version = 1;
   hello.protocol_version = version ? version : GL_PROTOCOL_VERSION;
   hello.client_name = (char *)(client_name ? client_name : "geoloc");
   hello.map = (char *)map;
+  hello.options = (Geoloc__V1__StreamOptions *)opts;
   m.msg_case = GEOLOC__V1__CLIENT_MESSAGE__MSG_HELLO;
   m.hello = &hello;
   *reply = NULL;
@@ -414,6 +416,17 @@ int gl_client_hello(struct gl_client *c, const char *client_name, const char *ma
   if (rc != GL_OK)
     return rc;
   return gl_client_recv(c, timeout_ms, reply);
+}
+
+int gl_client_hello(struct gl_client *c, const char *client_name, const char *map,
+                    uint32_t version, int timeout_ms, gl_server_msg **reply) {
+  return gl__hello(c, client_name, map, version, NULL, timeout_ms, reply);
+}
+
+int gl_client_hello_opts(struct gl_client *c, const char *client_name, const char *map,
+                         const Geoloc__V1__StreamOptions *opts, int timeout_ms,
+                         gl_server_msg **reply) {
+  return gl__hello(c, client_name, map, 0, opts, timeout_ms, reply);
 }
 
 const char *gl_client_last_error(const struct gl_client *c) { return c->err; }

@@ -54,6 +54,11 @@ int gl_client_recv(struct gl_client *c, int timeout_ms, gl_server_msg **out);
 int gl_client_hello(struct gl_client *c, const char *client_name, const char *map,
                     uint32_t version, int timeout_ms, gl_server_msg **reply);
 
+/* gl_client_hello with StreamOptions (NULL: none). */
+int gl_client_hello_opts(struct gl_client *c, const char *client_name, const char *map,
+                         const Geoloc__V1__StreamOptions *opts, int timeout_ms,
+                         gl_server_msg **reply);
+
 /* Text of the last TLS or system error on this client, "" when none. */
 const char *gl_client_last_error(const struct gl_client *c);
 

@@ -60,6 +60,9 @@ static const struct gl__cfg_key gl__keys[] = {
     GL__K("search", "fine_radius_cells", GL__CFG_U32, fine_radius_cells, 0, 16, false),
     GL__K("search", "heading_step_deg", GL__CFG_U32, heading_step_deg, 1, 180, false),
     GL__K("search", "heading_tolerance_deg", GL__CFG_U32, heading_tolerance_deg, 0, 180, false),
+    GL__K("track", "enabled", GL__CFG_BOOL, track, 0, 0, false),
+    GL__K("track", "max_speed_mps", GL__CFG_U32, track_max_speed_mps, 1, 1000, false),
+    GL__K("track", "window_cells", GL__CFG_U32, track_window_cells, 8, 1024, false),
     GL__K("metrics", "listen", GL__CFG_STR, metrics_listen, 0, 0, false),
     GL__K("listen", "tcp", GL__CFG_STR, tcp, 0, 0, false),
     GL__K("listen", "unix", GL__CFG_STR, unix_path, 0, 0, false),
@@ -413,6 +416,10 @@ void gl_config_defaults(struct gl_config *cfg) {
   cfg->fine_radius_cells = 2;
   cfg->heading_step_deg = 10;
   cfg->heading_tolerance_deg = 20;
+  /* The tracker's defaults are gl_track_params_init's. */
+  cfg->track = true;
+  cfg->track_max_speed_mps = 25;
+  cfg->track_window_cells = 96;
 }
 
 int gl_config_load(const char *path, struct gl_config *cfg, char *err, size_t errlen) {

@@ -61,6 +61,11 @@ struct gl_config {
   uint32_t heading_step_deg;   /* heading_step_deg: divides 360 */
   uint32_t heading_tolerance_deg; /* heading_tolerance_deg: with a compass heading */
 
+  /* [track]: tracking of streams that ask for it (src/track/track.h) */
+  bool track;                    /* enabled */
+  uint32_t track_max_speed_mps;  /* max_speed_mps: when the stream does not say */
+  uint32_t track_window_cells;   /* window_cells: the filter's window side */
+
   /* [map NAME] sections, in file order */
   struct gl_config_map maps[GL_CONFIG_MAX_MAPS];
   uint32_t n_maps;

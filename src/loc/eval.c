@@ -175,6 +175,62 @@ static int gl__read_text(const char *path, char **out, size_t *len, char *err, s
   return 0;
 }
 
+/* The flight columns of one row (ocol: flight, time_us, vel_n, vel_e,
+ * event; SIZE_MAX for a missing one) into l, checked against the previous
+ * row of the same flight. */
+static int gl__flight_fields(struct gl__csv *c, const size_t *ocol,
+                             const struct gl_eval_labels *prev, struct gl_eval_label *l,
+                             const char *path, unsigned at, char *err, size_t errlen) {
+  double v;
+  if (ocol[0] == SIZE_MAX)
+    return 0;
+  const char *fs = gl__trim(c->field[ocol[0]]), *ts = gl__trim(c->field[ocol[1]]);
+  char *end;
+  errno = 0;
+  long long fl = strtoll(fs, &end, 10);
+  if (!*fs || *end || fl < 0 || errno)
+    return gl_fail(err, errlen, GL_EFORMAT, "%s:%u: flight '%s' is not a flight number", path, at,
+                   fs);
+  errno = 0;
+  unsigned long long t = strtoull(ts, &end, 10);
+  if (!*ts || *end || *ts == '-' || errno)
+    return gl_fail(err, errlen, GL_EFORMAT, "%s:%u: time_us '%s' is not a time in microseconds",
+                   path, at, ts);
+  l->flight = fl;
+  l->time_us = t;
+  for (int k = 0; k < 2; k++) {
+    if (ocol[2 + k] == SIZE_MAX)
+      continue;
+    char *x = gl__trim(c->field[ocol[2 + k]]);
+    if (*x && (!gl__number(x, &v) || fabs(v) > 1e4))
+      return gl_fail(err, errlen, GL_EFORMAT, "%s:%u: velocity '%s' is not a speed in m/s", path,
+                     at, x);
+    *(k ? &l->vel_e : &l->vel_n) = *x ? v : NAN;
+  }
+  if (ocol[4] != SIZE_MAX) {
+    static const char *const ev[] = {"", "start", "gap", "kidnap"};
+    const char *x = gl__trim(c->field[ocol[4]]);
+    int k = 0;
+    while (k < 4 && strcasecmp(x, ev[k]) != 0)
+      k++;
+    if (k == 4)
+      return gl_fail(err, errlen, GL_EFORMAT,
+                     "%s:%u: event '%s' is not one of start, gap, kidnap (or empty)", path, at, x);
+    l->event = (enum gl_eval_event)k;
+  }
+  if (prev->n) {
+    const struct gl_eval_label *p = &prev->v[prev->n - 1];
+    if (p->flight == l->flight && p->time_us > l->time_us)
+      return gl_fail(err, errlen, GL_EFORMAT, "%s:%u: time_us goes back within flight %lld", path,
+                     at, fl);
+    for (size_t i = 0; p->flight != l->flight && i + 1 < prev->n; i++)
+      if (prev->v[i].flight == l->flight)
+        return gl_fail(err, errlen, GL_EFORMAT,
+                       "%s:%u: flight %lld's rows are not consecutive", path, at, fl);
+  }
+  return 0;
+}
+
 int gl_eval_labels_load(const char *path, struct gl_eval_labels *out, char *err, size_t errlen) {
   static const char *const want[] = {"file", "lat", "lon", "heading"};
   enum { C_FILE, C_LAT, C_LON, C_HEADING, C_N };
@@ -221,6 +277,22 @@ int gl_eval_labels_load(const char *path, struct gl_eval_labels *out, char *err,
       goto fail;
     }
   }
+  /* The optional flight columns. */
+  static const char *const opt_names[] = {"flight", "time_us", "vel_n", "vel_e", "event"};
+  enum { O_FLIGHT, O_TIME, O_VN, O_VE, O_EVENT, O_N };
+  size_t ocol[O_N];
+  for (int k = 0; k < O_N; k++) {
+    ocol[k] = SIZE_MAX;
+    for (size_t i = 0; i < c.n && ocol[k] == SIZE_MAX; i++)
+      if (strcasecmp(gl__trim(c.field[i]), opt_names[k]) == 0)
+        ocol[k] = i;
+  }
+  if ((ocol[O_FLIGHT] == SIZE_MAX) != (ocol[O_TIME] == SIZE_MAX)) {
+    rc = gl_fail(err, errlen, GL_EFORMAT,
+                 "%s:%u: flights need both the flight and the time_us columns", path, at);
+    goto fail;
+  }
+  out->flights = ocol[O_FLIGHT] != SIZE_MAX;
   while ((r = gl__csv_next(&c, &at)) != 0) {
     if (r < 0) {
       rc = gl_fail(err, errlen, GL_EFORMAT, "%s:%u: unterminated quote or too many fields", path,
@@ -234,7 +306,10 @@ int gl_eval_labels_load(const char *path, struct gl_eval_labels *out, char *err,
                    c.n, n_header);
       goto fail;
     }
-    struct gl_eval_label l = {.line = at, .heading_deg = NAN};
+    struct gl_eval_label l = {
+        .line = at, .heading_deg = NAN, .flight = -1, .vel_n = NAN, .vel_e = NAN};
+    if ((rc = gl__flight_fields(&c, ocol, out, &l, path, at, err, errlen)))
+      goto fail;
     const char *file = gl__trim(c.field[col[C_FILE]]);
     if (!*file) {
       rc = gl_fail(err, errlen, GL_EFORMAT, "%s:%u: the file field is empty", path, at);
@@ -428,5 +503,84 @@ int gl_eval_summarize(const struct gl_eval_frame *f, size_t n, double seconds,
   free(hd);
   free(err);
   free(lat);
+  return 0;
+}
+
+/* --- flights -------------------------------------------------------------------- */
+
+/* Median and worst of v[0..n) (sorted in place); NaN when n is 0. */
+static void gl__median_max(double *v, size_t n, double *median, double *max) {
+  qsort(v, n, sizeof *v, gl__cmp_double);
+  *median = gl_eval_percentile(v, n, 50);
+  *max = n ? v[n - 1] : NAN;
+}
+
+int gl_eval_flights_summarize(const struct gl_eval_labels *l, const struct gl_eval_frame *f,
+                              size_t n, struct gl_eval_flights *out) {
+  memset(out, 0, sizeof *out);
+  if (!l->flights || n != l->n)
+    return GL_EINVAL;
+  double *err = malloc((n ? n : 1) * sizeof *err), *lerr = malloc((n ? n : 1) * sizeof *lerr);
+  double *first = malloc((n ? n : 1) * sizeof *first), *relock = malloc((n ? n : 1) * sizeof *relock);
+  if (!err || !lerr || !first || !relock) {
+    free(err);
+    free(lerr);
+    free(first);
+    free(relock);
+    return GL_ENOMEM;
+  }
+  size_t nl = 0, nwrong = 0, within[3] = {0}, nfirst = 0, nrelock = 0;
+  static const double lim[3] = {25, 50, 100};
+  for (size_t i = 0; i < n;) {
+    /* One flight: rows i .. j - 1. */
+    size_t j = i;
+    while (j < n && l->v[j].flight == l->v[i].flight)
+      j++;
+    out->flights++;
+    double t_first = INFINITY, t_kid = NAN, t_relock = INFINITY;
+    for (size_t k = i; k < j; k++) {
+      double e = f[k].track_status ? f[k].track_err_m : INFINITY;
+      bool locked = f[k].track_status == 2;
+      err[k] = e;
+      for (int a = 0; a < 3; a++)
+        within[a] += e <= lim[a];
+      if (l->v[k].event == GL_EVAL_EVENT_KIDNAP && isnan(t_kid))
+        t_kid = (double)l->v[k].time_us / 1e6;
+      double t = (double)(l->v[k].time_us - l->v[i].time_us) / 1e6;
+      if (locked) {
+        lerr[nl++] = e;
+        nwrong += !(e <= 100);
+        if (e <= 100 && isinf(t_first))
+          t_first = t;
+        if (e <= 100 && !isnan(t_kid) && isinf(t_relock))
+          t_relock = (double)l->v[k].time_us / 1e6 - t_kid;
+      }
+    }
+    first[nfirst++] = t_first;
+    if (!isnan(t_kid))
+      relock[nrelock++] = t_relock;
+    i = j;
+  }
+  out->frames = n;
+  for (int a = 0; a < 3; a++)
+    out->success[a] = n ? (double)within[a] / (double)n : NAN;
+  qsort(err, n, sizeof *err, gl__cmp_double);
+  out->median_m = gl_eval_percentile(err, n, 50);
+  out->p90_m = gl_eval_percentile(err, n, 90);
+  out->locked = n ? (double)nl / (double)n : NAN;
+  size_t ok = 0;
+  for (size_t k = 0; k < nl; k++)
+    ok += lerr[k] <= 100;
+  out->locked_success100 = nl ? (double)ok / (double)nl : NAN;
+  out->wrong_lock = nl ? (double)nwrong / (double)nl : NAN;
+  qsort(lerr, nl, sizeof *lerr, gl__cmp_double);
+  out->locked_median_m = gl_eval_percentile(lerr, nl, 50);
+  gl__median_max(first, nfirst, &out->first_lock_median_s, &out->first_lock_max_s);
+  out->kidnaps = nrelock;
+  gl__median_max(relock, nrelock, &out->relock_median_s, &out->relock_max_s);
+  free(err);
+  free(lerr);
+  free(first);
+  free(relock);
   return 0;
 }

@@ -26,6 +26,14 @@
 
 /* --- labels ------------------------------------------------------------------ */
 
+/* What happened to a flight just before a frame (the `event` column). */
+enum gl_eval_event {
+  GL_EVAL_EVENT_NONE = 0,
+  GL_EVAL_EVENT_START,  /* "start": the flight's first frame */
+  GL_EVAL_EVENT_GAP,    /* "gap": the first frame after a pause in the frames */
+  GL_EVAL_EVENT_KIDNAP, /* "kidnap": the first frame after a jump no motion explains */
+};
+
 /* One labelled frame. */
 struct gl_eval_label {
   char *file;         /* as written in the labels file */
@@ -33,18 +41,30 @@ struct gl_eval_label {
   double lat, lon;    /* true position, WGS84 degrees */
   double heading_deg; /* camera heading, degrees clockwise from north; NAN when empty */
   unsigned line;      /* line number in the labels file */
+  /* Flights (optional columns flight, time_us, vel_n, vel_e, event): the
+   * flight's number (-1 without the column), the capture time in
+   * microseconds, the vehicle's velocity north/east in m/s (NaN when
+   * empty or absent) and the event before the frame. */
+  int64_t flight;
+  uint64_t time_us;
+  double vel_n, vel_e;
+  enum gl_eval_event event;
 };
 
 struct gl_eval_labels {
   struct gl_eval_label *v;
   size_t n;
+  bool flights; /* the file has the flight and time_us columns */
 };
 
 /* Reads a labels file: CSV (RFC 4180 quoting), a header row naming at least
  * the columns file, lat, lon and heading in any order (names are matched
  * without regard to case or surrounding blanks; other columns are
  * ignored), then one row per frame. Blank lines are skipped. A relative
- * file is taken relative to the directory of the labels file.
+ * file is taken relative to the directory of the labels file. Flights add
+ * the columns flight and time_us (both or neither; a flight's rows
+ * consecutive, its times never decreasing) and optionally vel_n, vel_e and
+ * event ("", start, gap or kidnap).
  *
  * Returns 0 with *out filled (free with gl_eval_labels_free); GL_ENOENT
  * when the labels file or a listed frame does not exist; GL_EFORMAT for a
@@ -79,6 +99,11 @@ struct gl_eval_frame {
   double heading_err_deg;
   int rank;                /* see the file comment; 0 also when true_tile is unknown */
   double latency_ms;
+  /* The stream's track after the frame (tracked runs): status (0 when
+   * there is none; else enum gl_track_status's value), position and its
+   * error in metres. */
+  int track_status;
+  double track_lat, track_lon, track_err_m;
 };
 
 /* Index (0-based) of the point of lat/lon[0..n-1] nearest to (qlat, qlon)
@@ -121,6 +146,32 @@ struct gl_eval_summary {
  * GL_ENOMEM (it sorts copies of the errors and latencies). */
 int gl_eval_summarize(const struct gl_eval_frame *f, size_t n, double seconds,
                       struct gl_eval_summary *out);
+
+/* --- flights -------------------------------------------------------------------- */
+
+/* The tracked figures of a run over flights (labels with flights, frames
+ * with a track). "Locked" is track status 2 (LOCKED). */
+struct gl_eval_flights {
+  size_t flights, frames;
+  double success[3];         /* tracked position within 25, 50, 100 m, share of all frames */
+  double median_m, p90_m;    /* of the tracked position, all frames */
+  double locked;             /* share of frames locked */
+  double locked_success100;  /* share of the locked frames within 100 m */
+  double locked_median_m;    /* median error of the locked frames */
+  double wrong_lock;         /* share of the locked frames more than 100 m off */
+  /* Seconds of capture time from a flight's start to its first locked
+   * frame within 100 m, and from a kidnap to the first such frame after
+   * it: median and worst over the flights (INFINITY when one never gets
+   * there; NAN when there are none). */
+  double first_lock_median_s, first_lock_max_s;
+  size_t kidnaps;
+  double relock_median_s, relock_max_s;
+};
+
+/* Summarizes the tracks of the n frames f of labels l (the same order).
+ * Returns 0, GL_EINVAL (labels without flights) or GL_ENOMEM. */
+int gl_eval_flights_summarize(const struct gl_eval_labels *l, const struct gl_eval_frame *f,
+                              size_t n, struct gl_eval_flights *out);
 
 /* Nearest-rank percentile p (0 < p <= 100) of the n ascending values v;
  * NAN when n is 0. */

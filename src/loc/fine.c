@@ -81,6 +81,7 @@ struct gl_loc_fine {
   int32_t *pidx;    /* its index in the placement list when stamped */
   uint32_t frame;
   size_t last_p;       /* placements scored by the last run or scan */
+  uint32_t last_h;     /* and its headings */
   size_t cap_p, cap_c; /* placements and cells in reach */
   int32_t *pr, *pq;    /* placements */
   int64_t *ptile;      /* the candidate tile a placement came from */
@@ -262,6 +263,7 @@ static double gl__parabola(double a, double b, double c) {
 static size_t gl__score(struct gl_loc_fine *f, const struct gl_map_dense *d, const float *qfeat,
                         uint32_t H, size_t P) {
   const uint32_t n = f->side, nk = f->nk, C = f->ch;
+  f->last_h = H;
   /* 2. The reference cells those placements cover: product columns. */
   size_t NC = 0;
   for (size_t p = 0; p < P; p++) {
@@ -383,11 +385,11 @@ int gl_loc_fine_scan(struct gl_loc_fine *f, struct gl_map *map, const float *qfe
 }
 
 size_t gl_loc_fine_scores(const struct gl_loc_fine *f, const int32_t **r, const int32_t **q,
-                          const float **best, const uint32_t **besth) {
+                          const float **score, uint32_t *H) {
   *r = f->pr;
   *q = f->pq;
-  *best = f->best;
-  *besth = f->besth;
+  *score = f->score;
+  *H = f->last_h;
   return f->last_p;
 }
 
@@ -643,8 +645,8 @@ int gl_loc_fine_frame_scan(struct gl_loc_fine_frame *ff, struct gl_map *map, int
 }
 
 size_t gl_loc_fine_frame_scores(const struct gl_loc_fine_frame *ff, const int32_t **r,
-                                const int32_t **q, const float **best, const float **headings,
-                                const uint32_t **besth) {
+                                const int32_t **q, const float **score, const float **headings,
+                                uint32_t *H) {
   *headings = ff->headings;
-  return gl_loc_fine_scores(ff->fine, r, q, best, besth);
+  return gl_loc_fine_scores(ff->fine, r, q, score, H);
 }

@@ -151,12 +151,12 @@ int gl_loc_fine_scan(struct gl_loc_fine *f, struct gl_map *map, const float *qfe
                      const float *headings, uint32_t H, int32_t r0, int32_t q0, uint32_t rows,
                      uint32_t cols, float *score, float *heading, char *err, size_t errlen);
 
-/* The placements the last run or scan of f scored: returns their number P
- * and points r, q (top-left cells), best (best score over headings) and
- * besth (the index of that heading) at P entries each, valid until f's
- * next run or scan. */
+/* The placements the last run or scan of f scored: returns their number P,
+ * points r, q (top-left cells) at P entries and score at the P x H scores
+ * (placement-major; step 4's, centring included) of its H headings, valid
+ * until f's next run or scan. */
 size_t gl_loc_fine_scores(const struct gl_loc_fine *f, const int32_t **r, const int32_t **q,
-                          const float **best, const uint32_t **besth);
+                          const float **score, uint32_t *H);
 
 /* --- one frame, end to end ----------------------------------------------------- */
 
@@ -199,12 +199,12 @@ int gl_loc_fine_frame(struct gl_loc_fine_frame *ff, struct gl_map *map,
 
 /* gl_loc_fine_scan and gl_loc_fine_scores for the frame the last
  * gl_loc_fine_frame call ran (its query cells and headings; headings gets
- * the heading list besth indexes). */
+ * its H headings, degrees). */
 int gl_loc_fine_frame_scan(struct gl_loc_fine_frame *ff, struct gl_map *map, int32_t r0, int32_t q0,
                            uint32_t rows, uint32_t cols, float *score, float *heading, char *err,
                            size_t errlen);
 size_t gl_loc_fine_frame_scores(const struct gl_loc_fine_frame *ff, const int32_t **r,
-                                const int32_t **q, const float **best, const float **headings,
-                                const uint32_t **besth);
+                                const int32_t **q, const float **score, const float **headings,
+                                uint32_t *H);
 
 #endif

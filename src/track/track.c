@@ -28,6 +28,8 @@ void gl_track_params_init(struct gl_track_params *p) {
       .max_gap_s = 300,
       .window_cells = 96,
       .scan_cells = 24,
+      .heading_window_deg = 30,
+      .turn_rate_dps = 30,
   };
 }
 
@@ -59,6 +61,12 @@ int gl_track_params_check(const struct gl_track_params *p, char *err, size_t err
                    p->lock_frames);
   if (!(p->max_gap_s > 0 && p->max_gap_s <= 1e6))
     return gl_fail(err, errlen, GL_EINVAL, "track max gap %g s is not in (0, 1e6]", p->max_gap_s);
+  if (!(p->heading_window_deg >= 0 && p->heading_window_deg <= 180) ||
+      !(p->turn_rate_dps >= 0 && p->turn_rate_dps <= 3600))
+    return gl_fail(err, errlen, GL_EINVAL,
+                   "track heading window %g deg (0..180) or turn rate %g deg/s (0..3600) out of "
+                   "range",
+                   p->heading_window_deg, p->turn_rate_dps);
   if (p->window_cells < 8 || p->window_cells > 1024 || p->scan_cells < 1 || p->scan_cells > 64)
     return gl_fail(err, errlen, GL_EINVAL,
                    "track window %u cells (8..1024) or scan box %u cells (1..64) out of range",
@@ -83,6 +91,7 @@ struct gl_track {
   enum gl_track_status status;
   uint32_t good;
   double last_r, last_q; /* the previous estimate, grid cells */
+  double heading;        /* the previous estimate's heading; NaN when unknown */
 };
 
 int gl_track_create(const struct gl_track_params *p, uint32_t rows, uint32_t cols, double cell_m,
@@ -131,8 +140,13 @@ void gl_track_destroy(struct gl_track *t) {
   free(t);
 }
 
+bool gl_track_fits(const struct gl_track *t, uint32_t rows, uint32_t cols, double cell_m) {
+  return t->R == rows && t->C == cols && t->cell == cell_m;
+}
+
 void gl_track_reset(struct gl_track *t) {
   t->started = t->have_fix = false;
+  t->heading = NAN;
   t->status = GL_TRACK_ACQUIRING;
   t->good = 0;
   t->dt = 0;
@@ -419,6 +433,7 @@ void gl_track_update(struct gl_track *t, struct gl_track_state *out) {
     t->status = GL_TRACK_LOCKED;
   }
   t->have_fix = true;
+  t->heading = t->head[m];
   t->last_r = gr;
   t->last_q = gq;
   *out = (struct gl_track_state){
@@ -446,6 +461,35 @@ int gl_track_grid(const struct gl_map *map, const struct gl_loc_fine_frame *ff, 
   return 0;
 }
 
+/* The placements the fine stage ff scored last, those in the window, into
+ * the window's measurement: each its best score over the headings within
+ * tol degrees of hc (every heading when hc is NaN or none is that close). */
+static void gl__take(struct gl_track *t, const struct gl_loc_fine_frame *ff, double hc,
+                     double tol) {
+  const int32_t *pr, *pq;
+  const float *score, *headings;
+  uint32_t H;
+  size_t P = gl_loc_fine_frame_scores(ff, &pr, &pq, &score, &headings, &H);
+  bool any = false;
+  for (uint32_t h = 0; h < H && !isnan(hc) && !any; h++)
+    any = fabs(fmod(headings[h] - hc + 540.0, 360.0) - 180.0) <= tol;
+  for (size_t p = 0; p < P; p++) {
+    int64_t r = pr[p] - t->r0, q = pq[p] - t->q0;
+    if (r < 0 || r >= t->wr || q < 0 || q >= t->wc)
+      continue;
+    float best = -INFINITY;
+    uint32_t bh = 0;
+    for (uint32_t h = 0; h < H; h++)
+      if (score[p * H + h] > best &&
+          (!any || fabs(fmod(headings[h] - hc + 540.0, 360.0) - 180.0) <= tol)) {
+        best = score[p * H + h];
+        bh = h;
+      }
+    t->score[r * t->wc + q] = best;
+    t->head[r * t->wc + q] = headings[bh];
+  }
+}
+
 int gl_track_frame(struct gl_track *t, struct gl_loc_fine_frame *ff, struct gl_map *map,
                    uint64_t time_us, const double *vel, double hint_lat, double hint_lon,
                    struct gl_track_fix *out, char *err, size_t errlen) {
@@ -466,19 +510,12 @@ int gl_track_frame(struct gl_track *t, struct gl_loc_fine_frame *ff, struct gl_m
   int32_t r0, q0;
   uint32_t wr, wc;
   gl_track_window(t, &r0, &q0, &wr, &wc);
-  /* The frame's own placements (the global stage's top K) ... */
-  const int32_t *pr, *pq;
-  const float *best, *headings;
-  const uint32_t *besth;
-  size_t P = gl_loc_fine_frame_scores(ff, &pr, &pq, &best, &headings, &besth);
-  for (size_t p = 0; p < P; p++) {
-    int64_t r = pr[p] - r0, q = pq[p] - q0;
-    if (r >= 0 && r < wr && q >= 0 && q < wc) {
-      t->score[r * wc + q] = best[p];
-      t->head[r * wc + q] = headings[besth[p]];
-    }
-  }
-  /* ... and the box around the predicted track. */
+  /* The frame's own placements (the global stage's top K), then the box
+   * around the predicted track, where a locked track's heading bounds the
+   * headings a placement may take (step 2). */
+  double hc = t->status == GL_TRACK_LOCKED ? t->heading : NAN;
+  double tol = t->p.heading_window_deg + t->p.turn_rate_dps * t->dt;
+  gl__take(t, ff, NAN, 0);
   int32_t br, bq;
   uint32_t brows, bcols;
   gl_track_scan_box(t, &br, &bq, &brows, &bcols);
@@ -486,14 +523,7 @@ int gl_track_frame(struct gl_track *t, struct gl_loc_fine_frame *ff, struct gl_m
     if ((rc = gl_loc_fine_frame_scan(ff, map, br, bq, brows, bcols, t->bscore, t->bhead, err,
                                      errlen)))
       return rc;
-    for (uint32_t a = 0; a < brows; a++)
-      for (uint32_t b = 0; b < bcols; b++) {
-        size_t i = (size_t)(br - r0 + (int32_t)a) * wc + (size_t)(bq - q0 + (int32_t)b);
-        if (!isnan(t->bscore[a * bcols + b])) {
-          t->score[i] = t->bscore[a * bcols + b];
-          t->head[i] = t->bhead[a * bcols + b];
-        }
-      }
+    gl__take(t, ff, hc, tol);
   }
   gl_track_update(t, &out->s);
   x = d->x0 + (out->s.q + half) * cell;

@@ -40,7 +40,12 @@
  *     top K (acquisition) and the box around the predicted track
  *     (gl_track_scan_box: the bounding box of the cells holding more than
  *     1e-4 of the largest probability, at most scan_cells a side around the
- *     mode; none while the mass is spread over more). Unscored cells get
+ *     mode; none while the mass is spread over more). While the track is
+ *     locked, a placement of the box scores its best over the headings within
+ *     heading_window_deg + turn_rate_dps dt of the track's heading (a
+ *     vehicle turns only so fast; every heading when none is that close),
+ *     which denies a wrong place the freedom to match at any heading.
+ *     Unscored cells get
  *     the lowest score seen, s_bg. With s_max the highest,
  *        P(r, q) <- P(r, q) exp((s(r, q) - s_max) / temperature),
  *     normalised (when every cell's product underflows, P restarts from the
@@ -92,6 +97,8 @@ struct gl_track_params {
   double max_gap_s;          /* a longer gap restarts the track (default 300), > 0 */
   uint32_t window_cells;     /* window side (default 96), 8..1024 */
   uint32_t scan_cells;       /* scan box side (default 24), 1..64 */
+  double heading_window_deg; /* a locked track's headings: +-this (default 30), 0..180 */
+  double turn_rate_dps;      /* plus this times dt (default 30 deg/s), 0..3600 */
 };
 
 void gl_track_params_init(struct gl_track_params *p);
@@ -116,6 +123,9 @@ struct gl_track;
 int gl_track_create(const struct gl_track_params *p, uint32_t rows, uint32_t cols, double cell_m,
                     struct gl_track **out, char *err, size_t errlen);
 void gl_track_destroy(struct gl_track *t);
+
+/* True when t was created for this grid. */
+bool gl_track_fits(const struct gl_track *t, uint32_t rows, uint32_t cols, double cell_m);
 
 /* Forgets the flight: the next frame starts the track afresh. */
 void gl_track_reset(struct gl_track *t);
