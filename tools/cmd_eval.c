@@ -75,7 +75,7 @@ static void usage(FILE *f) {
              "  --use-velocity      give the tracker each frame's velocity (vel_n, vel_e)\n"
              "  --max-speed V       the vehicle's top speed, m/s (default 25)\n"
              "  --track-temperature T, --track-reacquire E, --lock-confidence C,\n"
-             "  --lost-confidence C, --lock-frames N\n"
+             "  --lost-confidence C, --lock-frames N, --lost-frames N\n"
              "                      the tracker's parameters (src/track/track.h)\n"
              "\n");
   fprintf(f, "Metrics:\n"
@@ -380,6 +380,7 @@ int gl_cmd_eval(int argc, char **argv) {
       {"lock-confidence", required_argument, NULL, 2005},
       {"lost-confidence", required_argument, NULL, 2006},
       {"lock-frames", required_argument, NULL, 2007},
+      {"lost-frames", required_argument, NULL, 2008},
       GL_CLI_TLS_OPTIONS,
       GL_CLI_FINE_OPTIONS,
       {"help", no_argument, NULL, 'h'},
@@ -476,10 +477,11 @@ int gl_cmd_eval(int argc, char **argv) {
         fprintf(stderr, EVAL_PROG ": %s\n", terr);
       break;
     }
-    case 2007: {
+    case 2007:
+    case 2008: {
       long v = 0;
       good = parse_long(optarg, 1, 1000, &v);
-      o.track.lock_frames = (uint32_t)v;
+      *(opt == 2007 ? &o.track.lock_frames : &o.track.lost_frames) = (uint32_t)v;
       break;
     }
     case 'a':

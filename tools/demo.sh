@@ -5,22 +5,26 @@
 #      of imagery (2018, 2019, 2020: one tile per place, each scored by its
 #      best year) with the shipped model, dense layer included;
 #   2. simulates a drone flight over it in the 2009 imagery, which the map was
-#      not built from (heading along the path, tilted camera);
+#      not built from (make-flights: 5-20 m/s, a frame every 0.5-1 s, heading
+#      along the path, tilted camera; with 40 frames or more, a gap in the
+#      frames and a "kidnap", a jump to a place 1 km or more away);
 #   3. starts geolocd on 127.0.0.1 (a free port) serving that model and map;
-#   4. streams the flight through `geoloc query --labels --use-heading` (each
-#      frame carries its compass heading, as a drone's telemetry does; the
-#      daemon turns it north-up and runs the fine stage over the map's dense
-#      layer): a row per frame (estimate, truth, error, latency), a summary,
-#      and a report picture;
+#   4. streams the flight through `geoloc eval --connect --flights` as a
+#      tracked stream (each frame carries its capture time and its compass
+#      heading with 10 degrees of error, as a drone's telemetry does; the
+#      daemon turns it north-up, runs the fine stage over the map's dense
+#      layer and steps the stream's tracker): a row per frame (the frame's
+#      own estimate and error, the track's status and error), the summary,
+#      the per-frame and tracked figures side by side, and a report picture;
 #   5. stops the daemon with SIGTERM and checks that it exited cleanly.
 #
 # usage: tools/demo.sh BUILD_DIR OUT_DIR [FRAMES]
-# Exit status: 0 when every step worked and every frame got an estimate.
+# Exit status: 0 when every step worked and every frame was answered.
 set -euo pipefail
 
 BUILD=$(cd "${1:?usage: demo.sh BUILD_DIR OUT_DIR [FRAMES]}" && pwd)
 OUT=${2:?usage: demo.sh BUILD_DIR OUT_DIR [FRAMES]}
-FRAMES=${3:-60}
+FRAMES=${3:-100}
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 GEOLOC=$BUILD/tools/geoloc
 GEOLOCD=$BUILD/daemon/geolocd
@@ -46,7 +50,10 @@ BBOX=$("${PY[@]}" xtime-bbox --naip "$NAIP")
 
 step "demo flight: $FRAMES frames of 2009 imagery"
 rm -rf "$OUT/flight"
-"${PY[@]}" make-flight --naip "$NAIP" --out "$OUT/flight" --year 2009 --frames "$FRAMES"
+EVENTS=()
+[ "$FRAMES" -ge 40 ] || EVENTS=(--no-events)
+"${PY[@]}" make-flights --naip "$NAIP" --out "$OUT/flight" --flights 1 --years 2009 \
+  --frames "$FRAMES" --seed 7 "${EVENTS[@]}"
 
 PORT=$(/usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 cat >"$OUT/geolocd.conf" <<EOF
@@ -74,10 +81,10 @@ for _ in $(seq 1 300); do
 done
 [ "$ready" -eq 1 ] || { cat "$OUT/geolocd.log" >&2; die "geolocd did not answer within 60 s"; }
 
-step "streaming the flight through geolocd, each frame with its compass heading"
+step "streaming the flight through geolocd, tracked, each frame with its compass heading"
 status=0
-"$GEOLOC" query --connect "127.0.0.1:$PORT" --labels "$OUT/flight/labels.csv" --use-heading \
-  --pack "$OUT/demo.map" --report "$OUT/report.png" || status=$?
+"$GEOLOC" eval --connect "127.0.0.1:$PORT" --flights "$OUT/flight" --use-heading \
+  --heading-noise 10 --per-frame --pack "$OUT/demo.map" --report "$OUT/report.png" || status=$?
 
 step "stopping geolocd"
 kill -TERM "$DAEMON"
@@ -85,5 +92,6 @@ drc=0
 wait "$DAEMON" || drc=$?
 trap - EXIT
 [ "$drc" -eq 0 ] || { cat "$OUT/geolocd.log" >&2; die "geolocd exited with status $drc"; }
-[ "$status" -eq 0 ] || die "geoloc query failed (status $status)"
-echo "report: $OUT/report.png (truths green, estimates red, over the 2020 imagery)"
+[ "$status" -eq 0 ] || die "geoloc eval failed (status $status)"
+echo "report: $OUT/report.png (truths green, single-frame estimates red, the track blue, over"
+echo "the 2020 imagery)"

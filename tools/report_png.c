@@ -20,6 +20,7 @@
 
 #include "cli.h"
 #include "core/err.h"
+#include "map/map.h"
 
 #define PNG_MIN_WIDTH 1000
 #define PNG_MAX_SIDE 4000
@@ -30,7 +31,11 @@ struct rgb {
 };
 
 static const struct rgb C_TRUTH = {0, 220, 0}, C_EST = {235, 20, 20}, C_LINE = {255, 230, 0},
-                        C_OUTLINE = {0, 230, 255}, C_EDGE = {0, 0, 0};
+                        C_OUTLINE = {0, 230, 255}, C_EDGE = {0, 0, 0},
+                        C_TRACK = {40, 90, 255}, C_TRACK_DIM = {150, 170, 230};
+/* Consecutive track positions farther apart than this are not joined (a
+ * new flight, or a track that jumped). */
+#define PNG_TRACK_JOIN_M 400.0
 static const uint8_t GREY = 128;
 
 struct canvas {
@@ -256,8 +261,9 @@ int gl_cli_report_png(const char *out, const char *pack_dir, const struct gl_cli
   OGRSpatialReferenceH wgs = NULL, srs = NULL;
   OGRCoordinateTransformationH ct = NULL;
   struct canvas c = {0};
-  /* Points to place: 4 corners per tile, then truth and estimate per frame. */
-  size_t np = n_tiles * 4 + n_frames * 2;
+  /* Points to place: 4 corners per tile, then truth, estimate and track
+   * per frame. */
+  size_t np = n_tiles * 4 + n_frames * 3;
   double *x = malloc((np ? np : 1) * sizeof *x), *y = malloc((np ? np : 1) * sizeof *y);
   int *ok = malloc((np ? np : 1) * sizeof *ok);
   GDALAllRegister();
@@ -281,6 +287,9 @@ int gl_cli_report_png(const char *out, const char *pack_dir, const struct gl_cli
     y[k] = frames[i].truth_lat;
     x[k + 1] = frames[i].has_estimate ? frames[i].est_lon : NAN;
     y[k + 1] = frames[i].has_estimate ? frames[i].est_lat : NAN;
+    size_t kt = n_tiles * 4 + n_frames * 2 + i;
+    x[kt] = frames[i].track_status ? frames[i].track_lon : NAN;
+    y[kt] = frames[i].track_status ? frames[i].track_lat : NAN;
     lat_sum += frames[i].truth_lat;
     lon_sum += frames[i].truth_lon;
     n_sum++;
@@ -401,6 +410,20 @@ int gl_cli_report_png(const char *out, const char *pack_dir, const struct gl_cli
     size_t k = n_tiles * 4 + i * 2 + 1;
     dot(&c, (x[k] - c.x0) / c.px, (c.y1 - y[k]) / c.px, 3, C_EST);
   }
+  /* The track: a line through its positions, a dot where it was locked. */
+  const size_t kt = n_tiles * 4 + n_frames * 2;
+  for (size_t i = 1; i < n_frames; i++) {
+    const struct gl_eval_frame *a = &frames[i - 1], *b = &frames[i];
+    if (a->track_status && b->track_status &&
+        gl_map_distance_m(a->track_lat, a->track_lon, b->track_lat, b->track_lon) <
+            PNG_TRACK_JOIN_M)
+      line(&c, (x[kt + i - 1] - c.x0) / c.px, (c.y1 - y[kt + i - 1]) / c.px,
+           (x[kt + i] - c.x0) / c.px, (c.y1 - y[kt + i]) / c.px, C_TRACK);
+  }
+  for (size_t i = 0; i < n_frames; i++)
+    if (frames[i].track_status)
+      dot(&c, (x[kt + i] - c.x0) / c.px, (c.y1 - y[kt + i]) / c.px, 2,
+          frames[i].track_status == 2 ? C_TRACK : C_TRACK_DIM);
   if ((rc = write_png(out, &c, prog)))
     goto cleanup;
   *width = (uint32_t)c.w;

@@ -18,7 +18,9 @@ struct gl_cli_png_tile {
  * only the file name is known; without pack_dir, or when no raster is
  * found, a grey background, which is said on stderr), the outline of the
  * region the tiles cover (cyan), each frame's true position (green), its
- * estimate (red) and a yellow line between them. The picture covers the
+ * estimate (red) and a yellow line between them, and for frames with a
+ * track (gl_eval_frame.track_status) the track: a blue line through its
+ * positions and a dot at each, bright where it was LOCKED. The picture covers the
  * tiles and every drawn point with a margin, in the first raster's CRS (a
  * local azimuthal equidistant projection without one), and is at least
  * 1000 pixels wide: the raster's own resolution when that is wider, up to

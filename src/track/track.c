@@ -25,6 +25,7 @@ void gl_track_params_init(struct gl_track_params *p) {
       .lock_confidence = 0.8,
       .lost_confidence = 0.6,
       .lock_frames = 2,
+      .lost_frames = 3,
       .max_gap_s = 300,
       .window_cells = 96,
       .scan_cells = 24,
@@ -59,6 +60,9 @@ int gl_track_params_check(const struct gl_track_params *p, char *err, size_t err
   if (p->lock_frames < 1 || p->lock_frames > 1000)
     return gl_fail(err, errlen, GL_EINVAL, "track lock frames %u is not in 1..1000",
                    p->lock_frames);
+  if (p->lost_frames < 1 || p->lost_frames > 1000)
+    return gl_fail(err, errlen, GL_EINVAL, "track lost frames %u is not in 1..1000",
+                   p->lost_frames);
   if (!(p->max_gap_s > 0 && p->max_gap_s <= 1e6))
     return gl_fail(err, errlen, GL_EINVAL, "track max gap %g s is not in (0, 1e6]", p->max_gap_s);
   if (!(p->heading_window_deg >= 0 && p->heading_window_deg <= 180) ||
@@ -89,7 +93,9 @@ struct gl_track {
   uint64_t t_us;
   double dt;
   enum gl_track_status status;
-  uint32_t good;
+  uint32_t good;     /* frames in a row that would hold a lock */
+  uint32_t disagree; /* frames in a row whose own estimate is elsewhere */
+  double hint_r, hint_q; /* this frame's own best placement, NaN when none */
   double last_r, last_q; /* the previous estimate, grid cells */
   double heading;        /* the previous estimate's heading; NaN when unknown */
 };
@@ -148,7 +154,7 @@ void gl_track_reset(struct gl_track *t) {
   t->started = t->have_fix = false;
   t->heading = NAN;
   t->status = GL_TRACK_ACQUIRING;
-  t->good = 0;
+  t->good = t->disagree = 0;
   t->dt = 0;
 }
 
@@ -233,6 +239,8 @@ int gl_track_predict(struct gl_track *t, uint64_t time_us, const double *vel, do
   if (vel && !(isfinite(vel[0]) && isfinite(vel[1])))
     return gl_fail(err, errlen, GL_EINVAL, "velocity %g,%g m/s is not finite", vel[0], vel[1]);
   double dt = t->started ? (double)(time_us - t->t_us) / 1e6 : 0;
+  t->hint_r = hint_r;
+  t->hint_q = hint_q;
   if (t->started && dt > t->p.max_gap_s)
     gl_track_reset(t);
   const size_t n = (size_t)t->wr * t->wc;
@@ -425,9 +433,15 @@ void gl_track_update(struct gl_track *t, struct gl_track_state *out) {
     double lim = t->p.max_speed_mps * t->dt + 2 * t->p.lock_radius_m;
     jumped = hypot(gr - t->last_r, gq - t->last_q) * t->cell > lim;
   }
-  t->good = conf >= t->p.lock_confidence && !jumped ? t->good + 1 : 0;
+  /* The frame's own estimate, which owes nothing to the track, confirms
+   * it or not. */
+  const bool has_hint = !isnan(t->hint_r) && !isnan(t->hint_q);
+  const bool agrees =
+      has_hint && hypot(t->hint_r - gr, t->hint_q - gq) * t->cell <= t->p.lock_radius_m;
+  t->disagree = has_hint && !agrees ? t->disagree + 1 : has_hint ? 0 : t->disagree;
+  t->good = conf >= t->p.lock_confidence && !jumped && agrees ? t->good + 1 : 0;
   if (t->status == GL_TRACK_LOCKED) {
-    if (conf < t->p.lost_confidence || jumped)
+    if (conf < t->p.lost_confidence || jumped || t->disagree >= t->p.lost_frames)
       t->status = GL_TRACK_LOST;
   } else if (t->good >= t->p.lock_frames) {
     t->status = GL_TRACK_LOCKED;

@@ -57,12 +57,18 @@
  *     the smallest disc about the position holding 68 % of the mass (at
  *     least c / 2); the heading is the best heading of the scored placement
  *     at m (unknown when m was not scored).
- *  4. Status. ACQUIRING until the confidence has been at least
- *     lock_confidence for lock_frames frames in a row: LOCKED. A locked
- *     track whose confidence falls below lost_confidence, or whose position
- *     jumps farther than the vehicle could have moved (max_speed_mps dt +
- *     2 lock_radius_m), is LOST until it locks again (the same
- *     rule as acquiring).
+ *  4. Status. A frame's own best estimate (the hint of gl_track_predict:
+ *     the fine stage's answer for the frame alone, which owes nothing to
+ *     the track) agrees with the track when it lies within lock_radius_m of
+ *     the position. ACQUIRING until, for lock_frames frames in a row, the
+ *     confidence has been at least lock_confidence and the frame agreed:
+ *     LOCKED. A locked track whose confidence falls below lost_confidence,
+ *     whose position jumps farther than the vehicle could have moved
+ *     (max_speed_mps dt + 2 lock_radius_m), or whose frames disagree
+ *     lost_frames times in a row (frames without an estimate do not count)
+ *     is LOST until it locks again (the same rule as acquiring). The
+ *     filter's position is answered whatever the status: a lost track
+ *     still holds its best guess, but says it is not sure of it.
  *
  * Cost: a prediction is two 1-D convolutions of the window (a few taps at
  * frame rate); the measurement is the fine stage's scan of the small box
@@ -94,6 +100,7 @@ struct gl_track_params {
   double lock_confidence;    /* default 0.8, 0..1 */
   double lost_confidence;    /* default 0.6, 0..lock_confidence */
   uint32_t lock_frames;      /* default 2, 1..1000 */
+  uint32_t lost_frames;      /* default 3, 1..1000 */
   double max_gap_s;          /* a longer gap restarts the track (default 300), > 0 */
   uint32_t window_cells;     /* window side (default 96), 8..1024 */
   uint32_t scan_cells;       /* scan box side (default 24), 1..64 */

@@ -144,12 +144,40 @@ static void test_decoy(void) {
   uint64_t s = 5;
   char err[256];
   for (int i = 0; i < 30; i++) {
-    CHECK_EQ_INT(gl_track_predict(t, i * SEC, NULL, NAN, NAN, err, sizeof err), 0);
+    CHECK_EQ_INT(gl_track_predict(t, i * SEC, NULL, 10, 10, err, sizeof err), 0);
     measure(t, 10, 10, 40, 45, &s);
     gl_track_update(t, &st);
   }
   CHECK_EQ_INT(st.status, GL_TRACK_LOCKED);
   CHECK(hypot(st.r - 10, st.q - 10) < 0.5);
+  gl_track_destroy(t);
+}
+
+/* A locked track whose frames' own estimates point elsewhere three times
+ * in a row is LOST, though the filter holds its place; agreement locks it
+ * again. Frames without an estimate of their own cannot lock a track. */
+static void test_disagreement(void) {
+  struct gl_track *t = make(60, 60);
+  struct gl_track_state st;
+  uint64_t s = 8;
+  int i = 0;
+  for (; i < 5; i++)
+    step(t, i * SEC, NULL, 30, 30, 30, 30, &st, &s);
+  CHECK_EQ_INT(st.status, GL_TRACK_LOCKED);
+  for (int k = 0; k < 3; k++, i++) {
+    step(t, i * SEC, NULL, 30, 30, 5, 50, &st, &s);
+    CHECK_EQ_INT(st.status, k < 2 ? GL_TRACK_LOCKED : GL_TRACK_LOST);
+  }
+  CHECK(hypot(st.r - 30, st.q - 30) < 0.5);
+  for (int k = 0; k < 2; k++, i++)
+    step(t, i * SEC, NULL, 30, 30, 30, 30, &st, &s);
+  CHECK_EQ_INT(st.status, GL_TRACK_LOCKED);
+  gl_track_destroy(t);
+  t = make(60, 60);
+  for (i = 0; i < 5; i++)
+    step(t, i * SEC, NULL, 30, 30, NAN, NAN, &st, &s);
+  CHECK_EQ_INT(st.status, GL_TRACK_ACQUIRING);
+  CHECK(hypot(st.r - 30, st.q - 30) < 0.5);
   gl_track_destroy(t);
 }
 
@@ -217,6 +245,7 @@ int main(void) {
   RUN(test_velocity_moves);
   RUN(test_kidnap);
   RUN(test_decoy);
+  RUN(test_disagreement);
   RUN(test_time);
   RUN(test_window_follows);
   RUN(test_params);
