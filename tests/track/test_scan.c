@@ -1,0 +1,164 @@
+/* The fine stage's windowed scan (gl_loc_fine_scan, which the tracker
+ * measures with) against brute force on a real pack: every placement of a
+ * box scored directly from the query cells and the dense layer's cells, as
+ * fine.h step 4 defines the score, centring included; and the tracker
+ * stepping through the frame on that pack.
+ *
+ * usage: test_scan MODEL.safetensors PACK.map FRAME.png
+ * (tests/python/test_track_c.py builds the pack and the frame) */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/err.h"
+#include "img/img.h"
+#include "loc/fine.h"
+#include "map/dense.h"
+#include "nn/nn.h"
+#include "test.h"
+#include "track/track.h"
+
+#define BOX 12
+
+int main(int argc, char **argv) {
+  if (argc != 4) {
+    fprintf(stderr, "usage: test_scan MODEL PACK FRAME\n");
+    return 2;
+  }
+  char err[512];
+  struct gl_nn_model *model = NULL;
+  struct gl_map *map = NULL;
+  struct gl_image frame = {0};
+  struct gl_loc_fine_frame *ff = NULL;
+  struct gl_nn_engine *eng = NULL;
+  CHECK_EQ_INT(gl_nn_model_load(argv[1], &model, err, sizeof err), 0);
+  CHECK_EQ_INT(gl_map_open(argv[2], gl_nn_model_sha256(model), &map, err, sizeof err), 0);
+  CHECK_EQ_INT(gl_img_load(argv[3], 1u << 24, &frame, err, sizeof err), 0);
+  const struct gl_map_dense *d = map ? gl_map_dense(map) : NULL;
+  CHECK(d != NULL);
+  if (!d)
+    return TEST_END();
+  struct gl_loc_fine_params p;
+  gl_loc_fine_params_init(&p);
+  CHECK_EQ_INT(gl_loc_fine_frame_create(model, d->layer, &p, 2, &ff, err, sizeof err), 0);
+
+  /* The frame's own run (unknown heading: 36 headings, centred), then a
+   * box about the map's middle. */
+  struct gl_loc_estimate est[4];
+  size_t ne = 0;
+  struct gl_map_prior prior = {0};
+  double lat, lon;
+  gl_map_xy_to_wgs84(map, d->x0 + d->cols * d->cell_m / 2, d->y0 - d->rows * d->cell_m / 2, &lat,
+                     &lon);
+  prior = (struct gl_map_prior){lat, lon, 200};
+  CHECK_EQ_INT(gl_loc_fine_frame(ff, map, &frame, NAN, NULL, 0, &prior, est, 4, &ne, err,
+                                 sizeof err),
+               0);
+  const uint32_t side = gl_loc_fine_frame_side(ff);
+  const int32_t r0 = (int32_t)(d->rows - side) / 2 - BOX / 2 - 3, q0 = -2; /* runs off the west edge */
+  float score[BOX * BOX], head[BOX * BOX];
+  CHECK_EQ_INT(gl_loc_fine_frame_scan(ff, map, r0, q0, BOX, BOX, score, head, err, sizeof err), 0);
+
+  /* Brute force: the same query cells from a feature engine of our own. */
+  const uint32_t S = gl_nn_model_input_size(model), H = 36;
+  float headings[36];
+  for (uint32_t h = 0; h < H; h++)
+    headings[h] = (float)(10 * h);
+  uint8_t *pix = malloc((size_t)H * S * S * 3), *base = malloc(4 * (size_t)S * S * 3);
+  struct gl_image imgs[36];
+  for (uint32_t h = 0; h < H; h++)
+    imgs[h] = (struct gl_image){pix + (size_t)h * S * S * 3, S, S};
+  gl_loc_fine_warp(&frame, headings, H, S, base, imgs);
+  struct gl_nn_engine_opts eo = {
+      .backend = GL_NN_BACKEND_CPU, .max_batch = H, .threads = 2, .feature_layer = d->layer};
+  CHECK_EQ_INT(gl_nn_engine_create(model, &eo, &eng, err, sizeof err), 0);
+  uint32_t fr, fc, ch, stride;
+  gl_nn_engine_feature_shape(eng, &fr, &fc, &ch, &stride);
+  CHECK_EQ_INT(fr, side);
+  float *q = malloc((size_t)H * fr * fc * ch * sizeof(float));
+  CHECK_EQ_INT(gl_nn_engine_features(eng, imgs, H, q), 0);
+  double worst = 0;
+  int off_map = 0, compared = 0;
+  for (int32_t a = 0; a < BOX; a++)
+    for (int32_t b = 0; b < BOX; b++) {
+      int32_t r = r0 + a, c = q0 + b;
+      float got = score[a * BOX + b];
+      if (r < 0 || c < 0 || r > (int32_t)(d->rows - side) || c > (int32_t)(d->cols - side)) {
+        CHECK(isnan(got));
+        off_map++;
+        continue;
+      }
+      double s[36], mean = 0;
+      for (uint32_t h = 0; h < H; h++) {
+        s[h] = -INFINITY;
+        for (uint32_t y = 0; y < d->years; y++) {
+          double acc = 0;
+          uint32_t nk = 0;
+          for (uint32_t i = 0; i < side; i++)
+            for (uint32_t j = 0; j < side; j++) {
+              double dy = i + 0.5 - side / 2.0, dx = j + 0.5 - side / 2.0;
+              if (dx * dx + dy * dy > side * side / 4.0)
+                continue;
+              const float *qc = q + (((size_t)h * side + i) * side + j) * ch;
+              const float *dc =
+                  d->cells + (((size_t)y * d->rows + (size_t)(r + (int32_t)i)) * d->cols +
+                              (size_t)(c + (int32_t)j)) *
+                                 ch;
+              double n2 = 0, dot = 0;
+              for (uint32_t k = 0; k < ch; k++) {
+                n2 += (double)qc[k] * qc[k];
+                dot += (double)qc[k] * dc[k];
+              }
+              acc += n2 > 0 ? dot / sqrt(n2) : 0;
+              nk++;
+            }
+          s[h] = fmax(s[h], acc / nk);
+        }
+        mean += s[h] / H;
+      }
+      double best = -INFINITY;
+      for (uint32_t h = 0; h < H; h++)
+        best = fmax(best, s[h] - p.centering * mean);
+      worst = fmax(worst, fabs(best - got));
+      compared++;
+    }
+  printf("scan: %d placements compared, %d off the map, worst |difference| %.2e\n", compared,
+         off_map, worst);
+  CHECK(off_map > 0 && compared > BOX * BOX / 2);
+  CHECK(worst < 1e-4);
+
+  /* The tracker on this pack: a frame seen three times in place locks. */
+  uint32_t R, C;
+  double cell;
+  struct gl_track *t = NULL;
+  struct gl_track_params tp;
+  gl_track_params_init(&tp);
+  CHECK_EQ_INT(gl_track_grid(map, ff, &R, &C, &cell), 0);
+  CHECK_EQ_INT(gl_track_create(&tp, R, C, cell, &t, err, sizeof err), 0);
+  struct gl_track_fix fix = {0};
+  for (int i = 0; i < 3 && t; i++) {
+    CHECK_EQ_INT(gl_loc_fine_frame(ff, map, &frame, NAN, NULL, 0, &prior, est, 4, &ne, err,
+                                   sizeof err),
+                 0);
+    CHECK_EQ_INT(gl_track_frame(t, ff, map, 1000000ull * (uint64_t)i, NULL, est[0].lat,
+                                est[0].lon, &fix, err, sizeof err),
+                 0);
+  }
+  CHECK_EQ_INT(fix.s.status, GL_TRACK_LOCKED);
+  CHECK(gl_map_distance_m(fix.lat, fix.lon, est[0].lat, est[0].lon) < 20);
+  printf("track: locked at %.7f,%.7f, %.1f m from the frame's own estimate, radius %.0f m\n",
+         fix.lat, fix.lon, gl_map_distance_m(fix.lat, fix.lon, est[0].lat, est[0].lon),
+         fix.s.radius_m);
+  CHECK_EQ_INT(gl_track_frame(t, ff, map, 0, NULL, NAN, NAN, &fix, err, sizeof err), GL_EINVAL);
+  gl_track_destroy(t);
+  free(q);
+  free(pix);
+  free(base);
+  gl_nn_engine_destroy(eng);
+  gl_loc_fine_frame_destroy(ff);
+  gl_img_free(&frame);
+  gl_map_close(map);
+  gl_nn_model_destroy(model);
+  return TEST_END();
+}
