@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "camera.h"
 #include "cli.h"
 #include "client/client.h"
 #include "client/report.h"
@@ -24,6 +25,8 @@ static void usage(FILE *f) {
           "\n"
           "Streams JPEG/PNG frames to geolocd (several in flight at once) and prints\n"
           "each answer as it arrives. A directory stands for its .jpg/.jpeg/.png files.\n"
+          "Frames go with their camera (--altitude, --hfov, --tilt, or what a photo's\n"
+          "metadata says), which geolocd crops them with.\n"
           "\n"
           "  --connect ADDR      HOST:PORT, [IPv6]:PORT or unix:PATH\n"
           "  --map NAME          map to localize against (default: the server's only map)\n"
@@ -32,7 +35,18 @@ static void usage(FILE *f) {
           "  --window N          frames in flight at once (default 16)\n"
           "  --format F          table (default), csv, geojson or nmea\n"
           "  --heading DEG       send every frame this compass heading (degrees clockwise\n"
-          "                      from north of the image's top)\n"
+          "                      from north of the image's top; default: each photo's)\n"
+          GL_CLI_CAMERA_USAGE
+          "  --track             stream the frames as one flight, in the order given: the\n"
+          "                      server tracks it and each frame's answer gains a row (or\n"
+          "                      GeoJSON feature) of rank \"track\" with the track's position,\n"
+          "                      radius, confidence and status (ACQUIRING, LOCKED, LOST); as\n"
+          "                      NMEA, the track's fixes while it is locked. Capture times:\n"
+          "                      the labels' time_us column, else --interval\n"
+          "  --interval S        with --track: frames S seconds apart (default: the time\n"
+          "                      each frame is sent, for a live camera)\n"
+          "  --max-speed V       with --track: the vehicle's top speed, m/s (default: the\n"
+          "                      server's)\n"
           "  --tls-ca FILE       CA of the server certificate (enables TLS)\n"
           "  --tls-cert FILE     client certificate\n"
           "  --tls-key FILE      client private key\n"
@@ -47,13 +61,18 @@ static void usage(FILE *f) {
           "  --report FILE.png   draw truths (green) and estimates (red) over the map\n"
           "  --use-heading       send each frame the labels' heading as its compass heading\n"
           "\n"
+          "A photo carrying a GPS position (EXIF) gets a line on stderr saying how far the\n"
+          "best estimate is from it (without --labels).\n"
+          "\n"
           "Exit status: 0 when every frame got an estimate, 1 otherwise.\n");
 }
 
 struct query {
   struct gl_report report;
   char **paths;
+  const struct gl_cli_photo *photos; /* one per path */
   struct gl_cli_eval *ev; /* with --labels */
+  bool track;             /* a tracked stream */
   size_t ok, failed;
   double t_start;
 };
@@ -67,12 +86,23 @@ static void on_ready(void *ctx) {
 
 static void on_answer(void *ctx, const struct gl_cli_answer *a) {
   struct query *q = ctx;
+  static const char *const track_status[] = {"", "ACQUIRING", "LOCKED", "LOST"};
   a->ok ? q->ok++ : q->failed++;
+  if (q->ev && a->track_status)
+    gl_cli_eval_record_track(q->ev, a->index, a->track_status, a->track_lat, a->track_lon);
   if (q->ev)
     gl_cli_eval_record(q->ev, a->index, a->status, a->ok, a->cand, a->n, a->latency_ms);
-  else
+  else if (!(a->track_status && q->report.fmt == GL_REPORT_NMEA))
     gl_report_frame(&q->report, q->paths[a->index], a->status, a->cand, a->n, a->capture_us,
                     a->latency_ms);
+  if (!q->ev && a->track_status >= 1 && a->track_status <= 3) {
+    struct gl_report_track t = {track_status[a->track_status], a->track_lat, a->track_lon,
+                                a->track_radius_m, a->track_confidence, a->track_heading_deg};
+    gl_report_track(&q->report, q->paths[a->index], &t, a->capture_us, a->latency_ms);
+  }
+  if (!q->ev && a->n)
+    gl_cli_photo_compare("geoloc", q->paths[a->index], &q->photos[a->index], a->cand[0].lat,
+                         a->cand[0].lon);
 }
 
 /* The summary of a --labels run: to stdout after a table, to stderr after
@@ -88,6 +118,8 @@ static int labels_summary(struct query *q, bool csv) {
   if (!csv)
     fputc('\n', f);
   gl_cli_eval_print_brief(&s, f);
+  if (q->track && q->ev->labels.flights)
+    return gl_cli_eval_print_flights(q->ev, &s, 0, f);
   return GL_OK;
 }
 
@@ -99,7 +131,9 @@ int gl_cmd_query(int argc, char **argv) {
       {"labels", required_argument, NULL, 'l'},   {"pack", required_argument, NULL, 'P'},
       {"report", required_argument, NULL, 'R'},
       {"heading", required_argument, NULL, 'H'},  {"use-heading", no_argument, NULL, 'u'},
-      GL_CLI_TLS_OPTIONS,
+      {"track", no_argument, NULL, 1200},         {"max-speed", required_argument, NULL, 1201},
+      {"interval", required_argument, NULL, 1202},
+      GL_CLI_TLS_OPTIONS,                         GL_CLI_CAMERA_OPTIONS,
       {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0},
   };
   struct gl_cli_stream_opts so = {.prog = "geoloc", .client_name = "geoloc query"};
@@ -113,6 +147,10 @@ int gl_cmd_query(int argc, char **argv) {
   long top_k = 0, window = 16;
   double heading = NAN, *headings = NULL;
   bool use_heading = false;
+  double interval = 0;
+  uint64_t *times = NULL;
+  struct gl_cli_camera camera = {0};
+  struct gl_cli_photo *photos = NULL;
   char **paths = NULL;
   size_t n_paths = 0;
   int status = 2, o;
@@ -159,6 +197,22 @@ int gl_cmd_query(int argc, char **argv) {
     case 'u':
       use_heading = true;
       break;
+    case 1200:
+      so.track = true;
+      break;
+    case 1201:
+    case 1202: {
+      char *end;
+      double v = strtod(optarg, &end);
+      if (end == optarg || *end || !(v > 0 && v <= (o == 1201 ? 1000 : 86400))) {
+        fprintf(stderr, "geoloc: --%s wants %s, got '%s'\n",
+                o == 1201 ? "max-speed" : "interval",
+                o == 1201 ? "metres per second in (0, 1000]" : "seconds in (0, 86400]", optarg);
+        return 2;
+      }
+      *(o == 1201 ? &so.max_speed_mps : &interval) = v;
+      break;
+    }
     case 'P':
       pack_path = optarg;
       break;
@@ -170,6 +224,14 @@ int gl_cmd_query(int argc, char **argv) {
     case 'K':
     case 's':
       gl_cli_tls_option(o, optarg, &so.co);
+      break;
+    case 1100:
+    case 1101:
+    case 1102:
+    case 1103:
+    case 1104:
+      if (!gl_cli_camera_option("geoloc", o, optarg, &camera))
+        return 2;
       break;
     case 'h':
       usage(stdout);
@@ -203,6 +265,7 @@ int gl_cmd_query(int argc, char **argv) {
   so.answer_cb = on_answer;
   so.ctx = &q;
   q.report.fmt = fmt;
+  q.track = so.track;
   status = 1;
   if (labels) {
     char err[512];
@@ -228,14 +291,32 @@ int gl_cmd_query(int argc, char **argv) {
     }
     q.paths = paths;
   }
-  if (use_heading || !isnan(heading)) {
-    if (!(headings = malloc((n_paths ? n_paths : 1) * sizeof *headings))) {
+  /* Each frame's heading (--heading, the labels' with --use-heading, else
+   * the photo's), orientation and camera. */
+  if (!(headings = malloc((n_paths ? n_paths : 1) * sizeof *headings)) ||
+      !(photos = calloc(n_paths ? n_paths : 1, sizeof *photos))) {
+    fprintf(stderr, "geoloc: out of memory\n");
+    goto done;
+  }
+  for (size_t i = 0; i < n_paths; i++) {
+    gl_cli_photo_resolve("geoloc", q.paths[i], &camera,
+                         use_heading ? ev.labels.v[i].heading_deg : heading, &photos[i]);
+    headings[i] = photos[i].heading_deg;
+  }
+  so.headings = headings;
+  so.photos = q.photos = photos;
+  /* A tracked stream's capture times: the labels' (time_us), or --interval
+   * seconds apart from now, or (neither) the time each frame is sent. */
+  if (so.track && (interval > 0 || (q.ev && ev.labels.flights))) {
+    uint64_t t0 = gl_cli_clock_us(CLOCK_REALTIME);
+    if (!(times = malloc((n_paths ? n_paths : 1) * sizeof *times))) {
       fprintf(stderr, "geoloc: out of memory\n");
       goto done;
     }
     for (size_t i = 0; i < n_paths; i++)
-      headings[i] = use_heading ? ev.labels.v[i].heading_deg : heading;
-    so.headings = headings;
+      times[i] = q.ev && ev.labels.flights ? ev.labels.v[i].time_us
+                                           : t0 + (uint64_t)llround((double)i * interval * 1e6);
+    so.times = times;
   }
   if (gl_cli_stream(&so, q.paths, n_paths) != GL_OK)
     goto done;
@@ -249,6 +330,8 @@ int gl_cmd_query(int argc, char **argv) {
   status = q.failed ? 1 : 0;
   fprintf(stderr, "geoloc: %zu frame(s): %zu estimated, %zu failed\n", n_paths, q.ok, q.failed);
 done:
+  free(times);
+  free(photos);
   free(headings);
   gl_cli_eval_fini(&ev);
   gl_map_close(pack);

@@ -131,6 +131,48 @@ void gl_report_frame(struct gl_report *r, const char *image, const char *status,
   fflush(f); /* estimates stream: a reader sees each frame as it is answered */
 }
 
+void gl_report_track(struct gl_report *r, const char *image, const struct gl_report_track *t,
+                     uint64_t time_us, double latency_ms) {
+  FILE *f = r->f;
+  char hd[16] = "-";
+  if (!isnan(t->heading_deg))
+    snprintf(hd, sizeof hd, "%.1f", (double)t->heading_deg);
+  switch (r->fmt) {
+  case GL_REPORT_TABLE:
+    fprintf(f, "%-32s %5s %12.7f %13.7f %7s %6.3f %9.1f %7s %10.2f  %s\n", image, "track", t->lat,
+            t->lon, "-", (double)t->confidence, (double)t->radius_m, hd, latency_ms, t->status);
+    break;
+  case GL_REPORT_CSV:
+    gl_report_csv_field(f, image);
+    fprintf(f, ",track,%.8f,%.8f,,%.6f,%.2f,,%s,%.3f,%s\n", t->lat, t->lon,
+            (double)t->confidence, (double)t->radius_m, isnan(t->heading_deg) ? "" : hd,
+            latency_ms, t->status);
+    break;
+  case GL_REPORT_GEOJSON:
+    fprintf(f,
+            "%s\n{\"type\":\"Feature\",\"geometry\":{\"type\":\"Point\",\"coordinates\":[%.8f,"
+            "%.8f]},\"properties\":{\"image\":",
+            r->features++ ? "," : "", t->lon, t->lat);
+    gl__json_string(f, image);
+    fprintf(f, ",\"track\":\"%s\",\"confidence\":%.6f,\"radius_m\":%.2f", t->status,
+            (double)t->confidence, (double)t->radius_m);
+    if (!isnan(t->heading_deg))
+      fprintf(f, ",\"heading_deg\":%.2f", (double)t->heading_deg);
+    fputs("}}", f);
+    break;
+  case GL_REPORT_NMEA:
+    if (strcmp(t->status, "LOCKED") == 0) {
+      char s[128];
+      if (gl_nmea_gga(s, sizeof s, time_us, t->lat, t->lon))
+        fputs(s, f);
+      if (gl_nmea_rmc(s, sizeof s, time_us, t->lat, t->lon))
+        fputs(s, f);
+    }
+    break;
+  }
+  fflush(f);
+}
+
 void gl_report_end(struct gl_report *r) {
   if (r->fmt == GL_REPORT_GEOJSON)
     fputs("\n]}\n", r->f);

@@ -36,6 +36,22 @@ void gl_report_frame(struct gl_report *r, const char *image, const char *status,
                      const struct gl_report_candidate *c, size_t n, uint64_t time_us,
                      double latency_ms);
 
+/* A stream's track after a frame (Estimate.track). */
+struct gl_report_track {
+  const char *status; /* "ACQUIRING", "LOCKED" or "LOST" */
+  double lat, lon;
+  float radius_m, confidence;
+  float heading_deg; /* NaN when unknown */
+};
+
+/* Writes a tracked frame's track, after its gl_report_frame: a row of rank
+ * "track" whose status is the track's (table, CSV), a feature with
+ * "track": status (GeoJSON); for NMEA, the fix sentences of the track
+ * while it is LOCKED, which then stand for the frame (the caller writes
+ * no gl_report_frame of a tracked frame for NMEA). */
+void gl_report_track(struct gl_report *r, const char *image, const struct gl_report_track *t,
+                     uint64_t time_us, double latency_ms);
+
 /* Writes s as one CSV field (RFC 4180: a field with a comma, quote or line
  * break is quoted, quotes doubled). */
 void gl_report_csv_field(FILE *f, const char *s);
