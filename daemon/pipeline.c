@@ -84,6 +84,34 @@ static void gl__finish_on_loop(struct gl_pipeline *p, struct gl_job *job) {
 
 /* ---- decoding, on the libuv thread pool --------------------------------- */
 
+/* A frame with a camera: the decoded frame is replaced by its crop to the
+ * ground of one of the map's tiles (footprint.h), sized by the footprint
+ * and never more than 2 S pixels a side (S the model's input side, the
+ * most the fine stage uses), so at most 12 S^2 bytes a job. False when the
+ * footprint is refused (BAD_REQUEST) or memory runs out; the job's result
+ * and error say which. */
+static bool gl__decode_crop(struct gl_job *job) {
+  const struct gl_runtime *rt = job->rt;
+  const uint32_t s = rt->input_size;
+  struct gl_img_footprint fp;
+  if (gl_img_footprint(job->image.width, job->image.height, &job->camera,
+                       gl_map_tile_m(rt->maps[job->map].map), (s + 1) / 2, 2 * s, &fp,
+                       job->error, sizeof job->error) != GL_OK) {
+    job->result = GL_JOB_BAD_REQUEST;
+    return false;
+  }
+  struct gl_image crop = {malloc((size_t)fp.side * fp.side * 3), fp.side, fp.side};
+  if (!crop.rgb) {
+    job->result = GL_JOB_FAILED;
+    snprintf(job->error, sizeof job->error, "out of memory");
+    return false;
+  }
+  gl_img_footprint_crop(&job->image, &fp, crop.rgb);
+  gl_img_free(&job->image);
+  job->image = crop;
+  return true;
+}
+
 static void gl__decode_work(uv_work_t *w) {
   struct gl_job *job = w->data;
   const Geoloc__V1__Frame *f = job->msg->frame;
@@ -108,6 +136,8 @@ static void gl__decode_work(uv_work_t *w) {
     job->result = GL_JOB_BAD_IMAGE;
     if (!job->error[0])
       snprintf(job->error, sizeof job->error, "%s", gl_strerror(rc));
+  } else if (job->has_camera && !gl__decode_crop(job)) {
+    /* refused or out of memory: the job's result says which */
   } else if (!isnan(job->heading_deg)) {
     /* A compass heading: the frame is encoded north-up, as the map is. */
     uint32_t s = job->rt->input_size;
@@ -127,13 +157,8 @@ static void gl__decode_work(uv_work_t *w) {
   job->decode_us = (uint32_t)(job->t_decoded - t0);
 }
 
-static void gl__decode_done(uv_work_t *w, int status) {
-  struct gl_job *job = w->data;
-  struct gl_pipeline *p = job->pipe;
-  if (status == UV_ECANCELED && job->result == GL_JOB_OK) {
-    job->result = GL_JOB_FAILED;
-    snprintf(job->error, sizeof job->error, "decoding was cancelled");
-  }
+/* A decoded job goes on to inference, a failed one is finished. */
+static void gl__decoded(struct gl_pipeline *p, struct gl_job *job) {
   if (job->result != GL_JOB_OK) {
     gl__finish_on_loop(p, job);
     return;
@@ -144,6 +169,38 @@ static void gl__decode_done(uv_work_t *w, int status) {
   pthread_mutex_unlock(&p->mu);
 }
 
+/* Passes job on, in its stream's order when the stream is tracked: held
+ * until every earlier frame of the stream has passed (or failed). */
+static void gl__release(struct gl_pipeline *p, struct gl_job *job) {
+  struct gl_stream_track *t = job->trk;
+  if (!t) {
+    gl__decoded(p, job);
+    return;
+  }
+  struct gl_job **at = &t->held;
+  while (*at && (*at)->seq < job->seq)
+    at = &(*at)->next;
+  job->next = *at;
+  *at = job;
+  while (t->held && t->held->seq == t->release_seq) {
+    struct gl_job *j = t->held;
+    t->held = j->next;
+    j->next = NULL;
+    t->release_seq++;
+    gl__decoded(p, j);
+  }
+}
+
+static void gl__decode_done(uv_work_t *w, int status) {
+  struct gl_job *job = w->data;
+  struct gl_pipeline *p = job->pipe;
+  if (status == UV_ECANCELED && job->result == GL_JOB_OK) {
+    job->result = GL_JOB_FAILED;
+    snprintf(job->error, sizeof job->error, "decoding was cancelled");
+  }
+  gl__release(p, job);
+}
+
 void gl_pipeline_submit(struct gl_pipeline *p, struct gl_job *job) {
   job->pipe = p;
   job->work.data = job;
@@ -152,13 +209,41 @@ void gl_pipeline_submit(struct gl_pipeline *p, struct gl_job *job) {
   if (rc < 0) {
     job->result = GL_JOB_FAILED;
     snprintf(job->error, sizeof job->error, "cannot queue the frame: %s", uv_strerror(rc));
-    gl__finish_on_loop(p, job);
+    gl__release(p, job);
   }
 }
 
 uint32_t gl_pipeline_pending(const struct gl_pipeline *p) { return p->pending; }
 
 /* ---- inference; search and clustering on a thread of their own --------- */
+
+/* Steps the stream's filter with job's frame, just run by the fine stage
+ * ff (best: its best estimate, or NULL). The filter is made for the map's
+ * grid at the stream's first frame, and made again if a reload changed
+ * the grid. */
+static int gl__track(struct gl_job *job, struct gl_map *map, struct gl_loc_fine_frame *ff,
+                     const struct gl_loc_estimate *best) {
+  struct gl_stream_track *t = job->trk;
+  uint32_t rows, cols;
+  double cell;
+  if (gl_track_grid(map, ff, &rows, &cols, &cell))
+    return GL_OK; /* no dense grid: nothing to track on */
+  if (t->filter && !gl_track_fits(t->filter, rows, cols, cell)) {
+    gl_track_destroy(t->filter);
+    t->filter = NULL;
+  }
+  if (!t->filter) {
+    int rc = gl_track_create(&t->params, rows, cols, cell, &t->filter, job->error,
+                             sizeof job->error);
+    if (rc)
+      return rc;
+  }
+  const double *v = isnan(job->vel[0]) ? NULL : job->vel;
+  int rc = gl_track_frame(t->filter, ff, map, job->time_us, v, best ? best->lat : NAN,
+                          best ? best->lon : NAN, &job->fix, job->error, sizeof job->error);
+  job->has_fix = rc == GL_OK;
+  return rc;
+}
 
 /* Turns the last search's query i into job's candidates: the fine stage
  * when its map has one, else clustering of the matched tiles. False when
@@ -179,6 +264,8 @@ static bool gl__cluster(struct gl_pipeline *p, struct gl_job *job, uint32_t i) {
     rc = gl_loc_locator_cluster(p->loc, i, rt->bandwidth_m, p->est, want, &n_est, job->error,
                                 sizeof job->error);
   }
+  if (rc == GL_OK && job->trk && rt->maps[job->map].fine)
+    rc = gl__track(job, rt->maps[job->map].map, rt->fine, n_est ? &p->est[0] : NULL);
   if (rc != GL_OK) {
     job->result = GL_JOB_FAILED;
     return false;

@@ -13,16 +13,20 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "img/footprint.h"
 #include "img/img.h"
 #include "map/map.h"
 #include "proto/wire.h"
 #include "runtime.h"
+#include "track/track.h"
 
 #define GL_JOB_MAX_CANDIDATES 100
 
 enum gl_job_result {
   GL_JOB_OK,        /* candidates filled (possibly none: no match) */
   GL_JOB_BAD_IMAGE, /* the image did not decode; error says why */
+  GL_JOB_BAD_REQUEST, /* decoded, but the frame's camera footprint does not fit the map's
+                         tiles (gl_img_footprint); error says why */
   GL_JOB_STALE,     /* waited longer than stale_after_ms */
   GL_JOB_FAILED,    /* inference or search failed; error says why */
 };
@@ -32,6 +36,22 @@ struct gl_job_candidate {
   float score, confidence, radius_m;
   int64_t tile_id;
   float heading_deg; /* estimated by the fine stage; NaN otherwise */
+};
+
+/* A tracked stream (StreamOptions.track): the order of its frames and its
+ * filter. Owned by the connection, which outlives its jobs. */
+struct gl_stream_track {
+  /* Loop thread. Frames are decoded in parallel, but reach the batcher in
+   * the order the stream sent them, so that the filter steps in time
+   * order: a decoded frame waits in `held` (by seq) for the earlier ones. */
+  uint64_t next_seq;    /* given to the next accepted frame */
+  uint64_t release_seq; /* the next frame allowed past decoding */
+  struct gl_job *held;
+  uint64_t last_time_us; /* the last accepted frame's capture time */
+  bool has_time;
+  /* Search thread only, after Hello: the filter, for the grid of its map. */
+  struct gl_track *filter;
+  struct gl_track_params params;
 };
 
 struct gl_job {
@@ -49,20 +69,35 @@ struct gl_job {
   bool has_prior;
   struct gl_map_prior prior;
   double heading_deg; /* the frame's compass heading; NaN when it has none */
+  /* Tracking: the stream (NULL when untracked), the frame's place in it,
+   * its capture time and velocity {north, east} (NaN when not given), and
+   * the track after it (has_fix). */
+  struct gl_stream_track *trk;
+  uint64_t seq;
+  uint64_t time_us;
+  double vel[2];
+  bool has_fix;
+  struct gl_track_fix fix;
+  /* The camera (Frame altitude_m, hfov_deg, tilt_deg, checked): the
+   * decoded frame is cropped to the ground of one of the map's tiles
+   * before anything else sees it. */
+  bool has_camera;
+  struct gl_img_camera camera;
   uint64_t max_pixels;
   /* Progress, microseconds on CLOCK_MONOTONIC. */
   uint64_t t_received, t_decoded, t_batched, t_inferred, t_done;
   uint32_t decode_us, infer_us, search_us;
   uint32_t batch_size;
   bool batch_first; /* the first frame of its batch: counts the batch once */
-  /* The decoded frame (kept until the fine stage has used it), and with a
-   * heading, the frame turned north-up at the model's input size, which the
-   * global stage encodes instead. */
+  /* The decoded frame (kept until the fine stage has used it; with a
+   * camera, its crop to one tile, at most 2 S pixels a side for the model's
+   * input side S), and with a heading, the frame turned north-up at the
+   * model's input size, which the global stage encodes instead. */
   struct gl_image image;
   struct gl_image north;
   /* The outcome. */
   enum gl_job_result result;
-  char error[200];
+  char error[512];
   struct gl_job_candidate cand[GL_JOB_MAX_CANDIDATES];
   uint32_t n_cand;
   /* The frame's descriptor, between inference and search: the job is

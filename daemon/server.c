@@ -80,6 +80,7 @@ struct gl_conn {
   gl_err_code bye_code; /* while draining: the fatal Error to send last */
   char bye_text[256];
   char map[65];      /* the map this stream localizes against */
+  struct gl_stream_track *trk; /* a tracked stream (StreamOptions.track); NULL otherwise */
   int open_handles;
   uint64_t session_id;
   char peer[96];
@@ -216,7 +217,7 @@ static void gl__conn_error(struct gl_conn *c, gl_err_code code, const uint64_t *
 /* Sends an Error; a fatal one ends the connection after it is flushed. */
 static void gl__conn_error(struct gl_conn *c, gl_err_code code, const uint64_t *frame_id,
                            bool fatal, const char *fmt, ...) {
-  char text[256];
+  char text[512];
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(text, sizeof text, fmt, ap);
@@ -226,7 +227,7 @@ static void gl__conn_error(struct gl_conn *c, gl_err_code code, const uint64_t *
     if (!c->draining) {
       c->draining = true;
       c->bye_code = code;
-      snprintf(c->bye_text, sizeof c->bye_text, "%s", text);
+      snprintf(c->bye_text, sizeof c->bye_text, "%.*s", (int)sizeof c->bye_text - 1, text);
       uv_read_stop(&c->io.stream);
     }
     return;
@@ -276,6 +277,9 @@ static void gl__conn_release(struct gl_conn *c) {
   GL_LOG_D("session %llu (%s): closed", (unsigned long long)c->session_id, c->peer);
   gl_tls_conn_destroy(c->tls);
   gl_wire_decoder_fini(&c->dec);
+  if (c->trk)
+    gl_track_destroy(c->trk->filter);
+  free(c->trk);
   free(c);
   gl__srv_maybe_done(srv);
 }
@@ -364,6 +368,47 @@ static void gl__on_timer(uv_timer_t *t) {
 
 /* ---- protocol ---------------------------------------------------------- */
 
+/* StreamOptions.track: the stream's filter, when its map can be tracked on
+ * (a dense layer and the fine stage); otherwise the stream goes on
+ * untracked and Welcome.tracking says so. Returns 0, or an error after
+ * answering it (fatal). */
+static int gl__conn_track(struct gl_conn *c, const Geoloc__V1__StreamOptions *o) {
+  const struct gl_config *cfg = &c->srv->cfg;
+  const struct gl_runtime *rt = c->srv->rt;
+  int i = rt ? gl_runtime_find_map(rt, c->map) : -1;
+  uint32_t rows, cols;
+  double cell;
+  char err[256];
+  if (!cfg->track || i < 0 || !rt->maps[i].fine || !rt->fine ||
+      gl_track_grid(rt->maps[i].map, rt->fine, &rows, &cols, &cell)) {
+    GL_LOG_D("session %llu (%s): tracking asked for, but %s", (unsigned long long)c->session_id,
+             c->peer,
+             !cfg->track ? "[track] enabled is off"
+                         : "the map has no dense layer or the fine stage is off");
+    return GL_OK;
+  }
+  struct gl_stream_track *t = calloc(1, sizeof *t);
+  if (!t) {
+    gl__conn_error(c, GEOLOC__V1__ERROR__CODE__INTERNAL, NULL, true, "out of memory");
+    return GL_ENOMEM;
+  }
+  gl_track_params_init(&t->params);
+  t->params.max_speed_mps = cfg->track_max_speed_mps;
+  t->params.window_cells = cfg->track_window_cells;
+  if (o->has_max_speed_mps && o->max_speed_mps > 0)
+    t->params.max_speed_mps = o->max_speed_mps < 0.1f ? 0.1 : o->max_speed_mps;
+  int rc = gl_track_create(&t->params, rows, cols, cell, &t->filter, err, sizeof err);
+  if (rc) {
+    free(t);
+    gl__conn_error(c, rc == GL_ENOMEM ? GEOLOC__V1__ERROR__CODE__RESOURCE_EXHAUSTED
+                                      : GEOLOC__V1__ERROR__CODE__BAD_REQUEST,
+                   NULL, true, "tracking: %s", err);
+    return rc;
+  }
+  c->trk = t;
+  return GL_OK;
+}
+
 static void gl__conn_hello(struct gl_conn *c, const Geoloc__V1__Hello *h) {
   const struct gl_config *cfg = &c->srv->cfg;
   uint32_t version = h->has_protocol_version ? h->protocol_version : 0;
@@ -400,6 +445,16 @@ static void gl__conn_hello(struct gl_conn *c, const Geoloc__V1__Hello *h) {
     }
     snprintf(c->map, sizeof c->map, "%s", rt->maps[i].name);
   }
+  const Geoloc__V1__StreamOptions *o = h->options;
+  if (o && o->has_max_speed_mps && !(o->max_speed_mps >= 0 && o->max_speed_mps <= 1000)) {
+    gl__conn_error(c, GEOLOC__V1__ERROR__CODE__BAD_REQUEST, NULL, true,
+                   "max_speed_mps %g is not a speed in m/s (0 for the server's default, up to "
+                   "1000)",
+                   (double)o->max_speed_mps);
+    return;
+  }
+  if (o && o->has_track && o->track && gl__conn_track(c, o) != GL_OK)
+    return;
   Geoloc__V1__Welcome w = GEOLOC__V1__WELCOME__INIT;
   gl_server_msg m = GEOLOC__V1__SERVER_MESSAGE__INIT;
   w.has_protocol_version = 1;
@@ -414,6 +469,8 @@ static void gl__conn_hello(struct gl_conn *c, const Geoloc__V1__Hello *h) {
   w.max_message_bytes = cfg->max_message_bytes;
   w.has_session_id = 1;
   w.session_id = c->session_id;
+  w.has_tracking = 1;
+  w.tracking = c->trk != NULL;
   m.msg_case = GEOLOC__V1__SERVER_MESSAGE__MSG_WELCOME;
   m.welcome = &w;
   c->state = GL_CONN_READY;
@@ -506,6 +563,44 @@ static bool gl__conn_frame(struct gl_conn *c, gl_client_msg *m) {
                    f->heading_deg);
     return false;
   }
+  /* The camera's footprint: the fields are checked here, the footprint
+   * (which needs the decoded frame's size) when the frame is decoded. */
+  static const char *const camera_fields[3] = {"altitude_m", "hfov_deg", "tilt_deg"};
+  const struct gl_img_camera camera = {f->altitude_m, f->hfov_deg, f->tilt_deg};
+  const unsigned camera_given = (f->has_altitude_m ? GL_IMG_CAMERA_ALTITUDE : 0u) |
+                                (f->has_hfov_deg ? GL_IMG_CAMERA_HFOV : 0u) |
+                                (f->has_tilt_deg ? GL_IMG_CAMERA_TILT : 0u);
+  char camera_err[256];
+  if (gl_img_camera_check(camera_given, &camera, camera_fields, camera_err, sizeof camera_err) !=
+      GL_OK) {
+    gl_metrics_frame(srv->metrics, GL_METRICS_FRAME_ERROR);
+    gl__conn_error(c, BAD, &id, false, "frame %llu: %s", (unsigned long long)id, camera_err);
+    return false;
+  }
+  if (f->has_velocity_north_mps != f->has_velocity_east_mps ||
+      (f->has_velocity_north_mps &&
+       !(fabs(f->velocity_north_mps) <= 1000 && fabs(f->velocity_east_mps) <= 1000))) {
+    gl_metrics_frame(srv->metrics, GL_METRICS_FRAME_ERROR);
+    gl__conn_error(c, BAD, &id, false,
+                   "velocity_north_mps and velocity_east_mps go together, each within +-1000 m/s");
+    return false;
+  }
+  if (c->trk && !f->has_capture_time_us) {
+    gl_metrics_frame(srv->metrics, GL_METRICS_FRAME_ERROR);
+    gl__conn_error(c, BAD, &id, false,
+                   "frame %llu has no capture_time_us, which a tracked stream needs",
+                   (unsigned long long)id);
+    return false;
+  }
+  if (c->trk && c->trk->has_time && f->capture_time_us < c->trk->last_time_us) {
+    gl_metrics_frame(srv->metrics, GL_METRICS_FRAME_ERROR);
+    gl__conn_error(c, BAD, &id, false,
+                   "frame %llu: capture_time_us %llu is before the previous frame's (%llu); a "
+                   "tracked stream's frames must not go back in time",
+                   (unsigned long long)id, (unsigned long long)f->capture_time_us,
+                   (unsigned long long)c->trk->last_time_us);
+    return false;
+  }
   /* Backpressure: a bounded pipeline answers BUSY at once rather than
    * letting frames grow stale in a queue. */
   if (c->inflight >= cfg->max_frames_in_flight || srv->queued >= cfg->queue_depth) {
@@ -528,6 +623,17 @@ static bool gl__conn_frame(struct gl_conn *c, gl_client_msg *m) {
   job->max_pixels = cfg->max_decoded_pixels;
   job->t_received = gl_pipeline_now_us();
   job->heading_deg = f->has_heading_deg ? f->heading_deg : NAN;
+  job->has_camera = camera_given == GL_IMG_CAMERA_ALL;
+  job->camera = camera;
+  job->vel[0] = f->has_velocity_north_mps ? f->velocity_north_mps : NAN;
+  job->vel[1] = f->has_velocity_east_mps ? f->velocity_east_mps : NAN;
+  job->time_us = f->capture_time_us;
+  if (c->trk) {
+    job->trk = c->trk;
+    job->seq = c->trk->next_seq++;
+    c->trk->last_time_us = f->capture_time_us;
+    c->trk->has_time = true;
+  }
   if (pr) {
     job->has_prior = true;
     job->prior = (struct gl_map_prior){pr->lat, pr->lon, pr->radius_m};
@@ -575,6 +681,7 @@ static void gl__job_metrics(struct gl_metrics *mx, const struct gl_job *job) {
   static const enum gl_metrics_status status[] = {
       [GL_JOB_OK] = GL_METRICS_FRAME_OK,
       [GL_JOB_BAD_IMAGE] = GL_METRICS_FRAME_BAD_IMAGE,
+      [GL_JOB_BAD_REQUEST] = GL_METRICS_FRAME_ERROR,
       [GL_JOB_STALE] = GL_METRICS_FRAME_DROPPED_STALE,
       [GL_JOB_FAILED] = GL_METRICS_FRAME_ERROR,
   };
@@ -582,8 +689,8 @@ static void gl__job_metrics(struct gl_metrics *mx, const struct gl_job *job) {
   gl_metrics_frame(mx, job->result == GL_JOB_OK && job->n_cand == 0 ? GL_METRICS_FRAME_NO_MATCH
                                                                     : status[job->result]);
   gl_metrics_observe(mx, GL_METRICS_DECODE, job->decode_us);
-  if (job->result == GL_JOB_BAD_IMAGE)
-    return;
+  if (job->result == GL_JOB_BAD_IMAGE || job->result == GL_JOB_BAD_REQUEST)
+    return; /* never queued for inference */
   gl_metrics_observe(mx, GL_METRICS_QUEUE, job->t_batched - job->t_decoded);
   if (job->result != GL_JOB_OK)
     return;
@@ -605,6 +712,10 @@ static void gl__on_job_done(void *ud, struct gl_job *job) {
     switch (job->result) {
     case GL_JOB_BAD_IMAGE:
       gl__conn_error(c, GEOLOC__V1__ERROR__CODE__BAD_IMAGE, &id, false, "frame %llu: %s",
+                     (unsigned long long)id, job->error);
+      break;
+    case GL_JOB_BAD_REQUEST:
+      gl__conn_error(c, GEOLOC__V1__ERROR__CODE__BAD_REQUEST, &id, false, "frame %llu: %s",
                      (unsigned long long)id, job->error);
       break;
     case GL_JOB_FAILED:
@@ -650,6 +761,21 @@ static void gl__on_job_done(void *ud, struct gl_job *job) {
       e.candidates = cp;
       e.timing = &t;
       e.map = job->rt->maps[job->map].name;
+      Geoloc__V1__Track tr = GEOLOC__V1__TRACK__INIT;
+      if (job->has_fix) {
+        const struct gl_track_fix *x = &job->fix;
+        tr.has_status = tr.has_lat = tr.has_lon = tr.has_radius_m = tr.has_confidence = 1;
+        tr.status = (Geoloc__V1__Track__Status)x->s.status;
+        tr.lat = x->lat;
+        tr.lon = x->lon;
+        tr.radius_m = (float)x->s.radius_m;
+        tr.confidence = (float)x->s.confidence;
+        if (!isnan(x->s.heading_deg)) {
+          tr.has_heading_deg = 1;
+          tr.heading_deg = (float)x->s.heading_deg;
+        }
+        e.track = &tr;
+      }
       m.msg_case = GEOLOC__V1__SERVER_MESSAGE__MSG_ESTIMATE;
       m.estimate = &e;
       gl__conn_send(c, &m);

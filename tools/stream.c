@@ -10,6 +10,7 @@
 
 #include "cli.h"
 #include "core/err.h"
+#include "img/img.h"
 
 #define STREAM_MAX_CANDIDATES 128 /* more than the server ever sends (100) */
 
@@ -84,9 +85,17 @@ static int receive_one(struct stream *s, char *const *paths) {
             m->error->message ? m->error->message : "");
   f->answered = 1;
   s->in_flight--;
+  const Geoloc__V1__Track *tr =
+      m->msg_case == GEOLOC__V1__SERVER_MESSAGE__MSG_ESTIMATE ? m->estimate->track : NULL;
   struct gl_cli_answer a = {
       .index = id - 1,
       .status = status,
+      .track_status = tr && tr->has_status ? (int)tr->status : 0,
+      .track_lat = tr ? tr->lat : NAN,
+      .track_lon = tr ? tr->lon : NAN,
+      .track_radius_m = tr ? tr->radius_m : NAN,
+      .track_heading_deg = tr && tr->has_heading_deg ? tr->heading_deg : NAN,
+      .track_confidence = tr ? tr->confidence : NAN,
       .ok = m->msg_case == GEOLOC__V1__SERVER_MESSAGE__MSG_ESTIMATE &&
             m->estimate->status == GEOLOC__V1__ESTIMATE__STATUS__OK,
       .cand = cand,
@@ -99,12 +108,50 @@ static int receive_one(struct stream *s, char *const *paths) {
   return GL_OK;
 }
 
+/* Turns a file's bytes upright by its EXIF orientation: a JPEG losslessly,
+ * anything else decoded and sent as RGB8. Replaces *data (and its format
+ * and size) or returns an error with err. */
+static int upright(unsigned orientation, uint8_t **data, size_t *len, Geoloc__V1__Frame *fr,
+                   char *err, size_t errlen) {
+  uint8_t *out;
+  size_t out_len;
+  int rc;
+  if (fr->format == GEOLOC__V1__IMAGE_FORMAT__JPEG) {
+    if ((rc = gl_img_jpeg_orient(*data, *len, orientation, &out, &out_len, err, errlen)))
+      return rc;
+  } else {
+    struct gl_image img, up;
+    if ((rc = gl_img_decode(*data, *len, GL_IMG_AUTO, 0, 0, 1u << 26, &img, err, errlen)))
+      return rc;
+    out_len = (size_t)img.width * img.height * 3;
+    if (!(out = up.rgb = malloc(out_len))) {
+      gl_img_free(&img);
+      return gl_fail(err, errlen, GL_ENOMEM, "out of memory");
+    }
+    gl_img_orient(&img, orientation, &up);
+    gl_img_free(&img);
+    fr->format = GEOLOC__V1__IMAGE_FORMAT__RGB8;
+    fr->has_width = fr->has_height = 1;
+    fr->width = up.width;
+    fr->height = up.height;
+  }
+  free(*data);
+  *data = out;
+  *len = out_len;
+  return GL_OK;
+}
+
 /* Sends file i; a file that cannot be sent is answered locally. Returns 0,
  * or a send error that ends the stream. */
 static int send_one(struct stream *s, char *const *paths, size_t i, size_t max_bytes) {
   const struct gl_cli_stream_opts *o = s->o;
   uint8_t *data;
   size_t len;
+  const struct gl_cli_photo *ph = o->photos ? &o->photos[i] : NULL;
+  if (ph && ph->refused) {
+    local_failure(s, paths, i, "BAD_REQUEST", "not sent: its camera is refused");
+    return GL_OK;
+  }
   if (gl_cli_read_file(paths[i], &data, &len) != GL_OK) {
     local_failure(s, paths, i, "UNREADABLE", strerror(errno));
     return GL_OK;
@@ -118,15 +165,29 @@ static int send_one(struct stream *s, char *const *paths, size_t i, size_t max_b
     local_failure(s, paths, i, "BAD_IMAGE", "not a JPEG or PNG file");
     return GL_OK;
   }
-  /* 64 bytes cover the frame's other fields. */
-  if (max_bytes && len + 64 > max_bytes) {
+  if (ph && ph->orientation > 1 && ph->orientation <= 8) {
+    char err[256];
+    if (upright(ph->orientation, &data, &len, &fr, err, sizeof err) != GL_OK) {
+      free(data);
+      local_failure(s, paths, i, "BAD_IMAGE", err);
+      return GL_OK;
+    }
+  }
+  /* 128 bytes cover the frame's other fields. */
+  if (max_bytes && len + 128 > max_bytes) {
     free(data);
     local_failure(s, paths, i, "TOO_LARGE", "larger than the server's message limit");
     return GL_OK;
   }
   fr.has_format = fr.has_frame_id = fr.has_capture_time_us = fr.has_image = 1;
   fr.frame_id = i + 1;
-  fr.capture_time_us = s->files[i].capture_us = gl_cli_clock_us(CLOCK_REALTIME);
+  fr.capture_time_us = s->files[i].capture_us =
+      o->times ? o->times[i] : gl_cli_clock_us(CLOCK_REALTIME);
+  if (o->vels && !isnan(o->vels[i][0]) && !isnan(o->vels[i][1])) {
+    fr.has_velocity_north_mps = fr.has_velocity_east_mps = 1;
+    fr.velocity_north_mps = o->vels[i][0];
+    fr.velocity_east_mps = o->vels[i][1];
+  }
   fr.image.data = data;
   fr.image.len = len;
   if (o->top_k) {
@@ -144,6 +205,12 @@ static int send_one(struct stream *s, char *const *paths, size_t i, size_t max_b
   if (o->headings && !isnan(o->headings[i])) {
     fr.has_heading_deg = 1;
     fr.heading_deg = o->headings[i];
+  }
+  if (ph && ph->has_camera) {
+    fr.has_altitude_m = fr.has_hfov_deg = fr.has_tilt_deg = 1;
+    fr.altitude_m = ph->camera.altitude_m;
+    fr.hfov_deg = ph->camera.hfov_deg;
+    fr.tilt_deg = ph->camera.tilt_deg;
   }
   cm.msg_case = GEOLOC__V1__CLIENT_MESSAGE__MSG_FRAME;
   cm.frame = &fr;
@@ -173,7 +240,14 @@ int gl_cli_stream(const struct gl_cli_stream_opts *o, char *const *paths, size_t
     fprintf(stderr, "%s: %s\n", o->prog, err);
     goto done;
   }
-  rc = gl_client_hello(s.client, o->client_name, o->map, 0, 30000, &w);
+  Geoloc__V1__StreamOptions so = GEOLOC__V1__STREAM_OPTIONS__INIT;
+  so.has_track = 1;
+  so.track = o->track;
+  if (o->max_speed_mps > 0) {
+    so.has_max_speed_mps = 1;
+    so.max_speed_mps = (float)o->max_speed_mps;
+  }
+  rc = gl_client_hello_opts(s.client, o->client_name, o->map, o->track ? &so : NULL, 30000, &w);
   if (rc != GL_OK) {
     fprintf(stderr, "%s: %s: %s\n", o->prog, gl_strerror(rc), gl_client_last_error(s.client));
     goto done;
@@ -185,6 +259,14 @@ int gl_cli_stream(const struct gl_cli_stream_opts *o, char *const *paths, size_t
     else
       fprintf(stderr, "%s: the server answered Hello with something other than Welcome\n", o->prog);
     rc = GL_EPROTO;
+    goto done;
+  }
+  if (o->track && !w->welcome->tracking) {
+    fprintf(stderr,
+            "%s: the server does not track this stream (its map has no dense layer, the fine "
+            "stage is off, or [track] enabled is off)\n",
+            o->prog);
+    rc = GL_EUNAVAIL;
     goto done;
   }
   size_t max_bytes = w->welcome->max_message_bytes;

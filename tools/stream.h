@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "camera.h"
 #include "client/client.h"
 #include "client/report.h"
 #include "map/map.h"
@@ -22,6 +23,12 @@ struct gl_cli_answer {
   size_t n;
   uint64_t capture_us; /* Unix epoch, when the frame was sent */
   double latency_ms;   /* from sending to the answer; 0 for a local failure */
+  /* The stream's track after the frame (tracked streams): status (0 when
+   * the answer has none, else Track.Status), position, radius, heading
+   * (NaN when unknown) and confidence. */
+  int track_status;
+  double track_lat, track_lon;
+  float track_radius_m, track_heading_deg, track_confidence;
 };
 
 struct gl_cli_stream_opts {
@@ -37,6 +44,19 @@ struct gl_cli_stream_opts {
   bool priors_per_frame;
   /* Compass headings: NULL for none, else one per path (NaN: none). */
   const double *headings;
+  /* Tracking: ask the server to track the stream (it must agree), with the
+   * vehicle's top speed (0: the server's default); capture times (NULL: the
+   * time of sending) and velocities {north, east} m/s (NULL or NaN: none),
+   * one per path. */
+  bool track;
+  double max_speed_mps;
+  const uint64_t *times;
+  const double (*vels)[2];
+  /* Photos: NULL for none, else one per path (gl_cli_photo_resolve): each
+   * file is turned upright by its orientation before it is sent (a JPEG
+   * losslessly, anything else as RGB8), carries its camera when it has one,
+   * and one whose camera was refused is answered locally (BAD_REQUEST). */
+  const struct gl_cli_photo *photos;
   /* Called once the server has welcomed us, before the first frame; may
    * be NULL. */
   void (*ready_cb)(void *ctx);

@@ -44,4 +44,19 @@ void gl_img_free(struct gl_image *img);
 void gl_img_warp(const struct gl_image *src, double heading_deg, uint32_t out_w, uint32_t out_h,
                  uint8_t *out);
 
+/* Turns src upright by its EXIF/TIFF orientation (1-8: 1 upright, 3 upside
+ * down, 6 and 8 turned a quarter, 2, 4, 5 and 7 mirrored; anything else is
+ * taken as 1) into dst, whose rgb the caller provides with room for
+ * width * height * 3 bytes; sets dst's size (swapped for 5-8). */
+void gl_img_orient(const struct gl_image *src, unsigned orientation, struct gl_image *dst);
+
+/* Applies an EXIF orientation (2-8) to a JPEG losslessly (TurboJPEG's
+ * transforms, no re-encoding): *out (free with free()) is a JPEG without
+ * metadata whose pixels are the upright image. Partial MCU blocks at the
+ * edges that a transform would move are trimmed (less than 16 pixels of a
+ * side). Returns 0, GL_EINVAL (orientation not 2-8), GL_EFORMAT or
+ * GL_ENOMEM. */
+int gl_img_jpeg_orient(const uint8_t *data, size_t len, unsigned orientation, uint8_t **out,
+                       size_t *out_len, char *err, size_t errlen);
+
 #endif

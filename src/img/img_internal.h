@@ -15,6 +15,16 @@ int gl__img_decode_png(const uint8_t *data, size_t len, uint64_t max_pixels, str
 int gl__img_decode_jpeg(const uint8_t *data, size_t len, uint64_t max_pixels, struct gl_image *out,
                         char *err, size_t errlen);
 
+/* The sampling of gl_img_warp and gl_img_footprint_crop: output pixel
+ * (i, j) of out_w x out_h, centre offset (u, v) = (j + 1/2 - out_w/2,
+ * i + 1/2 - out_h/2), averages the nx x ny bilinear samples of src at
+ *   x = (ox + ch u' + sh v') sx - 1/2,  y = (oy - sh u' + ch v') sy - 1/2,
+ * u' = u + (b + 1/2)/nx - 1/2, v' = v + (a + 1/2)/ny - 1/2, coordinates
+ * reflected into the frame; rounded to nearest. */
+void gl__img_resample(const struct gl_image *src, double ch, double sh, double ox, double oy,
+                      double sx, double sy, uint32_t nx, uint32_t ny, uint32_t out_w,
+                      uint32_t out_h, uint8_t *out);
+
 /* snprintf into err (which may be NULL or errlen 0); returns code. */
 #if defined(__GNUC__)
 __attribute__((format(printf, 4, 5)))

@@ -131,3 +131,41 @@ destroy:
   tjDestroy(tj);
   return rc;
 }
+
+int gl_img_jpeg_orient(const uint8_t *data, size_t len, unsigned orientation, uint8_t **out,
+                       size_t *out_len, char *err, size_t errlen) {
+  /* EXIF orientation -> the transform that shows the stored image upright. */
+  static const int op[9] = {
+      [2] = TJXOP_HFLIP, [3] = TJXOP_ROT180,     [4] = TJXOP_VFLIP,  [5] = TJXOP_TRANSPOSE,
+      [6] = TJXOP_ROT90, [7] = TJXOP_TRANSVERSE, [8] = TJXOP_ROT270,
+  };
+  *out = NULL;
+  *out_len = 0;
+  if (orientation < 2 || orientation > 8)
+    return gl__img_err(GL_EINVAL, err, errlen, "JPEG: orientation %u is not 2-8", orientation);
+  if (len < 4)
+    return gl__img_err(GL_EFORMAT, err, errlen, "JPEG: truncated (%zu bytes)", len);
+  if (len > ULONG_MAX)
+    return gl__img_err(GL_ETOOBIG, err, errlen, "JPEG: %zu bytes is too long", len);
+  tjhandle tj = tjInitTransform();
+  if (!tj)
+    return gl__img_err(GL_ENOMEM, err, errlen, "JPEG: cannot create a transformer");
+  tjtransform xf;
+  memset(&xf, 0, sizeof xf);
+  xf.op = op[orientation];
+  xf.options = TJXOPT_TRIM | TJXOPT_COPYNONE;
+  unsigned char *buf = NULL;
+  unsigned long size = 0;
+  int rc = GL_OK;
+  if (tjTransform(tj, data, (unsigned long)len, 1, &buf, &size, &xf, 0) != 0) {
+    rc = gl__img_err(GL_EFORMAT, err, errlen, "JPEG: %s", tj_message(tj));
+  } else if (!(*out = malloc(size ? size : 1))) {
+    rc = gl__img_err(GL_ENOMEM, err, errlen, "JPEG: out of memory for %lu bytes", size);
+  } else {
+    memcpy(*out, buf, size);
+    *out_len = size;
+  }
+  tjFree(buf);
+  tjDestroy(tj);
+  return rc;
+}

@@ -1,10 +1,15 @@
-/* The north-up warp of a frame (src/loc/fine.h, step 1). Written here
- * rather than taken from a library: it must match the reference in
- * python/geoloc_train/fine.py sample for sample (reflection at the edges,
- * the antialiasing pattern), which no imaging library's rotate promises. */
+/* Resampling of frames: the north-up warp (src/loc/fine.h, step 1), the
+ * footprint crop (footprint.c) and the EXIF orientation. Written here rather
+ * than taken from a library: they must match the references in
+ * python/geoloc_train/fine.py and footprint.py sample for sample
+ * (reflection at the edges, the antialiasing pattern), which no imaging
+ * library's rotate or resize promises. */
 #include <math.h>
+#include <stdbool.h>
+#include <string.h>
 
 #include "img/img.h"
+#include "img/img_internal.h"
 
 /* Reflects x into [0, n - 1] (the edge sample is not repeated). */
 static inline double gl__reflect(double x, uint32_t n) {
@@ -17,26 +22,20 @@ static inline double gl__reflect(double x, uint32_t n) {
   return x > n - 1 ? p - x : x;
 }
 
-void gl_img_warp(const struct gl_image *src, double heading_deg, uint32_t out_w, uint32_t out_h,
-                 uint8_t *out) {
-  const double h = heading_deg * (M_PI / 180.0);
-  const double ch = cos(h), sh = sin(h);
+void gl__img_resample(const struct gl_image *src, double ch, double sh, double ox, double oy,
+                      double sx, double sy, uint32_t nx, uint32_t ny, uint32_t out_w,
+                      uint32_t out_h, uint8_t *out) {
   const uint32_t W = src->width, H = src->height;
-  const double sx = (double)W / out_w, sy = (double)H / out_h;
-  double f = fmax(sx, sy);
-  uint32_t n = f > 1 ? (uint32_t)ceil(f) : 1;
-  if (n > 4)
-    n = 4;
   const size_t row = (size_t)W * 3;
   for (uint32_t i = 0; i < out_h; i++) {
     for (uint32_t j = 0; j < out_w; j++) {
       double acc[3] = {0, 0, 0};
-      for (uint32_t a = 0; a < n; a++) {
-        double v = i + 0.5 - out_h / 2.0 + ((a + 0.5) / n - 0.5);
-        for (uint32_t b = 0; b < n; b++) {
-          double u = j + 0.5 - out_w / 2.0 + ((b + 0.5) / n - 0.5);
-          double x = gl__reflect((out_w / 2.0 + ch * u + sh * v) * sx - 0.5, W);
-          double y = gl__reflect((out_h / 2.0 - sh * u + ch * v) * sy - 0.5, H);
+      for (uint32_t a = 0; a < ny; a++) {
+        double v = i + 0.5 - out_h / 2.0 + ((a + 0.5) / ny - 0.5);
+        for (uint32_t b = 0; b < nx; b++) {
+          double u = j + 0.5 - out_w / 2.0 + ((b + 0.5) / nx - 0.5);
+          double x = gl__reflect((ox + ch * u + sh * v) * sx - 0.5, W);
+          double y = gl__reflect((oy - sh * u + ch * v) * sy - 0.5, H);
           uint32_t x0 = (uint32_t)x, y0 = (uint32_t)y;
           uint32_t x1 = x0 + 1 < W ? x0 + 1 : W - 1, y1 = y0 + 1 < H ? y0 + 1 : H - 1;
           double fx = x - x0, fy = y - y0;
@@ -51,9 +50,72 @@ void gl_img_warp(const struct gl_image *src, double heading_deg, uint32_t out_w,
       }
       uint8_t *o = out + ((size_t)i * out_w + j) * 3;
       for (int c = 0; c < 3; c++) {
-        double val = floor(acc[c] / (n * n) + 0.5);
+        double val = floor(acc[c] / (nx * ny) + 0.5);
         o[c] = (uint8_t)(val < 0 ? 0 : val > 255 ? 255 : val);
       }
+    }
+  }
+}
+
+void gl_img_warp(const struct gl_image *src, double heading_deg, uint32_t out_w, uint32_t out_h,
+                 uint8_t *out) {
+  const double h = heading_deg * (M_PI / 180.0);
+  const double sx = (double)src->width / out_w, sy = (double)src->height / out_h;
+  double f = fmax(sx, sy);
+  uint32_t n = f > 1 ? (uint32_t)ceil(f) : 1;
+  if (n > 4)
+    n = 4;
+  gl__img_resample(src, cos(h), sin(h), out_w / 2.0, out_h / 2.0, sx, sy, n, n, out_w, out_h, out);
+}
+
+void gl_img_orient(const struct gl_image *src, unsigned orientation, struct gl_image *dst) {
+  const uint32_t W = src->width, H = src->height;
+  const bool swap = orientation >= 5 && orientation <= 8;
+  dst->width = swap ? H : W;
+  dst->height = swap ? W : H;
+  if (orientation < 2 || orientation > 8) {
+    memcpy(dst->rgb, src->rgb, (size_t)W * H * 3);
+    return;
+  }
+  const uint32_t DW = dst->width, DH = dst->height;
+  for (uint32_t y = 0; y < DH; y++) {
+    for (uint32_t x = 0; x < DW; x++) {
+      /* The stored pixel (px, py) that shows at (x, y): TIFF/EXIF
+       * orientation, where the stored row 0 is the visual top (1), right
+       * (6: rotate 90 clockwise to view), bottom (3) or left (8); 2, 4, 5
+       * and 7 are their mirror images. */
+      uint32_t px, py;
+      switch (orientation) {
+      case 2:
+        px = W - 1 - x;
+        py = y;
+        break;
+      case 3:
+        px = W - 1 - x;
+        py = H - 1 - y;
+        break;
+      case 4:
+        px = x;
+        py = H - 1 - y;
+        break;
+      case 5:
+        px = y;
+        py = x;
+        break;
+      case 6:
+        px = y;
+        py = H - 1 - x;
+        break;
+      case 7:
+        px = W - 1 - y;
+        py = H - 1 - x;
+        break;
+      default:
+        px = W - 1 - y;
+        py = x;
+        break; /* 8 */
+      }
+      memcpy(dst->rgb + ((size_t)y * DW + x) * 3, src->rgb + ((size_t)py * W + px) * 3, 3);
     }
   }
 }

@@ -535,6 +535,157 @@ class FineServing(unittest.TestCase):
             self.assertEqual(d.stop(), 0, d.log_text())
 
 
+class Conn:
+    """A raw protocol connection: length-prefixed protobuf, messages built
+    and read field by field."""
+
+    def __init__(self, port):
+        self.s = socket.create_connection(("127.0.0.1", port), timeout=60)
+        self.buf = b""
+
+    def send(self, field, body):
+        msg = bytes([field << 3 | 2]) + varint(len(body)) + body  # ClientMessage{oneof}
+        self.s.sendall(len(msg).to_bytes(4, "big") + msg)
+
+    def recv(self):
+        while len(self.buf) < 4 or len(self.buf) < 4 + int.from_bytes(self.buf[:4], "big"):
+            chunk = self.s.recv(65536)
+            if not chunk:
+                raise AssertionError("connection closed")
+            self.buf += chunk
+        n = int.from_bytes(self.buf[:4], "big")
+        m, self.buf = parse(self.buf[4:4 + n]), self.buf[4 + n:]
+        return m
+
+    def hello(self, track):
+        options = b"\x18\x01" if track else b""  # StreamOptions{track 3}
+        self.send(1, b"\x08\x01" + (b"\x2a" + varint(len(options)) + options if track else b""))
+        return parse(self.recv()[1])  # Welcome
+
+    def frame(self, fid, jpeg, time_us=None, vel=(), heading=None):
+        import struct
+        body = b"\x08" + varint(fid) + b"\x1a" + varint(len(jpeg)) + jpeg + b"\x20\x01"  # JPEG
+        if time_us is not None:
+            body += b"\x10" + varint(time_us)
+        if heading is not None:
+            body += b"\x41" + struct.pack("<d", heading)
+        for tag, v in vel:  # velocity_north_mps 10, velocity_east_mps 11 (doubles)
+            body += bytes([tag << 3 | 1]) + struct.pack("<d", v)
+        self.send(2, body)
+
+    def answer(self):
+        """('estimate', Estimate fields) or ('error', Error fields)."""
+        m = self.recv()
+        return ("estimate", parse(m[2])) if 2 in m else ("error", parse(m[3]))
+
+    def close(self):
+        self.s.close()
+
+
+class TrackServing(unittest.TestCase):
+    """Tracking through geolocd: the shipped model, a map of the east half
+    with a dense layer, and a simulated flight (make-flights) with a gap and
+    a kidnap, streamed with StreamOptions.track."""
+
+    @classmethod
+    def setUpClass(cls):
+        env = dict(os.environ, PYTHONPATH=os.path.join(SRC, "python"))
+        py = ["/usr/bin/python3", "-m", "geoloc_train"]
+        naip = os.path.join(SRC, "data", "naip")
+        cls.model = os.path.join(SRC, "data", "models", "geoloc-naip-mnv2-64.safetensors")
+        bbox = subprocess.run(py + ["xtime-bbox", "--naip", naip], env=env, check=True,
+                              capture_output=True, text=True).stdout.strip()
+        cls.map = os.path.join(FIX.dir, "east.map")
+        subprocess.run([GEOLOC, "map", "build", "--model", cls.model, "--ortho", RASTER,
+                        "--bbox", bbox, "--out", cls.map], check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+        cls.flight = os.path.join(FIX.dir, "flight")
+        subprocess.run(py + ["make-flights", "--naip", naip, "--out", cls.flight, "--flights", "1",
+                             "--frames", "60", "--years", "2017", "--seed", "11"], env=env,
+                       check=True, stdout=subprocess.DEVNULL)
+        with open(os.path.join(cls.flight, "labels.csv")) as f:
+            cls.labels = list(csv.DictReader(f))
+        with open(os.path.join(cls.flight, cls.labels[0]["file"]), "rb") as f:
+            cls.jpeg = f.read()
+
+    def test_a_flight_is_tracked(self):
+        """Every frame is answered with a track; the track locks within
+        100 m of the truth, loses the lock at the kidnap and finds the
+        vehicle again; the tracked positions beat the single frames."""
+        d = Daemon(model=self.model, map_path=self.map)
+        try:
+            r = subprocess.run([GEOLOC, "eval", "--connect", "127.0.0.1:%d" % d.port, "--flights",
+                                self.flight, "--use-heading", "--heading-noise", "10",
+                                "--per-frame", "--format", "csv"],
+                               capture_output=True, text=True, timeout=300)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            rows = list(csv.DictReader(io.StringIO(r.stdout)))
+            self.assertEqual(len(rows), len(self.labels))
+            self.assertTrue(all(x["track_status"] in ("ACQUIRING", "LOCKED", "LOST")
+                                for x in rows), rows)
+            kid = next(i for i, l in enumerate(self.labels) if l["event"] == "kidnap")
+            good = lambda x: x["track_status"] == "LOCKED" and float(x["track_error_m"]) <= 100
+            # Locked on the truth before the kidnap, and again after it.
+            self.assertTrue(any(good(x) for x in rows[5:kid]), rows[:kid])
+            self.assertTrue(any(good(x) for x in rows[kid:kid + 10]), rows[kid:kid + 10])
+            self.assertFalse(good(rows[0]))  # the first frame only acquires
+            tracked = sum(float(x["track_error_m"]) <= 100 for x in rows)
+            single = sum(x["error_m"] != "" and float(x["error_m"]) <= 100 for x in rows)
+            self.assertGreaterEqual(tracked, single, r.stdout)
+            self.assertIn("tracked: locked", r.stderr)
+        finally:
+            self.assertEqual(d.stop(), 0, d.log_text())
+
+    def test_tracked_frames_need_time_in_order(self):
+        """A tracked stream: a frame without capture_time_us, one whose time
+        goes back, and one with half a velocity get Error{BAD_REQUEST} (not
+        fatal); frames in order get an Estimate with a Track."""
+        d = Daemon(model=self.model, map_path=self.map)
+        try:
+            c = Conn(d.port)
+            self.assertEqual(c.hello(track=True).get(8), 1)  # Welcome.tracking
+            t0 = 1700000000000000
+            c.frame(1, self.jpeg, time_us=t0)
+            c.frame(2, self.jpeg)                                # no time
+            c.frame(3, self.jpeg, time_us=t0 - 1)                # back in time
+            c.frame(4, self.jpeg, time_us=t0 + 1, vel=((10, 3.0),))  # north only
+            c.frame(5, self.jpeg, time_us=t0 + 500000, vel=((10, 3.0), (11, -1.0)))
+            got = {}
+            for _ in range(5):
+                kind, m = c.answer()
+                got[m[1] if kind == "estimate" else m[3]] = (kind, m)
+            for fid in (2, 3, 4):
+                self.assertEqual(got[fid][0], "error", got[fid])
+                self.assertEqual(got[fid][1][1], 12)  # BAD_REQUEST
+                self.assertFalse(got[fid][1].get(4, 0))  # not fatal
+            self.assertIn(b"capture_time_us", got[2][1][2])
+            self.assertIn(b"back in time", got[3][1][2])
+            for fid in (1, 5):
+                self.assertEqual(got[fid][0], "estimate", got[fid])
+                track = parse(got[fid][1][6])  # Estimate.track
+                self.assertIn(track[1], (1, 2, 3))  # ACQUIRING, LOCKED, LOST
+                self.assertIn(3, track)  # lon
+            c.close()
+        finally:
+            self.assertEqual(d.stop(), 0, d.log_text())
+
+    def test_untracked_streams_and_maps(self):
+        """Without StreamOptions.track, or on a map without a dense layer,
+        Welcome.tracking is false and estimates carry no track."""
+        for map_path, track in ((self.map, False), (FIX.map, True)):
+            d = Daemon(model=self.model if map_path == self.map else None, map_path=map_path)
+            try:
+                c = Conn(d.port)
+                self.assertFalse(c.hello(track=track).get(8, 0))
+                c.frame(1, self.jpeg)
+                kind, m = c.answer()
+                self.assertEqual(kind, "estimate", m)
+                self.assertNotIn(6, m)
+                c.close()
+            finally:
+                self.assertEqual(d.stop(), 0, d.log_text())
+
+
 if __name__ == "__main__":
     FIX = Fixture()
     unittest.main(verbosity=2)
