@@ -28,7 +28,7 @@ void gl_track_params_init(struct gl_track_params *p) {
       .lost_frames = 3,
       .max_gap_s = 300,
       .window_cells = 96,
-      .scan_cells = 24,
+      .scan_cells = 16,
       .heading_window_deg = 30,
       .turn_rate_dps = 30,
   };

@@ -103,7 +103,7 @@ struct gl_track_params {
   uint32_t lost_frames;      /* default 3, 1..1000 */
   double max_gap_s;          /* a longer gap restarts the track (default 300), > 0 */
   uint32_t window_cells;     /* window side (default 96), 8..1024 */
-  uint32_t scan_cells;       /* scan box side (default 24), 1..64 */
+  uint32_t scan_cells;       /* scan box side (default 16), 1..64 */
   double heading_window_deg; /* a locked track's headings: +-this (default 30), 0..180 */
   double turn_rate_dps;      /* plus this times dt (default 30 deg/s), 0..3600 */
 };
