@@ -4,7 +4,7 @@
 #   1. builds the naip-xtime reference map of the east half from three years
 #      of imagery (2018, 2019, 2020: one tile per place, each scored by its
 #      best year) with the shipped model, dense layer included;
-#   2. simulates a drone flight over it in the 2009 imagery, which the map was
+#   2. simulates a drone flight over it in the 2012 imagery, which the map was
 #      not built from (make-flights: 5-20 m/s, a frame every 0.5-1 s, heading
 #      along the path, tilted camera; with 40 frames or more, a gap in the
 #      frames and a "kidnap", a jump to a place 1 km or more away);
@@ -48,11 +48,11 @@ BBOX=$("${PY[@]}" xtime-bbox --naip "$NAIP")
 "$GEOLOC" map build --model "$MODEL" "${YEARS[@]/#/--ortho=}" --bbox "$BBOX" \
   --out "$OUT/demo.map" 2>&1 | tail -n 1
 
-step "demo flight: $FRAMES frames of 2009 imagery"
+step "demo flight: $FRAMES frames of 2012 imagery"
 rm -rf "$OUT/flight"
 EVENTS=()
 [ "$FRAMES" -ge 40 ] || EVENTS=(--no-events)
-"${PY[@]}" make-flights --naip "$NAIP" --out "$OUT/flight" --flights 1 --years 2009 \
+"${PY[@]}" make-flights --naip "$NAIP" --out "$OUT/flight" --flights 1 --years 2012 \
   --frames "$FRAMES" --seed 7 "${EVENTS[@]}"
 
 PORT=$(/usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
