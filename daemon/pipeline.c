@@ -242,6 +242,14 @@ static int gl__track(struct gl_job *job, struct gl_map *map, struct gl_loc_fine_
   int rc = gl_track_frame(t->filter, ff, map, job->time_us, v, best ? best->lat : NAN,
                           best ? best->lon : NAN, &job->fix, job->error, sizeof job->error);
   job->has_fix = rc == GL_OK;
+  if (rc == GL_OK && t->params.fixed_lag) {
+    /* The smoothed state is for the frame L frames back: the oldest id of
+     * the ring once this one is in. */
+    const uint32_t L = t->params.fixed_lag;
+    t->ids[t->n_ids % (L + 1)] = job->frame_id;
+    t->n_ids++;
+    job->smoothed_id = t->ids[t->n_ids % (L + 1)];
+  }
   return rc;
 }
 

@@ -49,9 +49,12 @@ struct gl_stream_track {
   struct gl_job *held;
   uint64_t last_time_us; /* the last accepted frame's capture time */
   bool has_time;
-  /* Search thread only, after Hello: the filter, for the grid of its map. */
+  /* Search thread only, after Hello: the filter, for the grid of its map,
+   * and the ids of its last fixed_lag + 1 frames (a ring, for smoothing). */
   struct gl_track *filter;
   struct gl_track_params params;
+  uint64_t ids[GL_TRACK_MAX_LAG + 1];
+  uint32_t n_ids;
 };
 
 struct gl_job {
@@ -78,6 +81,7 @@ struct gl_job {
   double vel[2];
   bool has_fix;
   struct gl_track_fix fix;
+  uint64_t smoothed_id; /* the frame fix's smoothed state is for */
   /* The camera (Frame altitude_m, hfov_deg, tilt_deg, checked): the
    * decoded frame is cropped to the ground of one of the map's tiles
    * before anything else sees it. */

@@ -397,6 +397,8 @@ static int gl__conn_track(struct gl_conn *c, const Geoloc__V1__StreamOptions *o)
   t->params.window_cells = cfg->track_window_cells;
   if (o->has_max_speed_mps && o->max_speed_mps > 0)
     t->params.max_speed_mps = o->max_speed_mps < 0.1f ? 0.1 : o->max_speed_mps;
+  if (o->has_fixed_lag_frames)
+    t->params.fixed_lag = o->fixed_lag_frames;
   int rc = gl_track_create(&t->params, rows, cols, cell, &t->filter, err, sizeof err);
   if (rc) {
     free(t);
@@ -451,6 +453,12 @@ static void gl__conn_hello(struct gl_conn *c, const Geoloc__V1__Hello *h) {
                    "max_speed_mps %g is not a speed in m/s (0 for the server's default, up to "
                    "1000)",
                    (double)o->max_speed_mps);
+    return;
+  }
+  if (o && o->has_fixed_lag_frames && o->fixed_lag_frames > GL_TRACK_MAX_LAG) {
+    gl__conn_error(c, GEOLOC__V1__ERROR__CODE__BAD_REQUEST, NULL, true,
+                   "fixed_lag_frames %u is above the limit of %d", o->fixed_lag_frames,
+                   GL_TRACK_MAX_LAG);
     return;
   }
   if (o && o->has_track && o->track && gl__conn_track(c, o) != GL_OK)
@@ -775,6 +783,19 @@ static void gl__on_job_done(void *ud, struct gl_job *job) {
           tr.heading_deg = (float)x->s.heading_deg;
         }
         e.track = &tr;
+      }
+      Geoloc__V1__Track sm = GEOLOC__V1__TRACK__INIT;
+      if (job->has_fix && job->fix.has_smoothed) {
+        const struct gl_track_fix *x = &job->fix;
+        sm.has_status = sm.has_lat = sm.has_lon = sm.has_radius_m = sm.has_confidence = 1;
+        sm.has_frame_id = 1;
+        sm.status = (Geoloc__V1__Track__Status)x->ss.status;
+        sm.lat = x->slat;
+        sm.lon = x->slon;
+        sm.radius_m = (float)x->ss.radius_m;
+        sm.confidence = (float)x->ss.confidence;
+        sm.frame_id = job->smoothed_id;
+        e.smoothed = &sm;
       }
       m.msg_case = GEOLOC__V1__SERVER_MESSAGE__MSG_ESTIMATE;
       m.estimate = &e;

@@ -73,6 +73,7 @@ static void usage(FILE *f) {
              "  --flights DIR       track each flight (the labels DIR/labels.csv) and print the\n"
              "                      per-frame and the tracked figures side by side\n"
              "  --use-velocity      give the tracker each frame's velocity (vel_n, vel_e)\n"
+             "  --fixed-lag N       also score the track smoothed N frames late (0-30)\n"
              "  --max-speed V       the vehicle's top speed, m/s (default 25)\n"
              "  --track-temperature T, --track-reacquire E, --lock-confidence C,\n"
              "  --lost-confidence C, --lock-frames N, --lost-frames N\n"
@@ -139,6 +140,9 @@ struct local_ctx {
   const size_t *which;
   double t0;
   const struct gl_cli_inproc *ip;
+  /* Fixed lag: the labels of the flight's last lag + 1 tracked frames. */
+  size_t *ring;
+  uint32_t lag, n_ring;
 };
 
 static void local_done(void *ctx, uint32_t j, int rc, const char *err,
@@ -153,6 +157,12 @@ static void local_done(void *ctx, uint32_t j, int rc, const char *err,
   if (c->ip->track) {
     const struct gl_track_fix *x = &c->ip->fix[j];
     gl_cli_eval_record_track(c->ev, i, (int)x->s.status, x->lat, x->lon);
+    if (c->lag) {
+      c->ring[c->n_ring++ % (c->lag + 1)] = i;
+      if (x->has_smoothed)
+        gl_cli_eval_record_smoothed(c->ev, c->ring[c->n_ring % (c->lag + 1)], (int)x->ss.status,
+                                    x->slat, x->slon);
+    }
   }
   gl_cli_eval_record(c->ev, i, n ? "OK" : "NO_MATCH", n > 0, cand, n, (now_s() - c->t0) * 1000);
 }
@@ -167,6 +177,8 @@ static int run_local(struct eval_opts *o, struct gl_cli_eval *ev, double *second
   struct gl_map_prior *priors = calloc((size_t)o->batch, sizeof *priors);
   uint64_t *times = calloc((size_t)o->batch, sizeof *times);
   double(*vels)[2] = calloc((size_t)o->batch, sizeof *vels);
+  size_t ring[GL_TRACK_MAX_LAG + 1];
+  uint32_t n_ring = 0;
   if ((rc = gl_cli_inproc_open(&ip, EVAL_PROG, o->model, o->map, (uint32_t)o->threads,
                                (uint32_t)o->batch, (uint32_t)o->tiles,
                                o->no_fine ? NULL : &o->fine)) != GL_OK)
@@ -191,11 +203,19 @@ static int run_local(struct eval_opts *o, struct gl_cli_eval *ev, double *second
   size_t n = ev->labels.n;
   for (size_t next = 0; next < n;) {
     /* Decode a batch; a frame that does not decode is answered at once. */
-    struct local_ctx c = {.ev = ev, .which = which, .t0 = now_s(), .ip = &ip};
-    uint32_t m = 0;
     /* A batch holds frames of one flight; a new flight starts a new track. */
-    if (ip.track && next > 0 && ev->labels.v[next].flight != ev->labels.v[next - 1].flight)
+    if (ip.track && next > 0 && ev->labels.v[next].flight != ev->labels.v[next - 1].flight) {
       gl_track_reset(ip.track);
+      n_ring = 0;
+    }
+    struct local_ctx c = {.ev = ev,
+                          .which = which,
+                          .t0 = now_s(),
+                          .ip = &ip,
+                          .ring = ring,
+                          .lag = o->track.fixed_lag,
+                          .n_ring = n_ring};
+    uint32_t m = 0;
     while (next < n && m < (uint32_t)o->batch) {
       if (ip.track && m > 0 && ev->labels.v[next].flight != ev->labels.v[next - 1].flight)
         break;
@@ -220,6 +240,7 @@ static int run_local(struct eval_opts *o, struct gl_cli_eval *ev, double *second
     ip.vels = (const double(*)[2])vels;
     gl_cli_inproc_run(&ip, imgs, headings, m, o->prior_m > 0 ? priors : NULL, (size_t)o->top_k,
                       local_done, &c);
+    n_ring = c.n_ring;
     for (uint32_t j = 0; j < m; j++)
       gl_img_free(&imgs[j]);
   }
@@ -243,6 +264,7 @@ struct remote {
   struct gl_cli_eval *ev;
   double t_start;
   size_t offset; /* of the stream's first frame among the labels */
+  size_t n;      /* frames in the stream */
 };
 
 static void remote_ready(void *ctx) {
@@ -256,6 +278,9 @@ static void remote_answer(void *ctx, const struct gl_cli_answer *a) {
   size_t i = r->offset + a->index;
   if (a->track_status)
     gl_cli_eval_record_track(r->ev, i, a->track_status, a->track_lat, a->track_lon);
+  if (a->smoothed_status && a->smoothed_index < r->n)
+    gl_cli_eval_record_smoothed(r->ev, r->offset + a->smoothed_index, a->smoothed_status,
+                                a->smoothed_lat, a->smoothed_lon);
   gl_cli_eval_record(r->ev, i, a->status, a->ok, a->cand, a->n, a->latency_ms);
 }
 
@@ -323,6 +348,7 @@ static int run_remote(const struct eval_opts *o, struct gl_cli_stream_opts *so,
     }
     so->track = true;
     so->max_speed_mps = o->track.max_speed_mps;
+    so->fixed_lag = o->track.fixed_lag;
     for (size_t i = 0; i < n && !rc;) {
       size_t j = i;
       while (j < n && ev->labels.v[j].flight == ev->labels.v[i].flight)
@@ -333,6 +359,7 @@ static int run_remote(const struct eval_opts *o, struct gl_cli_stream_opts *so,
       fo.times = times + i;
       fo.vels = (const double(*)[2])(vels + i);
       r.offset = i;
+      r.n = j - i;
       rc = gl_cli_stream(&fo, ev->paths + i, j - i);
       i = j;
     }
@@ -381,6 +408,7 @@ int gl_cmd_eval(int argc, char **argv) {
       {"lost-confidence", required_argument, NULL, 2006},
       {"lock-frames", required_argument, NULL, 2007},
       {"lost-frames", required_argument, NULL, 2008},
+      {"fixed-lag", required_argument, NULL, 2010},
       GL_CLI_TLS_OPTIONS,
       GL_CLI_FINE_OPTIONS,
       {"help", no_argument, NULL, 'h'},
@@ -482,6 +510,12 @@ int gl_cmd_eval(int argc, char **argv) {
       long v = 0;
       good = parse_long(optarg, 1, 1000, &v);
       *(opt == 2007 ? &o.track.lock_frames : &o.track.lost_frames) = (uint32_t)v;
+      break;
+    }
+    case 2010: {
+      long v = 0;
+      good = parse_long(optarg, 0, GL_TRACK_MAX_LAG, &v);
+      o.track.fixed_lag = (uint32_t)v;
       break;
     }
     case 'a':

@@ -304,20 +304,68 @@ static const char *secs(double v, char *buf, size_t n) {
   return buf;
 }
 
+void gl_cli_eval_record_smoothed(struct gl_cli_eval *ev, size_t i, int status, double lat,
+                                 double lon) {
+  struct gl_eval_frame *x = &ev->frames[i];
+  x->smooth_status = status;
+  x->smooth_lat = lat;
+  x->smooth_lon = lon;
+  x->smooth_err_m = gl_map_distance_m(x->truth_lat, x->truth_lon, lat, lon);
+}
+
 int gl_cli_eval_print_flights(const struct gl_cli_eval *ev, const struct gl_eval_summary *s,
                               double track_ms, FILE *f) {
-  struct gl_eval_flights t;
-  int rc = gl_eval_flights_summarize(&ev->labels, ev->frames, ev->labels.n, &t);
+  struct gl_eval_flights t, sm = {0};
+  const size_t n = ev->labels.n;
+  int rc = gl_eval_flights_summarize(&ev->labels, ev->frames, n, &t);
   if (rc)
     return rc;
+  /* Smoothed: each frame's smoothed track where it got one, else its own. */
+  bool smoothed = false;
+  for (size_t i = 0; i < n && !smoothed; i++)
+    smoothed = ev->frames[i].smooth_status != 0;
+  if (smoothed) {
+    struct gl_eval_frame *fs = malloc(n * sizeof *fs);
+    if (!fs)
+      return GL_ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+      fs[i] = ev->frames[i];
+      if (fs[i].smooth_status) {
+        fs[i].track_status = fs[i].smooth_status;
+        fs[i].track_lat = fs[i].smooth_lat;
+        fs[i].track_lon = fs[i].smooth_lon;
+        fs[i].track_err_m = fs[i].smooth_err_m;
+      }
+    }
+    rc = gl_eval_flights_summarize(&ev->labels, fs, n, &sm);
+    free(fs);
+    if (rc)
+      return rc;
+  }
   char a[32], b[32], c[32], d[32];
-  fprintf(f, "\nflights: %zu flights, %zu frames     per-frame   tracked\n", t.flights, t.frames);
+  fprintf(f, "\nflights: %zu flights, %zu frames     per-frame   tracked%s\n", t.flights, t.frames,
+          smoothed ? "  smoothed" : "");
   static const char *const name[3] = {"success@25m ", "success@50m ", "success@100m"};
-  for (int k = 0; k < 3; k++)
-    fprintf(f, "  %s                %9s %9s\n", name[k], pct(s->success[k], a, sizeof a),
+  for (int k = 0; k < 3; k++) {
+    fprintf(f, "  %s                %9s %9s", name[k], pct(s->success[k], a, sizeof a),
             pct(t.success[k], b, sizeof b));
-  fprintf(f, "  median error                %7.1f m %7.1f m\n", s->median_m, t.median_m);
-  fprintf(f, "  p90 error                   %7.1f m %7.1f m\n", s->p90_m, t.p90_m);
+    if (smoothed)
+      fprintf(f, " %9s", pct(sm.success[k], c, sizeof c));
+    fputc('\n', f);
+  }
+  fprintf(f, "  median error                %7.1f m %7.1f m", s->median_m, t.median_m);
+  if (smoothed)
+    fprintf(f, " %7.1f m", sm.median_m);
+  fprintf(f, "\n  p90 error                   %7.1f m %7.1f m", s->p90_m, t.p90_m);
+  if (smoothed)
+    fprintf(f, " %7.1f m", sm.p90_m);
+  fputc('\n', f);
+  if (smoothed)
+    fprintf(f,
+            "smoothed: locked %s of frames; of the locked frames %s within 100 m, wrong locks "
+            "%s (the last frames of each flight keep their online track)\n",
+            pct(sm.locked, a, sizeof a), pct(sm.locked_success100, b, sizeof b),
+            pct(sm.wrong_lock, c, sizeof c));
   fprintf(f,
           "tracked: locked %s of frames; of the locked frames %s within 100 m, median %.1f m, "
           "wrong locks (over 100 m) %s\n",

@@ -56,6 +56,10 @@ void gl_cli_eval_record(struct gl_cli_eval *ev, size_t i, const char *status, bo
 void gl_cli_eval_record_track(struct gl_cli_eval *ev, size_t i, int status, double lat,
                               double lon);
 
+/* Records the smoothed track of frame i (fixed-lag runs). */
+void gl_cli_eval_record_smoothed(struct gl_cli_eval *ev, size_t i, int status, double lat,
+                                 double lon);
+
 /* With flights in the labels and tracks recorded: the per-frame and the
  * tracked figures side by side, the lock figures, and (track_ms > 0) what
  * tracking cost a frame, to f. Returns 0, or a GL_E* code. */

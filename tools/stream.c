@@ -87,6 +87,8 @@ static int receive_one(struct stream *s, char *const *paths) {
   s->in_flight--;
   const Geoloc__V1__Track *tr =
       m->msg_case == GEOLOC__V1__SERVER_MESSAGE__MSG_ESTIMATE ? m->estimate->track : NULL;
+  const Geoloc__V1__Track *sm =
+      m->msg_case == GEOLOC__V1__SERVER_MESSAGE__MSG_ESTIMATE ? m->estimate->smoothed : NULL;
   struct gl_cli_answer a = {
       .index = id - 1,
       .status = status,
@@ -96,6 +98,10 @@ static int receive_one(struct stream *s, char *const *paths) {
       .track_radius_m = tr ? tr->radius_m : NAN,
       .track_heading_deg = tr && tr->has_heading_deg ? tr->heading_deg : NAN,
       .track_confidence = tr ? tr->confidence : NAN,
+      .smoothed_status = sm && sm->has_status && sm->has_frame_id && sm->frame_id >= 1 ? (int)sm->status : 0,
+      .smoothed_index = sm && sm->frame_id >= 1 ? (size_t)(sm->frame_id - 1) : 0,
+      .smoothed_lat = sm ? sm->lat : NAN,
+      .smoothed_lon = sm ? sm->lon : NAN,
       .ok = m->msg_case == GEOLOC__V1__SERVER_MESSAGE__MSG_ESTIMATE &&
             m->estimate->status == GEOLOC__V1__ESTIMATE__STATUS__OK,
       .cand = cand,
@@ -246,6 +252,10 @@ int gl_cli_stream(const struct gl_cli_stream_opts *o, char *const *paths, size_t
   if (o->max_speed_mps > 0) {
     so.has_max_speed_mps = 1;
     so.max_speed_mps = (float)o->max_speed_mps;
+  }
+  if (o->fixed_lag) {
+    so.has_fixed_lag_frames = 1;
+    so.fixed_lag_frames = o->fixed_lag;
   }
   rc = gl_client_hello_opts(s.client, o->client_name, o->map, o->track ? &so : NULL, 30000, &w);
   if (rc != GL_OK) {

@@ -29,6 +29,11 @@ struct gl_cli_answer {
   int track_status;
   double track_lat, track_lon;
   float track_radius_m, track_heading_deg, track_confidence;
+  /* A smoothed track (fixed lag) of an earlier frame: its status (0: none),
+   * its index among the paths, and its position. */
+  int smoothed_status;
+  size_t smoothed_index;
+  double smoothed_lat, smoothed_lon;
 };
 
 struct gl_cli_stream_opts {
@@ -50,6 +55,7 @@ struct gl_cli_stream_opts {
    * one per path. */
   bool track;
   double max_speed_mps;
+  uint32_t fixed_lag; /* frames of fixed-lag smoothing asked for (0: none) */
   const uint64_t *times;
   const double (*vels)[2];
   /* Photos: NULL for none, else one per path (gl_cli_photo_resolve): each

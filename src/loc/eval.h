@@ -104,6 +104,10 @@ struct gl_eval_frame {
    * error in metres. */
   int track_status;
   double track_lat, track_lon, track_err_m;
+  /* The smoothed track of the frame (fixed-lag runs), as above; 0 status
+   * when the frame got none (the last frames of a stream). */
+  int smooth_status;
+  double smooth_lat, smooth_lon, smooth_err_m;
 };
 
 /* Index (0-based) of the point of lat/lon[0..n-1] nearest to (qlat, qlon)

@@ -26,6 +26,7 @@ void gl_track_params_init(struct gl_track_params *p) {
       .lost_confidence = 0.6,
       .lock_frames = 2,
       .lost_frames = 3,
+      .fixed_lag = 0,
       .max_gap_s = 300,
       .window_cells = 96,
       .scan_cells = 16,
@@ -60,6 +61,9 @@ int gl_track_params_check(const struct gl_track_params *p, char *err, size_t err
   if (p->lock_frames < 1 || p->lock_frames > 1000)
     return gl_fail(err, errlen, GL_EINVAL, "track lock frames %u is not in 1..1000",
                    p->lock_frames);
+  if (p->fixed_lag > GL_TRACK_MAX_LAG)
+    return gl_fail(err, errlen, GL_EINVAL, "track fixed lag %u frames is not in 0..%d",
+                   p->fixed_lag, GL_TRACK_MAX_LAG);
   if (p->lost_frames < 1 || p->lost_frames > 1000)
     return gl_fail(err, errlen, GL_EINVAL, "track lost frames %u is not in 1..1000",
                    p->lost_frames);
@@ -77,6 +81,22 @@ int gl_track_params_check(const struct gl_track_params *p, char *err, size_t err
                    p->window_cells, p->scan_cells);
   return 0;
 }
+
+/* The transition into a frame (step 1), for the smoother. */
+struct gl__step {
+  bool moved;        /* false: the window was (re)placed, all prior forgotten */
+  double dr, dq, s;  /* the kernel's move and spread, cells */
+  double sum, eps;   /* the mass after the move; the share spread evenly */
+};
+
+/* One frame kept for fixed-lag smoothing. */
+struct gl__lag {
+  float *alpha, *lik; /* the posterior and the likelihood, window-sized */
+  int32_t r0, q0;     /* the window they live in */
+  struct gl__step step;
+  double hint_r, hint_q;
+  enum gl_track_status status;
+};
 
 struct gl_track {
   struct gl_track_params p;
@@ -96,6 +116,13 @@ struct gl_track {
   uint32_t good;     /* frames in a row that would hold a lock */
   uint32_t disagree; /* frames in a row whose own estimate is elsewhere */
   double hint_r, hint_q; /* this frame's own best placement, NaN when none */
+  struct gl__step step;  /* the transition into this frame */
+  bool measured;         /* this frame's likelihood is in tmp */
+  /* Fixed-lag smoothing: the last fixed_lag + 1 frames, a ring; stored
+   * counts those since the last (re)placement of the window. */
+  struct gl__lag *lag;
+  uint32_t lag_head, stored;
+  float *beta, *gbuf, *gscratch; /* window-sized */
   double last_r, last_q; /* the previous estimate, grid cells */
   double heading;        /* the previous estimate's heading; NaN when unknown */
 };
@@ -127,6 +154,18 @@ int gl_track_create(const struct gl_track_params *p, uint32_t rows, uint32_t col
     gl_track_destroy(t);
     return gl_fail(err, errlen, GL_ENOMEM, "out of memory");
   }
+  if (p->fixed_lag) {
+    bool ok = (t->lag = calloc(p->fixed_lag + 1, sizeof *t->lag)) &&
+              (t->beta = malloc(n * sizeof(float))) && (t->gbuf = malloc(n * sizeof(float))) &&
+              (t->gscratch = malloc(n * sizeof(float)));
+    for (uint32_t i = 0; ok && i <= p->fixed_lag; i++)
+      ok = (t->lag[i].alpha = malloc(n * sizeof(float))) &&
+           (t->lag[i].lik = malloc(n * sizeof(float)));
+    if (!ok) {
+      gl_track_destroy(t);
+      return gl_fail(err, errlen, GL_ENOMEM, "out of memory");
+    }
+  }
   gl_track_reset(t);
   *out = t;
   return 0;
@@ -143,6 +182,14 @@ void gl_track_destroy(struct gl_track *t) {
   free(t->bhead);
   free(t->kern);
   free(t->hist);
+  for (uint32_t i = 0; t->lag && i <= t->p.fixed_lag; i++) {
+    free(t->lag[i].alpha);
+    free(t->lag[i].lik);
+  }
+  free(t->lag);
+  free(t->beta);
+  free(t->gbuf);
+  free(t->gscratch);
   free(t);
 }
 
@@ -155,6 +202,7 @@ void gl_track_reset(struct gl_track *t) {
   t->heading = NAN;
   t->status = GL_TRACK_ACQUIRING;
   t->good = t->disagree = 0;
+  t->stored = 0;
   t->dt = 0;
 }
 
@@ -198,14 +246,15 @@ static uint32_t gl__kernel(double d, double s, int32_t lim, double *k, int32_t *
   return n;
 }
 
-/* P <- P * K (step 1), one axis at a time through tmp. */
-static void gl__convolve(struct gl_track *t, double dr, double dq, double s) {
+/* buf <- buf * K (step 1), one axis at a time through scratch. */
+static void gl__convolve(struct gl_track *t, float *buf, float *scratch, double dr, double dq,
+                         double s) {
   const int32_t wr = (int32_t)t->wr, wc = (int32_t)t->wc;
   int32_t lo;
   uint32_t n = gl__kernel(dq, s, wr + wc, t->kern, &lo);
   for (int32_t r = 0; r < wr; r++) {
-    const float *in = t->P + (size_t)r * wc;
-    float *o = t->tmp + (size_t)r * wc;
+    const float *in = buf + (size_t)r * wc;
+    float *o = scratch + (size_t)r * wc;
     for (int32_t x = 0; x < wc; x++) {
       double acc = 0;
       for (uint32_t a = 0; a < n; a++) {
@@ -223,9 +272,9 @@ static void gl__convolve(struct gl_track *t, double dr, double dq, double s) {
       for (uint32_t a = 0; a < n; a++) {
         int64_t src = (int64_t)x - (lo + (int32_t)a);
         if (src >= 0 && src < wr)
-          acc += t->kern[a] * t->tmp[(size_t)src * wc + q];
+          acc += t->kern[a] * scratch[(size_t)src * wc + q];
       }
-      t->P[(size_t)x * wc + q] = (float)acc;
+      buf[(size_t)x * wc + q] = (float)acc;
     }
 }
 
@@ -245,6 +294,7 @@ int gl_track_predict(struct gl_track *t, uint64_t time_us, const double *vel, do
     gl_track_reset(t);
   const size_t n = (size_t)t->wr * t->wc;
   const bool partial = t->wr < t->R || t->wc < t->C;
+  t->step = (struct gl__step){0}; /* a (re)placed window: a fresh start */
   if (!t->started) {
     gl__place(t, hint_r, hint_q);
     dt = 0;
@@ -256,7 +306,8 @@ int gl_track_predict(struct gl_track *t, uint64_t time_us, const double *vel, do
     double v = vel ? t->p.velocity_sigma_mps * dt : t->p.max_speed_mps * dt / 2;
     double s = sqrt(t->p.base_sigma_m * t->p.base_sigma_m + v * v) / t->cell;
     double dr = vel ? -vel[0] * dt / t->cell : 0, dq = vel ? vel[1] * dt / t->cell : 0;
-    gl__convolve(t, dr, dq, s);
+    gl__convolve(t, t->P, t->tmp, dr, dq, s);
+    t->step = (struct gl__step){.moved = true, .dr = dr, .dq = dq, .s = s};
   }
   double sum = 0;
   for (size_t i = 0; i < n; i++)
@@ -265,7 +316,10 @@ int gl_track_predict(struct gl_track *t, uint64_t time_us, const double *vel, do
   if (!(sum > 1e-30)) { /* everything moved off the window */
     for (size_t i = 0; i < n; i++)
       t->P[i] = 1.0f / (float)n;
+    t->step.moved = false;
   } else {
+    t->step.sum = sum;
+    t->step.eps = eps;
     for (size_t i = 0; i < n; i++)
       t->P[i] = (float)((1 - eps) * t->P[i] / sum + eps / (double)n);
   }
@@ -365,6 +419,130 @@ static double gl__vertex(double a, double b, double c) {
   return d < -0.5 ? -0.5 : d > 0.5 ? 0.5 : d;
 }
 
+/* Step 3 on a window distribution P: the position (window cells), the
+ * confidence and the radius (m); returns the mode's index. */
+static size_t gl__estimate(struct gl_track *t, const float *P, double *er, double *eq,
+                           double *conf, double *radius) {
+  const size_t n = (size_t)t->wr * t->wc;
+  const uint32_t wc = t->wc;
+  size_t m = 0;
+  for (size_t i = 1; i < n; i++)
+    if (P[i] > P[m])
+      m = i;
+  const int64_t mr = (int64_t)(m / wc), mq = (int64_t)(m % wc);
+  /* Sub-cell: the vertex of the parabola through log P at the mode and its
+   * neighbours, along each axis. */
+  *er = (double)mr;
+  *eq = (double)mq;
+  if (mr > 0 && mr + 1 < t->wr)
+    *er += gl__vertex(P[m - wc], P[m], P[m + wc]);
+  if (mq > 0 && mq + 1 < wc)
+    *eq += gl__vertex(P[m - 1], P[m], P[m + 1]);
+  const double bin = 1.0 / GL__BINS_PER_CELL, lock_c = t->p.lock_radius_m / t->cell;
+  double c = 0;
+  memset(t->hist, 0, t->nbins * sizeof(double));
+  for (uint32_t r = 0; r < t->wr; r++)
+    for (uint32_t q = 0; q < wc; q++) {
+      double p = P[(size_t)r * wc + q], d = hypot(r - *er, q - *eq);
+      uint32_t b = (uint32_t)(d / bin);
+      t->hist[b < t->nbins ? b : t->nbins - 1] += p;
+      if (d <= lock_c)
+        c += p;
+    }
+  double cum = 0, rad = 0;
+  for (uint32_t b = 0; b < t->nbins; b++) {
+    cum += t->hist[b];
+    if (cum >= GL__RADIUS_MASS) {
+      rad = (b + 1) * bin;
+      break;
+    }
+  }
+  *conf = c;
+  *radius = fmax(rad, 0.5) * t->cell;
+  return m;
+}
+
+/* Keeps this frame for the smoother: its posterior, likelihood, window,
+ * transition, own estimate and status. */
+static void gl__keep(struct gl_track *t) {
+  const size_t n = (size_t)t->wr * t->wc;
+  t->lag_head = (t->lag_head + 1) % (t->p.fixed_lag + 1);
+  struct gl__lag *l = &t->lag[t->lag_head];
+  memcpy(l->alpha, t->P, n * sizeof(float));
+  if (t->measured)
+    memcpy(l->lik, t->tmp, n * sizeof(float));
+  else
+    for (size_t i = 0; i < n; i++)
+      l->lik[i] = 1;
+  l->r0 = t->r0;
+  l->q0 = t->q0;
+  l->step = t->step;
+  l->hint_r = t->hint_r;
+  l->hint_q = t->hint_q;
+  l->status = t->status;
+  t->stored = !t->step.moved ? 1 : t->stored <= t->p.fixed_lag ? t->stored + 1 : t->stored;
+}
+
+bool gl_track_smoothed(struct gl_track *t, struct gl_track_state *out) {
+  const uint32_t L = t->p.fixed_lag;
+  if (!L || t->stored <= L)
+    return false;
+  const size_t n = (size_t)t->wr * t->wc;
+  const int32_t wr = (int32_t)t->wr, wc = (int32_t)t->wc;
+  /* beta_k(x) = sum over x' of T_k+1(x -> x') lik_k+1(x') beta_k+1(x'),
+   * from beta_t = 1 back to t - L; T is step 1's move and spread followed
+   * by the even spread of eps, and the window's moves between frames. */
+  for (size_t i = 0; i < n; i++)
+    t->beta[i] = 1;
+  for (uint32_t back = 0; back < L; back++) {
+    const struct gl__lag *nx = &t->lag[(t->lag_head + L + 1 - back) % (L + 1)];
+    const struct gl__lag *cur = &t->lag[(t->lag_head + L + 1 - back - 1) % (L + 1)];
+    double gsum = 0;
+    for (size_t i = 0; i < n; i++)
+      gsum += t->gbuf[i] = nx->lik[i] * t->beta[i];
+    gl__convolve(t, t->gbuf, t->gscratch, -nx->step.dr, -nx->step.dq, nx->step.s);
+    const double a = (1 - nx->step.eps) / nx->step.sum, b = nx->step.eps / (double)n * gsum;
+    /* From the next frame's window to this one's. */
+    const int32_t sr = cur->r0 - nx->r0, sq = cur->q0 - nx->q0;
+    float mx = 0;
+    for (int32_t r = 0; r < wr; r++)
+      for (int32_t q = 0; q < wc; q++) {
+        int32_t rr = r + sr, qq = q + sq;
+        float v = rr >= 0 && rr < wr && qq >= 0 && qq < wc
+                      ? (float)(a * t->gbuf[(size_t)rr * wc + qq] + b)
+                      : 0;
+        t->beta[(size_t)r * wc + q] = v;
+        mx = v > mx ? v : mx;
+      }
+    for (size_t i = 0; mx > 0 && i < n; i++)
+      t->beta[i] /= mx;
+  }
+  const struct gl__lag *old = &t->lag[(t->lag_head + 1) % (L + 1)];
+  double z = 0;
+  for (size_t i = 0; i < n; i++)
+    z += t->gbuf[i] = old->alpha[i] * t->beta[i];
+  if (!(z > 0))
+    return false;
+  for (size_t i = 0; i < n; i++)
+    t->gbuf[i] = (float)(t->gbuf[i] / z);
+  double er, eq, conf, radius;
+  gl__estimate(t, t->gbuf, &er, &eq, &conf, &radius);
+  const double gr = old->r0 + er, gq = old->q0 + eq;
+  const bool agrees = !isnan(old->hint_r) &&
+                      hypot(old->hint_r - gr, old->hint_q - gq) * t->cell <= t->p.lock_radius_m;
+  *out = (struct gl_track_state){
+      .status = conf >= t->p.lock_confidence && agrees ? GL_TRACK_LOCKED
+                : old->status == GL_TRACK_ACQUIRING     ? GL_TRACK_ACQUIRING
+                                                        : GL_TRACK_LOST,
+      .r = gr,
+      .q = gq,
+      .radius_m = radius,
+      .confidence = conf,
+      .heading_deg = NAN,
+  };
+  return true;
+}
+
 void gl_track_update(struct gl_track *t, struct gl_track_state *out) {
   const size_t n = (size_t)t->wr * t->wc;
   const uint32_t wc = t->wc;
@@ -375,6 +553,7 @@ void gl_track_update(struct gl_track *t, struct gl_track_state *out) {
       smin = t->score[i] < smin ? t->score[i] : smin;
       smax = t->score[i] > smax ? t->score[i] : smax;
     }
+  t->measured = smax >= smin;
   if (smax >= smin) {
     const double T = t->p.temperature;
     double sum = 0;
@@ -396,35 +575,9 @@ void gl_track_update(struct gl_track *t, struct gl_track_state *out) {
   }
 
   /* 3. Estimate. */
-  const size_t m = gl__mode(t);
+  double er, eq, conf, radius;
+  const size_t m = gl__estimate(t, t->P, &er, &eq, &conf, &radius);
   const int64_t mr = (int64_t)(m / wc), mq = (int64_t)(m % wc);
-  /* Sub-cell: the vertex of the parabola through log P at the mode and its
-   * neighbours, along each axis. */
-  double er = (double)mr, eq = (double)mq;
-  if (mr > 0 && mr + 1 < t->wr)
-    er += gl__vertex(t->P[m - wc], t->P[m], t->P[m + wc]);
-  if (mq > 0 && mq + 1 < wc)
-    eq += gl__vertex(t->P[m - 1], t->P[m], t->P[m + 1]);
-  const double bin = 1.0 / GL__BINS_PER_CELL, lock_c = t->p.lock_radius_m / t->cell;
-  double conf = 0;
-  memset(t->hist, 0, t->nbins * sizeof(double));
-  for (uint32_t r = 0; r < t->wr; r++)
-    for (uint32_t q = 0; q < wc; q++) {
-      double p = t->P[(size_t)r * wc + q], d = hypot(r - er, q - eq);
-      uint32_t b = (uint32_t)(d / bin);
-      t->hist[b < t->nbins ? b : t->nbins - 1] += p;
-      if (d <= lock_c)
-        conf += p;
-    }
-  double cum = 0, radius = 0;
-  for (uint32_t b = 0; b < t->nbins; b++) {
-    cum += t->hist[b];
-    if (cum >= GL__RADIUS_MASS) {
-      radius = (b + 1) * bin;
-      break;
-    }
-  }
-  radius = fmax(radius, 0.5) * t->cell;
   const double gr = t->r0 + er, gq = t->q0 + eq;
 
   /* 4. Status. */
@@ -446,6 +599,8 @@ void gl_track_update(struct gl_track *t, struct gl_track_state *out) {
   } else if (t->good >= t->p.lock_frames) {
     t->status = GL_TRACK_LOCKED;
   }
+  if (t->p.fixed_lag)
+    gl__keep(t);
   t->have_fix = true;
   t->heading = t->head[m];
   t->last_r = gr;
@@ -543,6 +698,11 @@ int gl_track_frame(struct gl_track *t, struct gl_loc_fine_frame *ff, struct gl_m
   x = d->x0 + (out->s.q + half) * cell;
   y = d->y0 - (out->s.r + half) * cell;
   if (gl_map_xy_to_wgs84(map, x, y, &out->lat, &out->lon))
+    return gl_fail(err, errlen, GL_EINTERNAL, "PROJ cannot convert the track to WGS84");
+  out->has_smoothed = gl_track_smoothed(t, &out->ss);
+  if (out->has_smoothed &&
+      gl_map_xy_to_wgs84(map, d->x0 + (out->ss.q + half) * cell, d->y0 - (out->ss.r + half) * cell,
+                         &out->slat, &out->slon))
     return gl_fail(err, errlen, GL_EINTERNAL, "PROJ cannot convert the track to WGS84");
   return 0;
 }

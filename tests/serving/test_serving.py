@@ -557,8 +557,10 @@ class Conn:
         m, self.buf = parse(self.buf[4:4 + n]), self.buf[4 + n:]
         return m
 
-    def hello(self, track):
+    def hello(self, track, lag=0):
         options = b"\x18\x01" if track else b""  # StreamOptions{track 3}
+        if lag:
+            options += b"\x28" + varint(lag)  # fixed_lag_frames 5
         self.send(1, b"\x08\x01" + (b"\x2a" + varint(len(options)) + options if track else b""))
         return parse(self.recv()[1])  # Welcome
 
@@ -665,6 +667,41 @@ class TrackServing(unittest.TestCase):
                 track = parse(got[fid][1][6])  # Estimate.track
                 self.assertIn(track[1], (1, 2, 3))  # ACQUIRING, LOCKED, LOST
                 self.assertIn(3, track)  # lon
+            c.close()
+        finally:
+            self.assertEqual(d.stop(), 0, d.log_text())
+
+    def test_fixed_lag_smoothing(self):
+        """StreamOptions.fixed_lag_frames 2: from the third frame on, each
+        Estimate also carries the smoothed track of the frame two before
+        (Track.frame_id); a lag above 30 is refused in Hello."""
+        d = Daemon(model=self.model, map_path=self.map)
+        try:
+            c = Conn(d.port)
+            self.assertEqual(c.hello(track=True, lag=2).get(8), 1)
+            t0 = 1700000000000000
+            for i in range(5):
+                c.frame(i + 1, self.jpeg, time_us=t0 + i * 500000)
+            got = {}
+            for _ in range(5):
+                kind, m = c.answer()
+                self.assertEqual(kind, "estimate", m)
+                got[m[1]] = m
+            for fid in range(1, 6):
+                if fid <= 2:
+                    self.assertNotIn(7, got[fid])
+                else:
+                    sm = parse(got[fid][7])
+                    self.assertEqual(sm[7], fid - 2)  # Track.frame_id
+                    self.assertIn(sm[1], (1, 2, 3))
+            c.close()
+            c = Conn(d.port)
+            c.send(1, b"\x08\x01\x2a\x04\x18\x01\x28\x1f")  # track, fixed_lag_frames 31
+            m = c.recv()
+            self.assertIn(3, m)
+            e = parse(m[3])
+            self.assertEqual(e[1], 12)  # BAD_REQUEST
+            self.assertEqual(e.get(4), 1)  # fatal
             c.close()
         finally:
             self.assertEqual(d.stop(), 0, d.log_text())

@@ -181,6 +181,56 @@ static void test_disagreement(void) {
   gl_track_destroy(t);
 }
 
+/* Fixed-lag smoothing: frames that match two places alike leave the
+ * filter split; later frames settle it, and the smoothed answer for the
+ * early frames takes their word, L frames late. */
+static void test_fixed_lag(void) {
+  struct gl_track_params p;
+  gl_track_params_init(&p);
+  p.fixed_lag = 5;
+  struct gl_track *t = NULL;
+  char err[256];
+  CHECK_EQ_INT(gl_track_create(&p, 60, 60, CELL, &t, err, sizeof err), 0);
+  struct gl_track_state st, sm;
+  uint64_t s = 9;
+  int smoothed = 0;
+  for (int i = 0; i < 14; i++) {
+    CHECK_EQ_INT(gl_track_predict(t, i * SEC, NULL, 10, 10, err, sizeof err), 0);
+    /* Frames 0-4: the truth (10, 10) and a twin (40, 45) alike. */
+    measure(t, 10, 10, i < 5 ? 40 : -1, 45, &s);
+    if (i < 5) { /* make the twin as strong as the truth */
+      int32_t r0, q0;
+      uint32_t wr, wc;
+      gl_track_window(t, &r0, &q0, &wr, &wc);
+      float *sc = gl_track_scores(t);
+      for (uint32_t r = 0; r < wr; r++)
+        for (uint32_t q = 0; q < wc; q++) {
+          double a = r0 + r - 40.0, b = q0 + q - 45.0;
+          sc[(size_t)r * wc + q] += (float)(0.1 * exp(-(a * a + b * b) / 2));
+        }
+    }
+    gl_track_update(t, &st);
+    if (i == 2)
+      CHECK(st.confidence < 0.7); /* the filter alone is split */
+    bool has = gl_track_smoothed(t, &sm);
+    CHECK(has == (i >= 5));
+    if (has && i - 5 < 5) { /* an early, split frame, answered 5 frames late */
+      CHECK(hypot(sm.r - 10, sm.q - 10) < 0.5);
+      CHECK(sm.confidence > 0.9);
+      smoothed++;
+    }
+  }
+  CHECK_EQ_INT(smoothed, 5);
+  CHECK_EQ_INT(st.status, GL_TRACK_LOCKED);
+  /* A restart (a long gap) cuts the chain. */
+  CHECK_EQ_INT(gl_track_predict(t, 1000 * SEC, NULL, 10, 10, err, sizeof err), 0);
+  gl_track_update(t, &st);
+  CHECK(!gl_track_smoothed(t, &sm));
+  gl_track_destroy(t);
+  p.fixed_lag = GL_TRACK_MAX_LAG + 1;
+  CHECK_EQ_INT(gl_track_params_check(&p, err, sizeof err), GL_EINVAL);
+}
+
 /* Time going back is refused and changes nothing; a long gap restarts. */
 static void test_time(void) {
   struct gl_track *t = make(40, 40);
@@ -246,6 +296,7 @@ int main(void) {
   RUN(test_kidnap);
   RUN(test_decoy);
   RUN(test_disagreement);
+  RUN(test_fixed_lag);
   RUN(test_time);
   RUN(test_window_follows);
   RUN(test_params);
