@@ -3,8 +3,10 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -22,11 +24,23 @@
 #include "core/log.h"
 #include "gl_build_config.h"
 
-/* A scrape is a handful of short requests from one Prometheus: a few
- * connections at a time are plenty, and a client that stops talking must
- * not hold one for long. */
-#define GL_METRICS_MAX_CONNS 16u
-#define GL_METRICS_CONN_TIMEOUT_S 10u
+/* A scrape is a handful of short requests from one Prometheus, and a probe
+ * one request: a few connections at a time are plenty.
+ *
+ * A peer that trickles its request a byte at a time (a slowloris) would
+ * hold a connection for as long as it likes under libmicrohttpd's idle
+ * timeout, which every byte renews. So each request must arrive, and its
+ * answer leave, within GL_METRICS_REQUEST_DEADLINE_MS of the accept (or of
+ * the previous answer on a kept-alive connection), however many bytes
+ * trickle in; and beyond GL_METRICS_MAX_CONNS open connections a new one
+ * evicts the one whose deadline is nearest, which is never a probe that has
+ * just connected: /healthz and /readyz stay answerable while slow peers
+ * come and go. libmicrohttpd's own limit, twice that, only backs this up. */
+#define GL_METRICS_MAX_CONNS 32u
+#define GL_METRICS_HARD_CONNS (2u * GL_METRICS_MAX_CONNS)
+#define GL_METRICS_REQUEST_DEADLINE_MS 5000u
+#define GL_METRICS_CONN_TIMEOUT_S 10u /* idle: the deadline above comes first */
+#define GL_METRICS_LOG_BURST 10u      /* libmicrohttpd's messages a minute */
 #define GL_METRICS_BACKEND_MAX 64
 
 const uint64_t gl_metrics_latency_bounds_us[GL_METRICS_LATENCY_BUCKETS] = {
@@ -71,6 +85,15 @@ struct gl_hist_batch {
   atomic_uint_fast64_t sum;
 };
 
+/* An open HTTP connection, on the HTTP thread's list (oldest deadline
+ * first). */
+struct gl_http_conn {
+  struct gl_http_conn *prev, *next;
+  MHD_socket fd;
+  uint64_t deadline_ms; /* CLOCK_MONOTONIC */
+  bool cut;             /* shut down; libmicrohttpd closes it at its next turn */
+};
+
 struct gl_metrics {
   atomic_uint_fast64_t frames[GL_METRICS_FRAME__COUNT];
   struct gl_hist_lat hist[GL_METRICS_HIST__COUNT];
@@ -88,6 +111,20 @@ struct gl_metrics {
   uint64_t start_time_cs; /* process start, centiseconds since the epoch */
   struct MHD_Daemon *httpd;
   uint16_t port;
+
+  /* The HTTP thread drives libmicrohttpd (external polling), so that the
+   * connection list below is only ever touched by it: by libmicrohttpd's
+   * callbacks, which run inside MHD_run, and by the deadline sweep between
+   * two runs. MHD_stop_daemon runs after the thread is joined. */
+  pthread_t thread;
+  bool thread_started;
+  int wake[2]; /* written once to stop the thread */
+  int epoll_fd;
+  struct gl_http_conn *conn_head, *conn_tail;
+  unsigned n_conns; /* on the list and not cut */
+  /* libmicrohttpd's messages in the current minute (gl__on_mhd_log). */
+  uint64_t log_window_ms;
+  unsigned log_count, log_dropped;
 };
 
 /* ---- clocks ---------------------------------------------------------------- */
@@ -466,13 +503,154 @@ static void gl__on_mhd_log(void *cls, const char *fmt, va_list ap)
 /* libmicrohttpd's own complaints (a failed accept, a malformed request)
  * belong in the daemon's log, not on a bare stderr. */
 static void gl__on_mhd_log(void *cls, const char *fmt, va_list ap) {
-  char line[512];
-  (void)cls;
+  struct gl_metrics *m = cls;
+  char line[512], safe[1024];
+  /* Most messages are about one connection, so a client can cause them,
+   * and every slow connection cut short adds one: at most
+   * GL_METRICS_LOG_BURST a minute, then a count of the rest. */
+  uint64_t now = gl__mono_ms();
+  if (now - m->log_window_ms >= 60000u) {
+    if (m->log_dropped)
+      GL_LOG_W("metrics http: %u more messages in the last minute not logged", m->log_dropped);
+    m->log_window_ms = now;
+    m->log_count = m->log_dropped = 0;
+  }
+  if (m->log_count >= GL_METRICS_LOG_BURST) {
+    m->log_dropped++;
+    return;
+  }
+  m->log_count++;
   vsnprintf(line, sizeof line, fmt, ap);
   size_t n = strlen(line);
   while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
     line[--n] = '\0';
-  GL_LOG_W("metrics http: %s", line);
+  /* A message may quote what a client sent. */
+  gl_log_escape(safe, sizeof safe, line);
+  GL_LOG_W("metrics http: %s", safe);
+}
+
+/* ---- connection deadlines (HTTP thread) ------------------------------------ */
+
+static void gl__conn_unlink(struct gl_metrics *m, struct gl_http_conn *hc) {
+  if (hc->prev)
+    hc->prev->next = hc->next;
+  else
+    m->conn_head = hc->next;
+  if (hc->next)
+    hc->next->prev = hc->prev;
+  else
+    m->conn_tail = hc->prev;
+  hc->prev = hc->next = NULL;
+}
+
+/* Appends with a fresh deadline: the list stays sorted by deadline. */
+static void gl__conn_append(struct gl_metrics *m, struct gl_http_conn *hc) {
+  hc->deadline_ms = gl__mono_ms() + GL_METRICS_REQUEST_DEADLINE_MS;
+  hc->prev = m->conn_tail;
+  hc->next = NULL;
+  if (m->conn_tail)
+    m->conn_tail->next = hc;
+  else
+    m->conn_head = hc;
+  m->conn_tail = hc;
+}
+
+/* Ends a connection from outside libmicrohttpd, which has no call for it:
+ * after shutdown its next read sees the end and it closes the connection
+ * (and says so through gl__on_connection, which frees hc). The descriptor
+ * is still open here: it is closed only after that callback. */
+static void gl__conn_cut(struct gl_metrics *m, struct gl_http_conn *hc, const char *why) {
+  if (hc->cut)
+    return;
+  hc->cut = true;
+  m->n_conns--;
+  shutdown(hc->fd, SHUT_RDWR);
+  GL_LOG_D("metrics http: closing a connection: %s", why);
+}
+
+/* Runs on the HTTP thread, inside MHD_run. */
+static void gl__on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                              enum MHD_ConnectionNotificationCode toe) {
+  struct gl_metrics *m = cls;
+  struct gl_http_conn *hc = *socket_context;
+  if (toe == MHD_CONNECTION_NOTIFY_CLOSED) {
+    if (hc) {
+      if (!hc->cut)
+        m->n_conns--;
+      gl__conn_unlink(m, hc);
+      free(hc);
+      *socket_context = NULL;
+    }
+    return;
+  }
+  const union MHD_ConnectionInfo *ci =
+      MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+  hc = calloc(1, sizeof *hc);
+  if (!hc || !ci) {
+    free(hc); /* a connection that cannot be watched is not served */
+    if (ci)
+      shutdown(ci->connect_fd, SHUT_RDWR);
+    return;
+  }
+  hc->fd = ci->connect_fd;
+  gl__conn_append(m, hc);
+  m->n_conns++;
+  *socket_context = hc;
+  /* Over the limit: the connection nearest its deadline goes, which is the
+   * one that has been waiting longest for its request. */
+  for (struct gl_http_conn *o = m->conn_head; o && m->n_conns > GL_METRICS_MAX_CONNS; o = o->next)
+    if (o != hc)
+      gl__conn_cut(m, o, "over the connection limit, and the oldest");
+}
+
+/* A request was answered (or abandoned): a kept-alive connection's next
+ * request has a deadline of its own. Runs on the HTTP thread. */
+static void gl__on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                             enum MHD_RequestTerminationCode toe) {
+  struct gl_metrics *m = cls;
+  (void)con_cls;
+  (void)toe;
+  const union MHD_ConnectionInfo *ci =
+      MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+  struct gl_http_conn *hc = ci ? ci->socket_context : NULL;
+  if (!hc || hc->cut)
+    return;
+  gl__conn_unlink(m, hc);
+  gl__conn_append(m, hc);
+}
+
+/* Cuts the connections past their deadline; returns the milliseconds until
+ * the next deadline, at most max_ms. */
+static uint64_t gl__conn_sweep(struct gl_metrics *m, uint64_t max_ms) {
+  uint64_t now = gl__mono_ms();
+  for (struct gl_http_conn *hc = m->conn_head; hc; hc = hc->next) {
+    if (hc->cut)
+      continue;
+    if (hc->deadline_ms > now)
+      return hc->deadline_ms - now < max_ms ? hc->deadline_ms - now : max_ms;
+    gl__conn_cut(m, hc, "its request took too long");
+  }
+  return max_ms;
+}
+
+static void *gl__http_thread(void *arg) {
+  struct gl_metrics *m = arg;
+  for (;;) {
+    uint64_t wait_ms = gl__conn_sweep(m, 1000);
+    MHD_UNSIGNED_LONG_LONG mhd_ms;
+    if (MHD_get_timeout(m->httpd, &mhd_ms) == MHD_YES && mhd_ms < wait_ms)
+      wait_ms = mhd_ms;
+    struct pollfd pfd[2] = {{.fd = m->epoll_fd, .events = POLLIN},
+                            {.fd = m->wake[0], .events = POLLIN}};
+    if (poll(pfd, 2, (int)wait_ms) < 0 && errno != EINTR) {
+      GL_LOG_E("metrics http: poll: %s", strerror(errno));
+      break;
+    }
+    if (pfd[1].revents)
+      break; /* gl_metrics_destroy */
+    MHD_run(m->httpd);
+  }
+  return NULL;
 }
 
 /* Binds and listens here rather than in libmicrohttpd, whose start failure
@@ -539,6 +717,7 @@ int gl_metrics_create(const char *listen_addr, struct gl_metrics **out, char *er
   atomic_init(&m->ready, false);
   snprintf(m->backend, sizeof m->backend, "none");
   m->start_time_cs = gl__process_start_cs();
+  m->wake[0] = m->wake[1] = -1;
   if (pthread_mutex_init(&m->backend_lock, NULL) != 0) {
     snprintf(err, errlen, "out of memory");
     rc = GL_ENOMEM;
@@ -561,28 +740,56 @@ int gl_metrics_create(const char *listen_addr, struct gl_metrics **out, char *er
   m->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
                                            : ((struct sockaddr_in *)&ss)->sin_port);
 
-  /* MHD_USE_INTERNAL_POLLING_THREAD: libmicrohttpd's own thread accepts and
-   * answers, so a slow scrape never touches the libuv loop. The logger comes
-   * first so that start-up messages go to our log too. */
-  unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_USE_ERROR_LOG;
+  /* External polling on epoll, by our own thread (gl__http_thread): it
+   * accepts and answers, so a slow scrape never touches the libuv loop, and
+   * it enforces the request deadline between two runs of libmicrohttpd. The
+   * logger comes first so that start-up messages go to our log too. */
+  unsigned flags = MHD_USE_EPOLL | MHD_USE_ERROR_LOG;
   if (ss.ss_family == AF_INET6)
     flags |= MHD_USE_IPv6;
+  if (pipe2(m->wake, O_CLOEXEC | O_NONBLOCK) != 0) {
+    snprintf(err, errlen, "metrics %s: pipe: %s", listen_addr, strerror(errno));
+    rc = GL_EIO;
+    goto fail_httpd;
+  }
   m->httpd = MHD_start_daemon(
-      flags, 0, NULL, NULL, gl__on_request, m, MHD_OPTION_EXTERNAL_LOGGER, gl__on_mhd_log, NULL,
-      MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd, MHD_OPTION_CONNECTION_LIMIT, GL_METRICS_MAX_CONNS,
-      MHD_OPTION_CONNECTION_TIMEOUT, GL_METRICS_CONN_TIMEOUT_S, MHD_OPTION_END);
+      flags, 0, NULL, NULL, gl__on_request, m, MHD_OPTION_EXTERNAL_LOGGER, gl__on_mhd_log, m,
+      MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd, MHD_OPTION_CONNECTION_LIMIT, GL_METRICS_HARD_CONNS,
+      MHD_OPTION_CONNECTION_TIMEOUT, GL_METRICS_CONN_TIMEOUT_S, MHD_OPTION_NOTIFY_CONNECTION,
+      gl__on_connection, m, MHD_OPTION_NOTIFY_COMPLETED, gl__on_completed, m, MHD_OPTION_END);
   if (!m->httpd) {
     snprintf(err, errlen, "metrics %s: cannot start the HTTP server", listen_addr);
     rc = GL_EIO;
     goto fail_httpd;
   }
   /* From here the daemon owns fd and closes it in MHD_stop_daemon. */
+  fd = -1;
+  const union MHD_DaemonInfo *di = MHD_get_daemon_info(m->httpd, MHD_DAEMON_INFO_EPOLL_FD);
+  m->epoll_fd = di ? di->epoll_fd : -1;
+  if (m->epoll_fd < 0) {
+    snprintf(err, errlen, "metrics %s: libmicrohttpd has no epoll descriptor", listen_addr);
+    rc = GL_EIO;
+    goto fail_httpd;
+  }
+  int e = pthread_create(&m->thread, NULL, gl__http_thread, m);
+  if (e != 0) {
+    snprintf(err, errlen, "metrics %s: thread: %s", listen_addr, strerror(e));
+    rc = GL_EIO;
+    goto fail_httpd;
+  }
+  m->thread_started = true;
   GL_LOG_I("metrics on http://%s/metrics", listen_addr);
   *out = m;
   return GL_OK;
 
 fail_httpd:
-  close(fd);
+  if (m->httpd)
+    MHD_stop_daemon(m->httpd);
+  if (fd >= 0)
+    close(fd);
+  for (int i = 0; i < 2; i++)
+    if (m->wake[i] >= 0)
+      close(m->wake[i]);
 fail_addr:
   pthread_mutex_destroy(&m->backend_lock);
 fail_mutex:
@@ -593,8 +800,23 @@ fail_mutex:
 void gl_metrics_destroy(struct gl_metrics *m) {
   if (!m)
     return;
+  if (m->thread_started) {
+    ssize_t w = write(m->wake[1], "x", 1); /* a new pipe has room for it */
+    (void)w;
+    pthread_join(m->thread, NULL);
+  }
+  /* Closes the listen socket and every connection, whose callbacks free
+   * the list on this thread now that the HTTP thread is gone. */
   if (m->httpd)
-    MHD_stop_daemon(m->httpd); /* joins its thread, closes the listen socket */
+    MHD_stop_daemon(m->httpd);
+  for (int i = 0; i < 2; i++)
+    if (m->wake[i] >= 0)
+      close(m->wake[i]);
+  while (m->conn_head) { /* none left, unless libmicrohttpd did not say */
+    struct gl_http_conn *hc = m->conn_head;
+    gl__conn_unlink(m, hc);
+    free(hc);
+  }
   pthread_mutex_destroy(&m->backend_lock);
   free(m);
 }

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -24,8 +25,15 @@
 
 #define GL_MAX_LISTENERS 16
 /* Connections beyond max_clients are still accepted long enough to be told
- * why they are refused, up to this many at once. */
+ * why they are refused. A plaintext one is told at once and closed as soon
+ * as that is written; a TLS one needs its TLS handshake first, and beyond
+ * this many connections over max_clients it is closed without a word. */
 #define GL_REJECT_SLACK 64
+/* Refused and evicted connections are logged in a summary at most this
+ * often (each one at debug level): a flood must not flood the log. */
+#define GL_REFUSAL_LOG_MS 10000
+/* Buckets of the per-source-address connection counts. */
+#define GL_SRC_BUCKETS 1024
 /* After a fatal error the server keeps reading (and discarding) for this
  * long, so that the peer sees the Error rather than a reset. */
 #define GL_LINGER_MS 2000
@@ -34,6 +42,10 @@
 #define GL_WRITE_HIGH (4u << 20)
 #define GL_WRITE_LOW (1u << 20)
 #define GL_READ_CHUNK 65536
+/* Room for a client's string (a map or client name) quoted in a log line
+ * or an Error, escaped by gl_log_escape: the longest map name (64 bytes)
+ * fits with room to spare, and anything longer ends in "...". */
+#define GL__CLIENT_STR 96
 
 typedef Geoloc__V1__Error__Code gl_err_code;
 
@@ -51,6 +63,8 @@ struct gl_listener {
   bool is_pipe;
   char name[160];    /* for the log: "tls 127.0.0.1:7443" */
   char *unlink_path; /* unix socket file we created, removed on stop */
+  dev_t unix_dev;    /* ... while it is still the file we bound */
+  ino_t unix_ino;
 };
 
 enum gl_conn_state {
@@ -84,6 +98,26 @@ struct gl_conn {
   int open_handles;
   uint64_t session_id;
   char peer[96];
+
+  bool peer_done;   /* the client sends no more (EOF, close_notify): answer, then close */
+  bool reject_addr; /* rejected for its source address (max_clients_per_address) */
+  bool refused;     /* told RESOURCE_EXHAUSTED: closed once that is flushed */
+  /* The stream's limits from Hello's StreamOptions, within the server's. */
+  uint32_t max_inflight; /* frames in flight at once */
+  uint32_t top_k;        /* candidates when a Frame does not set top_k */
+  uint32_t dropped;      /* answers that found the connection closed */
+  /* While admitted: its place among the connections without Hello, oldest
+   * first (in_hs), and its source address's count (NULL for unix). */
+  bool in_hs;
+  struct gl_conn *hs_prev, *hs_next;
+  struct gl_src *src;
+};
+
+/* Admitted connections from one source address (max_clients_per_address). */
+struct gl_src {
+  struct gl_src *next; /* in its hash bucket */
+  uint8_t addr[16];    /* IPv6, or IPv4 as ::ffff:a.b.c.d */
+  uint32_t n;
 };
 
 struct gl_write {
@@ -118,6 +152,16 @@ struct gl_server {
   uint64_t watchdog_ms;
   struct gl_conn *conns;
   uint32_t n_conns, n_admitted;
+  /* Admitted connections that have not said Hello, oldest first: the ones
+   * evicted when a new connection finds max_clients taken. */
+  struct gl_conn *hs_head, *hs_tail;
+  struct gl_src *src[GL_SRC_BUCKETS];
+  uint32_t src_seed;
+  /* Refused, evicted, and cut (closed without a word) since the last
+   * summary in the log. */
+  uint64_t n_refused[3];
+  uint64_t refusal_logged_ms;
+  bool refusal_logged;
   uint64_t next_session;
   bool stopping, finished;
   uint8_t read_buf[GL_READ_CHUNK]; /* the loop reads one chunk at a time */
@@ -151,7 +195,7 @@ static void gl__on_write(uv_write_t *req, int status) {
   if (c->read_paused && !c->closing && !c->draining &&
       uv_stream_get_write_queue_size(&c->io.stream) < GL_WRITE_LOW) {
     c->read_paused = false;
-    if (c->state != GL_CONN_CLOSING || !c->peer_eof)
+    if (!c->peer_eof) /* after EOF there is nothing more to read */
       uv_read_start(&c->io.stream, gl__on_alloc, gl__on_read);
   }
 }
@@ -234,9 +278,14 @@ static void gl__conn_error(struct gl_conn *c, gl_err_code code, const uint64_t *
   }
   const ProtobufCEnumValue *ev =
       protobuf_c_enum_descriptor_get_value(&geoloc__v1__error__code__descriptor, (int)code);
+  /* The callers escape the client's strings they quote (the Error carries
+   * that form too); escaping is idempotent, so this only catches any other
+   * text (a decoder's message) that could break the log line. */
+  char safe[4 * sizeof text];
+  gl_log_escape(safe, sizeof safe, text);
   gl_log(fatal ? GL_LOG_NOTICE : GL_LOG_DEBUG, "session %llu (%s): %s error %s: %s",
-         (unsigned long long)c->session_id, c->peer, fatal ? "fatal" : "frame",
-         ev ? ev->name : "?", text);
+         (unsigned long long)c->session_id, c->peer, fatal ? "fatal" : "frame", ev ? ev->name : "?",
+         safe);
 
   Geoloc__V1__Error e = GEOLOC__V1__ERROR__INIT;
   gl_server_msg m = GEOLOC__V1__SERVER_MESSAGE__INIT;
@@ -258,6 +307,66 @@ static void gl__conn_error(struct gl_conn *c, gl_err_code code, const uint64_t *
 
 /* ---- connection lifecycle ---------------------------------------------- */
 
+static void gl__hs_unlink(struct gl_conn *c) {
+  struct gl_server *srv = c->srv;
+  if (!c->in_hs)
+    return;
+  c->in_hs = false;
+  if (c->hs_prev)
+    c->hs_prev->hs_next = c->hs_next;
+  else
+    srv->hs_head = c->hs_next;
+  if (c->hs_next)
+    c->hs_next->hs_prev = c->hs_prev;
+  else
+    srv->hs_tail = c->hs_prev;
+  c->hs_prev = c->hs_next = NULL;
+}
+
+/* The source address of a TCP peer as 16 bytes (IPv4 mapped into IPv6, so
+ * that a dual-stack listener counts one host once). False for others. */
+static bool gl__src_key(const struct sockaddr_storage *ss, uint8_t key[16]) {
+  if (ss->ss_family == AF_INET) {
+    const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+    memset(key, 0, 10);
+    key[10] = key[11] = 0xff;
+    memcpy(key + 12, &a->sin_addr, 4);
+    return true;
+  }
+  if (ss->ss_family == AF_INET6) {
+    memcpy(key, &((const struct sockaddr_in6 *)ss)->sin6_addr, 16);
+    return true;
+  }
+  return false;
+}
+
+static struct gl_src **gl__src_slot(struct gl_server *srv, const uint8_t key[16]) {
+  uint32_t h = 2166136261u ^ srv->src_seed; /* FNV-1a, seeded per process */
+  for (int i = 0; i < 16; i++)
+    h = (h ^ key[i]) * 16777619u;
+  struct gl_src **p = &srv->src[h % GL_SRC_BUCKETS];
+  while (*p && memcmp((*p)->addr, key, 16) != 0)
+    p = &(*p)->next;
+  return p;
+}
+
+/* Gives up c's slot among max_clients (and its address's count). */
+static void gl__conn_unadmit(struct gl_conn *c) {
+  struct gl_server *srv = c->srv;
+  if (!c->admitted)
+    return;
+  c->admitted = false;
+  srv->n_admitted--;
+  gl__hs_unlink(c);
+  if (c->src && --c->src->n == 0) {
+    struct gl_src **p = gl__src_slot(srv, c->src->addr);
+    *p = c->src->next;
+    free(c->src);
+  }
+  c->src = NULL;
+  gl_metrics_set_clients(srv->metrics, srv->n_admitted);
+}
+
 /* A connection is freed once its handles are closed and none of its frames
  * is still in the pipeline (a job points at it until it is answered). */
 static void gl__conn_release(struct gl_conn *c) {
@@ -270,11 +379,12 @@ static void gl__conn_release(struct gl_conn *c) {
     srv->conns = c->next;
   if (c->next)
     c->next->prev = c->prev;
-  if (c->admitted)
-    srv->n_admitted--;
-  gl_metrics_set_clients(srv->metrics, srv->n_admitted);
+  gl__conn_unadmit(c);
   srv->n_conns--;
   GL_LOG_D("session %llu (%s): closed", (unsigned long long)c->session_id, c->peer);
+  if (c->dropped)
+    GL_LOG_N("session %llu (%s): %u frame(s) not answered: the connection closed first",
+             (unsigned long long)c->session_id, c->peer, c->dropped);
   gl_tls_conn_destroy(c->tls);
   gl_wire_decoder_fini(&c->dec);
   if (c->trk)
@@ -302,6 +412,19 @@ static void gl__conn_close(struct gl_conn *c) {
 static void gl__on_shutdown(uv_shutdown_t *req, int status) {
   struct gl_conn *c = req->data;
   c->shutdown_done = true;
+  if (c->refused && status == 0 && !c->peer_eof) {
+    /* A refused connection is not lingered on: its Error is out. What the
+     * peer sent is read first (a close with unread bytes would reset the
+     * connection, and the reset could overtake the Error). */
+    uv_os_fd_t fd;
+    int reads = 0;
+    if (uv_fileno(&c->io.handle, &fd) == 0)
+      while (reads++ < 16 &&
+             recv(fd, c->srv->read_buf, sizeof c->srv->read_buf, MSG_DONTWAIT) > 0) {
+      }
+    gl__conn_close(c);
+    return;
+  }
   if (status < 0 || c->peer_eof)
     gl__conn_close(c);
   /* Otherwise the linger timer or the peer's EOF closes it. */
@@ -315,11 +438,7 @@ static void gl__conn_finish(struct gl_conn *c) {
   if (c->state == GL_CONN_CLOSING)
     return;
   c->state = GL_CONN_CLOSING;
-  if (c->admitted) {
-    c->admitted = false;
-    c->srv->n_admitted--;
-    gl_metrics_set_clients(c->srv->metrics, c->srv->n_admitted);
-  }
+  gl__conn_unadmit(c);
   if (c->tls) {
     gl_tls_conn_shutdown(c->tls);
     if (gl__tls_flush(c) != GL_OK) {
@@ -364,6 +483,118 @@ static void gl__on_timer(uv_timer_t *t) {
     gl__conn_close(c); /* the peer never closed its side */
     return;
   }
+}
+
+/* The client will send nothing more: EOF, or TLS close_notify. What it sent
+ * is still answered, every accepted frame exactly once: the stream ends when
+ * the last answer is out (gl__on_job_done), at once when none is due. */
+static void gl__conn_peer_done(struct gl_conn *c) {
+  if (c->state == GL_CONN_CLOSING || c->peer_done)
+    return;
+  if (gl_wire_decoder_partial(&c->dec))
+    GL_LOG_D("session %llu (%s): the stream ended inside a message, which is dropped",
+             (unsigned long long)c->session_id, c->peer);
+  if (c->inflight == 0) {
+    gl__conn_finish(c);
+    return;
+  }
+  c->peer_done = true;
+  uv_timer_stop(&c->timer); /* nothing more can come: no idle timeout */
+  GL_LOG_D("session %llu (%s): the client closed its side; answering %u frame(s) first",
+           (unsigned long long)c->session_id, c->peer, c->inflight);
+}
+
+/* ---- admission --------------------------------------------------------- */
+
+enum { GL__REFUSED, GL__EVICTED, GL__CUT };
+
+/* Counts a connection refused, evicted or cut (closed without a word), each
+ * logged at debug level, and logs a summary at most every
+ * GL_REFUSAL_LOG_MS: a flood of connections must not flood the log. */
+static void gl__note_refusal(struct gl_server *srv, int kind, const struct gl_conn *c,
+                             const char *why) {
+  static const char *const what[] = {"refused", "evicted", "closed without a message"};
+  GL_LOG_D("session %llu (%s): %s: %s", (unsigned long long)c->session_id, c->peer, what[kind],
+           why);
+  srv->n_refused[kind]++;
+  uint64_t now = uv_now(srv->loop);
+  if (srv->refusal_logged && now - srv->refusal_logged_ms < GL_REFUSAL_LOG_MS)
+    return;
+  GL_LOG_W("connections over the limits%s: %llu refused, %llu evicted before Hello, %llu closed "
+           "without a message (%u of max_clients %u held, %u connection(s) open)",
+           srv->refusal_logged ? " since the last report" : "",
+           (unsigned long long)srv->n_refused[GL__REFUSED],
+           (unsigned long long)srv->n_refused[GL__EVICTED],
+           (unsigned long long)srv->n_refused[GL__CUT], srv->n_admitted, srv->cfg.max_clients,
+           srv->n_conns);
+  memset(srv->n_refused, 0, sizeof srv->n_refused);
+  srv->refusal_logged = true;
+  srv->refusal_logged_ms = now;
+}
+
+static void gl__conn_refuse(struct gl_conn *c, int kind, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Sends Error{RESOURCE_EXHAUSTED, fatal} and closes the connection as soon
+ * as it is written, without the linger of other fatal errors, so that a
+ * flood of refused connections holds no descriptors. */
+static void gl__conn_refuse(struct gl_conn *c, int kind, const char *fmt, ...) {
+  char text[256];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(text, sizeof text, fmt, ap);
+  va_end(ap);
+  gl__note_refusal(c->srv, kind, c, text);
+  gl__conn_unadmit(c);
+  c->refused = true;
+  Geoloc__V1__Error e = GEOLOC__V1__ERROR__INIT;
+  gl_server_msg m = GEOLOC__V1__SERVER_MESSAGE__INIT;
+  e.has_code = e.has_fatal = 1;
+  e.code = GEOLOC__V1__ERROR__CODE__RESOURCE_EXHAUSTED;
+  e.fatal = true;
+  e.message = text;
+  m.msg_case = GEOLOC__V1__SERVER_MESSAGE__MSG_ERROR;
+  m.error = &e;
+  gl__conn_send(c, &m);
+  gl__conn_finish(c);
+}
+
+/* A new connection over the limits, once it can be told: at once in
+ * plaintext, after its TLS handshake otherwise. */
+static void gl__conn_refuse_new(struct gl_conn *c) {
+  const struct gl_config *cfg = &c->srv->cfg;
+  if (c->reject_addr)
+    gl__conn_refuse(c, GL__REFUSED, "too many connections from %s (max_clients_per_address %u)",
+                    c->peer, cfg->max_clients_per_address);
+  else
+    gl__conn_refuse(c, GL__REFUSED, "server full: %u clients", cfg->max_clients);
+}
+
+/* At max_clients, makes room for a new connection by evicting the oldest
+ * one that has not said Hello: idle or slow peers would otherwise hold
+ * every slot until handshake_timeout_ms and lock real clients out. It is
+ * told why in plaintext or once its TLS is up; a TLS handshake still under
+ * way is just closed. Returns false when every slot holds a client past
+ * Hello. */
+static bool gl__evict_one(struct gl_server *srv) {
+  struct gl_conn *v;
+  while ((v = srv->hs_head)) {
+    gl__hs_unlink(v);
+    if (v->state != GL_CONN_HANDSHAKE || !v->admitted || v->closing)
+      continue; /* past Hello since it was queued, or going */
+    if (v->tls && !v->tls_up) {
+      gl__conn_unadmit(v);
+      gl__note_refusal(srv, GL__EVICTED, v, "TLS handshake not done while the server is full");
+      gl__conn_close(v);
+    } else {
+      gl__conn_refuse(v, GL__EVICTED,
+                      "server full: %u clients; a connection that has not said Hello makes room "
+                      "for a new one",
+                      srv->cfg.max_clients);
+    }
+    return true;
+  }
+  return false;
 }
 
 /* ---- protocol ---------------------------------------------------------- */
@@ -428,16 +659,19 @@ static void gl__conn_hello(struct gl_conn *c, const Geoloc__V1__Hello *h) {
     names[i] = rt->maps[i].name;
     snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", i ? ", " : "", names[i]);
   }
+  /* The client's map name, escaped for the Error and the log it goes to. */
+  char map_name[GL__CLIENT_STR];
+  gl_log_escape(map_name, sizeof map_name, h->map);
   if (n_maps == 0 && h->map && h->map[0]) {
     gl__conn_error(c, GEOLOC__V1__ERROR__CODE__UNAVAILABLE, NULL, true,
-                   "map '%.64s' is not loaded (this server has no maps)", h->map);
+                   "map '%s' is not loaded (this server has no maps)", map_name);
     return;
   }
   if (n_maps > 0) {
     int i = gl_runtime_find_map(rt, h->map);
     if (i < 0 && h->map && h->map[0]) {
       gl__conn_error(c, GEOLOC__V1__ERROR__CODE__UNAVAILABLE, NULL, true,
-                     "no map named '%.64s' (maps: %s)", h->map, list);
+                     "no map named '%s' (maps: %s)", map_name, list);
       return;
     }
     if (i < 0) {
@@ -463,6 +697,15 @@ static void gl__conn_hello(struct gl_conn *c, const Geoloc__V1__Hello *h) {
   }
   if (o && o->has_track && o->track && gl__conn_track(c, o) != GL_OK)
     return;
+  /* The stream's own limits (0: the server's), within the server's; Welcome
+   * tells the client what it got. */
+  c->max_inflight = cfg->max_frames_in_flight;
+  if (o && o->has_max_frames_in_flight && o->max_frames_in_flight > 0 &&
+      o->max_frames_in_flight < c->max_inflight)
+    c->max_inflight = o->max_frames_in_flight;
+  c->top_k = cfg->default_top_k;
+  if (o && o->has_default_top_k && o->default_top_k > 0)
+    c->top_k = o->default_top_k < GL_JOB_MAX_CANDIDATES ? o->default_top_k : GL_JOB_MAX_CANDIDATES;
   Geoloc__V1__Welcome w = GEOLOC__V1__WELCOME__INIT;
   gl_server_msg m = GEOLOC__V1__SERVER_MESSAGE__INIT;
   w.has_protocol_version = 1;
@@ -472,7 +715,9 @@ static void gl__conn_hello(struct gl_conn *c, const Geoloc__V1__Hello *h) {
   w.n_maps = n_maps;
   w.maps = (char **)names;
   w.has_max_frames_in_flight = 1;
-  w.max_frames_in_flight = cfg->max_frames_in_flight;
+  w.max_frames_in_flight = c->max_inflight;
+  w.has_default_top_k = 1;
+  w.default_top_k = c->top_k;
   w.has_max_message_bytes = 1;
   w.max_message_bytes = cfg->max_message_bytes;
   w.has_session_id = 1;
@@ -482,8 +727,10 @@ static void gl__conn_hello(struct gl_conn *c, const Geoloc__V1__Hello *h) {
   m.msg_case = GEOLOC__V1__SERVER_MESSAGE__MSG_WELCOME;
   m.welcome = &w;
   c->state = GL_CONN_READY;
-  GL_LOG_D("session %llu (%s): hello from '%.64s'", (unsigned long long)c->session_id, c->peer,
-           h->client_name ? h->client_name : "");
+  char client_name[GL__CLIENT_STR];
+  gl_log_escape(client_name, sizeof client_name, h->client_name);
+  GL_LOG_D("session %llu (%s): hello from '%s'", (unsigned long long)c->session_id, c->peer,
+           client_name);
   gl__conn_send(c, &m);
 }
 
@@ -611,7 +858,7 @@ static bool gl__conn_frame(struct gl_conn *c, gl_client_msg *m) {
   }
   /* Backpressure: a bounded pipeline answers BUSY at once rather than
    * letting frames grow stale in a queue. */
-  if (c->inflight >= cfg->max_frames_in_flight || srv->queued >= cfg->queue_depth) {
+  if (c->inflight >= c->max_inflight || srv->queued >= cfg->queue_depth) {
     gl_metrics_frame(srv->metrics, GL_METRICS_FRAME_BUSY);
     gl__conn_status(c, id, GEOLOC__V1__ESTIMATE__STATUS__BUSY);
     return false;
@@ -627,7 +874,7 @@ static bool gl__conn_frame(struct gl_conn *c, gl_client_msg *m) {
   job->map = (uint32_t)map;
   job->msg = m;
   job->frame_id = id;
-  job->top_k = f->top_k ? f->top_k : cfg->default_top_k;
+  job->top_k = f->top_k ? f->top_k : c->top_k;
   job->max_pixels = cfg->max_decoded_pixels;
   job->t_received = gl_pipeline_now_us();
   job->heading_deg = f->has_heading_deg ? f->heading_deg : NAN;
@@ -653,8 +900,94 @@ static bool gl__conn_frame(struct gl_conn *c, gl_client_msg *m) {
   return true;
 }
 
+/* Reads a protobuf varint; a value beyond 64 bits reads as UINT64_MAX. */
+static bool gl__pb_varint(const uint8_t **p, const uint8_t *end, uint64_t *v) {
+  uint64_t x = 0;
+  bool over = false;
+  for (unsigned shift = 0; shift < 70 && *p < end; shift += 7) {
+    uint64_t b = *(*p)++;
+    if (shift < 64)
+      x |= (b & 0x7f) << shift;
+    over |= (shift == 63 && (b & 0x7e)) || (shift > 63 && (b & 0x7f));
+    if (!(b & 0x80)) {
+      *v = over ? UINT64_MAX : x;
+      return true;
+    }
+  }
+  return false;
+}
+
+/* Skips a field's value of wire type wt. */
+static bool gl__pb_skip(const uint8_t **p, const uint8_t *end, unsigned wt) {
+  uint64_t n;
+  switch (wt) {
+  case 0:
+    return gl__pb_varint(p, end, &n);
+  case 1:
+  case 5:
+    n = wt == 1 ? 8 : 4;
+    break;
+  case 2:
+    if (!gl__pb_varint(p, end, &n))
+      return false;
+    break;
+  default:
+    return false;
+  }
+  if (n > (uint64_t)(end - *p))
+    return false;
+  *p += n;
+  return true;
+}
+
+/* Hello.protocol_version is a uint32, and protobuf-c (like protobuf itself)
+ * narrows a wider varint to its low 32 bits: 2^32 + 1 would read as 1, and
+ * a client speaking some future version could be taken for version 1. So
+ * the wire value is checked here, in the raw ClientMessage body, before the
+ * narrowed one is looked at: every Hello (field 1; protobuf merges repeated
+ * ones) and in it every protocol_version (field 1, varint). Returns true and
+ * the widest such value when one does not fit in 32 bits.
+ *
+ * Declaring the field uint64 would not do: the wire encoding is the same
+ * (varints), but geoloc.proto is the clients' contract too, and every
+ * client's generated type would change with it; and a varint of more than
+ * 64 bits would still be narrowed there. */
+static bool gl__hello_version_wide(const uint8_t *body, size_t len, uint64_t *version) {
+  const uint8_t *p = body, *end = body + len;
+  bool wide = false;
+  *version = 0;
+  while (p < end) {
+    uint64_t key, n;
+    if (!gl__pb_varint(&p, end, &key))
+      break;
+    if (key != (1u << 3 | 2)) { /* not ClientMessage.hello */
+      if (!gl__pb_skip(&p, end, (unsigned)(key & 7)))
+        break;
+      continue;
+    }
+    if (!gl__pb_varint(&p, end, &n) || n > (uint64_t)(end - p))
+      break;
+    const uint8_t *q = p, *hend = p + n;
+    p = hend;
+    while (q < hend && gl__pb_varint(&q, hend, &key)) {
+      uint64_t v;
+      if (key != (1u << 3 | 0)) { /* not Hello.protocol_version */
+        if (!gl__pb_skip(&q, hend, (unsigned)(key & 7)))
+          break;
+      } else if (!gl__pb_varint(&q, hend, &v)) {
+        break;
+      } else if (v > UINT32_MAX) {
+        wide = true;
+        *version = v > *version ? v : *version;
+      }
+    }
+  }
+  return wide;
+}
+
 static void gl__conn_message(struct gl_conn *c, const uint8_t *body, size_t len) {
   gl_client_msg *m;
+  uint64_t wide;
   if (gl_wire_unpack_client(body, len, &m) != GL_OK) {
     gl__conn_error(c, GEOLOC__V1__ERROR__CODE__MALFORMED, NULL, true,
                    "%zu bytes that are not a geoloc.v1.ClientMessage", len);
@@ -665,6 +998,10 @@ static void gl__conn_message(struct gl_conn *c, const uint8_t *body, size_t len)
   case GEOLOC__V1__CLIENT_MESSAGE__MSG_HELLO:
     if (ready)
       gl__conn_error(c, GEOLOC__V1__ERROR__CODE__PROTOCOL, NULL, true, "second Hello");
+    else if (gl__hello_version_wide(body, len, &wide))
+      gl__conn_error(c, GEOLOC__V1__ERROR__CODE__VERSION, NULL, true,
+                     "protocol version %llu is not supported; this server speaks version %d",
+                     (unsigned long long)wide, GL_PROTOCOL_VERSION);
     else
       gl__conn_hello(c, m->hello);
     break;
@@ -805,6 +1142,10 @@ static void gl__on_job_done(void *ud, struct gl_job *job) {
     }
     if (c->draining && c->inflight == 0 && c->state != GL_CONN_CLOSING)
       gl__conn_error(c, c->bye_code, NULL, true, "%s", c->bye_text);
+    else if (c->peer_done && c->inflight == 0) /* a half-closed client has its answers */
+      gl__conn_finish(c);
+  } else {
+    c->dropped++; /* the connection is gone (reset, write error): logged on release */
   }
   gl_runtime_unref(job->rt);
   gl_job_free(job);
@@ -849,13 +1190,13 @@ static void gl__conn_tls_input(struct gl_conn *c, const uint8_t *data, size_t le
     if (r == 0)
       return;
     c->tls_up = true;
-    char subject[256];
+    char subject[256], safe[256];
     gl_tls_conn_peer(c->tls, subject, sizeof subject);
-    GL_LOG_D("session %llu (%s): TLS up, client '%s'", (unsigned long long)c->session_id,
-             c->peer, subject);
+    gl_log_escape(safe, sizeof safe, subject); /* the client's certificate says it */
+    GL_LOG_D("session %llu (%s): TLS up, client '%s'", (unsigned long long)c->session_id, c->peer,
+             safe);
     if (c->reject) {
-      gl__conn_error(c, GEOLOC__V1__ERROR__CODE__RESOURCE_EXHAUSTED, NULL, true,
-                     "server full: %u clients", c->srv->cfg.max_clients);
+      gl__conn_refuse_new(c);
       return;
     }
   }
@@ -866,7 +1207,7 @@ static void gl__conn_tls_input(struct gl_conn *c, const uint8_t *data, size_t le
       continue;
     }
     if (n == GL_ECLOSED) { /* close_notify: the client is done */
-      gl__conn_finish(c);
+      gl__conn_peer_done(c);
       return;
     }
     if (n < 0)
@@ -902,11 +1243,11 @@ static void gl__on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     if (nread != UV_EOF || c->shutdown_done)
       gl__conn_close(c);
     else
-      gl__conn_finish(c); /* flush our answers, then close */
+      gl__conn_peer_done(c); /* answer what it sent, then close */
     return;
   }
-  if (c->state == GL_CONN_CLOSING || c->draining)
-    return; /* lingering or draining: what the peer still sends is discarded */
+  if (c->state == GL_CONN_CLOSING || c->draining || c->peer_done)
+    return; /* lingering, draining or half-closed: what the peer still sends is discarded */
   if (c->tls)
     gl__conn_tls_input(c, (const uint8_t *)buf->base, (size_t)nread);
   else
@@ -953,26 +1294,59 @@ static void gl__on_connection(uv_stream_t *ls, int status) {
     gl__conn_close(c);
     return;
   }
+  struct sockaddr_storage ss;
+  uint8_t key[16];
+  bool has_key = false;
   if (l->is_pipe) {
     snprintf(c->peer, sizeof c->peer, "unix");
   } else {
-    struct sockaddr_storage ss;
     int len = sizeof ss;
     uv_tcp_nodelay(&c->io.tcp, 1); /* answers are small and latency matters */
-    if (uv_tcp_getpeername(&c->io.tcp, (struct sockaddr *)&ss, &len) == 0)
+    if (uv_tcp_getpeername(&c->io.tcp, (struct sockaddr *)&ss, &len) == 0) {
       gl_addr_format(&ss, c->peer, sizeof c->peer);
+      has_key = gl__src_key(&ss, key);
+    }
   }
-  if (srv->n_conns > srv->cfg.max_clients + GL_REJECT_SLACK) {
-    GL_LOG_W("%s: %u connections open, dropping %s", l->name, srv->n_conns, c->peer);
-    gl__conn_close(c);
-    return;
-  }
-  if (srv->n_admitted >= srv->cfg.max_clients) {
+  /* Admission: a slot among max_clients, within the address's share; at
+   * max_clients the oldest connection still without Hello makes room. */
+  const struct gl_config *cfg = &srv->cfg;
+  const bool crowded = srv->n_conns > cfg->max_clients + GL_REJECT_SLACK;
+  struct gl_src **src = has_key ? gl__src_slot(srv, key) : NULL;
+  if (crowded) {
     c->reject = true;
+  } else if (cfg->max_clients_per_address && src && *src &&
+             (*src)->n >= cfg->max_clients_per_address) {
+    c->reject = c->reject_addr = true;
   } else {
+    while (srv->n_admitted >= cfg->max_clients && gl__evict_one(srv)) {
+    }
+    c->reject = srv->n_admitted >= cfg->max_clients;
+  }
+  if (!c->reject) {
     c->admitted = true;
     srv->n_admitted++;
     gl_metrics_set_clients(srv->metrics, srv->n_admitted);
+    src = has_key ? gl__src_slot(srv, key) : NULL; /* an eviction may have changed the table */
+    if (src && !*src && (*src = calloc(1, sizeof **src)) != NULL)
+      memcpy((*src)->addr, key, sizeof key);
+    if (src && *src) {
+      (*src)->n++;
+      c->src = *src;
+    }
+    c->in_hs = true; /* the newest connection without Hello */
+    c->hs_prev = srv->hs_tail;
+    if (srv->hs_tail)
+      srv->hs_tail->hs_next = c;
+    else
+      srv->hs_head = c;
+    srv->hs_tail = c;
+  }
+  if (c->reject && l->tls && crowded) {
+    /* It could only be told after a TLS handshake, which would cost more
+     * than the flood it belongs to is worth. */
+    gl__note_refusal(srv, GL__CUT, c, "too many connections open to answer one more over TLS");
+    gl__conn_close(c);
+    return;
   }
   if (l->tls && gl_tls_conn_create(srv->tls_ctx, &c->tls) != GL_OK) {
     GL_LOG_E("%s: cannot create TLS state for %s", l->name, c->peer);
@@ -981,11 +1355,12 @@ static void gl__on_connection(uv_stream_t *ls, int status) {
   }
   GL_LOG_D("session %llu (%s): connected on %s", (unsigned long long)c->session_id, c->peer,
            l->name);
+  if (c->reject && !c->tls) {
+    gl__conn_refuse_new(c); /* told at once, closed once that is written */
+    return;
+  }
   gl__conn_arm_timer(c);
   uv_read_start(&c->io.stream, gl__on_alloc, gl__on_read);
-  if (c->reject && !c->tls)
-    gl__conn_error(c, GEOLOC__V1__ERROR__CODE__RESOURCE_EXHAUSTED, NULL, true,
-                   "server full: %u clients", srv->cfg.max_clients);
 }
 
 /* ---- listeners --------------------------------------------------------- */
@@ -1023,24 +1398,116 @@ static int gl__listen_tcp(struct gl_server *srv, const char *addr, bool tls, cha
   return gl__listener_start(srv, l, err, errlen);
 }
 
-static int gl__listen_unix(struct gl_server *srv, const char *path, char *err, size_t errlen) {
-  struct gl_listener *l = &srv->listeners[srv->n_listeners];
+/* What is at a unix socket path before we bind it. A socket that accepts
+ * a connection belongs to a live process (another geolocd, most likely):
+ * replacing it would cut that one off from its clients, so the start fails.
+ * A socket nobody listens on (the connection is refused) was left by a
+ * process that died, and is removed. Anything else is not ours to remove. */
+static int gl__unix_path_free(const char *name, const struct sockaddr_un *sa, char *err,
+                              size_t errlen) {
+  const char *path = sa->sun_path;
   struct stat st;
+  if (lstat(path, &st) != 0) {
+    if (errno == ENOENT)
+      return GL_OK;
+    snprintf(err, errlen, "%s: %s", name, strerror(errno));
+    return GL_EADDR;
+  }
+  if (!S_ISSOCK(st.st_mode)) {
+    snprintf(err, errlen, "%s: the path exists and is not a socket (not removing it)", name);
+    return GL_EADDR;
+  }
+  /* Non-blocking: a live socket with a full backlog says EAGAIN at once. */
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) {
+    snprintf(err, errlen, "%s: socket: %s", name, strerror(errno));
+    return GL_EADDR;
+  }
+  int r = connect(fd, (const struct sockaddr *)sa, sizeof *sa);
+  int e = errno;
+  close(fd);
+  if (r == 0 || e == EAGAIN || e == EINPROGRESS) {
+    snprintf(err, errlen,
+             "%s: in use: another process (another geolocd?) is listening on this socket", name);
+    return GL_EADDR;
+  }
+  if (e == ENOENT)
+    return GL_OK; /* gone meanwhile */
+  if (e != ECONNREFUSED) {
+    snprintf(err, errlen, "%s: cannot tell whether the socket is in use (%s); not removing it",
+             name, strerror(e));
+    return GL_EADDR;
+  }
+  if (unlink(path) != 0 && errno != ENOENT) {
+    snprintf(err, errlen, "%s: cannot remove the stale socket: %s", name, strerror(errno));
+    return GL_EADDR;
+  }
+  GL_LOG_N("%s: removed a stale socket that nothing listened on", name);
+  return GL_OK;
+}
+
+/* [listen] unix: the socket file gets unix_mode and unix_group, and no
+ * moment with more permissions than those (see fchmod below). */
+static int gl__listen_unix(struct gl_server *srv, const char *path, char *err, size_t errlen) {
+  const struct gl_config *cfg = &srv->cfg;
+  struct gl_listener *l = &srv->listeners[srv->n_listeners];
+  struct sockaddr_un sa = {.sun_family = AF_UNIX};
+  struct stat st;
+  gid_t gid = (gid_t)-1;
+  char why[160];
+  int fd;
   uv_pipe_init(srv->loop, &l->io.pipe, 0);
   srv->n_listeners++;
   l->is_pipe = true;
   snprintf(l->name, sizeof l->name, "unix %s", path);
-  /* A socket file left by a previous run would make bind fail; anything
-   * that is not a socket is left alone. */
-  if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode))
-    unlink(path);
-  int r = uv_pipe_bind(&l->io.pipe, path);
-  if (r < 0) {
-    snprintf(err, errlen, "%s: bind: %s", l->name, uv_strerror(r));
+  if (strlen(path) >= sizeof sa.sun_path) {
+    snprintf(err, errlen, "%s: path longer than %zu bytes", l->name, sizeof sa.sun_path - 1);
     return GL_EADDR;
   }
+  memcpy(sa.sun_path, path, strlen(path) + 1);
+  if (cfg->unix_group && gl_config_group(cfg->unix_group, &gid, why, sizeof why) != GL_OK) {
+    snprintf(err, errlen, "%s: [listen] unix_group: %s", l->name, why);
+    return GL_ECONFIG;
+  }
+  if (gl__unix_path_free(l->name, &sa, err, errlen) != GL_OK)
+    return GL_EADDR;
+  fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    snprintf(err, errlen, "%s: socket: %s", l->name, strerror(errno));
+    return GL_EADDR;
+  }
+  /* Linux creates the file with the socket's own mode less the umask: the
+   * configured bits or fewer, until the chmod below makes them exact. */
+  (void)fchmod(fd, (mode_t)cfg->unix_mode);
+  if (bind(fd, (const struct sockaddr *)&sa, sizeof sa) != 0) {
+    snprintf(err, errlen, "%s: bind: %s", l->name, strerror(errno));
+    goto fail;
+  }
   l->unlink_path = strdup(path);
-  return gl__listener_start(srv, l, err, errlen);
+  if (lstat(path, &st) != 0 || !l->unlink_path) {
+    snprintf(err, errlen, "%s: %s", l->name, l->unlink_path ? strerror(errno) : "out of memory");
+    goto fail;
+  }
+  l->unix_dev = st.st_dev;
+  l->unix_ino = st.st_ino;
+  if (gid != (gid_t)-1 && lchown(path, (uid_t)-1, gid) != 0) {
+    snprintf(err, errlen, "%s: cannot give the socket to group %s: %s", l->name, cfg->unix_group,
+             strerror(errno));
+    goto fail;
+  }
+  if (chmod(path, (mode_t)cfg->unix_mode) != 0) {
+    snprintf(err, errlen, "%s: chmod %04o: %s", l->name, (unsigned)cfg->unix_mode, strerror(errno));
+    goto fail;
+  }
+  int r = uv_pipe_open(&l->io.pipe, fd);
+  if (r < 0) {
+    snprintf(err, errlen, "%s: %s", l->name, uv_strerror(r));
+    goto fail;
+  }
+  return gl__listener_start(srv, l, err, errlen); /* the handle owns fd now */
+fail:
+  close(fd); /* the listener is closed, and its file removed, with the others */
+  return GL_EADDR;
 }
 
 /* Sockets from systemd: FileDescriptorName=tls marks TLS ones. */
@@ -1169,7 +1636,11 @@ static void gl__close_listeners(struct gl_server *srv) {
     if (!uv_is_closing(&l->io.handle))
       uv_close(&l->io.handle, gl__on_server_handle_closed);
     if (l->unlink_path) {
-      unlink(l->unlink_path);
+      struct stat st;
+      /* Only the socket we bound, never a file that has replaced it. */
+      if (lstat(l->unlink_path, &st) == 0 && S_ISSOCK(st.st_mode) && st.st_dev == l->unix_dev &&
+          st.st_ino == l->unix_ino)
+        unlink(l->unlink_path);
       free(l->unlink_path);
       l->unlink_path = NULL;
     }
@@ -1225,7 +1696,9 @@ static void gl__srv_apply(struct gl_server *srv, struct gl_config *nc, struct gl
                           struct gl_runtime *rt) {
   if (!srv->activated &&
       (gl__str_differs(nc->tcp, srv->cfg.tcp) ||
-       gl__str_differs(nc->unix_path, srv->cfg.unix_path) || gl__str_differs(nc->tls, srv->cfg.tls)))
+       gl__str_differs(nc->unix_path, srv->cfg.unix_path) ||
+       gl__str_differs(nc->tls, srv->cfg.tls) || nc->unix_mode != srv->cfg.unix_mode ||
+       gl__str_differs(nc->unix_group, srv->cfg.unix_group)))
     GL_LOG_W("[listen] changed: the new addresses take effect at the next restart");
   if (ctx) {
     gl_tls_ctx_release(srv->tls_ctx); /* open connections keep their reference */
@@ -1348,6 +1821,7 @@ int gl_server_create(uv_loop_t *loop, struct gl_config *cfg, struct gl_server **
     return GL_ENOMEM;
   }
   srv->loop = loop;
+  srv->src_seed = (uint32_t)(gl__realtime_us() ^ (uintptr_t)srv);
   srv->cfg = *cfg;
   gl_config_defaults(cfg); /* ownership moved */
   uv_signal_init(loop, &srv->sig_term);

@@ -1,6 +1,7 @@
 #include "core/config.h"
 
 #include <errno.h>
+#include <grp.h>
 #include <ini.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -12,7 +13,14 @@
 #include "core/err.h"
 #include "core/log.h"
 
-enum gl__cfg_type { GL__CFG_U32, GL__CFG_BOOL, GL__CFG_STR, GL__CFG_LEVEL, GL__CFG_ENUM };
+enum gl__cfg_type {
+  GL__CFG_U32,
+  GL__CFG_BOOL,
+  GL__CFG_STR,
+  GL__CFG_LEVEL,
+  GL__CFG_ENUM,
+  GL__CFG_MODE, /* file permission bits in octal, 0..0777 */
+};
 
 struct gl__cfg_key {
   const char *section;
@@ -36,6 +44,8 @@ static const char *const gl__precisions[] = {"fp32", "fp16", NULL};
 static const struct gl__cfg_key gl__keys[] = {
     GL__K("daemon", "log_level", GL__CFG_LEVEL, log_level, 0, 0, false),
     GL__K("daemon", "max_clients", GL__CFG_U32, max_clients, 1, 65535, false),
+    GL__K("daemon", "max_clients_per_address", GL__CFG_U32, max_clients_per_address, 1, 65535,
+          true),
     GL__K("daemon", "max_message_bytes", GL__CFG_U32, max_message_bytes, 1024, 268435456, false),
     GL__K("daemon", "handshake_timeout_ms", GL__CFG_U32, handshake_timeout_ms, 100, 600000, false),
     GL__K("daemon", "idle_timeout_ms", GL__CFG_U32, idle_timeout_ms, 100, 86400000, true),
@@ -66,6 +76,8 @@ static const struct gl__cfg_key gl__keys[] = {
     GL__K("metrics", "listen", GL__CFG_STR, metrics_listen, 0, 0, false),
     GL__K("listen", "tcp", GL__CFG_STR, tcp, 0, 0, false),
     GL__K("listen", "unix", GL__CFG_STR, unix_path, 0, 0, false),
+    GL__K("listen", "unix_mode", GL__CFG_MODE, unix_mode, 0, 0777, false),
+    GL__K("listen", "unix_group", GL__CFG_STR, unix_group, 0, 0, false),
     GL__K("listen", "tls", GL__CFG_STR, tls, 0, 0, false),
     GL__K("listen", "allow_remote_plaintext", GL__CFG_BOOL, allow_remote_plaintext, 0, 0, false),
     GL__K("tls", "cert", GL__CFG_STR, tls_cert, 0, 0, false),
@@ -130,6 +142,22 @@ static int gl__parse_u32(const char *v, const struct gl__cfg_key *k, uint32_t *o
   if (!(k->zero_ok && x == 0) && (x < k->min || x > k->max))
     return GL_EINVAL;
   *out = (uint32_t)x;
+  return GL_OK;
+}
+
+/* Permission bits as chmod(1) writes them in octal: "0660", "660", "0". */
+static int gl__parse_mode(const char *v, const struct gl__cfg_key *k, uint32_t *out) {
+  uint32_t x = 0;
+  if (*v == '\0')
+    return GL_EINVAL;
+  for (const char *c = v; *c; c++) {
+    if (*c < '0' || *c > '7')
+      return GL_EINVAL;
+    x = x * 8 + (uint32_t)(*c - '0');
+    if (x > k->max)
+      return GL_EINVAL; /* also before it could overflow */
+  }
+  *out = x;
   return GL_OK;
 }
 
@@ -279,6 +307,13 @@ static int gl__cfg_handler(void *user, const char *section, const char *name, co
       return 0;
     }
     break;
+  case GL__CFG_MODE:
+    if (gl__parse_mode(value, k, field) != GL_OK) {
+      gl__cfg_fail(p, p->line, "[%s] %s: expected an octal mode in 0..%o such as 0660, got '%s'",
+                   section, name, k->max, value);
+      return 0;
+    }
+    break;
   case GL__CFG_BOOL:
     if (gl__parse_bool(value, field) != GL_OK) {
       gl__cfg_fail(p, p->line, "[%s] %s: expected true or false, got '%s'", section, name, value);
@@ -375,6 +410,13 @@ static void gl__cfg_validate(struct gl__cfg_parse *p) {
   }
   if (c->unix_path && strlen(c->unix_path) >= 108)
     gl__cfg_fail(p, gl__line_of(p, "listen", "unix"), "[listen] unix: path longer than 107 bytes");
+  if (c->unix_group) {
+    int line = gl__line_of(p, "listen", "unix_group");
+    gid_t gid;
+    char why[128];
+    if (gl_config_group(c->unix_group, &gid, why, sizeof why) != GL_OK)
+      gl__cfg_fail(p, line, "[listen] unix_group: %s", why);
+  }
   if (c->tls) {
     int line = gl__line_of(p, "listen", "tls");
     if (gl_addr_parse(c->tls, &ss) != GL_OK)
@@ -391,6 +433,33 @@ static void gl__cfg_validate(struct gl__cfg_parse *p) {
   }
 }
 
+int gl_config_group(const char *name, gid_t *gid, char *err, size_t errlen) {
+  struct group gr, *found = NULL;
+  size_t len = 4096;
+  char *buf = NULL;
+  int e;
+  do { /* a group with many members needs a larger buffer */
+    char *nb = realloc(buf, len);
+    if (!nb) {
+      e = ENOMEM;
+      break;
+    }
+    buf = nb;
+    e = getgrnam_r(name, &gr, buf, len, &found);
+    len *= 2;
+  } while (e == ERANGE && len <= (1u << 24));
+  if (e == 0 && found)
+    *gid = found->gr_gid;
+  free(buf);
+  if (e == 0 && found)
+    return GL_OK;
+  if (e == 0 || e == ENOENT || e == ESRCH)
+    snprintf(err, errlen, "no group named '%s'", name);
+  else
+    snprintf(err, errlen, "cannot look up group '%s': %s", name, strerror(e));
+  return GL_ENOENT;
+}
+
 void gl_config_defaults(struct gl_config *cfg) {
   memset(cfg, 0, sizeof *cfg);
   cfg->log_level = GL_LOG_INFO;
@@ -400,6 +469,7 @@ void gl_config_defaults(struct gl_config *cfg) {
   cfg->idle_timeout_ms = 60000;
   cfg->drain_timeout_ms = 10000;
   cfg->require_client_cert = true;
+  cfg->unix_mode = 0660;
   cfg->max_frames_in_flight = 32;
   cfg->queue_depth = 256;
   cfg->stale_after_ms = 1000;
@@ -459,6 +529,7 @@ void gl_config_fini(struct gl_config *cfg) {
   free(cfg->path);
   free(cfg->tcp);
   free(cfg->unix_path);
+  free(cfg->unix_group);
   free(cfg->tls);
   free(cfg->tls_cert);
   free(cfg->tls_key);

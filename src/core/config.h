@@ -11,6 +11,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 /* [model] backend */
 enum gl_config_backend { GL_CONFIG_BACKEND_AUTO, GL_CONFIG_BACKEND_CUDA, GL_CONFIG_BACKEND_CPU };
@@ -42,6 +43,8 @@ struct gl_config {
   uint32_t stale_after_ms;       /* stale_after_ms: answer DROPPED_STALE past this, 0 = never */
   uint32_t max_decoded_pixels;   /* max_decoded_pixels: width*height of a frame */
   uint32_t default_top_k;        /* default_top_k: estimates per frame when it does not say */
+  /* max_clients_per_address: clients from one IP address, 0 = no limit */
+  uint32_t max_clients_per_address;
 
   /* [model]; model_path NULL when the section is absent */
   char *model_path;                   /* path */
@@ -76,6 +79,8 @@ struct gl_config {
   /* [listen] */
   char *tcp;                   /* tcp: plaintext "IP:port" or NULL */
   char *unix_path;             /* unix: plaintext unix socket path or NULL */
+  uint32_t unix_mode;          /* unix_mode: the socket file's permission bits (0660) */
+  char *unix_group;            /* unix_group: the socket file's group name, or NULL */
   char *tls;                   /* tls: TLS "IP:port" or NULL */
   bool allow_remote_plaintext; /* allow_remote_plaintext */
 
@@ -96,5 +101,9 @@ void gl_config_defaults(struct gl_config *cfg);
 int gl_config_load(const char *path, struct gl_config *cfg, char *err, size_t errlen);
 
 void gl_config_fini(struct gl_config *cfg);
+
+/* Looks up the group called name (getgrnam_r) into *gid. Returns 0, or
+ * GL_ENOENT with a message in err ("no group named 'x'"). */
+int gl_config_group(const char *name, gid_t *gid, char *err, size_t errlen);
 
 #endif

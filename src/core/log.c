@@ -87,3 +87,91 @@ void gl_log(int level, const char *fmt, ...) {
   ssize_t w = write(STDERR_FILENO, line, n);
   (void)w;
 }
+
+/* Length of the valid UTF-8 sequence at s (2..4), or 0. Overlong forms,
+ * surrogates and code points above U+10FFFF are not valid; *cp gets the code
+ * point. */
+static size_t gl__utf8_seq(const unsigned char *s, unsigned *cp) {
+  unsigned c = s[0];
+  size_t n;
+  unsigned lo = 0x80, hi = 0xbf;
+  if (c >= 0xc2 && c <= 0xdf) {
+    n = 2;
+    *cp = c & 0x1fu;
+  } else if (c >= 0xe0 && c <= 0xef) {
+    n = 3;
+    *cp = c & 0x0fu;
+    if (c == 0xe0)
+      lo = 0xa0; /* overlong */
+    else if (c == 0xed)
+      hi = 0x9f; /* surrogates */
+  } else if (c >= 0xf0 && c <= 0xf4) {
+    n = 4;
+    *cp = c & 0x07u;
+    if (c == 0xf0)
+      lo = 0x90; /* overlong */
+    else if (c == 0xf4)
+      hi = 0x8f; /* above U+10FFFF */
+  } else {
+    return 0;
+  }
+  for (size_t i = 1; i < n; i++) {
+    if (s[i] < (i == 1 ? lo : 0x80u) || s[i] > (i == 1 ? hi : 0xbfu))
+      return 0; /* also stops at the terminating NUL */
+    *cp = (*cp << 6) | (s[i] & 0x3fu);
+  }
+  return n;
+}
+
+size_t gl_log_escape(char *dst, size_t dstlen, const char *src) {
+  static const char hex[] = "0123456789abcdef";
+  const unsigned char *s = (const unsigned char *)(src ? src : "");
+  size_t n = 0, cut = 0;
+  bool over = false;
+  if (dstlen == 0)
+    return 0;
+  const size_t cap = dstlen - 1;
+  while (*s) {
+    char unit[16]; /* one character: at most four bytes, each as \xNN */
+    size_t k = 0, len = 1;
+    unsigned cp = *s;
+    if (*s == '\n' || *s == '\r' || *s == '\t') {
+      unit[k++] = '\\';
+      unit[k++] = *s == '\n' ? 'n' : *s == '\r' ? 'r' : 't';
+    } else if (*s >= 0x20 && *s < 0x7f) {
+      unit[k++] = (char)*s;
+    } else {
+      size_t seq = *s >= 0x80 ? gl__utf8_seq(s, &cp) : 0;
+      bool plain = seq > 0 && !(cp >= 0x80 && cp <= 0x9f) && cp != 0x2028 && cp != 0x2029;
+      len = seq ? seq : 1;
+      for (size_t i = 0; i < len; i++) {
+        if (plain) {
+          unit[k++] = (char)s[i];
+        } else {
+          unit[k++] = '\\';
+          unit[k++] = 'x';
+          unit[k++] = hex[s[i] >> 4];
+          unit[k++] = hex[s[i] & 0xf];
+        }
+      }
+    }
+    if (n + k > cap) {
+      over = true;
+      break;
+    }
+    memcpy(dst + n, unit, k);
+    n += k;
+    s += len;
+    if (n + 3 <= cap)
+      cut = n; /* the last place where "..." still fits after */
+  }
+  if (over) {
+    n = cut;
+    if (n + 3 <= cap) {
+      memcpy(dst + n, "...", 3);
+      n += 3;
+    }
+  }
+  dst[n] = '\0';
+  return n;
+}

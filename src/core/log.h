@@ -9,6 +9,7 @@
 #define GL_CORE_LOG_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 /* Levels are syslog priorities, so the journal prefix is the level itself. */
 enum gl_log_level {
@@ -34,6 +35,18 @@ int gl_log_level_parse(const char *name, int *level);
 const char *gl_log_level_name(int level);
 
 void gl_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Copies src into dst (dstlen bytes, NUL-terminated when dstlen > 0) so
+ * that it can be logged: a client-supplied string must not forge a log line
+ * or garble a terminal. Newline, carriage return and tab become \n, \r and
+ * \t; the other C0 controls, DEL, the C1 controls (U+0080..U+009F), U+2028,
+ * U+2029 and every byte that is not part of valid UTF-8 become \xNN, one per
+ * byte. Everything else, valid UTF-8 included, is copied. A backslash is
+ * copied as it is, so escaping is idempotent: a string escaped where it is
+ * formatted (an Error's text) can be escaped again where it is logged. When
+ * dst is too small the output is cut between two characters and ends in
+ * "...". A NULL src is "". Returns strlen(dst). */
+size_t gl_log_escape(char *dst, size_t dstlen, const char *src);
 
 #define GL_LOG_E(...) gl_log(GL_LOG_ERR, __VA_ARGS__)
 #define GL_LOG_W(...) gl_log(GL_LOG_WARNING, __VA_ARGS__)

@@ -5,6 +5,7 @@
  * operator gets. */
 #include <arpa/inet.h>
 #include <ctype.h>
+#include <grp.h>
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -87,9 +88,9 @@ static bool names_key(const char *msg, const char *section, const char *key) {
 }
 
 static bool cfg_is_empty(const struct gl_config *cfg) {
-  return !cfg->path && !cfg->tcp && !cfg->unix_path && !cfg->tls && !cfg->tls_cert &&
-         !cfg->tls_key && !cfg->tls_ca && !cfg->model_path && !cfg->metrics_listen &&
-         cfg->n_maps == 0;
+  return !cfg->path && !cfg->tcp && !cfg->unix_path && !cfg->unix_group && !cfg->tls &&
+         !cfg->tls_cert && !cfg->tls_key && !cfg->tls_ca && !cfg->model_path &&
+         !cfg->metrics_listen && cfg->n_maps == 0;
 }
 
 /* Loads content and expects failure with code rc, a message that names the
@@ -389,6 +390,53 @@ static void test_integers(void) {
   EXPECT_ERR("[daemon]\nmax_clients = 0\n", GL_ECONFIG, 2, 0, "daemon", "max_clients");
   EXPECT_ERR("[daemon]\nhandshake_timeout_ms = 0\n", GL_ECONFIG, 2, 0, "daemon",
              "handshake_timeout_ms");
+}
+
+/* [listen] unix_mode (octal permission bits) and unix_group (an existing group). */
+static void test_unix_socket_keys(void) {
+  struct gl_config cfg;
+  char text[256];
+  if (LOAD_OK("[listen]\nunix = /x\n", &cfg)) {
+    CHECK_EQ_INT(cfg.unix_mode, 0660);
+    CHECK(cfg.unix_group == NULL);
+    gl_config_fini(&cfg);
+  }
+  static const struct {
+    const char *text;
+    uint32_t mode;
+  } good[] = {{"0660", 0660}, {"640", 0640},  {"0", 0},
+              {"0777", 0777}, {"0600", 0600}, {"00660", 0660}};
+  for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+    snprintf(text, sizeof text, "[listen]\nunix = /x\nunix_mode = %s\n", good[i].text);
+    if (LOAD_OK(text, &cfg)) {
+      CHECK_EQ_INT(cfg.unix_mode, good[i].mode);
+      gl_config_fini(&cfg);
+    }
+  }
+  const char *bad[] = {"", "999", "0800", "01777", "1000", "-1", "rw", "0x1b6", "6 6"};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    snprintf(text, sizeof text, "[listen]\nunix = /x\nunix_mode = %s\n", bad[i]);
+    EXPECT_ERR(text, GL_ECONFIG, 3, 0, "listen", "unix_mode");
+  }
+
+  gid_t gid;
+  char err[128];
+  struct group *g = getgrgid(getgid());
+  if (CHECK(g != NULL)) {
+    char name[64];
+    snprintf(name, sizeof name, "%s", g->gr_name);
+    snprintf(text, sizeof text, "[listen]\nunix = /x\nunix_group = %s\n", name);
+    if (LOAD_OK(text, &cfg)) {
+      CHECK_EQ_STR(cfg.unix_group, name);
+      gl_config_fini(&cfg);
+    }
+    CHECK_EQ_INT(gl_config_group(name, &gid, err, sizeof err), 0);
+    CHECK_EQ_INT(gid, getgid());
+  }
+  EXPECT_ERR("[listen]\nunix = /x\nunix_group = no-such-group-geoloc\n", GL_ECONFIG, 3, 0, "listen",
+             "unix_group");
+  CHECK_EQ_INT(gl_config_group("no-such-group-geoloc", &gid, err, sizeof err), GL_ENOENT);
+  CHECK_CONTAINS(err, "no-such-group-geoloc");
 }
 
 /* ---- structure errors --------------------------------------------------------- */
@@ -789,6 +837,7 @@ int main(void) {
   RUN(test_bools);
   RUN(test_log_level);
   RUN(test_integers);
+  RUN(test_unix_socket_keys);
   RUN(test_unknown);
   RUN(test_addresses);
   RUN(test_required);

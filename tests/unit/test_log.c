@@ -6,6 +6,7 @@
 #include <ctype.h>
 #include <fcntl.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -290,10 +291,60 @@ static void test_plain(void) {
   free(text);
 }
 
+/* gl_log_escape: what a client-supplied string looks like in a log line. */
+static void test_escape(void) {
+  static const struct {
+    const char *in, *out;
+  } cases[] = {
+      {"", ""},
+      {"plain map-1.x", "plain map-1.x"},
+      {"x\nFORGED line", "x\\nFORGED line"},
+      {"a\r\n\tb", "a\\r\\n\\tb"},
+      {"\x1b[31mred\x7f", "\\x1b[31mred\\x7f"},
+      {"back\\slash \\n", "back\\slash \\n"}, /* copied: escaping is idempotent */
+      {"caf\xc3\xa9 \xe6\x97\xa5 \xf0\x9f\x9b\xb0", "caf\xc3\xa9 \xe6\x97\xa5 \xf0\x9f\x9b\xb0"},
+      {"bad \xff\xfe end", "bad \\xff\\xfe end"},
+      {"cut \xe6\x97", "cut \\xe6\\x97"},                                /* a sequence cut short */
+      {"over \xc0\xaf \xe0\x80\xaf", "over \\xc0\\xaf \\xe0\\x80\\xaf"}, /* overlong */
+      {"sur \xed\xa0\x80", "sur \\xed\\xa0\\x80"},                       /* a surrogate */
+      {"big \xf4\x90\x80\x80", "big \\xf4\\x90\\x80\\x80"},
+      {"c1 \xc2\x85 \xc2\x9b", "c1 \\xc2\\x85 \\xc2\\x9b"}, /* NEL, CSI */
+      {"ls \xe2\x80\xa8 ps \xe2\x80\xa9", "ls \\xe2\\x80\\xa8 ps \\xe2\\x80\\xa9"},
+  };
+  char out[128], twice[128];
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    size_t n = gl_log_escape(out, sizeof out, cases[i].in);
+    if (!CHECK_EQ_STR(out, cases[i].out))
+      fprintf(stderr, "  case %zu\n", i);
+    CHECK_EQ_INT(n, strlen(out));
+    gl_log_escape(twice, sizeof twice, out);
+    CHECK_EQ_STR(twice, out);
+  }
+  CHECK_EQ_INT(gl_log_escape(out, sizeof out, NULL), 0);
+  CHECK_EQ_STR(out, "");
+
+  /* Too long: cut between characters, never inside an escape, then "...". */
+  char small[12];
+  CHECK_EQ_INT(gl_log_escape(small, sizeof small, "abcdefghijklmnop"), 11);
+  CHECK_EQ_STR(small, "abcdefgh...");
+  CHECK_EQ_STR((gl_log_escape(small, sizeof small, "abcdefghijk"), small), "abcdefghijk");
+  gl_log_escape(small, sizeof small, "abcdef\n\n\n");
+  CHECK_EQ_STR(small, "abcdef\\n...");
+  gl_log_escape(small, sizeof small, "abc\xff\xff\xff");
+  CHECK_EQ_STR(small, "abc\\xff...");
+  char tiny[3];
+  gl_log_escape(tiny, sizeof tiny, "abcdef");
+  CHECK_EQ_STR(tiny, "");
+  gl_log_escape(tiny, sizeof tiny, "ab");
+  CHECK_EQ_STR(tiny, "ab");
+  CHECK_EQ_INT(gl_log_escape(tiny, 0, "ab"), 0);
+}
+
 int main(void) {
   RUN(test_level_names);
   RUN(test_journal);
   RUN(test_journal_levels);
   RUN(test_plain);
+  RUN(test_escape);
   return TEST_END();
 }
