@@ -38,9 +38,18 @@
  * long, so that the peer sees the Error rather than a reset. */
 #define GL_LINGER_MS 2000
 /* A client that does not read its answers stops being read from once this
- * much output is queued for it, and is resumed below the low mark. */
-#define GL_WRITE_HIGH (4u << 20)
-#define GL_WRITE_LOW (1u << 20)
+ * much memory holds output queued for it, and is resumed below the low
+ * mark. The count is of the memory itself (each write request and its
+ * allocation, not only the payload: a 17-byte Pong costs ~250 bytes), so
+ * 256 clients that never read cost at most ~256 MiB. One that still grows
+ * past GL_WRITE_MAX (the answers to the frames it had in flight) is
+ * closed. */
+#define GL_WRITE_HIGH (1u << 20)
+#define GL_WRITE_LOW (256u << 10)
+#define GL_WRITE_MAX (8u << 20)
+/* What one queued write costs besides its payload: the request and the
+ * allocator's own header. */
+#define GL_WRITE_OVERHEAD (sizeof(struct gl_write) + 16u)
 #define GL_READ_CHUNK 65536
 /* Room for a client's string (a map or client name) quoted in a log line
  * or an Error, escaped by gl_log_escape: the longest map name (64 bytes)
@@ -86,6 +95,7 @@ struct gl_conn {
   bool admitted;   /* holds one of max_clients slots */
   bool reject;     /* over the limit: refuse once we can speak */
   bool read_paused;
+  size_t out_bytes; /* memory held by queued writes (GL_WRITE_OVERHEAD each + payload) */
   bool peer_eof;
   bool shutdown_done;
   bool closing;  /* uv_close issued */
@@ -185,6 +195,7 @@ static uint64_t gl__realtime_us(void) {
 static void gl__on_write(uv_write_t *req, int status) {
   struct gl_write *w = (struct gl_write *)req;
   struct gl_conn *c = w->conn;
+  c->out_bytes -= GL_WRITE_OVERHEAD + w->buf.len;
   free(w);
   if (status < 0 && status != UV_ECANCELED) {
     GL_LOG_D("session %llu: write failed: %s", (unsigned long long)c->session_id,
@@ -192,8 +203,7 @@ static void gl__on_write(uv_write_t *req, int status) {
     gl__conn_close(c);
     return;
   }
-  if (c->read_paused && !c->closing && !c->draining &&
-      uv_stream_get_write_queue_size(&c->io.stream) < GL_WRITE_LOW) {
+  if (c->read_paused && !c->closing && !c->draining && c->out_bytes < GL_WRITE_LOW) {
     c->read_paused = false;
     if (!c->peer_eof) /* after EOF there is nothing more to read */
       uv_read_start(&c->io.stream, gl__on_alloc, gl__on_read);
@@ -211,12 +221,20 @@ static struct gl_write *gl__write_alloc(struct gl_conn *c, size_t len) {
 }
 
 static int gl__write_queue(struct gl_conn *c, struct gl_write *w) {
+  if (c->out_bytes + GL_WRITE_OVERHEAD + w->buf.len > GL_WRITE_MAX) {
+    GL_LOG_N("session %llu (%s): closed: it does not read its answers (%zu bytes of output "
+             "queued)",
+             (unsigned long long)c->session_id, c->peer, c->out_bytes);
+    free(w);
+    return GL_EBUSY;
+  }
   int r = uv_write(&w->req, &c->io.stream, &w->buf, 1, gl__on_write);
   if (r < 0) {
     free(w);
     GL_LOG_D("session %llu: write: %s", (unsigned long long)c->session_id, uv_strerror(r));
     return GL_EIO;
   }
+  c->out_bytes += GL_WRITE_OVERHEAD + w->buf.len;
   return GL_OK;
 }
 
@@ -1252,8 +1270,7 @@ static void gl__on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     gl__conn_tls_input(c, (const uint8_t *)buf->base, (size_t)nread);
   else
     gl__conn_input(c, (const uint8_t *)buf->base, (size_t)nread);
-  if (!c->closing && c->state != GL_CONN_CLOSING &&
-      uv_stream_get_write_queue_size(&c->io.stream) > GL_WRITE_HIGH) {
+  if (!c->closing && c->state != GL_CONN_CLOSING && c->out_bytes > GL_WRITE_HIGH) {
     c->read_paused = true;
     uv_read_stop(&c->io.stream);
   }

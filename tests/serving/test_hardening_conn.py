@@ -563,6 +563,52 @@ class StreamOptions(Case):
             self.assertEqual((first(w, 6), first(w, 9)), (in_flight, top_k), opts)
 
 
+def rss_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+class NeverReads(Case):
+    """Clients that send Pings and never read the Pongs: the memory their
+    queued output holds is bounded (the requests counted, not only the
+    payload), the daemon stops reading them, and well-behaved clients are
+    served meanwhile."""
+
+    def test_never_reading_clients_cost_little(self):
+        self.d = Daemon()
+        self.addCleanup(self.d.stop)
+        hog = []
+        for _ in range(8):
+            c = self.conn(timeout=0.5)
+            c.hello()
+            hog.append(c)
+        before = rss_kib(self.d.proc.pid)
+        pings = b"".join(ping_msg(i + 1) for i in range(20000))  # ~200 KB, 20000 Pongs
+        sent = 0
+        deadline = time.time() + 60
+        for c in hog:
+            for _ in range(40):  # up to 8 MB a client, until the server stops reading
+                try:
+                    c.s.sendall(pings)
+                    sent += len(pings)
+                except (socket.timeout, BlockingIOError):
+                    break
+                if time.time() > deadline:
+                    break
+        time.sleep(1)
+        grown = rss_kib(self.d.proc.pid) - before
+        # Before the bound on real memory, 8 such clients queued ~400 MiB of
+        # Pongs (4 MiB of payload each, ~250 bytes of memory per 17-byte Pong).
+        self.assertLess(grown, 48 * 1024, "RSS grew %d KiB after %d bytes of Pings" % (grown, sent))
+        c = self.conn()
+        c.hello()
+        c.send(ping_msg(7))
+        self.assertEqual(first(c.expect(PONG), 1), 7)
+
+
 class ProtocolVersion(Case):
     @classmethod
     def setUpClass(cls):
