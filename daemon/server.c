@@ -44,6 +44,10 @@
  * 256 clients that never read cost at most ~256 MiB. One that still grows
  * past GL_WRITE_MAX (the answers to the frames it had in flight) is
  * closed. */
+/* The largest message accepted before Hello (a Hello is a few short
+ * strings): an unauthenticated peer cannot make the server buffer and
+ * unpack max_message_bytes. Raised to max_message_bytes after Welcome. */
+#define GL_HELLO_MAX_BYTES (64u << 10)
 #define GL_WRITE_HIGH (1u << 20)
 #define GL_WRITE_LOW (256u << 10)
 #define GL_WRITE_MAX (8u << 20)
@@ -745,6 +749,7 @@ static void gl__conn_hello(struct gl_conn *c, const Geoloc__V1__Hello *h) {
   m.msg_case = GEOLOC__V1__SERVER_MESSAGE__MSG_WELCOME;
   m.welcome = &w;
   c->state = GL_CONN_READY;
+  gl_wire_decoder_set_max(&c->dec, cfg->max_message_bytes);
   char client_name[GL__CLIENT_STR];
   gl_log_escape(client_name, sizeof client_name, h->client_name);
   GL_LOG_D("session %llu (%s): hello from '%s'", (unsigned long long)c->session_id, c->peer,
@@ -1181,8 +1186,8 @@ static void gl__conn_input(struct gl_conn *c, const uint8_t *data, size_t len) {
     len -= used;
     if (r == GL_ETOOBIG) {
       gl__conn_error(c, GEOLOC__V1__ERROR__CODE__TOO_LARGE, NULL, true,
-                     "message of %u bytes exceeds the limit of %u bytes", c->dec.body_len,
-                     c->dec.max_bytes);
+                     "message of %u bytes exceeds the limit of %u bytes%s", c->dec.body_len,
+                     c->dec.max_bytes, c->state == GL_CONN_READY ? "" : " before Hello");
       return;
     }
     if (r < 0) {
@@ -1303,7 +1308,9 @@ static void gl__on_connection(uv_stream_t *ls, int status) {
     srv->conns->prev = c;
   srv->conns = c;
   srv->n_conns++;
-  gl_wire_decoder_init(&c->dec, srv->cfg.max_message_bytes);
+  gl_wire_decoder_init(&c->dec, srv->cfg.max_message_bytes < GL_HELLO_MAX_BYTES
+                                    ? srv->cfg.max_message_bytes
+                                    : GL_HELLO_MAX_BYTES);
 
   int r = uv_accept(ls, &c->io.stream);
   if (r < 0) {

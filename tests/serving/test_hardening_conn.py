@@ -609,6 +609,29 @@ class NeverReads(Case):
         self.assertEqual(first(c.expect(PONG), 1), 7)
 
 
+class BeforeHello(Case):
+    """Before Hello a message may be 64 KiB at most: an unauthenticated peer
+    cannot make the server buffer and unpack max_message_bytes (16 MiB);
+    after Welcome the full limit applies."""
+
+    def test_large_message_before_hello(self):
+        self.d = Daemon()
+        self.addCleanup(self.d.stop)
+        c = self.conn()
+        body = b"\x0a" + varint(1 << 20) + b"\x00" * (1 << 20)  # 1 MiB of Hello fields
+        c.send(len(body).to_bytes(4, "big"))  # the header alone is refused
+        e = c.expect(ERROR)
+        self.assertEqual(first(e, 1), 4)  # TOO_LARGE
+        self.assertEqual(first(e, 4), 1)  # fatal
+        self.assertIn(b"before Hello", first(e, 2))
+        c = self.conn()
+        c.hello()
+        image = png(256, 256, 3)
+        self.assertGreater(len(image), 1 << 16)
+        c.send(frame_msg(1, image))
+        self.assertEqual(first(c.expect(ESTIMATE), 1), 1)
+
+
 class ProtocolVersion(Case):
     @classmethod
     def setUpClass(cls):
