@@ -342,10 +342,11 @@ void gl_track_window(const struct gl_track *t, int32_t *r0, int32_t *q0, uint32_
 float *gl_track_scores(struct gl_track *t) { return t->score; }
 float *gl_track_headings(struct gl_track *t) { return t->head; }
 
-static size_t gl__mode(const struct gl_track *t) {
+/* The mode of a window distribution P: the index of its largest cell. */
+static size_t gl__mode(const struct gl_track *t, const float *P) {
   size_t m = 0, n = (size_t)t->wr * t->wc;
   for (size_t i = 1; i < n; i++)
-    if (t->P[i] > t->P[m])
+    if (P[i] > P[m])
       m = i;
   return m;
 }
@@ -354,7 +355,7 @@ void gl_track_scan_box(const struct gl_track *t, int32_t *r0, int32_t *q0, uint3
                        uint32_t *cols) {
   *r0 = *q0 = 0;
   *rows = *cols = 0;
-  const size_t n = (size_t)t->wr * t->wc, m = gl__mode(t);
+  const size_t n = (size_t)t->wr * t->wc, m = gl__mode(t, t->P);
   const double thr = fmax(1e-4 * t->P[m], 2 * t->p.reacquire / (double)n);
   if (!(t->P[m] > thr))
     return; /* spread evenly: nothing stands out */
@@ -423,12 +424,8 @@ static double gl__vertex(double a, double b, double c) {
  * confidence and the radius (m); returns the mode's index. */
 static size_t gl__estimate(struct gl_track *t, const float *P, double *er, double *eq,
                            double *conf, double *radius) {
-  const size_t n = (size_t)t->wr * t->wc;
   const uint32_t wc = t->wc;
-  size_t m = 0;
-  for (size_t i = 1; i < n; i++)
-    if (P[i] > P[m])
-      m = i;
+  const size_t m = gl__mode(t, P);
   const int64_t mr = (int64_t)(m / wc), mq = (int64_t)(m % wc);
   /* Sub-cell: the vertex of the parabola through log P at the mode and its
    * neighbours, along each axis. */
@@ -630,6 +627,9 @@ int gl_track_grid(const struct gl_map *map, const struct gl_loc_fine_frame *ff, 
   return 0;
 }
 
+/* The angle between headings a and b, degrees in [0, 180]. */
+static double gl__angle(double a, double b) { return fabs(fmod(a - b + 540.0, 360.0) - 180.0); }
+
 /* The placements the fine stage ff scored last, those in the window, into
  * the window's measurement: each its best score over the headings within
  * tol degrees of hc (every heading when hc is NaN or none is that close). */
@@ -641,7 +641,7 @@ static void gl__take(struct gl_track *t, const struct gl_loc_fine_frame *ff, dou
   size_t P = gl_loc_fine_frame_scores(ff, &pr, &pq, &score, &headings, &H);
   bool any = false;
   for (uint32_t h = 0; h < H && !isnan(hc) && !any; h++)
-    any = fabs(fmod(headings[h] - hc + 540.0, 360.0) - 180.0) <= tol;
+    any = gl__angle(headings[h], hc) <= tol;
   for (size_t p = 0; p < P; p++) {
     int64_t r = pr[p] - t->r0, q = pq[p] - t->q0;
     if (r < 0 || r >= t->wr || q < 0 || q >= t->wc)
@@ -650,7 +650,7 @@ static void gl__take(struct gl_track *t, const struct gl_loc_fine_frame *ff, dou
     uint32_t bh = 0;
     for (uint32_t h = 0; h < H; h++)
       if (score[p * H + h] > best &&
-          (!any || fabs(fmod(headings[h] - hc + 540.0, 360.0) - 180.0) <= tol)) {
+          (!any || gl__angle(headings[h], hc) <= tol)) {
         best = score[p * H + h];
         bh = h;
       }
