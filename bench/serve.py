@@ -64,8 +64,8 @@ Columns:
               same CPU time. A diagnostic for a loaded machine, where neither
               side gets every core and the plain ratio swings with the load
   ratio       frames/s / engine-alone frames/s at batch max_batch (best
-              round): DESIGN's serving-overhead ratio; goal >= 0.90 at 32
-              clients
+              round): the serving-overhead ratio (docs/ARCHITECTURE.md
+              section 15); goal >= 0.90 at 32 clients
 
 The engine line gives the driver's frames/s at batch 1 and max_batch, and
 its CPU share at max_batch (compare with daemon cpu: on a loaded machine
@@ -83,6 +83,8 @@ bench` output on stderr).
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import os
 import re
@@ -90,7 +92,6 @@ import resource
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -133,18 +134,22 @@ def engine_fps(driver: str, model: str, batch: int, threads: int, seconds: float
     return json.loads(out.strip().splitlines()[-1])["frames_per_s"], cpu / (wall * os.cpu_count())
 
 
-def cut_frames(tmp: str, map_dir: str) -> list:
+def map_tiles(geoloc: str, map_dir: str) -> list:
+    """(id, grid_x, grid_y) of every tile, from `geoloc map tiles`."""
+    out = subprocess.run([geoloc, "map", "tiles", map_dir], check=True, capture_output=True,
+                         text=True).stdout
+    return [(int(r["id"]), float(r["grid_x"]), float(r["grid_y"]))
+            for r in csv.DictReader(io.StringIO(out))]
+
+
+def cut_frames(tmp: str, tiles: list) -> list:
     from osgeo import gdal  # Debian python3-gdal
 
     gdal.UseExceptions()
     gdal.SetConfigOption("GDAL_PAM_ENABLED", "NO")  # no .aux.xml next to the frames
-    db = sqlite3.connect(os.path.join(map_dir, "tiles.sqlite"))
-    xmin, xmax, ymin, ymax = db.execute(
-        "select min(grid_x), max(grid_x), min(grid_y), max(grid_y) from tiles").fetchone()
-    rows = db.execute("select id, grid_x, grid_y from tiles where grid_x > ? and grid_x < ? "
-                      "and grid_y > ? and grid_y < ? order by id",
-                      (xmin, xmax, ymin, ymax)).fetchall()
-    db.close()
+    xmin, xmax = min(t[1] for t in tiles), max(t[1] for t in tiles)
+    ymin, ymax = min(t[2] for t in tiles), max(t[2] for t in tiles)
+    rows = [t for t in tiles if xmin < t[1] < xmax and ymin < t[2] < ymax]
     step = max(1, len(rows) // NFRAMES)
     frames, h = [], TILE_M / 2
     os.makedirs(os.path.join(tmp, "frames"))
@@ -320,10 +325,10 @@ def main() -> int:
         run([geoloc, "map", "build", "--model", model, "--ortho", RASTER, "--tile-m",
              str(TILE_M), "--stride-m", str(STRIDE_M), "--out", map_dir, "--dense-layer",
              str(a.dense_layer)])
-        with sqlite3.connect(os.path.join(map_dir, "tiles.sqlite")) as db:
-            ntiles = db.execute("select count(*) from tiles").fetchone()[0]
+        tiles = map_tiles(geoloc, map_dir)
+        ntiles = len(tiles)
         log("map: %d tiles in %.1f s" % (ntiles, time.time() - t0))
-        images = cut_frames(tmp, map_dir)
+        images = cut_frames(tmp, tiles)
 
         eng1, engb = [], []
         runs = {n: [] for n in a.clients}

@@ -11,6 +11,7 @@
 #include "core/err.h"
 #include "core/log.h"
 #include "gl_build_config.h"
+#include "pipeline.h"
 #include "runtime.h"
 #include "server.h"
 #include "tls.h"
@@ -100,6 +101,12 @@ int main(int argc, char **argv) {
   gl_log_init(cfg.log_level);
   /* A peer that vanishes must be an EPIPE from write, not a signal. */
   signal(SIGPIPE, SIG_IGN);
+  /* The decode workers are libuv's thread pool, which takes its size from
+   * the environment at its first use: a thread per worker, and one for a
+   * SIGHUP's model load, so that a reload holds no frame back. */
+  char pool[16];
+  snprintf(pool, sizeof pool, "%u", gl_pipeline_decode_workers(cfg.decode_threads) + 1);
+  setenv("UV_THREADPOOL_SIZE", pool, 1);
 
   uv_loop_t loop;
   struct gl_server *srv = NULL;

@@ -102,6 +102,12 @@ struct gl_metrics {
   atomic_int_fast64_t in_flight;
   atomic_uint_fast64_t maps;
   atomic_uint_fast64_t heartbeat_ms; /* CLOCK_MONOTONIC of the last heartbeat */
+  /* The longest a heartbeat came after the one before beyond its period:
+   * how long the event loop was kept from running its timers. Only the
+   * loop thread writes these; prev_beat_ms is 0 before the first beat (the
+   * start, model loading included, is not a stall). */
+  atomic_uint_fast64_t loop_lag_max_ms;
+  uint64_t prev_beat_ms;
   atomic_uint_fast32_t stall_ms;
   atomic_bool ready;
 
@@ -238,8 +244,15 @@ void gl_metrics_set_backend(struct gl_metrics *m, const char *name) {
 }
 
 void gl_metrics_heartbeat(struct gl_metrics *m) {
-  if (m)
-    atomic_store_explicit(&m->heartbeat_ms, gl__mono_ms(), memory_order_relaxed);
+  if (!m)
+    return;
+  uint64_t now = gl__mono_ms(), last = m->prev_beat_ms;
+  atomic_store_explicit(&m->heartbeat_ms, now, memory_order_relaxed);
+  m->prev_beat_ms = now;
+  uint64_t lag = last && now > last + GL_METRICS_HEARTBEAT_MS ? now - last - GL_METRICS_HEARTBEAT_MS
+                                                              : 0;
+  if (lag > atomic_load_explicit(&m->loop_lag_max_ms, memory_order_relaxed))
+    atomic_store_explicit(&m->loop_lag_max_ms, lag, memory_order_relaxed);
 }
 
 void gl_metrics_set_stall_timeout(struct gl_metrics *m, uint32_t ms) {
@@ -392,6 +405,10 @@ int gl_metrics_render(struct gl_metrics *m, char **out, size_t *len) {
   gl__buf_family(&b, "geoloc_frames_in_flight", "gauge", "Frames received and not yet answered.");
   gl__buf_printf(&b, "geoloc_frames_in_flight %" PRId64 "\n",
                  (int64_t)atomic_load_explicit(&m->in_flight, memory_order_relaxed));
+  gl__buf_family(&b, "geoloc_loop_lag_seconds_max", "gauge",
+                 "Longest the event loop ran late for its heartbeat since the start.");
+  gl__buf_printf(&b, "geoloc_loop_lag_seconds_max %.3f\n",
+                 (double)atomic_load_explicit(&m->loop_lag_max_ms, memory_order_relaxed) / 1e3);
   gl__buf_family(&b, "geoloc_maps", "gauge", "Maps loaded and searchable.");
   gl__buf_printf(&b, "geoloc_maps %" PRIu64 "\n",
                  (uint64_t)atomic_load_explicit(&m->maps, memory_order_relaxed));
@@ -713,6 +730,7 @@ int gl_metrics_create(const char *listen_addr, struct gl_metrics **out, char *er
   atomic_init(&m->in_flight, 0);
   atomic_init(&m->maps, 0);
   atomic_init(&m->heartbeat_ms, gl__mono_ms());
+  atomic_init(&m->loop_lag_max_ms, 0);
   atomic_init(&m->stall_ms, GL_METRICS_STALL_MS_DEFAULT);
   atomic_init(&m->ready, false);
   snprintf(m->backend, sizeof m->backend, "none");

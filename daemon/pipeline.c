@@ -24,7 +24,13 @@ struct gl_pipeline {
   uv_async_t async;
   gl_job_done_cb done_cb;
   void *ud;
-  uint32_t pending; /* loop thread only */
+  /* Loop thread only: jobs submitted and not finished; the decode workers,
+   * how many of them one client may hold, and how many are busy; the
+   * clients with frames waiting for one, in turn (each goes to the back of
+   * the turn when one of its frames is handed to a worker). */
+  uint32_t pending;
+  uint32_t decode_workers, decode_share, decoding;
+  struct gl_decode_queue *turn_head, *turn_tail;
 
   pthread_t thread, search_thread;
   bool thread_started, search_started;
@@ -191,6 +197,53 @@ static void gl__release(struct gl_pipeline *p, struct gl_job *job) {
   }
 }
 
+static void gl__turn_append(struct gl_pipeline *p, struct gl_decode_queue *q) {
+  q->next = NULL;
+  if (p->turn_tail)
+    p->turn_tail->next = q;
+  else
+    p->turn_head = q;
+  p->turn_tail = q;
+}
+
+static void gl__decode_done(uv_work_t *w, int status);
+
+/* Hands frames to the free decode workers, one from each waiting client in
+ * turn, skipping the clients that hold their share. Only as many frames as
+ * there are workers are handed to libuv at once: its own queue is first
+ * come first served. */
+static void gl__decode_next(struct gl_pipeline *p) {
+  while (p->decoding < p->decode_workers) {
+    struct gl_decode_queue **at = &p->turn_head, *prev = NULL;
+    while (*at && (*at)->decoding >= p->decode_share) {
+      prev = *at;
+      at = &prev->next;
+    }
+    struct gl_decode_queue *q = *at;
+    if (!q)
+      return;
+    if (!(*at = q->next))
+      p->turn_tail = prev;
+    struct gl_job *job = q->head;
+    if (!(q->head = job->next))
+      q->tail = NULL;
+    else
+      gl__turn_append(p, q); /* its next frame waits for the others' */
+    job->next = NULL;
+    job->dq = q;
+    q->decoding++;
+    p->decoding++;
+    int rc = uv_queue_work(p->loop, &job->work, gl__decode_work, gl__decode_done);
+    if (rc < 0) {
+      q->decoding--;
+      p->decoding--;
+      job->result = GL_JOB_FAILED;
+      snprintf(job->error, sizeof job->error, "cannot queue the frame: %s", uv_strerror(rc));
+      gl__release(p, job);
+    }
+  }
+}
+
 static void gl__decode_done(uv_work_t *w, int status) {
   struct gl_job *job = w->data;
   struct gl_pipeline *p = job->pipe;
@@ -198,19 +251,29 @@ static void gl__decode_done(uv_work_t *w, int status) {
     job->result = GL_JOB_FAILED;
     snprintf(job->error, sizeof job->error, "decoding was cancelled");
   }
+  job->dq->decoding--;
+  p->decoding--;
   gl__release(p, job);
+  gl__decode_next(p);
 }
 
-void gl_pipeline_submit(struct gl_pipeline *p, struct gl_job *job) {
+void gl_pipeline_submit(struct gl_pipeline *p, struct gl_decode_queue *q, struct gl_job *job) {
   job->pipe = p;
   job->work.data = job;
+  job->next = NULL;
   p->pending++;
-  int rc = uv_queue_work(p->loop, &job->work, gl__decode_work, gl__decode_done);
-  if (rc < 0) {
-    job->result = GL_JOB_FAILED;
-    snprintf(job->error, sizeof job->error, "cannot queue the frame: %s", uv_strerror(rc));
-    gl__release(p, job);
+  if (q->tail) {
+    q->tail->next = job;
+  } else {
+    q->head = job;
+    gl__turn_append(p, q);
   }
+  q->tail = job;
+  gl__decode_next(p);
+}
+
+uint32_t gl_pipeline_decode_workers(uint32_t decode_threads) {
+  return (decode_threads ? decode_threads : uv_available_parallelism()) + 1;
 }
 
 uint32_t gl_pipeline_pending(const struct gl_pipeline *p) { return p->pending; }
@@ -510,7 +573,7 @@ static void gl__on_async(uv_async_t *a) {
   }
 }
 
-int gl_pipeline_create(uv_loop_t *loop, gl_job_done_cb done_cb, void *ud,
+int gl_pipeline_create(uv_loop_t *loop, uint32_t decode_threads, gl_job_done_cb done_cb, void *ud,
                        struct gl_pipeline **out, char *err, size_t errlen) {
   struct gl_pipeline *p = calloc(1, sizeof *p);
   pthread_condattr_t ca;
@@ -518,6 +581,8 @@ int gl_pipeline_create(uv_loop_t *loop, gl_job_done_cb done_cb, void *ud,
   if (!p)
     return GL_ENOMEM;
   p->loop = loop;
+  p->decode_workers = gl_pipeline_decode_workers(decode_threads);
+  p->decode_share = p->decode_workers - 1;
   p->done_cb = done_cb;
   p->ud = ud;
   pthread_mutex_init(&p->mu, NULL);

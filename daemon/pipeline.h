@@ -3,6 +3,14 @@
  * thread of their own, so that a batch is searched while the next one is
  * inferred; finished jobs come back to the event loop through a uv_async_t.
  *
+ * Decoding is shared between clients: each client's frames wait in a queue
+ * of its own, and the decode workers take the clients' frames in turn, one
+ * at a time. A decode runs to its end (a 4096 x 4096 PNG takes ~0.5 s), so
+ * one client may hold at most [daemon] decode_threads workers, and there is
+ * one worker more: a client whose frames are slow to decode uses every
+ * core while it is alone, and another client's frame still starts at once
+ * rather than after one of them.
+ *
  * Jobs are created and finished on the loop thread. Every submitted job is
  * finished exactly once, whatever happens to it (decoded or not, stale or
  * not), which is how every accepted frame gets exactly one answer. */
@@ -57,10 +65,20 @@ struct gl_stream_track {
   uint32_t n_ids;
 };
 
+/* One client's frames waiting for a decode worker, oldest first. Owned by
+ * the connection, which outlives its jobs; zeroed before first use. Loop
+ * thread only. */
+struct gl_decode_queue {
+  struct gl_job *head, *tail;
+  struct gl_decode_queue *next; /* in the pipeline's turn, while it has frames */
+  uint32_t decoding;            /* its frames on a worker now */
+};
+
 struct gl_job {
   struct gl_job *next;
   uv_work_t work;
   struct gl_pipeline *pipe;
+  struct gl_decode_queue *dq; /* its client's, until it is decoded */
   void *owner; /* the connection, for the done callback */
   struct gl_runtime *rt;
   uint32_t map;
@@ -118,13 +136,23 @@ typedef void (*gl_job_done_cb)(void *ud, struct gl_job *job);
 
 struct gl_pipeline;
 
-/* Starts the inference thread. done_cb runs on the loop thread for every
- * finished job, which it then owns (free with gl_job_free). */
-int gl_pipeline_create(uv_loop_t *loop, gl_job_done_cb done_cb, void *ud,
+/* The decode workers for [daemon] decode_threads (0: one per CPU core):
+ * that many, and the one kept for the other clients. They are threads of
+ * libuv's pool, which must have at least as many (UV_THREADPOOL_SIZE, read
+ * at its first use): frames handed to it beyond its threads would wait
+ * there, first come first served. */
+uint32_t gl_pipeline_decode_workers(uint32_t decode_threads);
+
+/* Starts the inference thread. Frames are decoded on
+ * gl_pipeline_decode_workers(decode_threads) workers. done_cb runs on the
+ * loop thread for every finished job, which it then owns (free with
+ * gl_job_free). */
+int gl_pipeline_create(uv_loop_t *loop, uint32_t decode_threads, gl_job_done_cb done_cb, void *ud,
                        struct gl_pipeline **out, char *err, size_t errlen);
 
-/* Queues a job (on the loop thread): decoding first, then inference. */
-void gl_pipeline_submit(struct gl_pipeline *p, struct gl_job *job);
+/* Queues a job (on the loop thread) in its client's queue q: decoding
+ * first, in turn with the other clients' frames, then inference. */
+void gl_pipeline_submit(struct gl_pipeline *p, struct gl_decode_queue *q, struct gl_job *job);
 
 /* Jobs submitted and not yet finished. */
 uint32_t gl_pipeline_pending(const struct gl_pipeline *p);

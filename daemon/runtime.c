@@ -6,6 +6,7 @@
 
 #include "core/err.h"
 #include "core/log.h"
+#include "loc/load.h"
 #include "map/dense.h"
 
 static void gl__runtime_free(struct gl_runtime *rt) {
@@ -33,23 +34,17 @@ static int gl__runtime_fine(struct gl_runtime *rt, const struct gl_config *cfg, 
   if (rc || !cfg->fine)
     return rc;
   for (uint32_t i = 0; i < rt->n_maps; i++) {
-    const struct gl_map_dense *d = gl_map_dense(rt->maps[i].map);
-    if (!d) {
-      GL_LOG_I("map %s: no dense layer; its frames get the global stage only",
-               rt->maps[i].name);
-      continue;
-    }
-    if (!rt->fine && (rc = gl_loc_fine_frame_create(rt->model, d->layer, &fp,
-                                                     cfg->model_threads, &rt->fine, err, errlen)))
+    struct gl_runtime_map *m = &rt->maps[i];
+    char why[256];
+    if ((rc = gl_loc_load_fine(rt->model, m->map, &fp, cfg->model_threads, &rt->fine, &m->fine, why,
+                               sizeof why))) {
+      snprintf(err, errlen, "%s", why);
       return rc;
-    if (d->layer != gl_loc_fine_frame_layer(rt->fine) || d->input_px != rt->input_size) {
-      GL_LOG_W("map %s: dense layer of block %u at %u px, not the fine stage's block %u at %u "
-               "px; its frames get the global stage only",
-               rt->maps[i].name, d->layer, d->input_px, gl_loc_fine_frame_layer(rt->fine),
-               rt->input_size);
-      continue;
     }
-    rt->maps[i].fine = true;
+    /* Without a dense layer is a way to build a map; another layer is not. */
+    if (!m->fine)
+      gl_log(gl_map_dense(m->map) ? GL_LOG_WARNING : GL_LOG_INFO,
+             "map %s: %s; its frames get the global stage only", m->name, why);
   }
   return 0;
 }
@@ -61,17 +56,16 @@ static int gl__runtime_engine(struct gl_runtime *rt, const struct gl_config *cfg
       .threads = cfg->model_threads,
       .max_input_pixels = cfg->max_decoded_pixels,
   };
-  int rc = GL_ENOTSUP;
-  if (cfg->backend != GL_CONFIG_BACKEND_CPU) {
-    o.backend = GL_NN_BACKEND_CUDA;
-    rc = gl_nn_engine_create(rt->model, &o, &rt->engine, err, errlen);
-    if (rc == GL_OK || cfg->backend == GL_CONFIG_BACKEND_CUDA)
-      return rc;
-    /* auto: no usable GPU here, which is a normal way to run. */
-    GL_LOG_N("[model] backend auto: no CUDA backend (%s), using the CPU", err);
-  }
-  o.backend = GL_NN_BACKEND_CPU;
-  return gl_nn_engine_create(rt->model, &o, &rt->engine, err, errlen);
+  char note[512];
+  o.backend = cfg->backend == GL_CONFIG_BACKEND_CPU ? GL_NN_BACKEND_CPU : GL_NN_BACKEND_CUDA;
+  int rc = gl_loc_load_engine(rt->model, &o, cfg->backend == GL_CONFIG_BACKEND_AUTO, &rt->engine,
+                              note, sizeof note, err, errlen);
+  /* auto: no usable GPU here, which is a normal way to run. */
+  if (rc == GL_OK && note[0])
+    GL_LOG_N("[model] backend auto: no CUDA backend (%s), using the CPU", note);
+  if (rc == GL_OK)
+    rt->max_batch = gl_nn_engine_max_batch(rt->engine);
+  return rc;
 }
 
 int gl_runtime_load(const struct gl_config *cfg, struct gl_runtime **out, char *err,
@@ -83,22 +77,16 @@ int gl_runtime_load(const struct gl_config *cfg, struct gl_runtime **out, char *
   if (!rt)
     return GL_ENOMEM;
   rt->refs = 1;
-  rt->max_batch = cfg->max_batch;
   rt->batch_window_us = cfg->batch_window_us;
   rt->stale_after_ms = cfg->stale_after_ms;
   rt->search_tiles = cfg->search_tiles;
   rt->bandwidth_m = cfg->bandwidth_m;
-  rc = gl_nn_model_load(cfg->model_path, &rt->model, why, sizeof why);
+  rc = gl_loc_load_model(cfg->model_path, &rt->model, why, sizeof why);
   if (rc != GL_OK) {
     snprintf(err, errlen, "[model] path %s: %s", cfg->model_path, why);
     goto fail;
   }
   rt->dim = gl_nn_model_descriptor_dim(rt->model);
-  if (rt->dim == 0) {
-    snprintf(err, errlen, "[model] path %s: the model has no descriptor head", cfg->model_path);
-    rc = GL_EINVAL;
-    goto fail;
-  }
   rc = gl__runtime_engine(rt, cfg, why, sizeof why);
   if (rc != GL_OK) {
     snprintf(err, errlen, "[model] backend: %s", why);
@@ -106,7 +94,7 @@ int gl_runtime_load(const struct gl_config *cfg, struct gl_runtime **out, char *
   }
   for (uint32_t i = 0; i < cfg->n_maps; i++) {
     struct gl_runtime_map *m = &rt->maps[i];
-    rc = gl_map_open(cfg->maps[i].path, gl_nn_model_sha256(rt->model), &m->map, why, sizeof why);
+    rc = gl_loc_load_map(rt->model, cfg->maps[i].path, &m->map, why, sizeof why);
     if (rc != GL_OK) {
       snprintf(err, errlen, "[map %s] path %s: %s", cfg->maps[i].name, cfg->maps[i].path, why);
       goto fail;

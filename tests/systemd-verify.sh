@@ -8,7 +8,7 @@ prefix=$(mktemp -d)
 trap 'rm -rf "$prefix" "$build-verify"' EXIT
 meson setup "$build-verify" "$(dirname "$0")/.." --prefix "$prefix" -Dtests=disabled >/dev/null
 meson install -C "$build-verify" >/dev/null
-units=$(find "$prefix" -name 'geolocd.service' -o -name 'geolocd.socket')
+units=$(find "$prefix" -name 'geolocd.service' -o -name 'geolocd.socket' -o -name 'geoloc-bridge.service')
 [ -n "$units" ] || { echo "systemd-verify: no units were installed" >&2; exit 1; }
 out=$(systemd-analyze verify $units 2>&1) || { echo "$out" >&2; exit 1; }
 # verify exits 0 on some warnings: any output is a finding.

@@ -6,39 +6,35 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli.h"
 #include "core/err.h"
 #include "map/map.h"
 
-bool gl_cli_camera_option(const char *prog, int o, const char *arg, struct gl_cli_camera *c) {
-  static const char *const what[3] = {
-      "--altitude wants metres above the ground, (0, 10000]",
-      "--hfov wants the horizontal field of view in degrees, [1, 170]",
-      "--tilt wants degrees from nadir, [0, 60]",
-  };
-  if (o == 1103) {
+int gl_cli_camera_option(int o, const char *flag, const char *arg, struct gl_cli_camera *c) {
+  int rc;
+  switch (o) {
+  case 1100:
+    rc = gl_cli_positive(flag, arg, GL_IMG_CAMERA_MAX_ALTITUDE_M, &c->cam.altitude_m);
+    break;
+  case 1101:
+    rc = gl_cli_double(flag, arg, GL_IMG_CAMERA_MIN_HFOV_DEG, GL_IMG_CAMERA_MAX_HFOV_DEG,
+                       &c->cam.hfov_deg);
+    break;
+  case 1102:
+    rc = gl_cli_double(flag, arg, 0, GL_IMG_CAMERA_MAX_TILT_DEG, &c->cam.tilt_deg);
+    break;
+  case 1103:
     c->show_meta = true;
-    return true;
-  }
-  if (o == 1104) {
+    return GL_OK;
+  case 1104:
     c->no_meta = true;
-    return true;
+    return GL_OK;
+  default:
+    return GL_EINVAL;
   }
-  int k = o - 1100;
-  if (k < 0 || k > 2)
-    return false;
-  char *end;
-  double v = strtod(arg, &end);
-  struct gl_img_camera one = {100, 60, 0}; /* a valid camera, this field replaced */
-  double *field[3] = {&one.altitude_m, &one.hfov_deg, &one.tilt_deg};
-  *field[k] = v;
-  if (end == arg || *end || gl_img_camera_check(GL_IMG_CAMERA_ALL, &one, NULL, NULL, 0) != GL_OK) {
-    fprintf(stderr, "%s: %s, not '%s'\n", prog, what[k], arg);
-    return false;
-  }
-  double *dst[3] = {&c->cam.altitude_m, &c->cam.hfov_deg, &c->cam.tilt_deg};
-  *dst[k] = v;
-  c->given |= 1u << k;
-  return true;
+  if (rc == GL_OK)
+    c->given |= 1u << (o - 1100);
+  return rc;
 }
 
 /* The photo's heading turned with its orientation: the yaw is where the

@@ -37,9 +37,10 @@ struct gl_cli_camera {
   bool show_meta, no_meta;
 };
 
-/* Applies one of GL_CLI_CAMERA_OPTIONS (o its value). False, after printing
- * why, for a number that does not parse or is out of range. */
-bool gl_cli_camera_option(const char *prog, int o, const char *arg, struct gl_cli_camera *c);
+/* Applies one of GL_CLI_CAMERA_OPTIONS (o its value, flag its name), as a
+ * gl_cli_apply_fn does: GL_EINVAL, after printing why, for a number that
+ * does not parse or is out of range. */
+int gl_cli_camera_option(int o, const char *flag, const char *arg, struct gl_cli_camera *c);
 
 /* What is used for one photo. */
 struct gl_cli_photo {

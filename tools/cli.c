@@ -1,8 +1,10 @@
 /* Helpers shared by the CLI commands that stream images to geolocd. */
 #include "cli.h"
 
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -126,44 +128,159 @@ void gl_cli_tls_option(int o, const char *arg, struct gl_client_opts *co) {
   }
 }
 
-bool gl_cli_fine_option(const char *prog, int o, const char *arg, struct gl_loc_fine_params *p,
-                        bool *off) {
-  char *end = NULL, err[256];
-  double v = arg ? strtod(arg, &end) : 0;
-  if (arg && (end == arg || *end)) {
-    fprintf(stderr, "%s: '%s' is not a number\n", prog, arg);
-    return false;
-  }
+int gl_cli_fine_option(int o, const char *flag, const char *arg, struct gl_loc_fine_params *p,
+                       bool *off) {
+  char err[256];
+  int rc = GL_OK;
   switch (o) {
   case 1000:
     *off = true;
-    return true;
+    return GL_OK;
   case 1001:
-    p->top_k = v >= 1 && v <= 1024 ? (uint32_t)v : 0;
+    rc = gl_cli_u32(flag, arg, 1, 1024, &p->top_k);
     break;
   case 1002:
-    p->radius_cells = v >= 0 && v <= 16 ? (uint32_t)v : 99;
+    rc = gl_cli_u32(flag, arg, 0, 16, &p->radius_cells);
     break;
   case 1003:
-    p->step_deg = v;
+    rc = gl_cli_double(flag, arg, 1, 180, &p->step_deg);
     break;
   case 1004:
-    p->tolerance_deg = v;
+    rc = gl_cli_double(flag, arg, 0, 180, &p->tolerance_deg);
     break;
   case 1005:
-    p->full_scan_cells = v >= 0 && v <= 1e7 ? (uint32_t)v : 0;
+    rc = gl_cli_u32(flag, arg, 0, 10000000, &p->full_scan_cells);
     break;
   }
-  if (gl_loc_fine_params_check(p, err, sizeof err) != 0) {
-    fprintf(stderr, "%s: %s\n", prog, err);
-    return false;
-  }
-  return true;
+  /* What a range cannot say: the heading step must divide 360. */
+  if (rc == GL_OK && (rc = gl_loc_fine_params_check(p, err, sizeof err)) != GL_OK)
+    fprintf(stderr, "geoloc: %s: %s\n", flag, err);
+  return rc;
 }
 
 int gl_cli_parse_prior(const char *arg, double *lat, double *lon, double *radius_m) {
-  if (sscanf(arg, "%lf,%lf,%lf", lat, lon, radius_m) != 3 ||
-      !(*lat >= -90 && *lat <= 90 && *lon >= -180 && *lon <= 180 && *radius_m > 0))
+  double v[3];
+  size_t n;
+  if (gl_cli_doubles(arg, v, 3, &n) != GL_OK || n != 3 ||
+      !(v[0] >= -90 && v[0] <= 90 && v[1] >= -180 && v[1] <= 180 && v[2] > 0 && v[2] <= 2e7))
     return GL_EINVAL;
+  *lat = v[0];
+  *lon = v[1];
+  *radius_m = v[2];
   return GL_OK;
+}
+
+/* --- options ------------------------------------------------------------------ */
+
+/* The whole of s as decimal digits; strtoull alone would take a sign,
+ * leading space and trailing junk, and turn "-1" into a huge value. */
+static int gl__cli_digits(const char *s, uint64_t *out) {
+  char *end;
+  if (!s || !isdigit((unsigned char)*s))
+    return GL_EINVAL;
+  errno = 0;
+  unsigned long long v = strtoull(s, &end, 10);
+  if (errno == ERANGE || *end)
+    return GL_EINVAL;
+  *out = v;
+  return GL_OK;
+}
+
+/* A finite number at the start of s, ending at *end; no leading space
+ * (strtod would skip it), no "nan" or "inf". */
+static int gl__cli_number(const char *s, char **end, double *out) {
+  if (!s || !*s || isspace((unsigned char)*s))
+    return GL_EINVAL;
+  double v = strtod(s, end);
+  if (*end == s || !isfinite(v))
+    return GL_EINVAL;
+  *out = v;
+  return GL_OK;
+}
+
+int gl_cli_u64(const char *flag, const char *s, uint64_t min, uint64_t max, uint64_t *out) {
+  uint64_t v;
+  if (gl__cli_digits(s, &v) != GL_OK || v < min || v > max) {
+    fprintf(stderr, "geoloc: %s: \"%s\" is not an integer in %llu..%llu\n", flag, s ? s : "",
+            (unsigned long long)min, (unsigned long long)max);
+    return GL_EINVAL;
+  }
+  *out = v;
+  return GL_OK;
+}
+
+int gl_cli_u32(const char *flag, const char *s, uint32_t min, uint32_t max, uint32_t *out) {
+  uint64_t v;
+  int rc = gl_cli_u64(flag, s, min, max, &v);
+  if (rc == GL_OK)
+    *out = (uint32_t)v;
+  return rc;
+}
+
+/* [min, max], or (0, max] when open. */
+static int gl__cli_real(const char *flag, const char *s, bool open, double min, double max,
+                        double *out) {
+  char *end = NULL;
+  double v;
+  if (gl__cli_number(s, &end, &v) != GL_OK || *end || !(open ? v > min : v >= min) || !(v <= max)) {
+    fprintf(stderr, "geoloc: %s: \"%s\" is not a number in %s%g, %g]\n", flag, s ? s : "",
+            open ? "(" : "[", min, max);
+    return GL_EINVAL;
+  }
+  *out = v;
+  return GL_OK;
+}
+
+int gl_cli_double(const char *flag, const char *s, double min, double max, double *out) {
+  return gl__cli_real(flag, s, false, min, max, out);
+}
+
+int gl_cli_positive(const char *flag, const char *s, double max, double *out) {
+  return gl__cli_real(flag, s, true, 0, max, out);
+}
+
+int gl_cli_doubles(const char *s, double *out, size_t max_n, size_t *n) {
+  size_t k = 0;
+  for (;;) {
+    char *end;
+    double v;
+    if (k == max_n || gl__cli_number(s, &end, &v) != GL_OK || (*end && *end != ','))
+      return GL_EINVAL;
+    out[k++] = v;
+    if (!*end)
+      break;
+    s = end + 1;
+  }
+  *n = k;
+  return GL_OK;
+}
+
+/* "--name" of option value o, for messages. */
+static const char *gl__cli_flag(const struct option *longopts, int o, char *buf, size_t len) {
+  for (const struct option *p = longopts; p->name; p++)
+    if (!p->flag && p->val == o) {
+      snprintf(buf, len, "--%s", p->name);
+      return buf;
+    }
+  snprintf(buf, len, "-%c", o);
+  return buf;
+}
+
+int gl_cli_getopt(int argc, char **argv, const char *shortopts, const struct option *longopts,
+                  gl_cli_apply_fn apply, void *opts, void (*usage)(FILE *)) {
+  char flag[64];
+  int o;
+  while ((o = getopt_long(argc, argv, shortopts, longopts, NULL)) != -1) {
+    if (o == 'h') {
+      usage(stdout);
+      return 0;
+    }
+    if (o == '?' || o == ':') {
+      usage(stderr);
+      return 2;
+    }
+    if (apply(opts, o, gl__cli_flag(longopts, o, flag, sizeof flag), optarg) != GL_OK)
+      return 2;
+  }
+  return GL_CLI_RUN;
 }

@@ -192,7 +192,46 @@ static double percentile(const double *v, size_t n, double p) {
   return v[i < n ? i : n - 1];
 }
 
-int gl_cmd_bench(int argc, char **argv) {
+struct bench_opts {
+  struct gl_client_opts co;
+  const char *map;
+  uint32_t clients, frames, window;
+  double rate;    /* frames/s over all clients, 0 = unlimited */
+  double heading; /* NaN: none sent */
+  char **inputs;  /* IMAGE...|DIR */
+  int n_inputs;
+};
+
+static int bench_option(void *opts, int o, const char *flag, const char *arg) {
+  struct bench_opts *bo = opts;
+  switch (o) {
+  case 'c':
+    bo->co.address = arg;
+    return GL_OK;
+  case 'n':
+    return gl_cli_u32(flag, arg, 1, BENCH_MAX_CLIENTS, &bo->clients);
+  case 'f':
+    return gl_cli_u32(flag, arg, 1, 100000000, &bo->frames);
+  case 'r':
+    return gl_cli_double(flag, arg, 0, 1e6, &bo->rate);
+  case 'w':
+    return gl_cli_u32(flag, arg, 1, 4096, &bo->window);
+  case 'H':
+    return gl_cli_double(flag, arg, -360, 720, &bo->heading);
+  case 'm':
+    bo->map = arg;
+    return GL_OK;
+  case 'a':
+  case 'e':
+  case 'K':
+  case 's':
+    gl_cli_tls_option(o, arg, &bo->co);
+    return GL_OK;
+  }
+  return GL_EINVAL;
+}
+
+static int bench_parse(int argc, char **argv, struct bench_opts *bo) {
   static const struct option opts[] = {
       {"connect", required_argument, NULL, 'c'}, {"clients", required_argument, NULL, 'n'},
       {"frames", required_argument, NULL, 'f'},  {"rate", required_argument, NULL, 'r'},
@@ -201,65 +240,31 @@ int gl_cmd_bench(int argc, char **argv) {
       GL_CLI_TLS_OPTIONS,
       {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
   };
-  struct bench b = {.window = 8, .heading = NAN};
-  long clients = 0, frames = 0, window = 8;
-  double rate = 0;
-  char **paths = NULL;
-  size_t n_paths = 0;
-  struct bench_client *cs = NULL;
-  int status = 2, o;
-  while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-    switch (o) {
-    case 'c':
-      b.co.address = optarg;
-      break;
-    case 'n':
-      clients = strtol(optarg, NULL, 10);
-      break;
-    case 'f':
-      frames = strtol(optarg, NULL, 10);
-      break;
-    case 'r':
-      rate = strtod(optarg, NULL);
-      break;
-    case 'w':
-      window = strtol(optarg, NULL, 10);
-      break;
-    case 'H': {
-      char *end;
-      b.heading = strtod(optarg, &end);
-      if (end == optarg || *end || !(b.heading >= -360 && b.heading <= 720)) {
-        fprintf(stderr, "geoloc bench: --heading wants degrees clockwise from north\n");
-        return 2;
-      }
-      break;
-    }
-    case 'm':
-      b.map = optarg;
-      break;
-    case 'a':
-    case 'e':
-    case 'K':
-    case 's':
-      gl_cli_tls_option(o, optarg, &b.co);
-      break;
-    case 'h':
-      usage(stdout);
-      return 0;
-    default:
-      usage(stderr);
-      return 2;
-    }
-  }
-  if (!b.co.address || clients < 1 || clients > BENCH_MAX_CLIENTS || frames < clients ||
-      frames > 100000000 || window < 1 || window > 4096 || rate < 0 || optind == argc) {
+  *bo = (struct bench_opts){.window = 8, .heading = NAN};
+  int st = gl_cli_getopt(argc, argv, "", opts, bench_option, bo, usage);
+  if (st != GL_CLI_RUN)
+    return st;
+  if (!bo->co.address || bo->clients == 0 || bo->frames < bo->clients || optind == argc) {
     usage(stderr);
     return 2;
   }
-  b.window = (uint32_t)window;
+  bo->inputs = argv + optind;
+  bo->n_inputs = argc - optind;
+  return GL_CLI_RUN;
+}
+
+static int bench_run(const struct bench_opts *bo) {
+  struct bench b = {.co = bo->co, .map = bo->map, .window = bo->window, .heading = bo->heading};
+  /* clients drops to those started when a thread cannot be. */
+  long clients = bo->clients, frames = bo->frames, window = bo->window;
+  const double rate = bo->rate;
+  char **paths = NULL;
+  size_t n_paths = 0;
+  struct bench_client *cs = NULL;
+  int status = 2;
   b.rate_per_client = rate / (double)clients;
-  for (int i = optind; i < argc; i++)
-    if (gl_cli_add_path(argv[i], &paths, &n_paths) != GL_OK)
+  for (int i = 0; i < bo->n_inputs; i++)
+    if (gl_cli_add_path(bo->inputs[i], &paths, &n_paths) != GL_OK)
       goto done;
   status = 1;
   b.images = calloc(n_paths ? n_paths : 1, sizeof *b.images);
@@ -364,4 +369,10 @@ done:
     free(paths[i]);
   free(paths);
   return status;
+}
+
+int gl_cmd_bench(int argc, char **argv) {
+  struct bench_opts bo;
+  int st = bench_parse(argc, argv, &bo);
+  return st == GL_CLI_RUN ? bench_run(&bo) : st;
 }

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli.h"
 #include "commands.h"
 #include "core/err.h"
 #include "img/img.h"
@@ -20,6 +21,7 @@
  * when an image is larger than everything so far. */
 #define ENGINE_MIN_PIXELS (1920ull * 1080ull)
 #define ENGINE_MAX_PIXELS (1ull << 32)
+#define ENCODE_MAX_HEADINGS 360
 
 static void usage(FILE *f) {
   fprintf(f, "usage: geoloc encode --model M.safetensors [options] IMAGE...\n"
@@ -40,18 +42,6 @@ static void usage(FILE *f) {
              "whole image as a map canvas in 512-pixel blocks with 64 pixels of context\n"
              "([rows][cols][channels]; sides multiples of the layer's stride), as the map\n"
              "builder computes a pack's dense layer.\n");
-}
-
-/* Parses a whole decimal number in [min, max]; 0 on success. */
-static int parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *out) {
-  char *end;
-  if (!s || !*s || *s == '-')
-    return -1;
-  unsigned long long v = strtoull(s, &end, 10);
-  if (*end || v < min || v > max)
-    return -1;
-  *out = v;
-  return 0;
 }
 
 /* %.9g round-trips a float; non-finite values are spelled as Python's
@@ -80,26 +70,19 @@ static void report(const char *path, const char *err) {
 }
 
 /* --dense: the fine stage's features of one image (see usage). */
-static int encode_dense(const struct gl_nn_model *model, uint32_t layer, const char *headings,
-                        uint32_t threads, const char *path, const char *out_path) {
+static int encode_dense(const struct gl_nn_model *model, uint32_t layer, const double *headings,
+                        uint32_t nh, uint32_t threads, const char *path, const char *out_path) {
   char err[512];
   struct gl_image img = {0};
   struct gl_nn_engine *e = NULL;
-  float hd[360], *out = NULL;
+  float hd[ENCODE_MAX_HEADINGS], *out = NULL;
   uint8_t *pix = NULL, *base = NULL;
   void *scratch = NULL;
-  struct gl_image warped[360];
-  uint32_t nh = 0, S = gl_nn_model_input_size(model), rows, cols, ch, stride;
+  struct gl_image warped[ENCODE_MAX_HEADINGS];
+  uint32_t S = gl_nn_model_input_size(model), rows, cols, ch, stride;
   int status = 1;
-  for (const char *p = headings; p && *p && nh < 360;) {
-    char *end;
-    hd[nh++] = strtof(p, &end);
-    if (end == p || (*end && *end != ',')) {
-      fprintf(stderr, "geoloc encode: --heading wants degrees, comma-separated\n");
-      return 2;
-    }
-    p = *end ? end + 1 : end;
-  }
+  for (uint32_t h = 0; h < nh; h++)
+    hd[h] = (float)headings[h];
   if (gl_img_load(path, DEFAULT_MAX_PIXELS, &img, err, sizeof err) != GL_OK) {
     report(path, err);
     return 1;
@@ -159,7 +142,45 @@ done:
   return status;
 }
 
-int gl_cmd_encode(int argc, char **argv) {
+struct encode_opts {
+  const char *model_path, *out_path;
+  uint32_t threads, batch, dense;
+  uint64_t max_pixels;
+  double headings[ENCODE_MAX_HEADINGS]; /* --heading: the fine stage's query */
+  size_t n_headings;
+  char **paths;
+  uint32_t n_paths;
+};
+
+static int encode_option(void *opts, int o, const char *flag, const char *arg) {
+  struct encode_opts *cfg = opts;
+  switch (o) {
+  case 'm':
+    cfg->model_path = arg;
+    return GL_OK;
+  case 't':
+    return gl_cli_u32(flag, arg, 0, GL_CLI_MAX_THREADS, &cfg->threads);
+  case 'b':
+    return gl_cli_u32(flag, arg, 1, 1024, &cfg->batch);
+  case 'p':
+    return gl_cli_u64(flag, arg, 1, ENGINE_MAX_PIXELS, &cfg->max_pixels);
+  case 'd':
+    return gl_cli_u32(flag, arg, 1, 17, &cfg->dense);
+  case 'H':
+    if (gl_cli_doubles(arg, cfg->headings, ENCODE_MAX_HEADINGS, &cfg->n_headings) != GL_OK) {
+      fprintf(stderr, "geoloc encode: --heading wants degrees, comma-separated (at most %d)\n",
+              ENCODE_MAX_HEADINGS);
+      return GL_EINVAL;
+    }
+    return GL_OK;
+  case 'o':
+    cfg->out_path = arg;
+    return GL_OK;
+  }
+  return GL_EINVAL;
+}
+
+static int encode_parse(int argc, char **argv, struct encode_opts *cfg) {
   static const struct option opts[] = {
       {"model", required_argument, NULL, 'm'}, {"threads", required_argument, NULL, 't'},
       {"batch", required_argument, NULL, 'b'}, {"max-pixels", required_argument, NULL, 'p'},
@@ -167,63 +188,27 @@ int gl_cmd_encode(int argc, char **argv) {
       {"out", required_argument, NULL, 'o'},   {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0},
   };
-  const char *model_path = NULL, *headings = NULL, *out_path = NULL;
-  uint64_t dense = 0;
-  uint64_t threads = 0, batch = DEFAULT_BATCH, max_pixels = DEFAULT_MAX_PIXELS;
-  int o;
-  while ((o = getopt_long(argc, argv, "m:", opts, NULL)) != -1) {
-    switch (o) {
-    case 'm':
-      model_path = optarg;
-      break;
-    case 't':
-      if (parse_u64(optarg, 1, 4096, &threads)) {
-        fprintf(stderr, "geoloc encode: --threads wants a number from 1 to 4096\n");
-        return 2;
-      }
-      break;
-    case 'b':
-      if (parse_u64(optarg, 1, 1024, &batch)) {
-        fprintf(stderr, "geoloc encode: --batch wants a number from 1 to 1024\n");
-        return 2;
-      }
-      break;
-    case 'p':
-      if (parse_u64(optarg, 1, ENGINE_MAX_PIXELS, &max_pixels)) {
-        fprintf(stderr, "geoloc encode: --max-pixels wants a number from 1 to %llu\n",
-                (unsigned long long)ENGINE_MAX_PIXELS);
-        return 2;
-      }
-      break;
-    case 'd':
-      if (parse_u64(optarg, 1, 17, &dense)) {
-        fprintf(stderr, "geoloc encode: --dense wants a backbone block from 1 to 17\n");
-        return 2;
-      }
-      break;
-    case 'H':
-      headings = optarg;
-      break;
-    case 'o':
-      out_path = optarg;
-      break;
-    case 'h':
-      usage(stdout);
-      return 0;
-    default:
-      usage(stderr);
-      return 2;
-    }
-  }
-  if (!model_path || optind >= argc) {
+  *cfg = (struct encode_opts){.batch = DEFAULT_BATCH, .max_pixels = DEFAULT_MAX_PIXELS};
+  int st = gl_cli_getopt(argc, argv, "m:", opts, encode_option, cfg, usage);
+  if (st != GL_CLI_RUN)
+    return st;
+  bool dense = cfg->dense || cfg->n_headings || cfg->out_path;
+  if (!cfg->model_path || optind >= argc ||
+      (dense && (!cfg->dense || !cfg->out_path || optind + 1 != argc))) {
     usage(stderr);
     return 2;
   }
-  char **paths = argv + optind;
-  uint32_t n_paths = (uint32_t)(argc - optind);
-  if ((uint64_t)n_paths < batch)
-    batch = n_paths;
+  cfg->paths = argv + optind;
+  cfg->n_paths = (uint32_t)(argc - optind);
+  if (cfg->n_paths < cfg->batch)
+    cfg->batch = cfg->n_paths;
+  return GL_CLI_RUN;
+}
 
+static int encode_run(const struct encode_opts *cfg) {
+  char *const *paths = cfg->paths;
+  const uint32_t n_paths = cfg->n_paths, batch = cfg->batch, threads = cfg->threads;
+  const char *model_path = cfg->model_path;
   char err[512];
   int status = 1, rc;
   struct gl_nn_model *model = NULL;
@@ -237,13 +222,9 @@ int gl_cmd_encode(int argc, char **argv) {
     report(model_path, err[0] ? err : gl_strerror(rc));
     return 1;
   }
-  if (dense || headings || out_path) {
-    if (!dense || !out_path || optind + 1 != argc) {
-      gl_nn_model_destroy(model);
-      usage(stderr);
-      return 2;
-    }
-    status = encode_dense(model, (uint32_t)dense, headings, (uint32_t)threads, paths[0], out_path);
+  if (cfg->dense) {
+    status = encode_dense(model, cfg->dense, cfg->headings, (uint32_t)cfg->n_headings, threads,
+                          paths[0], cfg->out_path);
     gl_nn_model_destroy(model);
     return status;
   }
@@ -259,15 +240,15 @@ int gl_cmd_encode(int argc, char **argv) {
     goto done;
   }
 
-  for (uint32_t first = 0; first < n_paths; first += (uint32_t)batch) {
-    uint32_t n = n_paths - first < batch ? n_paths - first : (uint32_t)batch;
+  for (uint32_t first = 0; first < n_paths; first += batch) {
+    uint32_t n = n_paths - first < batch ? n_paths - first : batch;
     uint64_t need = 0;
     /* On a bad image, the ones before it are still encoded and printed (as
      * the Python command does), then the command fails. */
     const char *bad_path = NULL;
     char img_err[512];
     for (uint32_t k = 0; k < n; k++) {
-      rc = gl_img_load(paths[first + k], max_pixels, &imgs[k], img_err, sizeof img_err);
+      rc = gl_img_load(paths[first + k], cfg->max_pixels, &imgs[k], img_err, sizeof img_err);
       if (rc != GL_OK) {
         if (!img_err[0])
           snprintf(img_err, sizeof img_err, "%s", gl_strerror(rc));
@@ -285,8 +266,8 @@ int gl_cmd_encode(int argc, char **argv) {
       engine_pixels = need > ENGINE_MIN_PIXELS ? need : ENGINE_MIN_PIXELS;
       struct gl_nn_engine_opts eo = {
           .backend = GL_NN_BACKEND_CPU,
-          .max_batch = (uint32_t)batch,
-          .threads = (uint32_t)threads,
+          .max_batch = batch,
+          .threads = threads,
           .max_input_pixels = engine_pixels,
       };
       err[0] = '\0';
@@ -332,4 +313,10 @@ done:
   gl_nn_engine_destroy(engine);
   gl_nn_model_destroy(model);
   return status;
+}
+
+int gl_cmd_encode(int argc, char **argv) {
+  struct encode_opts cfg;
+  int st = encode_parse(argc, argv, &cfg);
+  return st == GL_CLI_RUN ? encode_run(&cfg) : st;
 }

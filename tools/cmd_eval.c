@@ -1,6 +1,6 @@
 /* geoloc eval: accuracy of localization on a labelled set of frames, in
- * this process or through geolocd (the naip-xtime protocol, DESIGN.md
- * section 10). */
+ * this process or through geolocd (the naip-xtime protocol,
+ * docs/ARCHITECTURE.md section 10). */
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
@@ -105,7 +105,7 @@ static void usage(FILE *f) {
 
 struct eval_opts {
   const char *labels, *model, *map, *connect_map, *pack, *report;
-  long threads, batch, tiles, top_k, window;
+  uint32_t threads, batch, tiles, top_k, window;
   double prior_m;
   bool per_frame, csv;
   bool use_heading, no_fine;
@@ -115,6 +115,7 @@ struct eval_opts {
   char *flights_labels;
   bool use_velocity;
   struct gl_track_params track;
+  struct gl_cli_stream_opts so; /* with --connect */
   double track_ms; /* in-process tracking: its cost a frame */
 };
 
@@ -171,16 +172,15 @@ static int run_local(struct eval_opts *o, struct gl_cli_eval *ev, double *second
   char err[512];
   int rc;
   struct gl_cli_inproc ip;
-  struct gl_image *imgs = calloc((size_t)o->batch, sizeof *imgs);
-  size_t *which = calloc((size_t)o->batch, sizeof *which);
-  double *headings = calloc((size_t)o->batch, sizeof *headings);
-  struct gl_map_prior *priors = calloc((size_t)o->batch, sizeof *priors);
-  uint64_t *times = calloc((size_t)o->batch, sizeof *times);
-  double(*vels)[2] = calloc((size_t)o->batch, sizeof *vels);
+  struct gl_image *imgs = calloc(o->batch, sizeof *imgs);
+  size_t *which = calloc(o->batch, sizeof *which);
+  double *headings = calloc(o->batch, sizeof *headings);
+  struct gl_map_prior *priors = calloc(o->batch, sizeof *priors);
+  uint64_t *times = calloc(o->batch, sizeof *times);
+  double(*vels)[2] = calloc(o->batch, sizeof *vels);
   size_t ring[GL_TRACK_MAX_LAG + 1];
   uint32_t n_ring = 0;
-  if ((rc = gl_cli_inproc_open(&ip, EVAL_PROG, o->model, o->map, (uint32_t)o->threads,
-                               (uint32_t)o->batch, (uint32_t)o->tiles,
+  if ((rc = gl_cli_inproc_open(&ip, EVAL_PROG, o->model, o->map, o->threads, o->batch, o->tiles,
                                o->no_fine ? NULL : &o->fine)) != GL_OK)
     goto done;
   if ((rc = gl_cli_eval_init(ev, EVAL_PROG, o->labels, ip.map, o->map)) != GL_OK)
@@ -216,7 +216,7 @@ static int run_local(struct eval_opts *o, struct gl_cli_eval *ev, double *second
                           .lag = o->track.fixed_lag,
                           .n_ring = n_ring};
     uint32_t m = 0;
-    while (next < n && m < (uint32_t)o->batch) {
+    while (next < n && m < o->batch) {
       if (ip.track && m > 0 && ev->labels.v[next].flight != ev->labels.v[next - 1].flight)
         break;
       size_t i = next++;
@@ -238,8 +238,8 @@ static int run_local(struct eval_opts *o, struct gl_cli_eval *ev, double *second
       continue;
     ip.times = times;
     ip.vels = (const double(*)[2])vels;
-    gl_cli_inproc_run(&ip, imgs, headings, m, o->prior_m > 0 ? priors : NULL, (size_t)o->top_k,
-                      local_done, &c);
+    gl_cli_inproc_run(&ip, imgs, headings, m, o->prior_m > 0 ? priors : NULL, o->top_k, local_done,
+                      &c);
     n_ring = c.n_ring;
     for (uint32_t j = 0; j < m; j++)
       gl_img_free(&imgs[j]);
@@ -372,16 +372,96 @@ static int run_remote(const struct eval_opts *o, struct gl_cli_stream_opts *so,
   return rc;
 }
 
-static bool parse_long(const char *s, long lo, long hi, long *out) {
-  char *end;
-  long v = strtol(s, &end, 10);
-  if (end == s || *end || v < lo || v > hi)
-    return false;
-  *out = v;
-  return true;
+static int eval_option(void *opts, int opt, const char *flag, const char *arg) {
+  struct eval_opts *o = opts;
+  switch (opt) {
+  case 'l':
+    o->labels = arg;
+    return GL_OK;
+  case 'M':
+    o->model = arg;
+    return GL_OK;
+  case 'm':
+    o->map = arg;
+    return GL_OK;
+  case 'j':
+    return gl_cli_u32(flag, arg, 0, GL_CLI_MAX_THREADS, &o->threads);
+  case 'b':
+    return gl_cli_u32(flag, arg, 1, EVAL_MAX_BATCH, &o->batch);
+  case 't':
+    return gl_cli_u32(flag, arg, 1, 1024, &o->tiles);
+  case 'c':
+    o->so.co.address = arg;
+    return GL_OK;
+  case 'P':
+    o->pack = arg;
+    return GL_OK;
+  case 'w':
+    return gl_cli_u32(flag, arg, 1, 4096, &o->window);
+  case 'k':
+    return gl_cli_u32(flag, arg, 1, EVAL_MAX_TOP_K, &o->top_k);
+  case 'r':
+    return gl_cli_positive(flag, arg, 2e7, &o->prior_m);
+  case 'F':
+    o->per_frame = true;
+    return GL_OK;
+  case 'f':
+    if (strcmp(arg, "table") != 0 && strcmp(arg, "csv") != 0) {
+      fprintf(stderr, EVAL_PROG ": --format: table or csv, not '%s'\n", arg);
+      return GL_EINVAL;
+    }
+    o->csv = strcmp(arg, "csv") == 0;
+    return GL_OK;
+  case 'R':
+    o->report = arg;
+    return GL_OK;
+  case 'u':
+    o->use_heading = true;
+    return GL_OK;
+  case 'N':
+    return gl_cli_double(flag, arg, 0, 180, &o->heading_noise);
+  case 1000:
+  case 1001:
+  case 1002:
+  case 1003:
+  case 1004:
+  case 1005:
+    return gl_cli_fine_option(opt, flag, arg, &o->fine, &o->no_fine);
+  case 2000:
+    o->flights = arg;
+    return GL_OK;
+  case 2001:
+    o->use_velocity = true;
+    return GL_OK;
+  /* The tracker's ranges (src/track/track.c); how the confidences relate is
+   * checked once all are parsed. */
+  case 2002:
+    return gl_cli_double(flag, arg, 0.1, 1000, &o->track.max_speed_mps);
+  case 2003:
+    return gl_cli_double(flag, arg, 1e-4, 10, &o->track.temperature);
+  case 2004:
+    return gl_cli_double(flag, arg, 0, 0.5, &o->track.reacquire);
+  case 2005:
+    return gl_cli_double(flag, arg, 0, 1, &o->track.lock_confidence);
+  case 2006:
+    return gl_cli_double(flag, arg, 0, 1, &o->track.lost_confidence);
+  case 2007:
+    return gl_cli_u32(flag, arg, 1, 1000, &o->track.lock_frames);
+  case 2008:
+    return gl_cli_u32(flag, arg, 1, 1000, &o->track.lost_frames);
+  case 2010:
+    return gl_cli_u32(flag, arg, 0, GL_TRACK_MAX_LAG, &o->track.fixed_lag);
+  case 'a':
+  case 'e':
+  case 'K':
+  case 's':
+    gl_cli_tls_option(opt, arg, &o->so.co);
+    return GL_OK;
+  }
+  return GL_EINVAL;
 }
 
-int gl_cmd_eval(int argc, char **argv) {
+static int eval_parse(int argc, char **argv, struct eval_opts *o) {
   static const struct option opts[] = {
       {"labels", required_argument, NULL, 'l'},
       {"model", required_argument, NULL, 'M'},
@@ -414,189 +494,88 @@ int gl_cmd_eval(int argc, char **argv) {
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0},
   };
-  struct eval_opts o = {.batch = 8, .tiles = 64, .top_k = 10, .window = 16};
-  gl_loc_fine_params_init(&o.fine);
-  gl_track_params_init(&o.track);
-  struct gl_cli_stream_opts so = {.prog = EVAL_PROG, .client_name = "geoloc eval"};
-  int opt, li = -1;
-  while ((opt = getopt_long(argc, argv, "", opts, &li)) != -1) {
-    bool good = true;
-    char *end;
-    switch (opt) {
-    case 'l':
-      o.labels = optarg;
-      break;
-    case 'M':
-      o.model = optarg;
-      break;
-    case 'm':
-      o.map = optarg;
-      break;
-    case 'j':
-      good = parse_long(optarg, 0, 256, &o.threads);
-      break;
-    case 'b':
-      good = parse_long(optarg, 1, EVAL_MAX_BATCH, &o.batch);
-      break;
-    case 't':
-      good = parse_long(optarg, 1, 1024, &o.tiles);
-      break;
-    case 'c':
-      so.co.address = optarg;
-      break;
-    case 'P':
-      o.pack = optarg;
-      break;
-    case 'w':
-      good = parse_long(optarg, 1, 4096, &o.window);
-      break;
-    case 'k':
-      good = parse_long(optarg, 1, EVAL_MAX_TOP_K, &o.top_k);
-      break;
-    case 'r':
-      o.prior_m = strtod(optarg, &end);
-      good = end != optarg && !*end && o.prior_m > 0 && o.prior_m <= 2e7;
-      break;
-    case 'F':
-      o.per_frame = true;
-      break;
-    case 'f':
-      good = strcmp(optarg, "table") == 0 || strcmp(optarg, "csv") == 0;
-      o.csv = strcmp(optarg, "csv") == 0;
-      break;
-    case 'R':
-      o.report = optarg;
-      break;
-    case 'u':
-      o.use_heading = true;
-      break;
-    case 'N':
-      o.heading_noise = strtod(optarg, &end);
-      good = end != optarg && !*end && o.heading_noise >= 0 && o.heading_noise <= 180;
-      break;
-    case 1000:
-    case 1001:
-    case 1002:
-    case 1003:
-    case 1004:
-    case 1005:
-      if (!gl_cli_fine_option(EVAL_PROG, opt, optarg, &o.fine, &o.no_fine)) {
-        usage(stderr);
-        return 2;
-      }
-      break;
-    case 2000:
-      o.flights = optarg;
-      break;
-    case 2001:
-      o.use_velocity = true;
-      break;
-    case 2002:
-    case 2003:
-    case 2004:
-    case 2005:
-    case 2006: {
-      double *dst[] = {&o.track.max_speed_mps, &o.track.temperature, &o.track.reacquire,
-                       &o.track.lock_confidence, &o.track.lost_confidence};
-      char terr[200];
-      *dst[opt - 2002] = strtod(optarg, &end);
-      good = end != optarg && !*end && gl_track_params_check(&o.track, terr, sizeof terr) == 0;
-      if (!good && end != optarg && !*end)
-        fprintf(stderr, EVAL_PROG ": %s\n", terr);
-      break;
-    }
-    case 2007:
-    case 2008: {
-      long v = 0;
-      good = parse_long(optarg, 1, 1000, &v);
-      *(opt == 2007 ? &o.track.lock_frames : &o.track.lost_frames) = (uint32_t)v;
-      break;
-    }
-    case 2010: {
-      long v = 0;
-      good = parse_long(optarg, 0, GL_TRACK_MAX_LAG, &v);
-      o.track.fixed_lag = (uint32_t)v;
-      break;
-    }
-    case 'a':
-    case 'e':
-    case 'K':
-    case 's':
-      gl_cli_tls_option(opt, optarg, &so.co);
-      break;
-    case 'h':
-      usage(stdout);
-      return 0;
-    default:
-      good = false;
-    }
-    if (!good) {
-      if (opt != '?' && li >= 0)
-        fprintf(stderr, EVAL_PROG ": bad value '%s' for --%s\n", optarg, opts[li].name);
-      usage(stderr);
-      return 2;
-    }
-    li = -1;
+  *o = (struct eval_opts){.batch = 8, .tiles = 64, .top_k = 10, .window = 16};
+  gl_loc_fine_params_init(&o->fine);
+  gl_track_params_init(&o->track);
+  o->so = (struct gl_cli_stream_opts){.prog = EVAL_PROG, .client_name = "geoloc eval"};
+  int st = gl_cli_getopt(argc, argv, "", opts, eval_option, o, usage);
+  if (st != GL_CLI_RUN)
+    return st;
+  char terr[200];
+  if (gl_track_params_check(&o->track, terr, sizeof terr) != GL_OK) {
+    fprintf(stderr, EVAL_PROG ": %s\n", terr);
+    return 2;
   }
-  bool remote = so.co.address != NULL;
+  bool remote = o->so.co.address != NULL;
   const char *why = NULL;
-  if (o.flights && !o.labels) {
-    if (asprintf(&o.flights_labels, "%s/labels.csv", o.flights) < 0) {
+  if (o->flights && !o->labels) {
+    if (asprintf(&o->flights_labels, "%s/labels.csv", o->flights) < 0) {
       fprintf(stderr, EVAL_PROG ": out of memory\n");
       return 1;
     }
-    o.labels = o.flights_labels;
+    o->labels = o->flights_labels;
   }
   if (optind != argc)
     why = "unexpected arguments";
-  else if (!o.labels)
+  else if (!o->labels)
     why = "--labels (or --flights) is required";
-  else if (o.flights && o.labels != o.flights_labels)
+  else if (o->flights && o->labels != o->flights_labels)
     why = "--flights and --labels exclude each other";
-  else if (o.flights && o.no_fine)
+  else if (o->flights && o->no_fine)
     why = "tracking (--flights) needs the fine stage";
-  else if (remote && o.model)
+  else if (remote && o->model)
     why = "--model and --connect exclude each other";
-  else if (!remote && (!o.model || !o.map))
+  else if (!remote && (!o->model || !o->map))
     why = "in-process evaluation needs --model and --map (or use --connect)";
-  else if (!remote && o.pack)
+  else if (!remote && o->pack)
     why = "--pack goes with --connect (in-process, --map is the pack)";
   if (why) {
     fprintf(stderr, EVAL_PROG ": %s\n", why);
     usage(stderr);
+    free(o->flights_labels);
     return 2;
   }
-  so.map = o.map;
-  so.top_k = (uint32_t)o.top_k;
-  so.window = (uint32_t)o.window;
+  o->so.map = o->map;
+  o->so.top_k = o->top_k;
+  o->so.window = o->window;
+  return GL_CLI_RUN;
+}
 
+static int eval_run(struct eval_opts *o) {
+  bool remote = o->so.co.address != NULL;
   struct gl_cli_eval ev = {0};
   double seconds = 0;
-  int rc = remote ? run_remote(&o, &so, &ev, &seconds) : run_local(&o, &ev, &seconds);
+  int rc = remote ? run_remote(o, &o->so, &ev, &seconds) : run_local(o, &ev, &seconds);
   int status = 1;
   if (rc == GL_OK) {
     struct gl_eval_summary s;
     if (gl_cli_eval_summarize(&ev, seconds, &s) != GL_OK) {
       fprintf(stderr, EVAL_PROG ": out of memory\n");
     } else {
-      if (o.per_frame && !o.csv)
+      if (o->per_frame && !o->csv)
         fputc('\n', stdout);
-      if (!(o.per_frame && o.csv))
-        gl_cli_eval_print_summary(&ev, &s, stdout, o.csv);
+      if (!(o->per_frame && o->csv))
+        gl_cli_eval_print_summary(&ev, &s, stdout, o->csv);
       else
         gl_cli_eval_print_line(&s, stderr);
       status = 0;
       /* Beside CSV rows on stdout, the figures go to stderr. */
-      FILE *ff = o.per_frame && o.csv ? stderr : stdout;
-      if (o.flights && gl_cli_eval_print_flights(&ev, &s, o.track_ms, ff) != GL_OK) {
+      FILE *ff = o->per_frame && o->csv ? stderr : stdout;
+      if (o->flights && gl_cli_eval_print_flights(&ev, &s, o->track_ms, ff) != GL_OK) {
         fprintf(stderr, EVAL_PROG ": the run's tracks cannot be summarized\n");
         status = 1;
       }
     }
-    if (status == 0 && o.report && gl_cli_eval_report(&ev, o.report) != GL_OK)
+    if (status == 0 && o->report && gl_cli_eval_report(&ev, o->report) != GL_OK)
       status = 1;
   }
   gl_cli_eval_fini(&ev);
-  free(o.flights_labels);
+  free(o->flights_labels);
   return status;
+}
+
+int gl_cmd_eval(int argc, char **argv) {
+  struct eval_opts o;
+  int st = eval_parse(argc, argv, &o);
+  return st == GL_CLI_RUN ? eval_run(&o) : st;
 }

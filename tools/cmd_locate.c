@@ -82,7 +82,69 @@ static void locate_refused(struct locate_ctx *c, const char *status) {
   c->failed++;
 }
 
-int gl_cmd_locate(int argc, char **argv) {
+struct locate_opts {
+  const char *model_path, *map_path;
+  struct gl_map_prior prior;
+  bool have_prior;
+  uint32_t top_k, tiles, threads;
+  enum gl_report_format fmt;
+  struct gl_loc_fine_params fine;
+  bool no_fine;
+  double heading; /* NaN: each photo's */
+  struct gl_cli_camera camera;
+  char **images;
+  int n_images;
+};
+
+static int locate_option(void *opts, int o, const char *flag, const char *arg) {
+  struct locate_opts *lo = opts;
+  switch (o) {
+  case 'H':
+    return gl_cli_double(flag, arg, -360, 720, &lo->heading);
+  case 1000:
+  case 1001:
+  case 1002:
+  case 1003:
+  case 1004:
+  case 1005:
+    return gl_cli_fine_option(o, flag, arg, &lo->fine, &lo->no_fine);
+  case 1100:
+  case 1101:
+  case 1102:
+  case 1103:
+  case 1104:
+    return gl_cli_camera_option(o, flag, arg, &lo->camera);
+  case 'm':
+    lo->model_path = arg;
+    return GL_OK;
+  case 'p':
+    lo->map_path = arg;
+    return GL_OK;
+  case 'r':
+    if (gl_cli_parse_prior(arg, &lo->prior.lat, &lo->prior.lon, &lo->prior.radius_m) != GL_OK) {
+      fprintf(stderr, "geoloc locate: --prior wants LAT,LON,RADIUS_M, got '%s'\n", arg);
+      return GL_EINVAL;
+    }
+    lo->have_prior = true;
+    return GL_OK;
+  case 'k':
+    return gl_cli_u32(flag, arg, 1, LOCATE_MAX_TOP_K, &lo->top_k);
+  case 't':
+    return gl_cli_u32(flag, arg, 1, 1024, &lo->tiles);
+  case 'j':
+    return gl_cli_u32(flag, arg, 0, GL_CLI_MAX_THREADS, &lo->threads);
+  case 'f':
+    if (gl_report_format_parse(arg, &lo->fmt) != GL_OK || lo->fmt == GL_REPORT_NMEA ||
+        lo->fmt == GL_REPORT_MAVLINK) {
+      fprintf(stderr, "geoloc locate: --format: table, csv or geojson, not '%s'\n", arg);
+      return GL_EINVAL;
+    }
+    return GL_OK;
+  }
+  return GL_EINVAL;
+}
+
+static int locate_parse(int argc, char **argv, struct locate_opts *lo) {
   static const struct option opts[] = {
       {"model", required_argument, NULL, 'm'},  {"map", required_argument, NULL, 'p'},
       {"prior", required_argument, NULL, 'r'},  {"top-k", required_argument, NULL, 'k'},
@@ -91,92 +153,27 @@ int gl_cmd_locate(int argc, char **argv) {
       {"heading", required_argument, NULL, 'H'}, GL_CLI_FINE_OPTIONS,
       GL_CLI_CAMERA_OPTIONS,                     {NULL, 0, NULL, 0},
   };
-  const char *model_path = NULL, *map_path = NULL;
-  struct gl_map_prior prior;
-  int have_prior = 0, o;
-  long top_k = 5, tiles = 64, threads = 0;
-  enum gl_report_format fmt = GL_REPORT_TABLE;
-  struct gl_loc_fine_params fine;
-  gl_loc_fine_params_init(&fine);
-  bool no_fine = false;
-  double heading = NAN;
-  struct gl_cli_camera camera = {0};
-  while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-    switch (o) {
-    case 'H': {
-      char *end;
-      heading = strtod(optarg, &end);
-      if (end == optarg || *end || !(heading >= -360 && heading <= 720)) {
-        fprintf(stderr, "geoloc locate: --heading wants degrees clockwise from north\n");
-        return 2;
-      }
-      break;
-    }
-    case 1000:
-    case 1001:
-    case 1002:
-    case 1003:
-    case 1004:
-    case 1005:
-      if (!gl_cli_fine_option("geoloc locate", o, optarg, &fine, &no_fine))
-        return 2;
-      break;
-    case 1100:
-    case 1101:
-    case 1102:
-    case 1103:
-    case 1104:
-      if (!gl_cli_camera_option("geoloc locate", o, optarg, &camera))
-        return 2;
-      break;
-    case 'm':
-      model_path = optarg;
-      break;
-    case 'p':
-      map_path = optarg;
-      break;
-    case 'r':
-      if (gl_cli_parse_prior(optarg, &prior.lat, &prior.lon, &prior.radius_m) != GL_OK) {
-        fprintf(stderr, "geoloc locate: --prior wants LAT,LON,RADIUS_M, got '%s'\n", optarg);
-        return 2;
-      }
-      have_prior = 1;
-      break;
-    case 'k':
-      top_k = strtol(optarg, NULL, 10);
-      break;
-    case 't':
-      tiles = strtol(optarg, NULL, 10);
-      break;
-    case 'j':
-      threads = strtol(optarg, NULL, 10);
-      break;
-    case 'f':
-      if (gl_report_format_parse(optarg, &fmt) != GL_OK || fmt == GL_REPORT_NMEA) {
-        fprintf(stderr, "geoloc locate: --format: table, csv or geojson, not '%s'\n", optarg);
-        return 2;
-      }
-      break;
-    case 'h':
-      usage(stdout);
-      return 0;
-    default:
-      usage(stderr);
-      return 2;
-    }
-  }
-  if (!model_path || !map_path || optind == argc || top_k < 1 || top_k > LOCATE_MAX_TOP_K ||
-      tiles < 1 || tiles > 1024 || threads < 0 || threads > 256) {
+  *lo = (struct locate_opts){.top_k = 5, .tiles = 64, .fmt = GL_REPORT_TABLE, .heading = NAN};
+  gl_loc_fine_params_init(&lo->fine);
+  int st = gl_cli_getopt(argc, argv, "", opts, locate_option, lo, usage);
+  if (st != GL_CLI_RUN)
+    return st;
+  if (!lo->model_path || !lo->map_path || optind == argc) {
     usage(stderr);
     return 2;
   }
+  lo->images = argv + optind;
+  lo->n_images = argc - optind;
+  return GL_CLI_RUN;
+}
 
+static int locate_run(const struct locate_opts *lo) {
   struct gl_cli_inproc ip;
-  struct locate_ctx c = {.fmt = fmt};
+  struct locate_ctx c = {.fmt = lo->fmt};
   int status = 1;
   uint8_t *crop = NULL;
-  if (gl_cli_inproc_open(&ip, "geoloc locate", model_path, map_path, (uint32_t)threads, 1,
-                         (uint32_t)tiles, no_fine ? NULL : &fine) != GL_OK)
+  if (gl_cli_inproc_open(&ip, "geoloc locate", lo->model_path, lo->map_path, lo->threads, 1,
+                         lo->tiles, lo->no_fine ? NULL : &lo->fine) != GL_OK)
     goto done;
   /* A frame with a camera is cropped to one tile, as geolocd does: at most
    * 2 S pixels a side (S the model's input), at least S / 2. */
@@ -186,13 +183,14 @@ int gl_cmd_locate(int argc, char **argv) {
     fprintf(stderr, "geoloc locate: out of memory\n");
     goto done;
   }
-  gl_report_begin(&c.report, stdout, fmt);
-  for (int i = optind; i < argc; i++) {
+  gl_report_begin(&c.report, stdout, lo->fmt);
+  for (int i = 0; i < lo->n_images; i++) {
     char err[512];
     struct gl_image img = {0}, frame;
-    c.path = argv[i];
+    c.path = lo->images[i];
     c.t0 = now_us(CLOCK_MONOTONIC);
-    if (gl_cli_photo_resolve("geoloc locate", c.path, &camera, heading, &c.photo) != GL_OK) {
+    if (gl_cli_photo_resolve("geoloc locate", c.path, &lo->camera, lo->heading, &c.photo) !=
+        GL_OK) {
       locate_refused(&c, "BAD_REQUEST");
       continue;
     }
@@ -225,7 +223,7 @@ int gl_cmd_locate(int argc, char **argv) {
       }
       gl_img_footprint_crop(&img, &fp, crop);
       frame = (struct gl_image){crop, fp.side, fp.side};
-      if (camera.show_meta)
+      if (lo->camera.show_meta)
         fprintf(stderr,
                 "geoloc locate: %s: footprint ground=%.1fx%.1fm gsd=%.4fx%.4fm tile_m=%g "
                 "crop=%.1fx%.1fpx side=%u\n",
@@ -233,8 +231,8 @@ int gl_cmd_locate(int argc, char **argv) {
                 fp.crop_h, fp.side);
     }
     double h = c.photo.heading_deg;
-    gl_cli_inproc_run(&ip, &frame, &h, 1, have_prior ? &prior : NULL, (size_t)top_k, locate_done,
-                      &c);
+    gl_cli_inproc_run(&ip, &frame, &h, 1, lo->have_prior ? &lo->prior : NULL, lo->top_k,
+                      locate_done, &c);
     gl_img_free(&img);
   }
   gl_report_end(&c.report);
@@ -245,4 +243,10 @@ done:
   free(crop);
   gl_cli_inproc_close(&ip);
   return status;
+}
+
+int gl_cmd_locate(int argc, char **argv) {
+  struct locate_opts lo;
+  int st = locate_parse(argc, argv, &lo);
+  return st == GL_CLI_RUN ? locate_run(&lo) : st;
 }

@@ -6,8 +6,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cli.h"
 #include "commands.h"
 #include "core/err.h"
+#include "map/dense.h"
 #include "map/map.h"
 
 static void usage(FILE *f) {
@@ -17,6 +19,7 @@ static void usage(FILE *f) {
           "                        [--index Flat|HNSW32|IVF1024,PQ64|...] [--batch N] [--threads N]\n"
           "                        [--bbox WEST,SOUTH,EAST,NORTH] [--dense-layer L]\n"
           "       geoloc map inspect NAME.map\n"
+          "       geoloc map tiles NAME.map\n"
           "\n"
           "build: cuts the rasters (GeoTIFF or any GDAL raster, any CRS, first three bands\n"
           "8-bit RGB) into tiles on a metric grid, encodes them with the model on the CPU and\n"
@@ -43,7 +46,10 @@ static void usage(FILE *f) {
           "  --bbox W,S,E,N   keep only the tiles whose centre (WGS84 degrees, as written to\n"
           "                   tiles.sqlite) lies inside the box, edges included\n"
           "inspect: prints the manifest summary (tiling, years, sources with their capture\n"
-          "dates) and verifies the checksums.\n");
+          "dates) and verifies the checksums.\n"
+          "tiles: verifies the pack and prints its tiles as CSV: id, centre lat and lon (WGS84\n"
+          "degrees), centre x and y in the grid CRS (metres), capture date of the tile's\n"
+          "first source.\n");
 }
 
 struct progress {
@@ -102,28 +108,54 @@ static void on_progress(void *ctx, const struct gl_map_progress *p) {
   fflush(stderr);
 }
 
-static bool parse_pos(const char *s, double *out) {
-  char *end;
-  double v = strtod(s, &end);
-  if (end == s || *end || !(v > 0) || !isfinite(v))
-    return false;
-  *out = v;
-  return true;
-}
+struct build_opts {
+  const char *model;
+  const char **orthos; /* bo.orthos, room for every argument */
+  struct gl_map_build_opts bo;
+  uint32_t batch, threads, dense_layer;
+};
 
-/* Four comma-separated numbers; their ranges are checked by gl_map_build. */
-static bool parse_bbox(const char *s, double out[4]) {
-  for (int i = 0; i < 4; i++) {
-    char *end;
-    out[i] = strtod(s, &end);
-    if (end == s || !isfinite(out[i]) || *end != (i < 3 ? ',' : '\0'))
-      return false;
-    s = end + 1;
+static int build_option(void *opts, int o, const char *flag, const char *arg) {
+  struct build_opts *b = opts;
+  switch (o) {
+  case 'm':
+    b->model = arg;
+    return GL_OK;
+  case 'o':
+    b->orthos[b->bo.n_orthos++] = arg;
+    return GL_OK;
+  case 'O':
+    b->bo.out = arg;
+    return GL_OK;
+  /* gl_map_build's bound on the grid. */
+  case 't':
+    return gl_cli_positive(flag, arg, 1e6, &b->bo.tile_m);
+  case 's':
+    return gl_cli_positive(flag, arg, 1e6, &b->bo.stride_m);
+  case 'i':
+    b->bo.index_type = arg;
+    return GL_OK;
+  case 'b':
+    return gl_cli_u32(flag, arg, 1, 1024, &b->batch);
+  case 'd':
+    return gl_cli_u32(flag, arg, 0, 17, &b->dense_layer);
+  case 'j':
+    return gl_cli_u32(flag, arg, 0, GL_CLI_MAX_THREADS, &b->threads);
+  case 'x': {
+    /* The corners' ranges are checked by gl_map_build. */
+    size_t n;
+    if (gl_cli_doubles(arg, b->bo.bbox, 4, &n) != GL_OK || n != 4) {
+      fprintf(stderr, "geoloc: --bbox wants WEST,SOUTH,EAST,NORTH in degrees, got '%s'\n", arg);
+      return GL_EINVAL;
+    }
+    b->bo.has_bbox = true;
+    return GL_OK;
   }
-  return true;
+  }
+  return GL_EINVAL;
 }
 
-static int cmd_build(int argc, char **argv) {
+static int build_parse(int argc, char **argv, struct build_opts *b) {
   static const struct option opts[] = {
       {"model", required_argument, NULL, 'm'},   {"ortho", required_argument, NULL, 'o'},
       {"out", required_argument, NULL, 'O'},     {"tile-m", required_argument, NULL, 't'},
@@ -133,106 +165,58 @@ static int cmd_build(int argc, char **argv) {
       {"bbox", required_argument, NULL, 'x'},    {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0},
   };
-  const char *model = NULL;
-  struct gl_map_build_opts bo = {.tile_m = 320, .stride_m = 80};
-  const char **orthos = calloc((size_t)argc, sizeof *orthos);
-  long batch = 16, threads = 0, dense_layer = 6;
-  int o, status = 2;
-  if (!orthos)
-    return 1;
-  while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-    switch (o) {
-    case 'm':
-      model = optarg;
-      break;
-    case 'o':
-      orthos[bo.n_orthos++] = optarg;
-      break;
-    case 'O':
-      bo.out = optarg;
-      break;
-    case 't':
-      if (!parse_pos(optarg, &bo.tile_m))
-        goto bad;
-      break;
-    case 's':
-      if (!parse_pos(optarg, &bo.stride_m))
-        goto bad;
-      break;
-    case 'i':
-      bo.index_type = optarg;
-      break;
-    case 'b':
-      batch = strtol(optarg, NULL, 10);
-      break;
-    case 'd': {
-      char *end;
-      dense_layer = strtol(optarg, &end, 10);
-      if (end == optarg || *end || dense_layer < 0 || dense_layer > 17) {
-        fprintf(stderr, "geoloc: --dense-layer wants a backbone block 1..17, or 0 for none\n");
-        goto bad;
-      }
-      break;
-    }
-    case 'j':
-      threads = strtol(optarg, NULL, 10);
-      break;
-    case 'x':
-      if (!parse_bbox(optarg, bo.bbox)) {
-        fprintf(stderr, "geoloc: --bbox wants WEST,SOUTH,EAST,NORTH in degrees, got '%s'\n",
-                optarg);
-        goto done;
-      }
-      bo.has_bbox = true;
-      break;
-    case 'h':
-      usage(stdout);
-      status = 0;
-      goto done;
-    default:
-      goto bad;
-    }
+  int st = gl_cli_getopt(argc, argv, "", opts, build_option, b, usage);
+  if (st != GL_CLI_RUN)
+    return st;
+  if (!b->model || !b->bo.out || b->bo.n_orthos == 0 || optind != argc) {
+    usage(stderr);
+    return 2;
   }
-  if (!model || !bo.out || bo.n_orthos == 0 || optind != argc || batch < 1 || batch > 1024 ||
-      threads < 0 || threads > 1024)
-    goto bad;
-  bo.orthos = orthos;
+  return GL_CLI_RUN;
+}
 
+static int build_run(struct build_opts *b) {
   char err[1024] = "";
   struct gl_map_encoder enc;
-  int rc = gl_map_encoder_init_model(&enc, model, (uint32_t)threads, (uint32_t)batch, err,
-                                     sizeof err);
-  if (!rc && dense_layer)
-    rc = gl_map_encoder_enable_dense(&enc, (uint32_t)dense_layer, err, sizeof err);
+  int rc = gl_map_encoder_init_model(&enc, b->model, b->threads, b->batch, err, sizeof err);
+  if (!rc && b->dense_layer)
+    rc = gl_map_encoder_enable_dense(&enc, b->dense_layer, err, sizeof err);
   if (rc) {
     gl_map_encoder_fini(&enc);
     fprintf(stderr, "geoloc: %s\n", err);
-    status = 1;
-    goto done;
+    return 1;
   }
   struct progress pr = {.tty = isatty(STDERR_FILENO) == 1};
-  bo.progress_cb = on_progress;
-  bo.progress_ctx = &pr;
+  b->bo.progress_cb = on_progress;
+  b->bo.progress_ctx = &pr;
   struct gl_map_build_stats st;
-  rc = gl_map_build(&bo, &enc, &st, err, sizeof err);
+  rc = gl_map_build(&b->bo, &enc, &st, err, sizeof err);
   gl_map_encoder_fini(&enc);
   if (rc) {
     if (pr.tty)
       fputc('\n', stderr);
     fprintf(stderr, "geoloc: map build failed (%s): %s\n", gl_err_name(rc), err);
-    status = 1;
-    goto done;
+    return 1;
   }
-  printf("wrote %s: %llu tiles", bo.out, (unsigned long long)st.tiles);
-  if (bo.n_orthos > 1)
-    printf(" of %u years each", bo.n_orthos);
+  printf("wrote %s: %llu tiles", b->bo.out, (unsigned long long)st.tiles);
+  if (b->bo.n_orthos > 1)
+    printf(" of %u years each", b->bo.n_orthos);
   printf(" (%llu places skipped for nodata) in %.1f s\n", (unsigned long long)st.skipped,
          st.seconds);
-  status = 0;
-  goto done;
-bad:
-  usage(stderr);
-done:
+  return 0;
+}
+
+static int cmd_build(int argc, char **argv) {
+  const char **orthos = calloc((size_t)argc, sizeof *orthos);
+  struct build_opts b = {.orthos = orthos,
+                         .bo = {.tile_m = 320, .stride_m = 80, .orthos = orthos},
+                         .batch = 16,
+                         .dense_layer = 6};
+  if (!orthos)
+    return 1;
+  int status = build_parse(argc, argv, &b);
+  if (status == GL_CLI_RUN)
+    status = build_run(&b);
   free(orthos);
   return status;
 }
@@ -244,6 +228,34 @@ static int cmd_inspect(int argc, char **argv) {
   }
   char err[1024] = "";
   return gl_map_inspect(argv[1], stdout, err, sizeof err) == 0 ? 0 : 1;
+}
+
+static int cmd_tiles(int argc, char **argv) {
+  if (argc != 2 || argv[1][0] == '-') {
+    usage(argc == 2 && strcmp(argv[1], "--help") == 0 ? stdout : stderr);
+    return argc == 2 && strcmp(argv[1], "--help") == 0 ? 0 : 2;
+  }
+  char err[1024] = "";
+  struct gl_map *m = NULL;
+  if (gl_map_open(argv[1], NULL, &m, err, sizeof err) != 0) {
+    fprintf(stderr, "geoloc: %s\n", err);
+    return 1;
+  }
+  int status = 0;
+  printf("id,lat,lon,grid_x,grid_y,capture_date\n");
+  for (int64_t id = 1; id <= (int64_t)gl_map_tile_count(m) && !status; id++) {
+    struct gl_map_tile t;
+    double x, y;
+    if (gl_map_tile_get(m, id, &t) != 0 || gl_map_tile_xy(m, id, &x, &y) != 0) {
+      fprintf(stderr, "geoloc: %s: cannot read tile %lld\n", argv[1], (long long)id);
+      status = 1;
+    } else {
+      printf("%lld,%.7f,%.7f,%.3f,%.3f,%s\n", (long long)id, t.lat, t.lon, x, y,
+             t.capture_date);
+    }
+  }
+  gl_map_close(m);
+  return status;
 }
 
 int gl_cmd_map(int argc, char **argv) {
@@ -259,6 +271,8 @@ int gl_cmd_map(int argc, char **argv) {
     return cmd_build(argc - 1, argv + 1);
   if (strcmp(argv[1], "inspect") == 0)
     return cmd_inspect(argc - 1, argv + 1);
+  if (strcmp(argv[1], "tiles") == 0)
+    return cmd_tiles(argc - 1, argv + 1);
   fprintf(stderr, "geoloc map: unknown subcommand '%s'\n", argv[1]);
   usage(stderr);
   return 2;

@@ -37,46 +37,54 @@ static int print_if_error(const gl_server_msg *m) {
   return 1;
 }
 
-int gl_cmd_ping(int argc, char **argv) {
+struct ping_opts {
+  struct gl_client_opts co;
+  uint32_t count;
+};
+
+static int ping_option(void *opts, int o, const char *flag, const char *arg) {
+  struct ping_opts *po = opts;
+  switch (o) {
+  case 'c':
+    po->co.address = arg;
+    return GL_OK;
+  case 'n':
+    return gl_cli_u32(flag, arg, 1, 1000000, &po->count);
+  case 'a':
+  case 'e':
+  case 'K':
+  case 's':
+    gl_cli_tls_option(o, arg, &po->co);
+    return GL_OK;
+  }
+  return GL_EINVAL;
+}
+
+static int ping_parse(int argc, char **argv, struct ping_opts *po) {
   static const struct option opts[] = {
       {"connect", required_argument, NULL, 'c'},  {"count", required_argument, NULL, 'n'},
       GL_CLI_TLS_OPTIONS,
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0},
   };
-  struct gl_client_opts co = {0};
-  long count = 4;
-  int o;
-  while ((o = getopt_long(argc, argv, "c:n:", opts, NULL)) != -1) {
-    switch (o) {
-    case 'c':
-      co.address = optarg;
-      break;
-    case 'n':
-      count = strtol(optarg, NULL, 10);
-      break;
-    case 'a':
-    case 'e':
-    case 'K':
-    case 's':
-      gl_cli_tls_option(o, optarg, &co);
-      break;
-    case 'h':
-      usage(stdout);
-      return 0;
-    default:
-      usage(stderr);
-      return 2;
-    }
-  }
-  if (!co.address || count < 1 || count > 1000000 || optind != argc) {
+  *po = (struct ping_opts){.count = 4};
+  int st = gl_cli_getopt(argc, argv, "c:n:", opts, ping_option, po, usage);
+  if (st != GL_CLI_RUN)
+    return st;
+  if (!po->co.address || optind != argc) {
     usage(stderr);
     return 2;
   }
-  if ((co.tls_cert || co.tls_key) && !co.tls) {
+  if ((po->co.tls_cert || po->co.tls_key) && !po->co.tls) {
     fprintf(stderr, "geoloc: --tls-cert/--tls-key need --tls-ca\n");
     return 2;
   }
+  return GL_CLI_RUN;
+}
+
+static int ping_run(const struct ping_opts *po) {
+  const struct gl_client_opts co = po->co;
+  const long count = po->count;
   char err[256];
   struct gl_client *c;
   int rc = gl_client_connect(&co, &c, err, sizeof err);
@@ -127,3 +135,8 @@ done:
   return status;
 }
 
+int gl_cmd_ping(int argc, char **argv) {
+  struct ping_opts po;
+  int st = ping_parse(argc, argv, &po);
+  return st == GL_CLI_RUN ? ping_run(&po) : st;
+}

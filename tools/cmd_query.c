@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "autopilot.h"
 #include "camera.h"
 #include "cli.h"
 #include "client/client.h"
@@ -33,7 +34,8 @@ static void usage(FILE *f) {
           "  --prior LAT,LON,R   search only within R metres of (LAT, LON)\n"
           "  --top-k K           candidates per frame (default: the server's)\n"
           "  --window N          frames in flight at once (default 16)\n"
-          "  --format F          table (default), csv, geojson or nmea\n"
+          "  --format F          table (default), csv, geojson, nmea, or mavlink (binary\n"
+          "                      MAVLink v2 GPS_INPUT packets, one per frame; see --mavlink)\n"
           "  --heading DEG       send every frame this compass heading (degrees clockwise\n"
           "                      from north of the image's top; default: each photo's)\n"
           GL_CLI_CAMERA_USAGE
@@ -46,7 +48,9 @@ static void usage(FILE *f) {
           "  --interval S        with --track: frames S seconds apart (default: the time\n"
           "                      each frame is sent, for a live camera)\n"
           "  --max-speed V       with --track: the vehicle's top speed, m/s (default: the\n"
-          "                      server's)\n"
+          "                      server's)\n");
+  fputs(GL_CLI_MAVLINK_USAGE, f); /* apart: one literal would pass C's 4095 bytes */
+  fprintf(f,
           "  --tls-ca FILE       CA of the server certificate (enables TLS)\n"
           "  --tls-cert FILE     client certificate\n"
           "  --tls-key FILE      client private key\n"
@@ -73,6 +77,8 @@ struct query {
   const struct gl_cli_photo *photos; /* one per path */
   struct gl_cli_eval *ev; /* with --labels */
   bool track;             /* a tracked stream */
+  struct gl_cli_autopilot *ap; /* --mavlink */
+  const struct gl_mavlink_opts *mav; /* ids and fix rules of MAVLink output */
   size_t ok, failed;
   double t_start;
 };
@@ -80,8 +86,10 @@ struct query {
 static void on_ready(void *ctx) {
   struct query *q = ctx;
   q->t_start = (double)gl_cli_clock_us(CLOCK_MONOTONIC) / 1e6;
-  if (!q->ev)
+  if (!q->ev) {
     gl_report_begin(&q->report, stdout, q->report.fmt);
+    q->report.mavlink.opts = *q->mav;
+  }
 }
 
 static void on_answer(void *ctx, const struct gl_cli_answer *a) {
@@ -92,7 +100,7 @@ static void on_answer(void *ctx, const struct gl_cli_answer *a) {
     gl_cli_eval_record_track(q->ev, a->index, a->track_status, a->track_lat, a->track_lon);
   if (q->ev)
     gl_cli_eval_record(q->ev, a->index, a->status, a->ok, a->cand, a->n, a->latency_ms);
-  else if (!(a->track_status && q->report.fmt == GL_REPORT_NMEA))
+  else if (!(a->track_status && gl_report_track_only(q->report.fmt)))
     gl_report_frame(&q->report, q->paths[a->index], a->status, a->cand, a->n, a->capture_us,
                     a->latency_ms);
   if (!q->ev && a->track_status >= 1 && a->track_status <= 3) {
@@ -100,6 +108,9 @@ static void on_answer(void *ctx, const struct gl_cli_answer *a) {
                                 a->track_radius_m, a->track_confidence, a->track_heading_deg};
     gl_report_track(&q->report, q->paths[a->index], &t, a->capture_us, a->latency_ms);
   }
+  struct gl_mavlink_fix fix;
+  gl_cli_answer_fix(a, NAN, NAN, &fix);
+  gl_cli_autopilot_send(q->ap, &fix);
   if (!q->ev && a->n)
     gl_cli_photo_compare("geoloc", q->paths[a->index], &q->photos[a->index], a->cand[0].lat,
                          a->cand[0].lon);
@@ -123,7 +134,90 @@ static int labels_summary(struct query *q, bool csv) {
   return GL_OK;
 }
 
-int gl_cmd_query(int argc, char **argv) {
+struct query_opts {
+  struct gl_cli_stream_opts so;
+  enum gl_report_format fmt;
+  const char *labels, *pack_path, *report;
+  struct gl_map_prior prior;
+  bool have_prior;
+  uint32_t top_k, window;
+  double heading; /* NaN: each photo's */
+  bool use_heading;
+  double interval; /* with --track: seconds between frames, 0: when sent */
+  struct gl_cli_camera camera;
+  struct gl_cli_mavlink mav;
+  char **inputs; /* IMAGE...|DIR, without --labels */
+  int n_inputs;
+};
+
+static int query_option(void *opts, int o, const char *flag, const char *arg) {
+  struct query_opts *qo = opts;
+  switch (o) {
+  case 'c':
+    qo->so.co.address = arg;
+    return GL_OK;
+  case 'm':
+    qo->so.map = arg;
+    return GL_OK;
+  case 'p':
+    if (gl_cli_parse_prior(arg, &qo->prior.lat, &qo->prior.lon, &qo->prior.radius_m) != GL_OK) {
+      fprintf(stderr, "geoloc: --prior wants LAT,LON,RADIUS_M, got '%s'\n", arg);
+      return GL_EINVAL;
+    }
+    qo->have_prior = true;
+    return GL_OK;
+  case 'k':
+    return gl_cli_u32(flag, arg, 0, 1000, &qo->top_k);
+  case 'w':
+    return gl_cli_u32(flag, arg, 1, 4096, &qo->window);
+  case 'f':
+    if (gl_report_format_parse(arg, &qo->fmt) != GL_OK) {
+      fprintf(stderr, "geoloc: --format: table, csv, geojson, nmea or mavlink, not '%s'\n",
+              arg);
+      return GL_EINVAL;
+    }
+    return GL_OK;
+  case 'l':
+    qo->labels = arg;
+    return GL_OK;
+  case 'H':
+    return gl_cli_double(flag, arg, -360, 720, &qo->heading);
+  case 'u':
+    qo->use_heading = true;
+    return GL_OK;
+  case 1200:
+    qo->so.track = true;
+    return GL_OK;
+  case 1201:
+    return gl_cli_positive(flag, arg, 1000, &qo->so.max_speed_mps);
+  case 1202:
+    return gl_cli_positive(flag, arg, 86400, &qo->interval);
+  case 'P':
+    qo->pack_path = arg;
+    return GL_OK;
+  case 'R':
+    qo->report = arg;
+    return GL_OK;
+  case 'a':
+  case 'e':
+  case 'K':
+  case 's':
+    gl_cli_tls_option(o, arg, &qo->so.co);
+    return GL_OK;
+  case 1100:
+  case 1101:
+  case 1102:
+  case 1103:
+  case 1104:
+    return gl_cli_camera_option(o, flag, arg, &qo->camera);
+  default:
+    if (o >= 1300 && o <= 1307)
+      return gl_cli_mavlink_option(o, flag, arg, &qo->mav);
+  }
+  return GL_EINVAL;
+}
+
+static int query_parse(int argc, char **argv, struct query_opts *qo) {
   static const struct option opts[] = {
       {"connect", required_argument, NULL, 'c'},  {"map", required_argument, NULL, 'm'},
       {"prior", required_argument, NULL, 'p'},    {"top-k", required_argument, NULL, 'k'},
@@ -134,139 +228,64 @@ int gl_cmd_query(int argc, char **argv) {
       {"track", no_argument, NULL, 1200},         {"max-speed", required_argument, NULL, 1201},
       {"interval", required_argument, NULL, 1202},
       GL_CLI_TLS_OPTIONS,                         GL_CLI_CAMERA_OPTIONS,
+      GL_CLI_MAVLINK_OPTIONS,
       {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0},
   };
-  struct gl_cli_stream_opts so = {.prog = "geoloc", .client_name = "geoloc query"};
-  struct query q = {0};
-  struct gl_cli_eval ev = {0};
-  struct gl_map *pack = NULL;
-  enum gl_report_format fmt = GL_REPORT_TABLE;
-  const char *labels = NULL, *pack_path = NULL, *report = NULL;
-  struct gl_map_prior prior;
-  int have_prior = 0;
-  long top_k = 0, window = 16;
-  double heading = NAN, *headings = NULL;
-  bool use_heading = false;
-  double interval = 0;
-  uint64_t *times = NULL;
-  struct gl_cli_camera camera = {0};
-  struct gl_cli_photo *photos = NULL;
-  char **paths = NULL;
-  size_t n_paths = 0;
-  int status = 2, o;
-  while ((o = getopt_long(argc, argv, "c:", opts, NULL)) != -1) {
-    switch (o) {
-    case 'c':
-      so.co.address = optarg;
-      break;
-    case 'm':
-      so.map = optarg;
-      break;
-    case 'p':
-      if (gl_cli_parse_prior(optarg, &prior.lat, &prior.lon, &prior.radius_m) != GL_OK) {
-        fprintf(stderr, "geoloc: --prior wants LAT,LON,RADIUS_M, got '%s'\n", optarg);
-        return 2;
-      }
-      have_prior = 1;
-      break;
-    case 'k':
-      top_k = strtol(optarg, NULL, 10);
-      break;
-    case 'w':
-      window = strtol(optarg, NULL, 10);
-      break;
-    case 'f':
-      if (gl_report_format_parse(optarg, &fmt) != GL_OK) {
-        fprintf(stderr, "geoloc: --format: table, csv, geojson or nmea, not '%s'\n", optarg);
-        return 2;
-      }
-      break;
-    case 'l':
-      labels = optarg;
-      break;
-    case 'H': {
-      char *end;
-      heading = strtod(optarg, &end);
-      if (end == optarg || *end || !(heading >= -360 && heading <= 720)) {
-        fprintf(stderr, "geoloc: --heading wants degrees clockwise from north, got '%s'\n",
-                optarg);
-        return 2;
-      }
-      break;
-    }
-    case 'u':
-      use_heading = true;
-      break;
-    case 1200:
-      so.track = true;
-      break;
-    case 1201:
-    case 1202: {
-      char *end;
-      double v = strtod(optarg, &end);
-      if (end == optarg || *end || !(v > 0 && v <= (o == 1201 ? 1000 : 86400))) {
-        fprintf(stderr, "geoloc: --%s wants %s, got '%s'\n",
-                o == 1201 ? "max-speed" : "interval",
-                o == 1201 ? "metres per second in (0, 1000]" : "seconds in (0, 86400]", optarg);
-        return 2;
-      }
-      *(o == 1201 ? &so.max_speed_mps : &interval) = v;
-      break;
-    }
-    case 'P':
-      pack_path = optarg;
-      break;
-    case 'R':
-      report = optarg;
-      break;
-    case 'a':
-    case 'e':
-    case 'K':
-    case 's':
-      gl_cli_tls_option(o, optarg, &so.co);
-      break;
-    case 1100:
-    case 1101:
-    case 1102:
-    case 1103:
-    case 1104:
-      if (!gl_cli_camera_option("geoloc", o, optarg, &camera))
-        return 2;
-      break;
-    case 'h':
-      usage(stdout);
-      return 0;
-    default:
-      usage(stderr);
-      return 2;
-    }
-  }
-  if (!so.co.address || (optind == argc) == !labels || top_k < 0 || top_k > 1000 ||
-      window < 1 || window > 4096) {
+  *qo = (struct query_opts){.so = {.prog = "geoloc", .client_name = "geoloc query"},
+                            .fmt = GL_REPORT_TABLE,
+                            .window = 16,
+                            .heading = NAN};
+  gl_cli_mavlink_init(&qo->mav);
+  int st = gl_cli_getopt(argc, argv, "c:", opts, query_option, qo, usage);
+  if (st != GL_CLI_RUN)
+    return st;
+  if (!qo->so.co.address || (optind == argc) == !qo->labels) {
     usage(stderr);
     return 2;
   }
-  if (!labels && (pack_path || report || use_heading)) {
+  if (!qo->labels && (qo->pack_path || qo->report || qo->use_heading)) {
     fprintf(stderr, "geoloc: --pack, --report and --use-heading go with --labels\n");
     return 2;
   }
-  if (use_heading && !isnan(heading)) {
+  if (qo->use_heading && !isnan(qo->heading)) {
     fprintf(stderr, "geoloc: --heading and --use-heading exclude each other\n");
     return 2;
   }
-  if (labels && fmt != GL_REPORT_TABLE && fmt != GL_REPORT_CSV) {
+  if (qo->labels && qo->fmt != GL_REPORT_TABLE && qo->fmt != GL_REPORT_CSV) {
     fprintf(stderr, "geoloc: with --labels, --format is table or csv\n");
     return 2;
   }
-  so.top_k = (uint32_t)top_k;
-  so.window = (uint32_t)window;
-  so.priors = have_prior ? &prior : NULL;
+  qo->inputs = argv + optind;
+  qo->n_inputs = argc - optind;
+  return GL_CLI_RUN;
+}
+
+static int query_run(const struct query_opts *qo) {
+  struct gl_cli_stream_opts so = qo->so;
+  struct query q = {0};
+  struct gl_cli_autopilot ap = {0};
+  struct gl_cli_eval ev = {0};
+  struct gl_map *pack = NULL;
+  const enum gl_report_format fmt = qo->fmt;
+  const char *labels = qo->labels, *pack_path = qo->pack_path, *report = qo->report;
+  double *headings = NULL;
+  uint64_t *times = NULL;
+  struct gl_cli_photo *photos = NULL;
+  char **paths = NULL;
+  size_t n_paths = 0;
+  int status = 1;
+  so.top_k = qo->top_k;
+  so.window = qo->window;
+  so.priors = qo->have_prior ? &qo->prior : NULL;
   so.ready_cb = on_ready;
   so.answer_cb = on_answer;
   so.ctx = &q;
   q.report.fmt = fmt;
   q.track = so.track;
-  status = 1;
+  q.mav = &qo->mav.opts;
+  q.ap = &ap;
+  if (gl_cli_autopilot_open(&ap, "geoloc", &qo->mav, true) != GL_OK)
+    goto done;
   if (labels) {
     char err[512];
     if (pack_path && gl_map_open(pack_path, NULL, &pack, err, sizeof err) != GL_OK) {
@@ -280,8 +299,8 @@ int gl_cmd_query(int argc, char **argv) {
     q.paths = ev.paths;
     n_paths = ev.labels.n;
   } else {
-    for (int i = optind; i < argc; i++)
-      if (gl_cli_add_path(argv[i], &paths, &n_paths) != GL_OK) {
+    for (int i = 0; i < qo->n_inputs; i++)
+      if (gl_cli_add_path(qo->inputs[i], &paths, &n_paths) != GL_OK) {
         status = 2;
         goto done;
       }
@@ -299,15 +318,15 @@ int gl_cmd_query(int argc, char **argv) {
     goto done;
   }
   for (size_t i = 0; i < n_paths; i++) {
-    gl_cli_photo_resolve("geoloc", q.paths[i], &camera,
-                         use_heading ? ev.labels.v[i].heading_deg : heading, &photos[i]);
+    gl_cli_photo_resolve("geoloc", q.paths[i], &qo->camera,
+                         qo->use_heading ? ev.labels.v[i].heading_deg : qo->heading, &photos[i]);
     headings[i] = photos[i].heading_deg;
   }
   so.headings = headings;
   so.photos = q.photos = photos;
   /* A tracked stream's capture times: the labels' (time_us), or --interval
    * seconds apart from now, or (neither) the time each frame is sent. */
-  if (so.track && (interval > 0 || (q.ev && ev.labels.flights))) {
+  if (so.track && (qo->interval > 0 || (q.ev && ev.labels.flights))) {
     uint64_t t0 = gl_cli_clock_us(CLOCK_REALTIME);
     if (!(times = malloc((n_paths ? n_paths : 1) * sizeof *times))) {
       fprintf(stderr, "geoloc: out of memory\n");
@@ -315,7 +334,7 @@ int gl_cmd_query(int argc, char **argv) {
     }
     for (size_t i = 0; i < n_paths; i++)
       times[i] = q.ev && ev.labels.flights ? ev.labels.v[i].time_us
-                                           : t0 + (uint64_t)llround((double)i * interval * 1e6);
+                                           : t0 + (uint64_t)llround((double)i * qo->interval * 1e6);
     so.times = times;
   }
   if (gl_cli_stream(&so, q.paths, n_paths) != GL_OK)
@@ -330,6 +349,7 @@ int gl_cmd_query(int argc, char **argv) {
   status = q.failed ? 1 : 0;
   fprintf(stderr, "geoloc: %zu frame(s): %zu estimated, %zu failed\n", n_paths, q.ok, q.failed);
 done:
+  gl_cli_autopilot_close(&ap);
   free(times);
   free(photos);
   free(headings);
@@ -339,4 +359,10 @@ done:
     free(paths[i]);
   free(paths);
   return status;
+}
+
+int gl_cmd_query(int argc, char **argv) {
+  struct query_opts qo;
+  int st = query_parse(argc, argv, &qo);
+  return st == GL_CLI_RUN ? query_run(&qo) : st;
 }

@@ -4,6 +4,7 @@
 #define GL_TOOLS_COMMANDS_H
 
 int gl_cmd_bench(int argc, char **argv);
+int gl_cmd_bridge(int argc, char **argv);
 int gl_cmd_ping(int argc, char **argv);
 int gl_cmd_encode(int argc, char **argv);
 int gl_cmd_eval(int argc, char **argv);

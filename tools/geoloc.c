@@ -18,6 +18,7 @@ static const struct {
   const char *help;
 } commands[] = {
     {"bench", gl_cmd_bench, "load geolocd with concurrent clients, check every frame is answered"},
+    {"bridge", gl_cmd_bridge, "stream a camera to geolocd, its fixes to an autopilot (MAVLink)"},
     {"encode", gl_cmd_encode, "print the descriptor of each image (JSON arrays)"},
     {"eval", gl_cmd_eval, "measure accuracy (R@k, error, success@m) on labelled frames"},
     {"inspect", gl_cmd_inspect, "print a model's or a map pack's summary"},

@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include "core/err.h"
+#include "loc/load.h"
 #include "map/dense.h"
 
 #define GL__MAX_OUT 128
@@ -25,11 +26,11 @@ int gl_cli_inproc_open(struct gl_cli_inproc *ip, const char *prog, const char *m
   memset(ip, 0, sizeof *ip);
   ip->batch = batch;
   ip->tiles = tiles;
-  if ((rc = gl_nn_model_load(model_path, &ip->model, err, sizeof err))) {
+  if ((rc = gl_loc_load_model(model_path, &ip->model, err, sizeof err))) {
     fprintf(stderr, "%s: %s: %s\n", prog, model_path, err);
     return rc;
   }
-  if ((rc = gl_map_open(map_path, gl_nn_model_sha256(ip->model), &ip->map, err, sizeof err))) {
+  if ((rc = gl_loc_load_map(ip->model, map_path, &ip->map, err, sizeof err))) {
     fprintf(stderr, "%s: %s: %s\n", prog, map_path, err);
     return rc;
   }
@@ -37,16 +38,23 @@ int gl_cli_inproc_open(struct gl_cli_inproc *ip, const char *prog, const char *m
                                  .max_batch = batch,
                                  .threads = threads,
                                  .max_input_pixels = GL_CLI_INPROC_MAX_PIXELS};
-  if ((rc = gl_nn_engine_create(ip->model, &eo, &ip->engine, err, sizeof err))) {
+  if ((rc = gl_loc_load_engine(ip->model, &eo, false, &ip->engine, NULL, 0, err, sizeof err))) {
     fprintf(stderr, "%s: engine: %s\n", prog, err);
     return rc;
   }
-  const struct gl_map_dense *d = gl_map_dense(ip->map);
-  if (fine && d &&
-      (rc = gl_loc_fine_frame_create(ip->model, d->layer, fine, threads, &ip->fine, err,
+  bool used = false;
+  if (fine && (rc = gl_loc_load_fine(ip->model, ip->map, fine, threads, &ip->fine, &used, err,
                                      sizeof err))) {
     fprintf(stderr, "%s: fine stage: %s\n", prog, err);
     return rc;
+  }
+  if (!used) {
+    /* A map without a dense layer is the usual way to go without the fine
+     * stage; one whose layer does not fit the model deserves a word. */
+    if (fine && gl_map_dense(ip->map))
+      fprintf(stderr, "%s: %s: %s; the global stage only\n", prog, map_path, err);
+    gl_loc_fine_frame_destroy(ip->fine);
+    ip->fine = NULL;
   }
   ip->dim = gl_nn_model_descriptor_dim(ip->model);
   ip->S = gl_nn_model_input_size(ip->model);

@@ -8,9 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
-#include <cjson/cJSON.h>
 #include <cpl_conv.h>
 #include <cpl_error.h>
 #include <gdal.h>
@@ -91,63 +89,28 @@ static void dot(struct canvas *c, double fx, double fy, int r, struct rgb col) {
     }
 }
 
-/* The rasters manifest.json lists: the recorded path when the file is
- * still there, else the file name beside the pack. Missing ones are named
- * on stderr. Returns how many were found. */
+/* The rasters the pack was built from that are still to be found (see
+ * gl_map_source_files); missing ones are named on stderr. Returns how many
+ * were found. */
 static size_t find_sources(const char *pack_dir, const char *prog, char **found, size_t max) {
-  char *mpath = NULL;
-  uint8_t *text = NULL;
-  size_t len = 0, n = 0;
-  if (asprintf(&mpath, "%s/manifest.json", pack_dir) < 0)
-    return 0;
-  if (gl_cli_read_file(mpath, &text, &len) != GL_OK) {
-    fprintf(stderr, "%s: report: cannot read %s\n", prog, mpath);
-    free(mpath);
+  struct gl_map_source_file *s = NULL;
+  uint32_t n = 0;
+  size_t k = 0;
+  char err[512];
+  if (gl_map_source_files(pack_dir, &s, &n, err, sizeof err) != GL_OK) {
+    fprintf(stderr, "%s: report: %s\n", prog, err);
     return 0;
   }
-  text[len] = 0;
-  cJSON *root = cJSON_Parse((const char *)text);
-  const cJSON *srcs = cJSON_GetObjectItemCaseSensitive(root, "sources"), *s;
-  /* The directory that holds the pack, for sources known by name only. */
-  char *parent = strdup(pack_dir);
-  if (parent) {
-    size_t l = strlen(parent);
-    while (l > 1 && parent[l - 1] == '/')
-      parent[--l] = 0;
-    char *slash = strrchr(parent, '/');
-    if (slash)
-      slash == parent ? (void)(slash[1] = 0) : (void)(*slash = 0);
-    else
-      strcpy(parent, ".");
-  }
-  cJSON_ArrayForEach(s, srcs) {
-    const char *path = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(s, "path"));
-    const char *file = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(s, "file"));
-    struct stat st;
-    char *use = NULL;
-    if (path && stat(path, &st) == 0)
-      use = strdup(path);
-    else if (file && parent && asprintf(&use, "%s/%s", parent, file) >= 0 && stat(use, &st) != 0) {
-      free(use);
-      use = NULL;
+  for (uint32_t i = 0; i < n; i++) {
+    if (!s[i].found)
+      fprintf(stderr, "%s: report: source raster %s is no longer there\n", prog, s[i].file);
+    else if (k < max) {
+      found[k++] = s[i].found;
+      s[i].found = NULL;
     }
-    if (!use) {
-      fprintf(stderr, "%s: report: source raster %s is no longer there\n", prog,
-              path   ? path
-              : file ? file
-                     : "(unnamed)");
-      continue;
-    }
-    if (n < max)
-      found[n++] = use;
-    else
-      free(use);
   }
-  free(parent);
-  cJSON_Delete(root);
-  free(text);
-  free(mpath);
-  return n;
+  gl_map_source_files_free(s, n);
+  return k;
 }
 
 /* Warps each source's first three bands onto the canvas (MEM dataset mem);

@@ -12,8 +12,6 @@
 #include "core/err.h"
 #include "img/img.h"
 
-#define STREAM_MAX_CANDIDATES 128 /* more than the server ever sends (100) */
-
 struct stream_file {
   uint64_t sent_us; /* monotonic */
   uint64_t capture_us;
@@ -26,6 +24,35 @@ struct stream {
   struct stream_file *files;
   size_t n_files, in_flight;
 };
+
+void gl_cli_answer_of_estimate(const Geoloc__V1__Estimate *e, struct gl_report_candidate *cand,
+                               struct gl_cli_answer *a) {
+  size_t n = 0;
+  for (size_t i = 0; i < e->n_candidates && n < GL_CLI_MAX_CANDIDATES; i++, n++) {
+    const Geoloc__V1__Candidate *c = e->candidates[i];
+    cand[n] = (struct gl_report_candidate){c->lat,        c->lon,      c->score,
+                                           c->confidence, c->radius_m, c->tile_id,
+                                           c->has_heading_deg ? c->heading_deg : NAN};
+  }
+  const Geoloc__V1__Track *tr = e->track, *sm = e->smoothed;
+  *a = (struct gl_cli_answer){
+      .status = gl_cli_status_name(e->status),
+      .track_status = tr && tr->has_status ? (int)tr->status : 0,
+      .track_lat = tr ? tr->lat : NAN,
+      .track_lon = tr ? tr->lon : NAN,
+      .track_radius_m = tr ? tr->radius_m : NAN,
+      .track_heading_deg = tr && tr->has_heading_deg ? tr->heading_deg : NAN,
+      .track_confidence = tr ? tr->confidence : NAN,
+      .smoothed_status =
+          sm && sm->has_status && sm->has_frame_id && sm->frame_id >= 1 ? (int)sm->status : 0,
+      .smoothed_index = sm && sm->frame_id >= 1 ? (size_t)(sm->frame_id - 1) : 0,
+      .smoothed_lat = sm ? sm->lat : NAN,
+      .smoothed_lon = sm ? sm->lon : NAN,
+      .ok = e->status == GEOLOC__V1__ESTIMATE__STATUS__OK,
+      .cand = cand,
+      .n = n,
+  };
+}
 
 /* Reports a frame that never reached the server. */
 static void local_failure(struct stream *s, char *const *paths, size_t i, const char *status,
@@ -49,18 +76,15 @@ static int receive_one(struct stream *s, char *const *paths) {
   }
   uint64_t id = 0;
   const char *status = NULL;
-  struct gl_report_candidate cand[STREAM_MAX_CANDIDATES];
-  size_t n = 0;
+  struct gl_report_candidate cand[GL_CLI_MAX_CANDIDATES];
+  /* An Error answering a frame has no position and no track. */
+  struct gl_cli_answer a = {.track_lat = NAN, .track_lon = NAN, .track_radius_m = NAN,
+                            .track_heading_deg = NAN, .track_confidence = NAN,
+                            .smoothed_lat = NAN, .smoothed_lon = NAN, .cand = cand};
   if (m->msg_case == GEOLOC__V1__SERVER_MESSAGE__MSG_ESTIMATE) {
-    const Geoloc__V1__Estimate *e = m->estimate;
-    id = e->frame_id;
-    status = gl_cli_status_name(e->status);
-    for (size_t i = 0; i < e->n_candidates && n < STREAM_MAX_CANDIDATES; i++, n++) {
-      const Geoloc__V1__Candidate *c = e->candidates[i];
-      cand[n] = (struct gl_report_candidate){c->lat,        c->lon,      c->score,
-                                             c->confidence, c->radius_m, c->tile_id,
-                                             c->has_heading_deg ? c->heading_deg : NAN};
-    }
+    id = m->estimate->frame_id;
+    gl_cli_answer_of_estimate(m->estimate, cand, &a);
+    status = a.status;
   } else if (m->msg_case == GEOLOC__V1__SERVER_MESSAGE__MSG_ERROR && m->error->has_frame_id) {
     id = m->error->frame_id;
     status = gl_cli_error_name(m->error->code);
@@ -85,30 +109,10 @@ static int receive_one(struct stream *s, char *const *paths) {
             m->error->message ? m->error->message : "");
   f->answered = 1;
   s->in_flight--;
-  const Geoloc__V1__Track *tr =
-      m->msg_case == GEOLOC__V1__SERVER_MESSAGE__MSG_ESTIMATE ? m->estimate->track : NULL;
-  const Geoloc__V1__Track *sm =
-      m->msg_case == GEOLOC__V1__SERVER_MESSAGE__MSG_ESTIMATE ? m->estimate->smoothed : NULL;
-  struct gl_cli_answer a = {
-      .index = id - 1,
-      .status = status,
-      .track_status = tr && tr->has_status ? (int)tr->status : 0,
-      .track_lat = tr ? tr->lat : NAN,
-      .track_lon = tr ? tr->lon : NAN,
-      .track_radius_m = tr ? tr->radius_m : NAN,
-      .track_heading_deg = tr && tr->has_heading_deg ? tr->heading_deg : NAN,
-      .track_confidence = tr ? tr->confidence : NAN,
-      .smoothed_status = sm && sm->has_status && sm->has_frame_id && sm->frame_id >= 1 ? (int)sm->status : 0,
-      .smoothed_index = sm && sm->frame_id >= 1 ? (size_t)(sm->frame_id - 1) : 0,
-      .smoothed_lat = sm ? sm->lat : NAN,
-      .smoothed_lon = sm ? sm->lon : NAN,
-      .ok = m->msg_case == GEOLOC__V1__SERVER_MESSAGE__MSG_ESTIMATE &&
-            m->estimate->status == GEOLOC__V1__ESTIMATE__STATUS__OK,
-      .cand = cand,
-      .n = n,
-      .capture_us = f->capture_us,
-      .latency_ms = (double)(gl_cli_clock_us(CLOCK_MONOTONIC) - f->sent_us) / 1000.0,
-  };
+  a.index = id - 1;
+  a.status = status;
+  a.capture_us = f->capture_us;
+  a.latency_ms = (double)(gl_cli_clock_us(CLOCK_MONOTONIC) - f->sent_us) / 1000.0;
   s->o->answer_cb(s->o->ctx, &a);
   gl_wire_free(m);
   return GL_OK;

@@ -36,6 +36,15 @@ struct gl_cli_answer {
   double smoothed_lat, smoothed_lon;
 };
 
+/* Candidates an answer holds at most: more than the server ever sends (100). */
+#define GL_CLI_MAX_CANDIDATES 128
+
+/* The answer an Estimate gives: status, candidates (into cand, which has
+ * GL_CLI_MAX_CANDIDATES places), track and smoothed track; index,
+ * capture_us and latency_ms are the caller's to fill. */
+void gl_cli_answer_of_estimate(const Geoloc__V1__Estimate *e, struct gl_report_candidate *cand,
+                               struct gl_cli_answer *a);
+
 struct gl_cli_stream_opts {
   struct gl_client_opts co;
   const char *prog;        /* prefix of messages: "geoloc", "geoloc eval" */

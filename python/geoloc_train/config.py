@@ -80,8 +80,8 @@ class ModelConfig:
     pool: str = "mean"                  # "mean" (overlap-weighted) | "gem"
     gem_p: float = 3.0
     descriptor_dim: int = 512
-    # Query and reference branches share weights; "separate" is planned in
-    # DESIGN.md but not implemented yet.
+    # Query and reference branches share weights; "separate" is not
+    # implemented (docs/ARCHITECTURE.md section 5).
     branches: str = "shared"
 
     # --- map --------------------------------------------------------------

@@ -8,7 +8,7 @@ centred near that tile's centre (within half a grid step, so the tile is
 the one nearest to the view, as in evaluation) from another year. The
 other pairs of the batch are the negatives.
 
-Losses (DESIGN.md section 5):
+Losses (docs/ARCHITECTURE.md section 5):
   infonce      symmetric InfoNCE over in-batch negatives (default)
   triplet      triplet ranking loss, hardest in-batch negative, margin
   soft-margin  weighted soft-margin triplet loss log(1 + exp(a (d_p - d_n)))

@@ -1,6 +1,5 @@
 #include "client/client.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -15,24 +14,26 @@
 #include <unistd.h>
 
 #include "core/err.h"
+#include "core/transport.h"
 #include "gl_build_config.h"
 
-#if GL_HAVE_TLS
-#include <openssl/err.h>
-#include <openssl/ssl.h>
-#include <openssl/x509v3.h>
-#endif
-
+/* The client moves bytes between its socket and its transport (plaintext or
+ * TLS, core/transport.h): what arrives is fed to the transport, and what
+ * the transport has to send is sent, waiting with poll(2) where the socket
+ * would block. Nothing here asks which transport it is. */
 struct gl_client {
   int fd;
   int timeout_ms;
-#if GL_HAVE_TLS
-  SSL_CTX *ctx;
-  SSL *ssl;
-#endif
+  struct gl_transport tp;
+  struct gl_transport_plain plain; /* tp's state when it is plaintext */
   struct gl_wire_decoder dec;
-  uint8_t buf[16384]; /* received bytes not yet given to the decoder */
-  size_t buf_pos, buf_len;
+  /* Protocol bytes read from the transport, not yet given to the decoder:
+   * in points into plain_buf, or into net_in for plaintext. */
+  const uint8_t *in;
+  size_t in_pos, in_len;
+  uint8_t plain_buf[16384];
+  uint8_t net_in[16384];  /* as received from the socket */
+  uint8_t net_out[65536]; /* as sent to the socket */
   char err[256];
 };
 
@@ -85,39 +86,6 @@ static int gl__io_retry(struct gl_client *c, const char *what, short ev, int64_t
 static int64_t gl__deadline(int timeout_ms) {
   return timeout_ms < 0 ? -1 : gl__now_ms() + timeout_ms;
 }
-
-#if GL_HAVE_TLS
-static void gl__tls_err(struct gl_client *c, const char *what) {
-  unsigned long e = ERR_get_error();
-  char buf[200];
-  if (e) {
-    ERR_error_string_n(e, buf, sizeof buf);
-    gl__cerr(c, "%s: %s", what, buf);
-  } else {
-    gl__cerr(c, "%s: %s", what, errno ? strerror(errno) : "connection closed");
-  }
-  ERR_clear_error();
-}
-
-/* Maps an SSL_* result to waiting (0 with *ev set) or an error. */
-static int gl__tls_result(struct gl_client *c, int r, const char *what, short *ev) {
-  int e = SSL_get_error(c->ssl, r);
-  switch (e) {
-  case SSL_ERROR_WANT_READ:
-    *ev = POLLIN;
-    return GL_OK;
-  case SSL_ERROR_WANT_WRITE:
-    *ev = POLLOUT;
-    return GL_OK;
-  case SSL_ERROR_ZERO_RETURN:
-    gl__cerr(c, "%s: server closed the connection", what);
-    return GL_ECLOSED;
-  default:
-    gl__tls_err(c, what);
-    return GL_ETLS;
-  }
-}
-#endif
 
 static int gl__connect_socket(struct gl_client *c, const char *address, int64_t deadline,
                               char *host, size_t hostlen) {
@@ -186,65 +154,101 @@ static int gl__connect_socket(struct gl_client *c, const char *address, int64_t 
   return rc;
 }
 
-#if GL_HAVE_TLS
-static int gl__tls_setup(struct gl_client *c, const struct gl_client_opts *o, const char *host,
-                         int64_t deadline) {
-  if (!o->tls_ca) {
-    gl__cerr(c, "TLS needs a CA file to verify the server");
-    return GL_EINVAL;
+/* Plaintext, or TLS checking the server's certificate against the CA and
+ * its name (the host of the address unless opts say another). */
+static int gl__transport_create(struct gl_client *c, const struct gl_client_opts *o,
+                                const char *host) {
+  struct gl_tls_ctx *ctx;
+  if (!o->tls) {
+    gl_transport_plain_init(&c->plain, &c->tp);
+    return GL_OK;
   }
-  if (!o->tls_cert != !o->tls_key) {
-    gl__cerr(c, "TLS client certificate and key go together");
-    return GL_EINVAL;
+  int rc =
+      gl_tls_client_ctx_create(o->tls_ca, o->tls_cert, o->tls_key, &ctx, c->err, sizeof c->err);
+  if (rc != GL_OK)
+    return rc;
+  rc = gl_transport_tls_create(ctx, o->server_name ? o->server_name : host, &c->tp, c->err,
+                               sizeof c->err);
+  gl_tls_ctx_release(ctx); /* the transport holds its own reference */
+  return rc;
+}
+
+/* Sends len bytes as they are, waiting while the socket is full. */
+static int gl__send_all(struct gl_client *c, const uint8_t *p, size_t len, int64_t deadline) {
+  while (len > 0) {
+    ssize_t n = send(c->fd, p, len, MSG_NOSIGNAL);
+    if (n >= 0) {
+      p += n;
+      len -= (size_t)n;
+      continue;
+    }
+    int rc = gl__io_retry(c, "send", POLLOUT, deadline);
+    if (rc != GL_OK)
+      return rc;
   }
-  c->ctx = SSL_CTX_new(TLS_client_method());
-  if (!c->ctx || !SSL_CTX_set_min_proto_version(c->ctx, TLS1_2_VERSION)) {
-    gl__tls_err(c, "TLS context");
-    return GL_ETLS;
+  return GL_OK;
+}
+
+/* Sends what the transport has to send. */
+static int gl__flush(struct gl_client *c, int64_t deadline) {
+  while (gl_transport_pending_output(&c->tp) > 0) {
+    size_t n = gl_transport_take_output(&c->tp, c->net_out, sizeof c->net_out);
+    int rc = gl__send_all(c, c->net_out, n, deadline);
+    if (rc != GL_OK)
+      return rc;
   }
-  SSL_CTX_set_verify(c->ctx, SSL_VERIFY_PEER, NULL);
-  if (SSL_CTX_load_verify_locations(c->ctx, o->tls_ca, NULL) != 1) {
-    gl__tls_err(c, o->tls_ca);
-    return GL_ETLS;
-  }
-  if (o->tls_cert && (SSL_CTX_use_certificate_chain_file(c->ctx, o->tls_cert) != 1 ||
-                      SSL_CTX_use_PrivateKey_file(c->ctx, o->tls_key, SSL_FILETYPE_PEM) != 1 ||
-                      SSL_CTX_check_private_key(c->ctx) != 1)) {
-    gl__tls_err(c, o->tls_cert);
-    return GL_ETLS;
-  }
-  c->ssl = SSL_new(c->ctx);
-  if (!c->ssl || SSL_set_fd(c->ssl, c->fd) != 1) {
-    gl__tls_err(c, "TLS session");
-    return GL_ETLS;
-  }
-  const char *name = o->server_name ? o->server_name : host;
-  struct in6_addr a;
-  bool is_ip = inet_pton(AF_INET, name, &a) == 1 || inet_pton(AF_INET6, name, &a) == 1;
-  X509_VERIFY_PARAM *vp = SSL_get0_param(c->ssl);
-  if (is_ip ? X509_VERIFY_PARAM_set1_ip_asc(vp, name) != 1
-            : (SSL_set_tlsext_host_name(c->ssl, name) != 1 || SSL_set1_host(c->ssl, name) != 1)) {
-    gl__tls_err(c, "TLS server name");
-    return GL_ETLS;
-  }
+  return GL_OK;
+}
+
+/* Feeds the transport what the socket has, waiting for it until deadline;
+ * the end of the stream too, which the transport judges (an orderly close,
+ * or a TLS stream cut short). */
+static int gl__pull(struct gl_client *c, int64_t deadline) {
   for (;;) {
-    int r = SSL_connect(c->ssl);
-    if (r == 1)
-      return GL_OK;
-    short ev;
-    int rc = gl__tls_result(c, r, "TLS handshake", &ev);
-    if (rc == GL_OK)
-      rc = gl__wait(c, ev, deadline);
-    if (rc == GL_ECLOSED)
-      rc = GL_ETLS; /* a close during the handshake is a refusal */
-    if (rc != GL_OK) {
-      if (rc == GL_ETIMEDOUT)
-        gl__cerr(c, "TLS handshake timed out");
+    ssize_t n = recv(c->fd, c->net_in, sizeof c->net_in, 0);
+    if (n > 0) {
+      int rc = gl_transport_feed(&c->tp, c->net_in, (size_t)n);
+      if (rc != GL_OK)
+        gl__cerr(c, "%s", gl_transport_error(&c->tp));
       return rc;
     }
+    if (n == 0) {
+      gl_transport_end_of_input(&c->tp);
+      return GL_OK;
+    }
+    int rc = gl__io_retry(c, "recv", POLLIN, deadline);
+    if (rc != GL_OK)
+      return rc;
   }
 }
-#endif
+
+/* Completes the transport's handshake: at once for plaintext, a few round
+ * trips for TLS. The server closing or resetting the connection during a
+ * handshake is its refusal: GL_ETLS. */
+static int gl__handshake(struct gl_client *c, int64_t deadline) {
+  for (;;) {
+    int r = gl_transport_handshake(&c->tp);
+    int rc = gl__flush(c, deadline); /* its messages, or the alert that ends it */
+    if (r < 0) {
+      gl__cerr(c, "%s", gl_transport_error(&c->tp));
+      return r;
+    }
+    if (rc == GL_OK && r == 1)
+      return GL_OK;
+    if (rc == GL_OK)
+      rc = gl__pull(c, deadline);
+    if (rc == GL_OK)
+      continue;
+    char what[32];
+    snprintf(what, sizeof what, "%s handshake", c->tp.i->name);
+    if (rc == GL_ETIMEDOUT) {
+      gl__cerr(c, "%s timed out", what);
+      return rc;
+    }
+    gl_err_prefix(c->err, sizeof c->err, what);
+    return GL_ETLS;
+  }
+}
 
 int gl_client_connect(const struct gl_client_opts *o, struct gl_client **out, char *err,
                       size_t errlen) {
@@ -259,19 +263,12 @@ int gl_client_connect(const struct gl_client_opts *o, struct gl_client **out, ch
   gl_wire_decoder_init(&c->dec, o->max_message_bytes ? o->max_message_bytes : 64u << 20);
   int64_t deadline = gl__deadline(c->timeout_ms);
   rc = gl__connect_socket(c, o->address ? o->address : "", deadline, host, sizeof host);
+  if (rc == GL_OK)
+    rc = gl__transport_create(c, o, host);
+  if (rc == GL_OK)
+    rc = gl__handshake(c, deadline);
   if (rc != GL_OK)
     goto fail;
-  if (o->tls) {
-#if GL_HAVE_TLS
-    rc = gl__tls_setup(c, o, host, deadline);
-    if (rc != GL_OK)
-      goto fail;
-#else
-    gl__cerr(c, "built without TLS support");
-    rc = GL_ENOTSUP;
-    goto fail;
-#endif
-  }
   *out = c;
   return GL_OK;
 fail:
@@ -283,10 +280,7 @@ fail:
 void gl_client_destroy(struct gl_client *c) {
   if (!c)
     return;
-#if GL_HAVE_TLS
-  SSL_free(c->ssl);
-  SSL_CTX_free(c->ctx);
-#endif
+  gl_transport_destroy(&c->tp);
   if (c->fd >= 0)
     close(c->fd);
   gl_wire_decoder_fini(&c->dec);
@@ -297,33 +291,19 @@ int gl_client_send_raw(struct gl_client *c, const void *data, size_t len) {
   const uint8_t *p = data;
   int64_t deadline = gl__deadline(c->timeout_ms);
   while (len > 0) {
-    short ev = POLLOUT;
-    ssize_t n;
-#if GL_HAVE_TLS
-    if (c->ssl) {
-      size_t w = 0;
-      int r = SSL_write_ex(c->ssl, p, len, &w);
-      if (r == 1) {
-        p += w;
-        len -= w;
-        continue;
-      }
-      int rc = gl__tls_result(c, r, "TLS write", &ev);
-      if (rc != GL_OK)
-        return rc;
-      n = -1;
-      errno = EAGAIN;
-    } else
-#endif
-      n = send(c->fd, p, len, MSG_NOSIGNAL);
-    if (n >= 0) {
-      p += n;
-      len -= (size_t)n;
-      continue;
+    /* A send buffer's worth at a time: TLS then holds that much ciphertext,
+     * not a whole image's. */
+    size_t n = len < sizeof c->net_out ? len : sizeof c->net_out;
+    int rc = gl_transport_write(&c->tp, p, n);
+    if (rc != GL_OK) {
+      gl__cerr(c, "%s", gl_transport_error(&c->tp));
+      return rc;
     }
-    int rc = gl__io_retry(c, "send", ev, deadline);
+    rc = gl__flush(c, deadline);
     if (rc != GL_OK)
       return rc;
+    p += n;
+    len -= n;
   }
   return GL_OK;
 }
@@ -339,37 +319,29 @@ int gl_client_send(struct gl_client *c, const gl_client_msg *msg) {
   return rc;
 }
 
-/* Reads more bytes into c->buf (which must be empty). */
+/* Reads protocol bytes into c->in (which must be used up). What TLS holds
+ * already decrypted comes first: the socket may no longer show it. */
 static int gl__fill(struct gl_client *c, int64_t deadline) {
-  c->buf_pos = c->buf_len = 0;
+  c->in_pos = c->in_len = 0;
   for (;;) {
-    short ev = POLLIN;
-    ssize_t n;
-#if GL_HAVE_TLS
-    if (c->ssl) {
-      size_t r = 0;
-      int ok = SSL_read_ex(c->ssl, c->buf, sizeof c->buf, &r);
-      if (ok == 1) {
-        c->buf_len = r;
-        return GL_OK;
-      }
-      int rc = gl__tls_result(c, ok, "TLS read", &ev);
-      if (rc != GL_OK)
-        return rc;
-      n = -1;
-      errno = EAGAIN;
-    } else
-#endif
-      n = recv(c->fd, c->buf, sizeof c->buf, 0);
+    int n = gl_transport_read(&c->tp, c->plain_buf, sizeof c->plain_buf, &c->in);
     if (n > 0) {
-      c->buf_len = (size_t)n;
+      c->in_len = (size_t)n;
       return GL_OK;
     }
-    if (n == 0) {
+    if (n == GL_ECLOSED) {
       gl__cerr(c, "server closed the connection");
       return GL_ECLOSED;
     }
-    int rc = gl__io_retry(c, "recv", ev, deadline);
+    if (n < 0) {
+      gl__cerr(c, "%s", gl_transport_error(&c->tp));
+      return n;
+    }
+    /* Nothing buffered: what reading made the transport say (a TLS key
+     * update's answer) goes out, then more comes in. */
+    int rc = gl__flush(c, deadline);
+    if (rc == GL_OK)
+      rc = gl__pull(c, deadline);
     if (rc != GL_OK)
       return rc;
   }
@@ -379,7 +351,7 @@ int gl_client_recv(struct gl_client *c, int timeout_ms, gl_server_msg **out) {
   int64_t deadline = gl__deadline(timeout_ms);
   *out = NULL;
   for (;;) {
-    if (c->buf_pos == c->buf_len) {
+    if (c->in_pos == c->in_len) {
       int rc = gl__fill(c, deadline);
       if (rc != GL_OK)
         return rc;
@@ -387,9 +359,9 @@ int gl_client_recv(struct gl_client *c, int timeout_ms, gl_server_msg **out) {
     size_t used;
     const uint8_t *body;
     size_t body_len;
-    int r = gl_wire_decoder_feed(&c->dec, c->buf + c->buf_pos, c->buf_len - c->buf_pos, &used,
-                                 &body, &body_len);
-    c->buf_pos += used;
+    int r = gl_wire_decoder_feed(&c->dec, c->in + c->in_pos, c->in_len - c->in_pos, &used, &body,
+                                 &body_len);
+    c->in_pos += used;
     if (r < 0) {
       gl__cerr(c, "server message: %s", gl_strerror(r));
       return r;

@@ -7,8 +7,8 @@
 #include "core/err.h"
 
 int gl_report_format_parse(const char *name, enum gl_report_format *out) {
-  static const char *const names[] = {"table", "csv", "geojson", "nmea"};
-  for (int i = 0; i < 4; i++) {
+  static const char *const names[] = {"table", "csv", "geojson", "nmea", "mavlink"};
+  for (int i = 0; i < 5; i++) {
     if (strcmp(name, names[i]) == 0) {
       *out = (enum gl_report_format)i;
       return GL_OK;
@@ -51,6 +51,8 @@ void gl_report_begin(struct gl_report *r, FILE *f, enum gl_report_format fmt) {
   r->f = f;
   r->fmt = fmt;
   r->features = 0;
+  gl_mavlink_opts_default(&r->mavlink.opts);
+  r->mavlink.seq = 0;
   switch (fmt) {
   case GL_REPORT_TABLE:
     fprintf(f, "%-32s %4s %12s %13s %7s %6s %9s %7s %10s  %s\n", "image", "rank", "lat", "lon",
@@ -64,8 +66,28 @@ void gl_report_begin(struct gl_report *r, FILE *f, enum gl_report_format fmt) {
     fputs("{\"type\":\"FeatureCollection\",\"features\":[", f);
     break;
   case GL_REPORT_NMEA:
+  case GL_REPORT_MAVLINK:
     break;
   }
+}
+
+bool gl_report_track_only(enum gl_report_format fmt) {
+  return fmt == GL_REPORT_NMEA || fmt == GL_REPORT_MAVLINK;
+}
+
+int gl_report_track_status(const char *name) {
+  static const char *const names[] = {"ACQUIRING", "LOCKED", "LOST"};
+  for (int i = 0; i < 3; i++)
+    if (strcmp(name, names[i]) == 0)
+      return i + 1;
+  return 0;
+}
+
+/* Writes the GPS_INPUT packet of fix. */
+static void gl__mavlink_write(struct gl_report *r, const struct gl_mavlink_fix *fix) {
+  uint8_t pkt[GL_MAVLINK_PACKET_MAX];
+  size_t n = gl_mavlink_pack_fix(&r->mavlink, fix, pkt);
+  fwrite(pkt, 1, n, r->f);
 }
 
 void gl_report_frame(struct gl_report *r, const char *image, const char *status,
@@ -127,6 +149,19 @@ void gl_report_frame(struct gl_report *r, const char *image, const char *status,
         fputs(s, f);
     }
     break;
+  case GL_REPORT_MAVLINK: {
+    struct gl_mavlink_fix fix = {.time_us = time_us, .lat = NAN, .lon = NAN, .radius_m = NAN,
+                                 .heading_deg = NAN, .vn = NAN, .ve = NAN};
+    if (n > 0) {
+      fix.lat = c[0].lat;
+      fix.lon = c[0].lon;
+      fix.radius_m = c[0].radius_m;
+      fix.confidence = c[0].confidence;
+      fix.heading_deg = c[0].heading_deg;
+    }
+    gl__mavlink_write(r, &fix);
+    break;
+  }
   }
   fflush(f); /* estimates stream: a reader sees each frame as it is answered */
 }
@@ -169,6 +204,19 @@ void gl_report_track(struct gl_report *r, const char *image, const struct gl_rep
         fputs(s, f);
     }
     break;
+  case GL_REPORT_MAVLINK: {
+    struct gl_mavlink_fix fix = {.time_us = time_us,
+                                 .track_status = gl_report_track_status(t->status),
+                                 .lat = t->lat,
+                                 .lon = t->lon,
+                                 .radius_m = t->radius_m,
+                                 .confidence = t->confidence,
+                                 .heading_deg = t->heading_deg,
+                                 .vn = NAN,
+                                 .ve = NAN};
+    gl__mavlink_write(r, &fix);
+    break;
+  }
   }
   fflush(f);
 }

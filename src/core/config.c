@@ -38,7 +38,6 @@ struct gl__cfg_key {
   {sec, key, GL__CFG_ENUM, offsetof(struct gl_config, field), 0, 0, false, choices}
 
 static const char *const gl__backends[] = {"auto", "cuda", "cpu", NULL};
-static const char *const gl__precisions[] = {"fp32", "fp16", NULL};
 
 /* The one list of keys: loading, defaults and errors all come from it. */
 static const struct gl__cfg_key gl__keys[] = {
@@ -59,8 +58,7 @@ static const struct gl__cfg_key gl__keys[] = {
     GL__K("daemon", "default_top_k", GL__CFG_U32, default_top_k, 1, 100, false),
     GL__K("model", "path", GL__CFG_STR, model_path, 0, 0, false),
     GL__E("model", "backend", backend, gl__backends),
-    GL__E("model", "precision", precision, gl__precisions),
-    GL__K("model", "max_batch", GL__CFG_U32, max_batch, 1, 1024, false),
+    GL__K("model", "max_batch", GL__CFG_U32, max_batch, 0, 1024, false),
     GL__K("model", "batch_window_us", GL__CFG_U32, batch_window_us, 0, 1000000, false),
     GL__K("model", "threads", GL__CFG_U32, model_threads, 0, 256, false),
     GL__K("search", "tiles", GL__CFG_U32, search_tiles, 1, 1024, false),
@@ -84,6 +82,7 @@ static const struct gl__cfg_key gl__keys[] = {
     GL__K("tls", "key", GL__CFG_STR, tls_key, 0, 0, false),
     GL__K("tls", "ca", GL__CFG_STR, tls_ca, 0, 0, false),
     GL__K("tls", "require_client_cert", GL__CFG_BOOL, require_client_cert, 0, 0, false),
+    GL__K("tls", "ciphers", GL__CFG_STR, tls_ciphers, 0, 0, false),
 };
 #define GL__NKEYS (sizeof gl__keys / sizeof gl__keys[0])
 
@@ -476,8 +475,7 @@ void gl_config_defaults(struct gl_config *cfg) {
   cfg->max_decoded_pixels = 4096u * 4096u;
   cfg->default_top_k = 5;
   cfg->backend = GL_CONFIG_BACKEND_AUTO;
-  cfg->precision = GL_CONFIG_FP32;
-  cfg->max_batch = 32;
+  cfg->max_batch = 0; /* by backend: src/loc/load.h */
   cfg->batch_window_us = 2000;
   cfg->search_tiles = 64;
   /* The fine stage's defaults are gl_loc_fine_params_init's. */
@@ -534,6 +532,7 @@ void gl_config_fini(struct gl_config *cfg) {
   free(cfg->tls_cert);
   free(cfg->tls_key);
   free(cfg->tls_ca);
+  free(cfg->tls_ciphers);
   free(cfg->model_path);
   free(cfg->metrics_listen);
   for (uint32_t i = 0; i < cfg->n_maps; i++) {

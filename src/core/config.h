@@ -15,8 +15,6 @@
 
 /* [model] backend */
 enum gl_config_backend { GL_CONFIG_BACKEND_AUTO, GL_CONFIG_BACKEND_CUDA, GL_CONFIG_BACKEND_CPU };
-/* [model] precision */
-enum gl_config_precision { GL_CONFIG_FP32, GL_CONFIG_FP16 };
 
 /* One [map NAME] section. */
 struct gl_config_map {
@@ -49,7 +47,6 @@ struct gl_config {
   /* [model]; model_path NULL when the section is absent */
   char *model_path;                   /* path */
   enum gl_config_backend backend;     /* backend: auto|cuda|cpu */
-  enum gl_config_precision precision; /* precision: fp32|fp16 */
   uint32_t max_batch;                 /* max_batch */
   uint32_t batch_window_us;           /* batch_window_us */
   uint32_t model_threads;             /* threads: CPU backend threads, 0 = cores */
@@ -89,6 +86,7 @@ struct gl_config {
   char *tls_key;            /* key: PEM private key */
   char *tls_ca;             /* ca: PEM CA bundle that client certificates must chain to */
   bool require_client_cert; /* require_client_cert */
+  char *tls_ciphers;        /* ciphers: TLS 1.2 cipher list (OpenSSL syntax); NULL: AEAD only */
 };
 
 /* Fills cfg with the defaults of every key and no listener. */

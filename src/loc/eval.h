@@ -1,6 +1,7 @@
 /* Accuracy of localization on labelled frames (the naip-xtime protocol,
- * DESIGN.md section 10): the labels file, the scoring of one frame and the
- * summary over a run. Used by `geoloc eval` and `geoloc query --labels`.
+ * docs/ARCHITECTURE.md section 10): the labels file, the scoring of one
+ * frame and the summary over a run. Used by `geoloc eval` and `geoloc query
+ * --labels`.
  *
  * Definitions:
  *  - The true tile of a frame is the map tile whose centre is nearest to

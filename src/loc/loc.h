@@ -1,4 +1,5 @@
-/* From matched tiles to ranked position estimates (DESIGN.md section 8).
+/* From matched tiles to ranked position estimates (docs/ARCHITECTURE.md
+ * section 8).
  *
  * The search returns the top-k tiles for a frame, each with its centre and a
  * cosine similarity. Neighbouring tiles overlap (a 320 m tile on an 80 m

@@ -22,7 +22,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <cjson/cJSON.h>
 #include <omp.h>
 #include <cpl_error.h>
 #include <faiss/c_api/IndexIVF_c.h>
@@ -31,7 +30,6 @@
 #include <faiss/c_api/error_c.h>
 #include <faiss/c_api/index_factory_c.h>
 #include <faiss/c_api/index_io_c.h>
-#include <sqlite3.h>
 
 #include "core/err.h"
 #include "gl_build_config.h"
@@ -309,40 +307,10 @@ static int gl__check_target(const struct gl__paths *p, char *err, size_t errlen)
 
 /* --- the tiles table ------------------------------------------------------------ */
 
-static const char gl__schema[] =
-    "PRAGMA journal_mode=OFF;"
-    "PRAGMA synchronous=OFF;"
-    "PRAGMA application_id=1196444493;" /* 'GLMM' */
-    "PRAGMA user_version=1;"
-    "CREATE TABLE sources("
-    "  id INTEGER PRIMARY KEY,"
-    "  file TEXT NOT NULL,"
-    "  path TEXT NOT NULL,"
-    "  sha256 TEXT NOT NULL,"
-    "  crs TEXT NOT NULL,"
-    "  capture_date TEXT);"
-    "CREATE TABLE tiles("
-    "  id INTEGER PRIMARY KEY,"
-    "  lat REAL NOT NULL, lon REAL NOT NULL,"
-    "  min_lat REAL NOT NULL, max_lat REAL NOT NULL,"
-    "  min_lon REAL NOT NULL, max_lon REAL NOT NULL,"
-    "  grid_x REAL NOT NULL, grid_y REAL NOT NULL,"
-    "  m_per_px REAL NOT NULL,"
-    "  source_id INTEGER NOT NULL REFERENCES sources(id),"
-    "  source TEXT NOT NULL,"
-    "  capture_date TEXT);"
-    "CREATE VIRTUAL TABLE tiles_rtree USING rtree(id, min_lat, max_lat, min_lon, max_lon);"
-    "BEGIN;";
-
 struct gl__tile_meta {
   double lat, lon, min_lat, max_lat, min_lon, max_lon, gx, gy;
   uint32_t source;
 };
-
-static int gl__sql_fail(sqlite3 *db, char *err, size_t errlen, const char *what) {
-  return gl_fail(err, errlen, GL_EIO, "tiles.sqlite: %s: %s", what,
-                      db ? sqlite3_errmsg(db) : "cannot allocate");
-}
 
 /* Tile centre and bounds in WGS84: the bounds come from the four corners
  * and the four edge midpoints (the footprint of a square in UTM is not a
@@ -396,8 +364,7 @@ struct gl__build {
   /* Per source: places it covered with valid pixels, and places inside its
    * extent (and the bbox) where it holds nodata. */
   uint64_t *src_places, *src_skipped;
-  sqlite3 *db;
-  sqlite3_stmt *ins_tile, *ins_rtree;
+  struct gl__tiles tiles;
   uint32_t rot;      /* headings: each source's view of a place turned to rot headings */
   uint32_t years;    /* sources whose descriptors every tile holds: n_src */
   uint32_t per_tile; /* descriptors per tile: rot * years */
@@ -416,7 +383,8 @@ struct gl__build {
   size_t nprobe;
   char index_type[512]; /* the index_factory string used */
   double ext[4];        /* grid-CRS bounds of the tiles: xmin, ymin, xmax, ymax */
-  cJSON *dense;         /* the manifest's "dense" object, when the encoder has a layer */
+  bool has_dense;       /* the encoder has a dense layer, described by: */
+  struct gl__manifest_dense dense;
 };
 
 static void gl__progress(struct gl__build *b, const char *stage, bool force) {
@@ -433,97 +401,40 @@ static void gl__progress(struct gl__build *b, const char *stage, bool force) {
   b->o->progress_cb(b->o->progress_ctx, &b->prog);
 }
 
-static int gl__insert_sources(struct gl__build *b, char *err, size_t errlen) {
-  sqlite3_stmt *st = NULL;
-  if (sqlite3_prepare_v2(b->db,
-                         "INSERT INTO sources(id, file, path, sha256, crs, capture_date) "
-                         "VALUES(?,?,?,?,?,?)",
-                         -1, &st, NULL) != SQLITE_OK)
-    return gl__sql_fail(b->db, err, errlen, "prepare");
-  int rc = 0;
-  for (uint32_t i = 0; i < b->n_src && !rc; i++) {
-    const struct gl__map_source *s = &b->src[i];
-    const char *file = strrchr(s->path, '/') ? strrchr(s->path, '/') + 1 : s->path;
-    char *abs = realpath(s->path, NULL);
-    sqlite3_bind_int64(st, 1, i + 1);
-    sqlite3_bind_text(st, 2, file, -1, SQLITE_TRANSIENT);
-    sqlite3_bind_text(st, 3, abs ? abs : s->path, -1, SQLITE_TRANSIENT);
-    sqlite3_bind_text(st, 4, s->sha256, -1, SQLITE_TRANSIENT);
-    sqlite3_bind_text(st, 5, s->crs_name, -1, SQLITE_TRANSIENT);
-    if (s->date[0])
-      sqlite3_bind_text(st, 6, s->date, -1, SQLITE_TRANSIENT);
-    else
-      sqlite3_bind_null(st, 6);
-    if (sqlite3_step(st) != SQLITE_DONE)
-      rc = gl__sql_fail(b->db, err, errlen, "insert source");
-    sqlite3_reset(st);
-    free(abs);
-  }
-  sqlite3_finalize(st);
-  return rc;
-}
-
 static int gl__open_db(struct gl__build *b, char *err, size_t errlen) {
   char *path = gl__strdupf("%s/" GL__MAP_TILES, b->paths.tmp);
   if (!path)
     return gl_fail(err, errlen, GL_ENOMEM, "out of memory");
-  int r = sqlite3_open_v2(path, &b->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
+  int rc = gl__tiles_create(&b->tiles, path, err, errlen);
   free(path);
-  if (r != SQLITE_OK)
-    return gl__sql_fail(b->db, err, errlen, "create");
-  char *msg = NULL;
-  if (sqlite3_exec(b->db, gl__schema, NULL, NULL, &msg) != SQLITE_OK) {
-    int rc = gl_fail(err, errlen, GL_EIO, "tiles.sqlite: schema: %s", msg ? msg : "?");
-    sqlite3_free(msg);
-    return rc;
+  for (uint32_t i = 0; i < b->n_src && !rc; i++) {
+    const struct gl__map_source *s = &b->src[i];
+    char *abs = realpath(s->path, NULL);
+    rc = gl__tiles_add_source(&b->tiles, i + 1, basename(s->path), abs ? abs : s->path,
+                              s->sha256, s->crs_name, s->date, err, errlen);
+    free(abs);
   }
-  if (sqlite3_prepare_v2(b->db,
-                         "INSERT INTO tiles(id, lat, lon, min_lat, max_lat, min_lon, max_lon, "
-                         "grid_x, grid_y, m_per_px, source_id, source, capture_date) "
-                         "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                         -1, &b->ins_tile, NULL) != SQLITE_OK ||
-      sqlite3_prepare_v2(b->db, "INSERT INTO tiles_rtree VALUES(?,?,?,?,?)", -1, &b->ins_rtree,
-                         NULL) != SQLITE_OK)
-    return gl__sql_fail(b->db, err, errlen, "prepare");
-  return gl__insert_sources(b, err, errlen);
+  return rc;
 }
 
 static int gl__insert_tile(struct gl__build *b, int64_t id, const struct gl__tile_meta *t,
                            char *err, size_t errlen) {
   const struct gl__map_source *s = &b->src[t->source];
-  const char *file = strrchr(s->path, '/') ? strrchr(s->path, '/') + 1 : s->path;
-  sqlite3_stmt *st = b->ins_tile;
-  sqlite3_bind_int64(st, 1, id);
-  sqlite3_bind_double(st, 2, t->lat);
-  sqlite3_bind_double(st, 3, t->lon);
-  sqlite3_bind_double(st, 4, t->min_lat);
-  sqlite3_bind_double(st, 5, t->max_lat);
-  sqlite3_bind_double(st, 6, t->min_lon);
-  sqlite3_bind_double(st, 7, t->max_lon);
-  sqlite3_bind_double(st, 8, t->gx);
-  sqlite3_bind_double(st, 9, t->gy);
-  sqlite3_bind_double(st, 10, b->grid.tile_m / b->enc->width);
-  sqlite3_bind_int64(st, 11, t->source + 1);
-  sqlite3_bind_text(st, 12, file, -1, SQLITE_STATIC);
-  if (s->date[0])
-    sqlite3_bind_text(st, 13, s->date, -1, SQLITE_STATIC);
-  else
-    sqlite3_bind_null(st, 13);
-  int r = sqlite3_step(st);
-  sqlite3_reset(st);
-  if (r != SQLITE_DONE)
-    return gl__sql_fail(b->db, err, errlen, "insert tile");
-  st = b->ins_rtree;
-  sqlite3_bind_int64(st, 1, id);
-  sqlite3_bind_double(st, 2, t->min_lat);
-  sqlite3_bind_double(st, 3, t->max_lat);
-  sqlite3_bind_double(st, 4, t->min_lon);
-  sqlite3_bind_double(st, 5, t->max_lon);
-  r = sqlite3_step(st);
-  sqlite3_reset(st);
-  if (r != SQLITE_DONE)
-    return gl__sql_fail(b->db, err, errlen, "insert rtree");
-  return 0;
+  const struct gl__tile_row row = {
+      .lat = t->lat,
+      .lon = t->lon,
+      .min_lat = t->min_lat,
+      .max_lat = t->max_lat,
+      .min_lon = t->min_lon,
+      .max_lon = t->max_lon,
+      .grid_x = t->gx,
+      .grid_y = t->gy,
+      .m_per_px = b->grid.tile_m / b->enc->width,
+      .source_id = t->source + 1,
+      .source = basename(s->path),
+      .capture_date = s->date,
+  };
+  return gl__tiles_add(&b->tiles, id, &row, err, errlen);
 }
 
 /* dst = the square s x s RGB8 image src turned to heading 90 k degrees
@@ -901,24 +812,15 @@ cleanup:
 }
 
 static int gl__close_db(struct gl__build *b, char *err, size_t errlen) {
-  sqlite3_finalize(b->ins_tile);
-  sqlite3_finalize(b->ins_rtree);
-  b->ins_tile = b->ins_rtree = NULL;
-  char *msg = NULL;
-  if (sqlite3_exec(b->db, "COMMIT;", NULL, NULL, &msg) != SQLITE_OK) {
-    int rc = gl_fail(err, errlen, GL_EIO, "tiles.sqlite: commit: %s", msg ? msg : "?");
-    sqlite3_free(msg);
+  int rc = gl__tiles_commit(&b->tiles, err, errlen);
+  if (rc)
     return rc;
-  }
-  if (sqlite3_close(b->db) != SQLITE_OK)
-    return gl__sql_fail(b->db, err, errlen, "close");
-  b->db = NULL;
   char *path = gl__strdupf("%s/" GL__MAP_TILES, b->paths.tmp);
   if (!path)
     return gl_fail(err, errlen, GL_ENOMEM, "out of memory");
   /* The database ran with synchronous=OFF (the rename is the commit
    * point), so this fsync is what makes it durable. */
-  int rc = gl__map_fsync_path(path);
+  rc = gl__map_fsync_path(path);
   if (!rc)
     rc = gl__map_sha256_file(path, b->tiles_sha, &b->tiles_bytes);
   if (rc)
@@ -927,105 +829,74 @@ static int gl__close_db(struct gl__build *b, char *err, size_t errlen) {
   return rc;
 }
 
-static cJSON *gl__json_file(const char *sha, uint64_t bytes) {
-  cJSON *f = cJSON_CreateObject();
-  cJSON_AddStringToObject(f, "sha256", sha);
-  cJSON_AddNumberToObject(f, "bytes", (double)bytes);
-  return f;
-}
-
 static int gl__write_manifest(struct gl__build *b, char *err, size_t errlen) {
   const struct gl_map_encoder *enc = b->enc;
-  cJSON *m = cJSON_CreateObject(), *a;
   char created[32];
   time_t now = time(NULL);
   struct tm tm;
   gmtime_r(&now, &tm);
   strftime(created, sizeof created, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  cJSON_AddStringToObject(m, "format", GL__MAP_FORMAT_NAME);
-  cJSON_AddNumberToObject(m, "format_version", GL_MAP_FORMAT_VERSION);
-  cJSON_AddStringToObject(m, "generator", "geoloc " GL_VERSION);
-  cJSON_AddStringToObject(m, "created", created);
-  cJSON_AddStringToObject(m, "model_sha256", enc->model_sha256);
-  cJSON_AddNumberToObject(m, "descriptor_dim", enc->dim);
-  cJSON_AddStringToObject(m, "metric", "inner_product");
-  cJSON_AddStringToObject(m, "index_type", b->index_type);
-  if (b->nprobe)
-    cJSON_AddNumberToObject(m, "index_nprobe", (double)b->nprobe);
-  cJSON *t = cJSON_AddObjectToObject(m, "tiling");
-  cJSON_AddStringToObject(t, "crs", b->grid.name);
-  cJSON_AddStringToObject(t, "crs_wkt", b->grid.wkt);
-  cJSON_AddNumberToObject(t, "tile_m", b->grid.tile_m);
-  cJSON_AddNumberToObject(t, "stride_m", b->grid.stride_m);
-  a = cJSON_AddArrayToObject(t, "tile_px");
-  cJSON_AddItemToArray(a, cJSON_CreateNumber(enc->width));
-  cJSON_AddItemToArray(a, cJSON_CreateNumber(enc->height));
-  cJSON_AddNumberToObject(t, "m_per_px", b->grid.tile_m / enc->width);
-  cJSON_AddStringToObject(t, "resampling", "bilinear");
-  /* Descriptors per tile: every source ("year", in the order of the
-   * sources list) at headings 0, 360/rotations, ...; the index holds tile
-   * id t, source y, heading r as vector id
-   * (t - 1) * rotations * years + y * rotations + r + 1. */
-  cJSON_AddNumberToObject(t, "rotations", b->rot);
-  cJSON_AddNumberToObject(t, "years", b->years);
-  if (b->o->has_bbox) {
-    a = cJSON_AddArrayToObject(t, "bbox"); /* west, south, east, north */
-    for (int i = 0; i < 4; i++)
-      cJSON_AddItemToArray(a, cJSON_CreateNumber(b->o->bbox[i]));
+  struct gl__manifest m = {
+      .format = GL__MAP_FORMAT_NAME,
+      .format_version = GL_MAP_FORMAT_VERSION,
+      .generator = "geoloc " GL_VERSION,
+      .created = created,
+      .descriptor_dim = enc->dim,
+      .metric = "inner_product",
+      .index_type = b->index_type,
+      .index_nprobe = b->nprobe,
+      .tiling = {.crs = b->grid.name,
+                 .crs_wkt = b->grid.wkt,
+                 .tile_m = b->grid.tile_m,
+                 .stride_m = b->grid.stride_m,
+                 .tile_px = {enc->width, enc->height},
+                 .m_per_px = b->grid.tile_m / enc->width,
+                 .resampling = "bilinear",
+                 .rotations = b->rot,
+                 .years = b->years,
+                 .has_bbox = b->o->has_bbox},
+      .n_sources = b->n_src,
+      .sources = calloc(b->n_src ? b->n_src : 1, sizeof *m.sources),
+      .counts = {.tiles = b->n_tiles, .sources = b->n_src, .skipped = b->prog.skipped},
+      .has_dense = b->has_dense,
+      .dense = b->dense,
+  };
+  snprintf(m.model_sha256, sizeof m.model_sha256, "%s", enc->model_sha256);
+  memcpy(m.tiling.bbox, b->o->bbox, sizeof m.tiling.bbox);
+  snprintf(m.files[0].sha256, sizeof m.files[0].sha256, "%s", b->tiles_sha);
+  m.files[0].bytes = b->tiles_bytes;
+  snprintf(m.files[1].sha256, sizeof m.files[1].sha256, "%s", b->index_sha);
+  m.files[1].bytes = b->index_bytes;
+  char **abs = calloc(b->n_src ? b->n_src : 1, sizeof *abs);
+  char *path = gl__strdupf("%s/" GL__MAP_MANIFEST, b->paths.tmp);
+  int rc = 0;
+  if (!m.sources || !abs || !path) {
+    rc = gl_fail(err, errlen, GL_ENOMEM, "out of memory writing the manifest");
+    goto cleanup;
   }
-  cJSON *srcs = cJSON_AddArrayToObject(m, "sources");
   for (uint32_t i = 0; i < b->n_src; i++) {
     const struct gl__map_source *s = &b->src[i];
-    cJSON *j = cJSON_CreateObject();
-    const char *file = strrchr(s->path, '/') ? strrchr(s->path, '/') + 1 : s->path;
-    cJSON_AddStringToObject(j, "file", file);
+    struct gl__manifest_source *j = &m.sources[i];
+    j->file = basename(s->path);
     /* Where the raster was when the pack was built (as in tiles.sqlite):
      * what draws the map's background, e.g. `geoloc eval --report`. */
-    char *abs = realpath(s->path, NULL);
-    cJSON_AddStringToObject(j, "path", abs ? abs : s->path);
-    free(abs);
-    cJSON_AddStringToObject(j, "sha256", s->sha256);
-    cJSON_AddNumberToObject(j, "bytes", (double)s->bytes);
-    cJSON_AddStringToObject(j, "crs", s->crs_name);
-    cJSON_AddBoolToObject(j, "warped", s->warped);
-    if (s->date[0])
-      cJSON_AddStringToObject(j, "capture_date", s->date);
-    else
-      cJSON_AddNullToObject(j, "capture_date");
-    /* Places it covered with valid pixels (the tiles holding its own
-     * descriptors), and places in its range where it has nodata. */
-    cJSON_AddNumberToObject(j, "places", (double)b->src_places[i]);
-    cJSON_AddNumberToObject(j, "skipped", (double)b->src_skipped[i]);
-    cJSON_AddItemToArray(srcs, j);
+    abs[i] = realpath(s->path, NULL);
+    j->path = abs[i] ? abs[i] : s->path;
+    snprintf(j->sha256, sizeof j->sha256, "%s", s->sha256);
+    j->bytes = s->bytes;
+    j->crs = s->crs_name;
+    j->warped = s->warped;
+    j->capture_date = s->date[0] ? s->date : NULL;
+    j->places = b->src_places[i];
+    j->skipped = b->src_skipped[i];
   }
-  cJSON *c = cJSON_AddObjectToObject(m, "counts");
-  cJSON_AddNumberToObject(c, "tiles", (double)b->n_tiles);
-  cJSON_AddNumberToObject(c, "sources", b->n_src);
-  cJSON_AddNumberToObject(c, "skipped", (double)b->prog.skipped);
-  if (b->dense) {
-    cJSON_AddItemToObject(m, "dense", b->dense);
-    b->dense = NULL; /* the manifest owns it now */
-  }
-  cJSON *f = cJSON_AddObjectToObject(m, "files");
-  cJSON_AddItemToObject(f, GL__MAP_TILES, gl__json_file(b->tiles_sha, b->tiles_bytes));
-  cJSON_AddItemToObject(f, GL__MAP_INDEX, gl__json_file(b->index_sha, b->index_bytes));
-  char *text = cJSON_Print(m);
-  cJSON_Delete(m);
-  if (!text)
-    return gl_fail(err, errlen, GL_ENOMEM, "out of memory writing the manifest");
-  char *path = gl__strdupf("%s/" GL__MAP_MANIFEST, b->paths.tmp);
-  int rc = path ? 0 : GL_ENOMEM;
-  if (!rc) {
-    size_t len = strlen(text);
-    text[len] = '\n'; /* cJSON's terminator becomes the final newline */
-    rc = gl__map_write_file(path, text, len + 1);
-    if (rc)
-      gl_fail(err, errlen, rc, "%s: cannot write it", path);
-  } else {
-    gl_fail(err, errlen, rc, "out of memory");
-  }
+  rc = gl__manifest_write(path, &m, err, errlen);
+cleanup:
+  for (uint32_t i = 0; abs && i < b->n_src; i++)
+    free(abs[i]);
+  free(abs);
+  free(m.sources);
   free(path);
-  cJSON_free(text);
   return rc;
 }
 
@@ -1195,6 +1066,7 @@ int gl_map_build(const struct gl_map_build_opts *o, const struct gl_map_encoder 
   }
   if (enc->dense_layer) {
     gl__progress(&b, "dense", true);
+    b.has_dense = true;
     if ((rc = gl__map_dense_write(&b.grid, b.src, b.n_src, enc, b.ext, b.paths.tmp, &b.dense, err,
                                   errlen)))
       goto cleanup;
@@ -1221,13 +1093,10 @@ int gl_map_build(const struct gl_map_build_opts *o, const struct gl_map_encoder 
     stats->seconds = gl__now() - b.t0;
   }
 cleanup:
-  cJSON_Delete(b.dense);
+  free(b.dense.layers);
   if (b.index)
     faiss_Index_free(b.index);
-  sqlite3_finalize(b.ins_tile);
-  sqlite3_finalize(b.ins_rtree);
-  if (b.db)
-    sqlite3_close(b.db);
+  gl__tiles_close(&b.tiles);
   /* A failed build removes its own temporary directory (a killed one is
    * left to the next build's cleaner); after a successful rename there is
    * nothing left at the temporary name. */

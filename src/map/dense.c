@@ -9,9 +9,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
-#include <cjson/cJSON.h>
 
 #include "core/err.h"
 #include "map/dense.h"
@@ -46,7 +46,7 @@ static int gl__read_canvas(const struct gl__map_source *s, double x0, double y0,
 
 int gl__map_dense_write(const struct gl__map_grid *g, const struct gl__map_source *src,
                         uint32_t n_src, const struct gl_map_encoder *enc, const double ext[4],
-                        const char *dir, cJSON **out, char *err, size_t errlen) {
+                        const char *dir, struct gl__manifest_dense *d, char *err, size_t errlen) {
   const uint32_t s = enc->dense_stride, C = enc->dense_channels;
   const double p = g->tile_m / enc->width, cell = p * s;
   /* Cells on multiples of the cell size, covering every tile. */
@@ -59,27 +59,25 @@ int gl__map_dense_write(const struct gl__map_grid *g, const struct gl__map_sourc
   uint8_t *rgb = malloc((size_t)w * h * 3), *ok = malloc((size_t)w * h);
   float *feat = malloc(cells * C * sizeof(float));
   int8_t *q = malloc(cells * C);
-  cJSON *d = cJSON_CreateObject();
-  if (!rgb || !ok || !feat || !q || !d) {
+  *d = (struct gl__manifest_dense){
+      .layer = enc->dense_layer,
+      .stride_px = s,
+      .channels = C,
+      .input_px = enc->width,
+      .m_per_px = p,
+      .cell_m = cell,
+      .rows = rows,
+      .cols = cols,
+      .geotransform = {x0, cell, 0, y0, 0, -cell},
+      .encoding = "int8, value = round(127 * unit feature)",
+      .block_px = enc->dense_block,
+      .margin_px = enc->dense_margin,
+      .layers = calloc(n_src ? n_src : 1, sizeof *d->layers),
+  };
+  if (!rgb || !ok || !feat || !q || !d->layers) {
     rc = gl_fail(err, errlen, GL_ENOMEM, "out of memory for a %ux%u dense canvas", w, h);
     goto cleanup;
   }
-  cJSON_AddNumberToObject(d, "layer", enc->dense_layer);
-  cJSON_AddNumberToObject(d, "stride_px", s);
-  cJSON_AddNumberToObject(d, "channels", C);
-  cJSON_AddNumberToObject(d, "input_px", enc->width);
-  cJSON_AddNumberToObject(d, "m_per_px", p);
-  cJSON_AddNumberToObject(d, "cell_m", cell);
-  cJSON_AddNumberToObject(d, "rows", rows);
-  cJSON_AddNumberToObject(d, "cols", cols);
-  cJSON *gt = cJSON_AddArrayToObject(d, "geotransform");
-  const double gtv[6] = {x0, cell, 0, y0, 0, -cell};
-  for (int i = 0; i < 6; i++)
-    cJSON_AddItemToArray(gt, cJSON_CreateNumber(gtv[i]));
-  cJSON_AddStringToObject(d, "encoding", "int8, value = round(127 * unit feature)");
-  cJSON_AddNumberToObject(d, "block_px", enc->dense_block);
-  cJSON_AddNumberToObject(d, "margin_px", enc->dense_margin);
-  cJSON *layers = cJSON_AddArrayToObject(d, "layers");
   for (uint32_t k = 0; k < n_src; k++) {
     if ((rc = gl__read_canvas(&src[k], x0, y0, p, w, h, rgb, ok, err, errlen)))
       goto cleanup;
@@ -115,18 +113,14 @@ int gl__map_dense_write(const struct gl__map_grid *g, const struct gl__map_sourc
     free(path);
     if (rc)
       goto cleanup;
-    cJSON *l = cJSON_CreateObject();
-    cJSON_AddNumberToObject(l, "source", k);
-    cJSON_AddStringToObject(l, "file", name);
-    cJSON_AddStringToObject(l, "sha256", sha);
-    cJSON_AddNumberToObject(l, "bytes", (double)bytes);
-    cJSON_AddNumberToObject(l, "valid_cells", (double)valid);
-    cJSON_AddItemToArray(layers, l);
+    struct gl__manifest_layer *l = &d->layers[d->n_layers++];
+    l->source = k;
+    snprintf(l->file, sizeof l->file, "%s", name);
+    memcpy(l->sha256, sha, sizeof sha);
+    l->bytes = bytes;
+    l->valid_cells = valid;
   }
-  *out = d;
-  d = NULL;
 cleanup:
-  cJSON_Delete(d);
   free(q);
   free(feat);
   free(ok);
@@ -175,82 +169,84 @@ void gl__map_dense_free(struct gl__map_dense_ctx *d) {
   free(d);
 }
 
-static bool gl__num(const cJSON *o, const char *k, double lo, double hi, double *v) {
-  const cJSON *j = cJSON_GetObjectItemCaseSensitive(o, k);
-  if (!cJSON_IsNumber(j) || !(j->valuedouble >= lo && j->valuedouble <= hi))
-    return false;
-  *v = j->valuedouble;
-  return true;
-}
-
-int gl__map_dense_load(const char *pack, const cJSON *root, uint64_t n_tiles, const double *gx,
-                       const double *gy, struct gl__map_dense_ctx **out, char *err, size_t errlen) {
+int gl__map_dense_load(const char *pack, const struct gl__manifest *mf, uint64_t n_tiles,
+                       const double *gx, const double *gy, struct gl__map_dense_ctx **out,
+                       char *err, size_t errlen) {
   *out = NULL;
-  const cJSON *dj = cJSON_GetObjectItemCaseSensitive(root, "dense");
-  const cJSON *t = cJSON_GetObjectItemCaseSensitive(root, "tiling");
-  if (!dj)
+  if (!mf->has_dense)
     return 0; /* a pack without a dense layer: no fine stage */
+  const struct gl__manifest_dense *dn = &mf->dense;
+  if (!mf->tiling.crs_wkt)
+    return gl_fail(err, errlen, GL_EFORMAT, "%s: manifest.json: tiling.crs_wkt is missing", pack);
   int rc = 0;
   struct gl__map_dense_ctx *d = calloc(1, sizeof *d);
   if (!d)
     return gl_fail(err, errlen, GL_ENOMEM, "out of memory");
   pthread_mutex_init(&d->mu, NULL);
   d->n = n_tiles;
+  d->tile_m = mf->tiling.tile_m;
+  d->stride_m = mf->tiling.stride_m;
 #define BAD(...)                                                                                   \
   do {                                                                                             \
     rc = gl_fail(err, errlen, GL_EFORMAT, __VA_ARGS__);                                            \
     goto fail;                                                                                     \
   } while (0)
-  double layer, stride, ch, inpx, mpp, cell, rows, cols;
-  const cJSON *gt = cJSON_GetObjectItemCaseSensitive(dj, "geotransform");
-  const cJSON *layers = cJSON_GetObjectItemCaseSensitive(dj, "layers");
-  const char *wkt = cJSON_IsString(cJSON_GetObjectItemCaseSensitive(t, "crs_wkt"))
-                        ? cJSON_GetObjectItemCaseSensitive(t, "crs_wkt")->valuestring
-                        : NULL;
-  if (!gl__num(dj, "layer", 1, 17, &layer) || !gl__num(dj, "stride_px", 1, 64, &stride) ||
-      !gl__num(dj, "channels", 1, 4096, &ch) || !gl__num(dj, "input_px", 1, 65535, &inpx) ||
-      !gl__num(dj, "m_per_px", 1e-6, 1e6, &mpp) || !gl__num(dj, "cell_m", 1e-6, 1e7, &cell) ||
-      !gl__num(dj, "rows", 1, 1 << 20, &rows) || !gl__num(dj, "cols", 1, 1 << 20, &cols) ||
-      !cJSON_IsArray(gt) || cJSON_GetArraySize(gt) != 6 || !cJSON_IsArray(layers) ||
-      cJSON_GetArraySize(layers) < 1 || !wkt || !gl__num(t, "tile_m", 1e-6, 1e7, &d->tile_m) ||
-      !gl__num(t, "stride_m", 1e-6, 1e7, &d->stride_m))
-    BAD("%s: manifest.json: dense layer description incomplete", pack);
   struct gl_map_dense *p = &d->pub;
-  p->layer = (uint32_t)layer;
-  p->stride_px = (uint32_t)stride;
-  p->channels = (uint32_t)ch;
-  p->input_px = (uint32_t)inpx;
-  p->m_per_px = mpp;
-  p->cell_m = cell;
-  p->rows = (uint32_t)rows;
-  p->cols = (uint32_t)cols;
-  p->years = (uint32_t)cJSON_GetArraySize(layers);
-  p->x0 = cJSON_GetArrayItem(gt, 0)->valuedouble;
-  p->y0 = cJSON_GetArrayItem(gt, 3)->valuedouble;
-  if (fabs(cJSON_GetArrayItem(gt, 1)->valuedouble - cell) > 1e-9 * cell ||
-      fabs(cJSON_GetArrayItem(gt, 5)->valuedouble + cell) > 1e-9 * cell)
-    BAD("%s: manifest.json: dense geotransform does not match cell_m", pack);
+  p->layer = dn->layer;
+  p->stride_px = dn->stride_px;
+  p->channels = dn->channels;
+  p->input_px = dn->input_px;
+  p->m_per_px = dn->m_per_px;
+  p->cell_m = dn->cell_m;
+  p->rows = dn->rows;
+  p->cols = dn->cols;
+  p->years = dn->n_layers;
+  p->x0 = dn->geotransform[0];
+  p->y0 = dn->geotransform[3];
   size_t per = (size_t)p->rows * p->cols * p->channels;
-  if (per > ((size_t)1 << 34) / p->years || !(d->cells = malloc(per * p->years * sizeof(float))))
+  if (per > ((size_t)1 << 34) / p->years)
     BAD("%s: dense layer of %ux%u cells x %u years is too large", pack, p->rows, p->cols, p->years);
+  /* Every layer's size before the cells are allocated: rows, cols and
+   * channels are only numbers in the manifest, and a few bytes of it could
+   * otherwise ask for gigabytes (found by fuzz_pack); the files on disk
+   * bound the allocation to 4 bytes a byte of them. */
+  for (uint32_t y = 0; y < p->years; y++) {
+    const struct gl__manifest_layer *l = &dn->layers[y];
+    if (l->bytes != per)
+      BAD("%s: manifest.json: dense layer %u is %llu bytes; %u x %u cells of %u channels are "
+          "%zu",
+          pack, y, (unsigned long long)l->bytes, p->rows, p->cols, p->channels, per);
+    char *path = NULL;
+    struct stat st;
+    if (asprintf(&path, "%s/%s", pack, l->file) < 0) {
+      rc = gl_fail(err, errlen, GL_ENOMEM, "out of memory");
+      goto fail;
+    }
+    int sr = stat(path, &st);
+    free(path);
+    if (sr != 0) {
+      rc = gl_fail(err, errlen, errno == ENOENT ? GL_ENOENT : GL_EIO, "%s: %s is %s", pack, l->file,
+                   errno == ENOENT ? "missing" : strerror(errno));
+      goto fail;
+    }
+    if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size != per)
+      BAD("%s: %s is corrupt (%lld bytes; the manifest says %zu)", pack, l->file,
+          (long long)st.st_size, per);
+  }
+  if (!(d->cells = malloc(per * p->years * sizeof(float)))) {
+    rc = gl_fail(err, errlen, GL_ENOMEM, "out of memory for the dense layer");
+    goto fail;
+  }
   int8_t *q = malloc(per);
   if (!q) {
     rc = gl_fail(err, errlen, GL_ENOMEM, "out of memory");
     goto fail;
   }
   for (uint32_t y = 0; y < p->years; y++) {
-    const cJSON *l = cJSON_GetArrayItem(layers, (int)y);
-    const cJSON *f = cJSON_GetObjectItemCaseSensitive(l, "file");
-    const cJSON *sh = cJSON_GetObjectItemCaseSensitive(l, "sha256");
-    double bytes;
-    if (!cJSON_IsString(f) || strchr(f->valuestring, '/') || !cJSON_IsString(sh) ||
-        !gl__num(l, "bytes", 0, 1e15, &bytes) || (size_t)bytes != per) {
-      free(q);
-      BAD("%s: manifest.json: dense layer %u: file, sha256 and bytes (%zu) needed", pack, y, per);
-    }
+    const struct gl__manifest_layer *l = &dn->layers[y];
     char *path = NULL, sha[65];
     uint64_t got = 0;
-    if (asprintf(&path, "%s/%s", pack, f->valuestring) < 0) {
+    if (asprintf(&path, "%s/%s", pack, l->file) < 0) {
       free(q);
       rc = gl_fail(err, errlen, GL_ENOMEM, "out of memory");
       goto fail;
@@ -260,17 +256,17 @@ int gl__map_dense_load(const char *pack, const cJSON *root, uint64_t n_tiles, co
     if (fd < 0) {
       free(q);
       rc = gl_fail(err, errlen, errno == ENOENT ? GL_ENOENT : GL_EIO, "%s: %s is %s", pack,
-                   f->valuestring, errno == ENOENT ? "missing" : strerror(errno));
+                   l->file, errno == ENOENT ? "missing" : strerror(errno));
       goto fail;
     }
     /* Read, then hash what was read: the bytes used are the bytes checked. */
     ssize_t r = pread(fd, q, per, 0);
     rc = gl__map_sha256_fd(fd, sha, &got);
     close(fd);
-    if (rc || r != (ssize_t)per || got != per || strcmp(sha, sh->valuestring) != 0) {
+    if (rc || r != (ssize_t)per || got != per || strcmp(sha, l->sha256) != 0) {
       free(q);
       BAD("%s: %s is corrupt (%zd bytes read, sha256 %s; the manifest says %zu bytes, %s)", pack,
-          f->valuestring, r, rc ? "unreadable" : sha, per, sh->valuestring);
+          l->file, r, rc ? "unreadable" : sha, per, l->sha256);
     }
     float *c = d->cells + per * y;
     for (size_t i = 0; i < per; i++)
@@ -280,7 +276,7 @@ int gl__map_dense_load(const char *pack, const cJSON *root, uint64_t n_tiles, co
   p->cells = d->cells;
 
   /* Estimates back to WGS84 (and priors onto the grid). */
-  if (!(d->pj_ctx = proj_context_create()) || !(d->to_wgs84 = gl__map_pj_to_wgs84(d->pj_ctx, wkt)))
+  if (!(d->pj_ctx = proj_context_create()) || !(d->to_wgs84 = gl__map_pj_to_wgs84(d->pj_ctx, mf->tiling.crs_wkt)))
     BAD("%s: manifest.json: PROJ cannot use the grid CRS", pack);
   if (!(d->by_place = malloc((n_tiles + 1) * sizeof *d->by_place))) {
     rc = gl_fail(err, errlen, GL_ENOMEM, "out of memory");
@@ -304,15 +300,6 @@ fail:
 const struct gl_map_dense *gl_map_dense(const struct gl_map *m) {
   const struct gl__map_dense_ctx *d = gl__map_dense_of(m);
   return d ? &d->pub : NULL;
-}
-
-int gl_map_tile_xy(const struct gl_map *m, int64_t id, double *x, double *y) {
-  const struct gl__map_dense_ctx *d = gl__map_dense_of(m);
-  if (!d || id < 1 || (uint64_t)id > d->n)
-    return GL_EINVAL;
-  *x = d->tx[id - 1];
-  *y = d->ty[id - 1];
-  return 0;
 }
 
 int64_t gl_map_tile_near(const struct gl_map *m, double x, double y) {

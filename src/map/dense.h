@@ -35,7 +35,8 @@ struct gl_map_dense {
 /* The pack's dense layer, or NULL for a pack built without one. */
 const struct gl_map_dense *gl_map_dense(const struct gl_map *m);
 
-/* Tile id's centre in the pack's grid CRS (metres). Returns 0 or GL_EINVAL. */
+/* Tile id's centre in the pack's grid CRS (metres), with or without a dense
+ * layer. Returns 0 or GL_EINVAL. */
 int gl_map_tile_xy(const struct gl_map *m, int64_t id, double *x, double *y);
 
 /* The tile whose centre is nearest to grid point (x, y) among the grid

@@ -5,7 +5,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <cjson/cJSON.h>
 
 #include "core/err.h"
 #include "map/map.h"
@@ -35,35 +34,6 @@ static int gl__nn_encode(void *ctx, const struct gl_image *images, uint32_t n, f
   return gl_nn_engine_encode(nn->engine, images, n, out);
 }
 
-/* The model's input size from its config: "input_size" is [height, width]
- * or one integer for a square; absent means the default 224 x 224 (see
- * python/geoloc_train/config.py). */
-static int gl__input_size(const char *json, uint32_t *w, uint32_t *h, char *err, size_t errlen) {
-  *w = *h = 224;
-  if (!json || !*json)
-    return 0;
-  cJSON *cfg = cJSON_Parse(json);
-  if (!cfg)
-    return gl_fail(err, errlen, GL_EFORMAT, "model config is not valid JSON");
-  int rc = 0;
-  const cJSON *is = cJSON_GetObjectItemCaseSensitive(cfg, "input_size");
-  if (cJSON_IsNumber(is) && is->valuedouble >= 1 && is->valuedouble <= 65535) {
-    *w = *h = (uint32_t)is->valuedouble;
-  } else if (cJSON_IsArray(is) && cJSON_GetArraySize(is) == 2 &&
-             cJSON_IsNumber(cJSON_GetArrayItem(is, 0)) &&
-             cJSON_IsNumber(cJSON_GetArrayItem(is, 1))) {
-    double hh = cJSON_GetArrayItem(is, 0)->valuedouble, ww = cJSON_GetArrayItem(is, 1)->valuedouble;
-    if (hh < 1 || ww < 1 || hh > 65535 || ww > 65535)
-      rc = gl_fail(err, errlen, GL_EFORMAT, "model config: input_size out of range");
-    *h = (uint32_t)hh;
-    *w = (uint32_t)ww;
-  } else if (is) {
-    rc = gl_fail(err, errlen, GL_EFORMAT, "model config: input_size is not [h, w]");
-  }
-  cJSON_Delete(cfg);
-  return rc;
-}
-
 int gl_map_encoder_init_model(struct gl_map_encoder *enc, const char *model_path, uint32_t threads,
                               uint32_t max_batch, char *err, size_t errlen) {
   int rc;
@@ -78,11 +48,7 @@ int gl_map_encoder_init_model(struct gl_map_encoder *enc, const char *model_path
     rc = gl_fail(err, errlen, GL_EINVAL, "%s: the model has no descriptor head", model_path);
     goto fail;
   }
-  if ((rc = gl__input_size(gl_nn_model_config_json(nn->model), &enc->width, &enc->height, err,
-                           errlen))) {
-    gl_err_prefix(err, errlen, model_path);
-    goto fail;
-  }
+  gl_nn_model_input_dims(nn->model, &enc->width, &enc->height);
   enc->rotations = gl_nn_model_ref_rotations(nn->model);
   enc->max_batch = max_batch ? max_batch : 16;
   enc->max_batch = (enc->max_batch + enc->rotations - 1) / enc->rotations * enc->rotations;

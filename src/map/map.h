@@ -251,6 +251,18 @@ double gl_map_distance_m(double lat1, double lon1, double lat2, double lon2);
  * inspect`, which also inspects model files). */
 bool gl_map_is_pack(const char *path);
 
+/* Where the source rasters of the pack at path are now, in the manifest's
+ * order (reads the manifest only): the path recorded when the pack was
+ * built if the file is still there, else the file of that name beside the
+ * pack, else NULL (found is malloc'd). For drawing a map's background. */
+struct gl_map_source_file {
+  char file[256]; /* the raster's file name */
+  char *found;
+};
+int gl_map_source_files(const char *path, struct gl_map_source_file **out, uint32_t *n, char *err,
+                        size_t errlen);
+void gl_map_source_files_free(struct gl_map_source_file *s, uint32_t n);
+
 /* Prints a summary of the pack at path to f: format, model, descriptor
  * size, index, tiling, rotations, years, sources with dates and the places
  * they cover, files with sizes, and whether the checksums verify. Returns 0

@@ -1,6 +1,7 @@
 /* Opening, verifying, searching and inspecting map packs. */
 #include <errno.h>
 #include <fcntl.h>
+#include <libgen.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -11,15 +12,14 @@
 #include <unistd.h>
 
 #include <cblas.h>
-#include <cjson/cJSON.h>
 #include <faiss/c_api/IndexIVF_c.h>
 #include <faiss/c_api/Index_c.h>
 #include <faiss/c_api/MetaIndexes_c.h>
 #include <faiss/c_api/error_c.h>
 #include <faiss/c_api/index_io_c.h>
-#include <sqlite3.h>
 
 #include "core/err.h"
+#include "map/dense.h"
 #include "map/map.h"
 #include "map/map_internal.h"
 
@@ -36,28 +36,6 @@
  * of 512 floats: 0.10 ms a query for sgemm of 1 query, 0.02 for sgemv;
  * 0.014 for sgemm of 8; 100000 tiles: 28, 13 and 3.8 ms). */
 #define GL__FLAT_GEMM_MIN 8u
-
-/* The files a pack of this format version holds besides the manifest, in
- * the order the manifest lists them. */
-static const char *const gl__pack_files[] = {GL__MAP_TILES, GL__MAP_INDEX};
-enum { GL__N_FILES = 2 };
-
-struct gl__manifest {
-  cJSON *root;
-  int version;
-  const char *generator, *created;
-  const char *model_sha256;
-  uint32_t dim;
-  const char *index_type;
-  size_t nprobe;
-  double tile_m, stride_m, m_per_px;
-  uint32_t tile_w, tile_h, rot, years;
-  const char *crs;
-  uint64_t tiles, skipped;
-  const cJSON *sources;
-  const char *file_sha[GL__N_FILES];
-  uint64_t file_bytes[GL__N_FILES];
-};
 
 struct gl_map {
   atomic_int refs;
@@ -82,8 +60,7 @@ struct gl_map {
   bool can_reconstruct;
   double *lat, *lon; /* tile centres by id - 1 */
   double *gx, *gy;   /* the same in the grid CRS (tiles.sqlite grid_x, grid_y) */
-  sqlite3 *db;
-  sqlite3_stmt *q_rtree, *q_tile;
+  struct gl__tiles tiles;
   /* One sqlite connection serves all threads: its statements are reused
    * under this lock (R*Tree lookups take microseconds). */
   pthread_mutex_t db_lock;
@@ -91,146 +68,6 @@ struct gl_map {
 };
 
 struct gl__map_dense_ctx *gl__map_dense_of(const struct gl_map *m) { return m->dense; }
-
-static bool gl__is_hex64(const char *s) {
-  return s && strlen(s) == 64 && strspn(s, "0123456789abcdef") == 64;
-}
-
-static bool gl__json_u64(const cJSON *j, uint64_t max, uint64_t *out) {
-  if (!cJSON_IsNumber(j) || !(j->valuedouble >= 0) || j->valuedouble > (double)max ||
-      j->valuedouble != floor(j->valuedouble))
-    return false;
-  *out = (uint64_t)j->valuedouble;
-  return true;
-}
-
-static const char *gl__json_str(const cJSON *obj, const char *key) {
-  const cJSON *j = cJSON_GetObjectItemCaseSensitive(obj, key);
-  return cJSON_IsString(j) ? j->valuestring : NULL;
-}
-
-/* Reads and checks manifest.json of the pack at path into *m (m->root owns
- * the strings; free with cJSON_Delete(m->root)). */
-static int gl__manifest_read(const char *path, struct gl__manifest *m, char *err, size_t errlen) {
-  memset(m, 0, sizeof *m);
-  char *file = NULL, *text = NULL;
-  size_t len = 0;
-  int rc;
-  struct stat st;
-  if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode))
-    return gl_fail(err, errlen, GL_ENOENT, "%s: no map pack there (not a directory)", path);
-  if (asprintf(&file, "%s/" GL__MAP_MANIFEST, path) < 0)
-    return gl_fail(err, errlen, GL_ENOMEM, "out of memory");
-  rc = gl__map_read_file(file, GL__MAP_MANIFEST_MAX, &text, &len);
-  free(file);
-  if (rc == GL_ENOENT)
-    return gl_fail(err, errlen, rc, "%s: manifest.json is missing", path);
-  if (rc == GL_ETOOBIG)
-    return gl_fail(err, errlen, GL_EFORMAT, "%s: manifest.json is over %u bytes", path,
-                        GL__MAP_MANIFEST_MAX);
-  if (rc)
-    return gl_fail(err, errlen, rc, "%s: cannot read manifest.json", path);
-  m->root = cJSON_ParseWithLength(text, len);
-  free(text);
-#define BAD(...)                                                                                   \
-  do {                                                                                             \
-    rc = gl_fail(err, errlen, GL_EFORMAT, __VA_ARGS__);                                       \
-    goto fail;                                                                                     \
-  } while (0)
-  if (!cJSON_IsObject(m->root))
-    BAD("%s: manifest.json is not a JSON object", path);
-  const char *format = gl__json_str(m->root, "format");
-  if (!format || strcmp(format, GL__MAP_FORMAT_NAME) != 0)
-    BAD("%s: manifest.json: format is not \"" GL__MAP_FORMAT_NAME "\"", path);
-  uint64_t v;
-  if (!gl__json_u64(cJSON_GetObjectItemCaseSensitive(m->root, "format_version"), 1000000, &v))
-    BAD("%s: manifest.json: format_version missing", path);
-  m->version = (int)v;
-  if (m->version != GL_MAP_FORMAT_VERSION)
-    BAD("%s: pack format version %d; this build reads version %d", path, m->version,
-        GL_MAP_FORMAT_VERSION);
-  m->generator = gl__json_str(m->root, "generator");
-  m->created = gl__json_str(m->root, "created");
-  m->model_sha256 = gl__json_str(m->root, "model_sha256");
-  if (!gl__is_hex64(m->model_sha256))
-    BAD("%s: manifest.json: model_sha256 is not 64 lowercase hex digits", path);
-  if (!gl__json_u64(cJSON_GetObjectItemCaseSensitive(m->root, "descriptor_dim"), 65536, &v) ||
-      v == 0)
-    BAD("%s: manifest.json: descriptor_dim missing or out of range", path);
-  m->dim = (uint32_t)v;
-  const char *metric = gl__json_str(m->root, "metric");
-  if (!metric || strcmp(metric, "inner_product") != 0)
-    BAD("%s: manifest.json: metric is not \"inner_product\"", path);
-  m->index_type = gl__json_str(m->root, "index_type");
-  if (!m->index_type || strlen(m->index_type) >= 512)
-    BAD("%s: manifest.json: index_type missing", path);
-  const cJSON *np = cJSON_GetObjectItemCaseSensitive(m->root, "index_nprobe");
-  if (np && (!gl__json_u64(np, 1u << 20, &v) || v == 0))
-    BAD("%s: manifest.json: index_nprobe out of range", path);
-  m->nprobe = np ? (size_t)v : 0;
-  const cJSON *t = cJSON_GetObjectItemCaseSensitive(m->root, "tiling");
-  const cJSON *tm = cJSON_GetObjectItemCaseSensitive(t, "tile_m");
-  const cJSON *sm = cJSON_GetObjectItemCaseSensitive(t, "stride_m");
-  const cJSON *mp = cJSON_GetObjectItemCaseSensitive(t, "m_per_px");
-  const cJSON *px = cJSON_GetObjectItemCaseSensitive(t, "tile_px");
-  uint64_t pw, ph;
-  if (!cJSON_IsObject(t) || !cJSON_IsNumber(tm) || !(tm->valuedouble > 0) || !cJSON_IsNumber(sm) ||
-      !(sm->valuedouble > 0) || !cJSON_IsNumber(mp) || !cJSON_IsArray(px) ||
-      cJSON_GetArraySize(px) != 2 || !gl__json_u64(cJSON_GetArrayItem(px, 0), 65535, &pw) ||
-      !gl__json_u64(cJSON_GetArrayItem(px, 1), 65535, &ph))
-    BAD("%s: manifest.json: tiling incomplete", path);
-  m->tile_m = tm->valuedouble;
-  m->stride_m = sm->valuedouble;
-  m->m_per_px = mp->valuedouble;
-  m->tile_w = (uint32_t)pw;
-  m->tile_h = (uint32_t)ph;
-  m->crs = gl__json_str(t, "crs");
-  /* Packs written before rotations were recorded hold one heading. */
-  const cJSON *ro = cJSON_GetObjectItemCaseSensitive(t, "rotations");
-  uint64_t rv = 1;
-  if (ro && (!gl__json_u64(ro, 4, &rv) || (rv != 1 && rv != 2 && rv != 4)))
-    BAD("%s: manifest.json: tiling.rotations must be 1, 2 or 4", path);
-  m->rot = (uint32_t)rv;
-  m->sources = cJSON_GetObjectItemCaseSensitive(m->root, "sources");
-  if (!cJSON_IsArray(m->sources))
-    BAD("%s: manifest.json: sources missing", path);
-  /* Packs written before years were recorded hold one source's
-   * descriptors per tile (several sources gave separate tiles). Since,
-   * every source is a year of every tile, in the order of the list. */
-  const cJSON *yr = cJSON_GetObjectItemCaseSensitive(t, "years");
-  uint64_t yv = 1;
-  if (yr && (!gl__json_u64(yr, GL__MAP_MAX_YEARS, &yv) || yv == 0))
-    BAD("%s: manifest.json: tiling.years must be 1 to %u", path, GL__MAP_MAX_YEARS);
-  if (yr && yv != (uint64_t)cJSON_GetArraySize(m->sources))
-    BAD("%s: manifest.json: tiling.years is %llu but sources lists %d", path,
-        (unsigned long long)yv, cJSON_GetArraySize(m->sources));
-  m->years = (uint32_t)yv;
-  const cJSON *c = cJSON_GetObjectItemCaseSensitive(m->root, "counts");
-  if (!gl__json_u64(cJSON_GetObjectItemCaseSensitive(c, "tiles"), 1ull << 40, &m->tiles))
-    BAD("%s: manifest.json: counts.tiles missing", path);
-  if (!gl__json_u64(cJSON_GetObjectItemCaseSensitive(c, "skipped"), 1ull << 40, &m->skipped))
-    m->skipped = 0;
-  const cJSON *files = cJSON_GetObjectItemCaseSensitive(m->root, "files");
-  if (!cJSON_IsObject(files))
-    BAD("%s: manifest.json: files missing", path);
-  for (int i = 0; i < GL__N_FILES; i++) {
-    const cJSON *f = cJSON_GetObjectItemCaseSensitive(files, gl__pack_files[i]);
-    m->file_sha[i] = gl__json_str(f, "sha256");
-    if (!gl__is_hex64(m->file_sha[i]) ||
-        !gl__json_u64(cJSON_GetObjectItemCaseSensitive(f, "bytes"), UINT64_MAX >> 11,
-                      &m->file_bytes[i]))
-      BAD("%s: manifest.json: files.%s needs sha256 and bytes", path, gl__pack_files[i]);
-  }
-  if (cJSON_GetArraySize(files) != GL__N_FILES)
-    BAD("%s: manifest.json: files lists %d entries; format %d has exactly %s and %s", path,
-        cJSON_GetArraySize(files), GL_MAP_FORMAT_VERSION, GL__MAP_TILES, GL__MAP_INDEX);
-#undef BAD
-  return 0;
-fail:
-  cJSON_Delete(m->root);
-  m->root = NULL;
-  return rc;
-}
 
 /* Hashes the open file fd and compares with the manifest. */
 static int gl__verify_fd(const char *pack, const char *name, int fd, const char *want_sha,
@@ -296,7 +133,7 @@ static int gl__flat_take(struct gl_map *map, char *err, size_t errlen) {
 static int gl__load_index(struct gl_map *map, const struct gl__manifest *mf, char *err,
                           size_t errlen) {
   int fd = -1, rc;
-  if ((rc = gl__open_verified(map->path, GL__MAP_INDEX, mf->file_sha[1], mf->file_bytes[1], &fd,
+  if ((rc = gl__open_verified(map->path, GL__MAP_INDEX, mf->files[1].sha256, mf->files[1].bytes, &fd,
                               err, errlen)))
     return rc;
   /* Parsed from the same open file that was just hashed, so the bytes
@@ -315,8 +152,8 @@ static int gl__load_index(struct gl_map *map, const struct gl__manifest *mf, cha
   if (!idmap)
     return gl_fail(err, errlen, GL_EFORMAT, "%s: index.faiss is not an IndexIDMap",
                         map->path);
-  uint64_t nv = mf->tiles * mf->rot * mf->years;
-  if (faiss_Index_d(map->index) != (int)mf->dim ||
+  uint64_t nv = mf->counts.tiles * mf->tiling.rotations * mf->tiling.years;
+  if (faiss_Index_d(map->index) != (int)mf->descriptor_dim ||
       (uint64_t)faiss_Index_ntotal(map->index) != nv ||
       faiss_Index_metric_type(map->index) != METRIC_INNER_PRODUCT)
     return gl_fail(err, errlen, GL_EFORMAT,
@@ -324,14 +161,14 @@ static int gl__load_index(struct gl_map *map, const struct gl__manifest *mf, cha
                         "says %llu of %u, inner product",
                         map->path, (long long)faiss_Index_ntotal(map->index),
                         faiss_Index_d(map->index), (int)faiss_Index_metric_type(map->index),
-                        (unsigned long long)nv, mf->dim);
+                        (unsigned long long)nv, mf->descriptor_dim);
   idx_t *ids;
   size_t nids;
   faiss_IndexIDMap_id_map(idmap, &ids, &nids);
   if (nids != nv)
     return gl_fail(err, errlen, GL_EFORMAT,
                    "%s: index.faiss maps %zu ids for %llu tiles x %u headings x %u years",
-                   map->path, nids, (unsigned long long)mf->tiles, mf->rot, mf->years);
+                   map->path, nids, (unsigned long long)mf->counts.tiles, mf->tiling.rotations, mf->tiling.years);
   /* Ids are vector ids 1..n * per_tile in insertion order, so the inner
    * index position of vector id is id - 1 and its tile
    * (id - 1) / per_tile + 1: the searches rely on it. */
@@ -343,19 +180,19 @@ static int gl__load_index(struct gl_map *map, const struct gl__manifest *mf, cha
   map->sub = faiss_IndexIDMap_sub_index(idmap);
   FaissIndexIVF *ivf = faiss_IndexIVF_cast(map->sub);
   if (ivf) {
-    if (mf->nprobe)
-      faiss_IndexIVF_set_nprobe(ivf, mf->nprobe);
+    if (mf->index_nprobe)
+      faiss_IndexIVF_set_nprobe(ivf, mf->index_nprobe);
     /* IVF indexes reconstruct by id only through a direct map (8 bytes a
      * vector); the prior search needs it. */
     if (faiss_IndexIVF_make_direct_map(ivf, 1) != 0)
       return gl__faiss_fail(err, errlen, map->path, "direct map");
   }
-  float *probe = malloc(mf->dim * sizeof(float));
+  float *probe = malloc(mf->descriptor_dim * sizeof(float));
   if (!probe)
     return gl_fail(err, errlen, GL_ENOMEM, "out of memory");
-  map->can_reconstruct = mf->tiles == 0 || faiss_Index_reconstruct(map->sub, 0, probe) == 0;
+  map->can_reconstruct = mf->counts.tiles == 0 || faiss_Index_reconstruct(map->sub, 0, probe) == 0;
   free(probe);
-  if (strcmp(mf->index_type, "Flat") == 0 && mf->tiles > 0)
+  if (strcmp(mf->index_type, "Flat") == 0 && mf->counts.tiles > 0)
     return gl__flat_take(map, err, errlen);
   return 0;
 }
@@ -363,72 +200,42 @@ static int gl__load_index(struct gl_map *map, const struct gl__manifest *mf, cha
 static int gl__load_tiles(struct gl_map *map, const struct gl__manifest *mf, char *err,
                           size_t errlen) {
   int fd = -1, rc;
-  if ((rc = gl__open_verified(map->path, GL__MAP_TILES, mf->file_sha[0], mf->file_bytes[0], &fd,
-                              err, errlen)))
+  if ((rc = gl__open_verified(map->path, GL__MAP_TILES, mf->files[0].sha256, mf->files[0].bytes,
+                              &fd, err, errlen)))
     return rc;
   close(fd);
   char *p = NULL;
   if (asprintf(&p, "%s/" GL__MAP_TILES, map->path) < 0)
     return gl_fail(err, errlen, GL_ENOMEM, "out of memory");
-  int r = sqlite3_open_v2(p, &map->db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL);
+  rc = gl__tiles_open(&map->tiles, p, err, errlen);
   free(p);
-  sqlite3_stmt *st = NULL;
-  if (r != SQLITE_OK)
-    goto sql_fail;
-  if (!(map->lat = malloc((mf->tiles ? mf->tiles : 1) * sizeof(double))) ||
-      !(map->lon = malloc((mf->tiles ? mf->tiles : 1) * sizeof(double))) ||
-      !(map->gx = malloc((mf->tiles ? mf->tiles : 1) * sizeof(double))) ||
-      !(map->gy = malloc((mf->tiles ? mf->tiles : 1) * sizeof(double))))
-    return gl_fail(err, errlen, GL_ENOMEM, "out of memory");
-  if (sqlite3_prepare_v2(map->db, "SELECT id, lat, lon, grid_x, grid_y FROM tiles ORDER BY id", -1,
-                         &st, NULL) != SQLITE_OK)
-    goto sql_fail;
-  uint64_t i = 0;
-  while ((r = sqlite3_step(st)) == SQLITE_ROW) {
-    if (i >= mf->tiles || sqlite3_column_int64(st, 0) != (int64_t)(i + 1)) {
-      sqlite3_finalize(st);
-      return gl_fail(err, errlen, GL_EFORMAT,
-                          "%s: tiles.sqlite: tile ids are not 1..%llu as the manifest says",
-                          map->path, (unsigned long long)mf->tiles);
-    }
-    map->lat[i] = sqlite3_column_double(st, 1);
-    map->lon[i] = sqlite3_column_double(st, 2);
-    map->gx[i] = sqlite3_column_double(st, 3);
-    map->gy[i] = sqlite3_column_double(st, 4);
-    i++;
+  /* The table's row count before the centres are allocated: counts.tiles
+   * is only a number in the manifest, and a few bytes of it could
+   * otherwise ask for terabytes (found by fuzz_pack). */
+  uint64_t rows = 0;
+  if (!rc)
+    rc = gl__tiles_count(&map->tiles, &rows, err, errlen);
+  if (!rc && rows != mf->counts.tiles)
+    rc = gl_fail(err, errlen, GL_EFORMAT, "tiles.sqlite holds %llu tiles, the manifest says %llu",
+                 (unsigned long long)rows, (unsigned long long)mf->counts.tiles);
+  if (rc) {
+    gl_err_prefix(err, errlen, map->path);
+    return rc;
   }
-  sqlite3_finalize(st);
-  st = NULL;
-  if (r != SQLITE_DONE)
-    goto sql_fail;
-  if (i != mf->tiles)
-    return gl_fail(err, errlen, GL_EFORMAT, "%s: tiles.sqlite holds %llu tiles, the manifest "
-                                                 "says %llu",
-                        map->path, (unsigned long long)i, (unsigned long long)mf->tiles);
-  if (sqlite3_prepare_v2(map->db,
-                         "SELECT id FROM tiles_rtree WHERE max_lat >= ?1 AND min_lat <= ?2 AND "
-                         "max_lon >= ?3 AND min_lon <= ?4",
-                         -1, &map->q_rtree, NULL) != SQLITE_OK ||
-      sqlite3_prepare_v2(map->db,
-                         "SELECT lat, lon, min_lat, max_lat, min_lon, max_lon, m_per_px, source, "
-                         "capture_date FROM tiles WHERE id = ?1",
-                         -1, &map->q_tile, NULL) != SQLITE_OK)
-    goto sql_fail;
-  return 0;
-sql_fail:
-  rc = gl_fail(err, errlen, GL_EFORMAT, "%s: tiles.sqlite: %s", map->path,
-                    map->db ? sqlite3_errmsg(map->db) : "cannot open");
-  sqlite3_finalize(st);
+  uint64_t n = rows ? rows : 1;
+  if (!(map->lat = malloc(n * sizeof(double))) || !(map->lon = malloc(n * sizeof(double))) ||
+      !(map->gx = malloc(n * sizeof(double))) || !(map->gy = malloc(n * sizeof(double))))
+    return gl_fail(err, errlen, GL_ENOMEM, "out of memory");
+  rc = gl__tiles_centres(&map->tiles, rows, map->lat, map->lon, map->gx, map->gy, err, errlen);
+  if (rc)
+    gl_err_prefix(err, errlen, map->path);
   return rc;
 }
 
 static void gl__map_free(struct gl_map *m) {
   if (!m)
     return;
-  sqlite3_finalize(m->q_rtree);
-  sqlite3_finalize(m->q_tile);
-  if (m->db)
-    sqlite3_close(m->db);
+  gl__tiles_close(&m->tiles);
   if (m->index)
     faiss_Index_free(m->index);
   free(m->xb);
@@ -454,20 +261,20 @@ int gl_map_open(const char *path, const char *model_sha256, struct gl_map **out,
   struct gl_map *m = calloc(1, sizeof *m);
   if (!m || !(m->path = strdup(path))) {
     free(m);
-    cJSON_Delete(mf.root);
+    gl__manifest_free(&mf);
     return gl_fail(err, errlen, GL_ENOMEM, "out of memory");
   }
   atomic_init(&m->refs, 1);
   pthread_mutex_init(&m->db_lock, NULL);
   snprintf(m->model_sha256, sizeof m->model_sha256, "%s", mf.model_sha256);
   snprintf(m->index_type, sizeof m->index_type, "%s", mf.index_type);
-  m->dim = mf.dim;
-  m->n = mf.tiles;
-  m->rot = mf.rot;
-  m->years = mf.years;
-  m->per_tile = mf.rot * mf.years;
-  m->tile_m = mf.tile_m;
-  m->stride_m = mf.stride_m;
+  m->dim = mf.descriptor_dim;
+  m->n = mf.counts.tiles;
+  m->rot = mf.tiling.rotations;
+  m->years = mf.tiling.years;
+  m->per_tile = mf.tiling.rotations * mf.tiling.years;
+  m->tile_m = mf.tiling.tile_m;
+  m->stride_m = mf.tiling.stride_m;
   /* The model first: it is the cheapest check and the likeliest mistake. */
   if (model_sha256 && strcmp(model_sha256, mf.model_sha256) != 0) {
     rc = gl_fail(err, errlen, GL_EINVAL,
@@ -477,13 +284,13 @@ int gl_map_open(const char *path, const char *model_sha256, struct gl_map **out,
     goto fail;
   }
   if ((rc = gl__load_tiles(m, &mf, err, errlen)) || (rc = gl__load_index(m, &mf, err, errlen)) ||
-      (rc = gl__map_dense_load(path, mf.root, m->n, m->gx, m->gy, &m->dense, err, errlen)))
+      (rc = gl__map_dense_load(path, &mf, m->n, m->gx, m->gy, &m->dense, err, errlen)))
     goto fail;
-  cJSON_Delete(mf.root);
+  gl__manifest_free(&mf);
   *out = m;
   return 0;
 fail:
-  cJSON_Delete(mf.root);
+  gl__manifest_free(&mf);
   gl__map_free(m);
   return rc;
 }
@@ -508,30 +315,20 @@ double gl_map_stride_m(const struct gl_map *m) { return m->stride_m; }
 uint32_t gl_map_rotations(const struct gl_map *m) { return m->rot; }
 uint32_t gl_map_years(const struct gl_map *m) { return m->years; }
 
+int gl_map_tile_xy(const struct gl_map *m, int64_t id, double *x, double *y) {
+  if (!m || id < 1 || (uint64_t)id > m->n)
+    return GL_EINVAL;
+  *x = m->gx[id - 1];
+  *y = m->gy[id - 1];
+  return 0;
+}
+
 int gl_map_tile_get(struct gl_map *m, int64_t id, struct gl_map_tile *out) {
   if (!m || !out || id < 1 || (uint64_t)id > m->n)
     return GL_EINVAL;
   memset(out, 0, sizeof *out);
-  int rc = GL_EIO;
   pthread_mutex_lock(&m->db_lock);
-  sqlite3_stmt *st = m->q_tile;
-  sqlite3_bind_int64(st, 1, id);
-  if (sqlite3_step(st) == SQLITE_ROW) {
-    out->id = id;
-    out->lat = sqlite3_column_double(st, 0);
-    out->lon = sqlite3_column_double(st, 1);
-    out->min_lat = sqlite3_column_double(st, 2);
-    out->max_lat = sqlite3_column_double(st, 3);
-    out->min_lon = sqlite3_column_double(st, 4);
-    out->max_lon = sqlite3_column_double(st, 5);
-    out->m_per_px = sqlite3_column_double(st, 6);
-    const unsigned char *s = sqlite3_column_text(st, 7);
-    snprintf(out->source, sizeof out->source, "%s", s ? (const char *)s : "");
-    const unsigned char *d = sqlite3_column_text(st, 8);
-    snprintf(out->capture_date, sizeof out->capture_date, "%s", d ? (const char *)d : "");
-    rc = 0;
-  }
-  sqlite3_reset(st);
+  int rc = gl__tiles_get(&m->tiles, id, out);
   pthread_mutex_unlock(&m->db_lock);
   return rc;
 }
@@ -556,43 +353,46 @@ static int gl__cand_by_score(const void *a, const void *b) {
   return (x->id > y->id) - (x->id < y->id);
 }
 
+struct gl__cands {
+  struct gl__cand *c;
+  size_t n, cap;
+};
+
+static int gl__cand_add(void *ctx, int64_t id) {
+  struct gl__cands *l = ctx;
+  if (l->n == l->cap) {
+    size_t nc = l->cap ? l->cap * 2 : 256;
+    struct gl__cand *t = realloc(l->c, nc * sizeof *t);
+    if (!t)
+      return GL_ENOMEM;
+    l->c = t;
+    l->cap = nc;
+  }
+  l->c[l->n++].id = id;
+  return 0;
+}
+
 /* Tile ids whose bounds meet the circle's boxes (R*Tree), deduplicated. */
 static int gl__rtree_candidates(struct gl_map *m, const struct gl_map_prior *p,
                                 struct gl__cand **out, size_t *n_out, char *err, size_t errlen) {
   double box[2][4];
   int nb = gl__map_circle_boxes(p->lat, p->lon, p->radius_m, box);
-  struct gl__cand *c = NULL;
-  size_t n = 0, cap = 0;
+  struct gl__cands l = {0};
   int rc = 0;
   pthread_mutex_lock(&m->db_lock);
-  for (int b = 0; b < nb && !rc; b++) {
-    sqlite3_stmt *st = m->q_rtree;
-    for (int i = 0; i < 4; i++)
-      sqlite3_bind_double(st, i + 1, box[b][i]);
-    int r;
-    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
-      if (n == cap) {
-        size_t nc = cap ? cap * 2 : 256;
-        struct gl__cand *t = realloc(c, nc * sizeof *c);
-        if (!t) {
-          rc = gl_fail(err, errlen, GL_ENOMEM, "out of memory");
-          break;
-        }
-        c = t;
-        cap = nc;
-      }
-      c[n++].id = sqlite3_column_int64(st, 0);
-    }
-    if (!rc && r != SQLITE_DONE)
-      rc = gl_fail(err, errlen, GL_EIO, "%s: tiles.sqlite: %s", m->path,
-                        sqlite3_errmsg(m->db));
-    sqlite3_reset(st);
-  }
+  for (int b = 0; b < nb && !rc; b++)
+    rc = gl__tiles_box(&m->tiles, box[b], gl__cand_add, &l, err, errlen);
   pthread_mutex_unlock(&m->db_lock);
+  if (rc == GL_ENOMEM)
+    gl_fail(err, errlen, rc, "out of memory");
+  else if (rc)
+    gl_err_prefix(err, errlen, m->path);
   if (rc) {
-    free(c);
+    free(l.c);
     return rc;
   }
+  struct gl__cand *c = l.c;
+  size_t n = l.n;
   if (nb > 1 && n > 1) {
     qsort(c, n, sizeof *c, gl__cand_by_id);
     size_t w = 1;
@@ -887,6 +687,52 @@ bool gl_map_is_pack(const char *path) {
   return ok;
 }
 
+int gl_map_source_files(const char *path, struct gl_map_source_file **out, uint32_t *n, char *err,
+                        size_t errlen) {
+  *out = NULL;
+  *n = 0;
+  struct gl__manifest mf;
+  int rc = gl__manifest_read(path, &mf, err, errlen);
+  if (rc)
+    return rc;
+  /* The directory that holds the pack, for sources known by name only. */
+  char *copy = strdup(path), *parent = copy ? dirname(copy) : NULL;
+  struct gl_map_source_file *s = calloc(mf.n_sources ? mf.n_sources : 1, sizeof *s);
+  if (!parent || !s) {
+    rc = gl_fail(err, errlen, GL_ENOMEM, "out of memory");
+    goto cleanup;
+  }
+  for (uint32_t i = 0; i < mf.n_sources; i++) {
+    const struct gl__manifest_source *ms = &mf.sources[i];
+    struct stat st;
+    snprintf(s[i].file, sizeof s[i].file, "%s", ms->file);
+    char *p = NULL;
+    if (ms->path && stat(ms->path, &st) == 0)
+      p = strdup(ms->path);
+    else if (!strchr(ms->file, '/') && asprintf(&p, "%s/%s", parent, ms->file) < 0)
+      p = NULL;
+    if (p && stat(p, &st) != 0) {
+      free(p);
+      p = NULL;
+    }
+    s[i].found = p;
+  }
+  *out = s;
+  *n = mf.n_sources;
+  s = NULL;
+cleanup:
+  free(s);
+  free(copy);
+  gl__manifest_free(&mf);
+  return rc;
+}
+
+void gl_map_source_files_free(struct gl_map_source_file *s, uint32_t n) {
+  for (uint32_t i = 0; s && i < n; i++)
+    free(s[i].found);
+  free(s);
+}
+
 int gl_map_inspect(const char *path, FILE *f, char *err, size_t errlen) {
   struct gl__manifest mf;
   int rc = gl__manifest_read(path, &mf, err, errlen);
@@ -895,74 +741,57 @@ int gl_map_inspect(const char *path, FILE *f, char *err, size_t errlen) {
     return rc;
   }
   fprintf(f, "map pack %s\n", path);
-  fprintf(f, "  format      %s v%d", GL__MAP_FORMAT_NAME, mf.version);
+  fprintf(f, "  format      %s v%d", GL__MAP_FORMAT_NAME, mf.format_version);
   if (mf.generator)
     fprintf(f, ", written by %s", mf.generator);
   if (mf.created)
     fprintf(f, " at %s", mf.created);
   fprintf(f, "\n  model       sha256 %s\n", mf.model_sha256);
-  fprintf(f, "  descriptor  %u floats, inner product (cosine)\n", mf.dim);
+  fprintf(f, "  descriptor  %u floats, inner product (cosine)\n", mf.descriptor_dim);
   fprintf(f, "  index       %s in an IndexIDMap", mf.index_type);
-  if (mf.nprobe)
-    fprintf(f, ", nprobe %zu", mf.nprobe);
+  if (mf.index_nprobe)
+    fprintf(f, ", nprobe %zu", mf.index_nprobe);
   fprintf(f, "\n  tiling      %g m tiles every %g m on %s, encoded at %ux%u px (%g m/px)\n",
-          mf.tile_m, mf.stride_m, mf.crs ? mf.crs : "?", mf.tile_w, mf.tile_h, mf.m_per_px);
-  if (mf.rot > 1)
-    fprintf(f, "  rotations   %u headings per tile, %g degrees apart\n", mf.rot, 360.0 / mf.rot);
-  const cJSON *s;
-  if (mf.years > 1) {
+          mf.tiling.tile_m, mf.tiling.stride_m, mf.tiling.crs ? mf.tiling.crs : "?", mf.tiling.tile_px[0], mf.tiling.tile_px[1], mf.tiling.m_per_px);
+  if (mf.tiling.rotations > 1)
+    fprintf(f, "  rotations   %u headings per tile, %g degrees apart\n", mf.tiling.rotations, 360.0 / mf.tiling.rotations);
+  if (mf.tiling.years > 1) {
     /* A multi-year pack: every tile holds every source's descriptors. */
-    fprintf(f, "  years       %u per tile (", mf.years);
-    bool first = true;
-    cJSON_ArrayForEach(s, mf.sources) {
-      const char *date = gl__json_str(s, "capture_date");
-      fprintf(f, "%s%s", first ? "" : ", ", date ? date : "no date");
-      first = false;
+    fprintf(f, "  years       %u per tile (", mf.tiling.years);
+    for (uint32_t i = 0; i < mf.n_sources; i++) {
+      const char *date = mf.sources[i].capture_date;
+      fprintf(f, "%s%s", i ? ", " : "", date ? date : "no date");
     }
-    fprintf(f, "); %u descriptors a tile, scored by its best\n", mf.rot * mf.years);
+    fprintf(f, "); %u descriptors a tile, scored by its best\n",
+            mf.tiling.rotations * mf.tiling.years);
   }
-  fprintf(f, "  tiles       %llu", (unsigned long long)mf.tiles);
-  if (mf.skipped)
-    fprintf(f, " (%llu grid places skipped for nodata)", (unsigned long long)mf.skipped);
-  fprintf(f, "\n  sources     %d%s\n", cJSON_GetArraySize(mf.sources),
-          mf.years > 1 ? " (the years, in descriptor order)" : "");
-  cJSON_ArrayForEach(s, mf.sources) {
-    const char *file = gl__json_str(s, "file"), *date = gl__json_str(s, "capture_date");
-    const char *crs = gl__json_str(s, "crs"), *sha = gl__json_str(s, "sha256");
-    /* Places it covered; packs before multi-year ones counted its tiles. */
-    const cJSON *np = cJSON_GetObjectItemCaseSensitive(s, "places");
-    const cJSON *nt = np ? np : cJSON_GetObjectItemCaseSensitive(s, "tiles");
-    fprintf(f, "    %-40s %-10s %-12s %6.0f %s  sha256 %.16s...\n", file ? file : "?",
-            date ? date : "no date", crs ? crs : "?", cJSON_IsNumber(nt) ? nt->valuedouble : 0.0,
-            np ? "places" : "tiles", sha ? sha : "?");
+  fprintf(f, "  tiles       %llu", (unsigned long long)mf.counts.tiles);
+  if (mf.counts.skipped)
+    fprintf(f, " (%llu grid places skipped for nodata)", (unsigned long long)mf.counts.skipped);
+  fprintf(f, "\n  sources     %u%s\n", mf.n_sources,
+          mf.tiling.years > 1 ? " (the years, in descriptor order)" : "");
+  for (uint32_t i = 0; i < mf.n_sources; i++) {
+    const struct gl__manifest_source *s = &mf.sources[i];
+    fprintf(f, "    %-40s %-10s %-12s %6llu %s  sha256 %.16s...\n", s->file,
+            s->capture_date ? s->capture_date : "no date", s->crs ? s->crs : "?",
+            (unsigned long long)(s->tiles ? s->tiles : s->places), s->tiles ? "tiles" : "places",
+            s->sha256);
   }
-  const cJSON *dn = cJSON_GetObjectItemCaseSensitive(mf.root, "dense");
-  const cJSON *dl = cJSON_GetObjectItemCaseSensitive(dn, "layers");
-  if (cJSON_IsArray(dl)) {
-    const char *k[] = {"layer", "channels", "cell_m", "rows", "cols"};
-    double v[5] = {0};
-    for (int i = 0; i < 5; i++) {
-      const cJSON *j = cJSON_GetObjectItemCaseSensitive(dn, k[i]);
-      v[i] = cJSON_IsNumber(j) ? j->valuedouble : 0;
-    }
-    fprintf(f, "  dense       block %.0f, %.0f int8 channels a %g m cell, %.0f x %.0f cells, %d "
+  const struct gl__manifest_dense *dn = &mf.dense;
+  if (mf.has_dense)
+    fprintf(f, "  dense       block %u, %u int8 channels a %g m cell, %u x %u cells, %u "
                "layer(s): the fine stage\n",
-            v[0], v[1], v[2], v[3], v[4], cJSON_GetArraySize(dl));
-  } else {
+            dn->layer, dn->channels, dn->cell_m, dn->rows, dn->cols, dn->n_layers);
+  else
     fprintf(f, "  dense       none (global stage only)\n");
-  }
   fprintf(f, "  files\n");
-  for (int i = 0; i < GL__N_FILES; i++)
-    fprintf(f, "    %-14s %12llu bytes  sha256 %s\n", gl__pack_files[i],
-            (unsigned long long)mf.file_bytes[i], mf.file_sha[i]);
-  const cJSON *l;
-  cJSON_ArrayForEach(l, dl) {
-    const char *file = gl__json_str(l, "file"), *sha = gl__json_str(l, "sha256");
-    const cJSON *by = cJSON_GetObjectItemCaseSensitive(l, "bytes");
-    fprintf(f, "    %-14s %12.0f bytes  sha256 %s\n", file ? file : "?",
-            cJSON_IsNumber(by) ? by->valuedouble : 0.0, sha ? sha : "?");
-  }
-  cJSON_Delete(mf.root);
+  for (int i = 0; i < GL__MAP_N_FILES; i++)
+    fprintf(f, "    %-14s %12llu bytes  sha256 %s\n", gl__map_pack_files[i],
+            (unsigned long long)mf.files[i].bytes, mf.files[i].sha256);
+  for (uint32_t i = 0; i < dn->n_layers; i++)
+    fprintf(f, "    %-14s %12llu bytes  sha256 %s\n", dn->layers[i].file,
+            (unsigned long long)dn->layers[i].bytes, dn->layers[i].sha256);
+  gl__manifest_free(&mf);
 
   struct gl_map *m = NULL;
   rc = gl_map_open(path, NULL, &m, err, errlen);

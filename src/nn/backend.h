@@ -1,10 +1,11 @@
 /* Backends execute a planned graph (graph.h) on a device.
  *
- * A backend is a vtable beside a context pointer (DESIGN.md section 3), so
- * the graph and the engine never include a device's headers. Beyond the
- * eight entries DESIGN.md names, `plan` lets a backend build its per-op
- * state (oneDNN primitives, reordered weights, CUDA graphs) once, before
- * any encode, and `destroy` releases the context. */
+ * A backend is a vtable beside a context pointer (docs/ARCHITECTURE.md
+ * section 3), so the graph and the engine never include a device's headers.
+ * Beyond the eight entries docs/ARCHITECTURE.md section 6 names, `plan`
+ * lets a backend build its per-op state (oneDNN primitives, reordered
+ * weights, CUDA graphs) once, before any encode, and `destroy` releases the
+ * context. */
 #ifndef GL_NN_BACKEND_H
 #define GL_NN_BACKEND_H
 

@@ -353,14 +353,18 @@ void gl__nn_fusion_init(const struct gl__nn_config *cfg, double w[GL__NN_MAX_LEV
 
 struct gl__spec_list {
   struct gl__nn_tensor_spec *v;
-  size_t n, cap;
-  bool oom;
+  size_t n, cap, max;
+  bool oom, over; /* over: more than max tensors (the loops stop early) */
 };
 
 static void gl__add(struct gl__spec_list *l, const char *name, uint32_t ndim, uint64_t d0,
                     uint64_t d1, uint64_t d2, uint64_t d3) {
-  if (l->oom)
+  if (l->oom || l->over)
     return;
+  if (l->n == l->max) {
+    l->over = true;
+    return;
+  }
   if (l->n == l->cap) {
     size_t cap = l->cap ? 2 * l->cap : 256;
     void *p = realloc(l->v, cap * sizeof *l->v);
@@ -417,9 +421,9 @@ static void gl__add_conv(struct gl__spec_list *l, const char *prefix, uint32_t o
   gl__add(l, name, 1, out, 0, 0, 0);
 }
 
-int gl__nn_expected_tensors(const struct gl__nn_config *cfg, struct gl__nn_tensor_spec **out,
-                            size_t *n) {
-  struct gl__spec_list l = {0};
+int gl__nn_expected_tensors(const struct gl__nn_config *cfg, size_t max,
+                            struct gl__nn_tensor_spec **out, size_t *n) {
+  struct gl__spec_list l = {.max = max};
   struct gl__nn_arch a;
   char p[96];
   gl__nn_arch_init(cfg, &a);
@@ -444,7 +448,8 @@ int gl__nn_expected_tensors(const struct gl__nn_config *cfg, struct gl__nn_tenso
     for (uint32_t i = 0; i < cfg->n_levels; i++) {
       snprintf(p, sizeof p, "osm.%u.proj", i);
       gl__add_conv(&l, p, D, a.cout[cfg->levels[i]], 1);
-      for (uint32_t g = 0; g < cfg->osm_groups; g++) {
+      /* Up to 10^6 groups of 12 tensors each a level: stop once over max. */
+      for (uint32_t g = 0; g < cfg->osm_groups && !l.over && !l.oom; g++) {
         static const char *const qkv[3] = {"q", "k", "v"};
         for (int k = 0; k < 3; k++) {
           snprintf(p, sizeof p, "osm.%u.groups.%u.%s", i, g, qkv[k]);
@@ -482,9 +487,9 @@ int gl__nn_expected_tensors(const struct gl__nn_config *cfg, struct gl__nn_tenso
     gl__add_linear(&l, "resizer.se.fc2", c, z);
     gl__add_unit(&l, "resizer.out", 3, c, 3, false);
   }
-  if (l.oom) {
+  if (l.oom || l.over) {
     free(l.v);
-    return GL_ENOMEM;
+    return l.oom ? GL_ENOMEM : GL_ETOOBIG;
   }
   *out = l.v;
   *n = l.n;

@@ -180,6 +180,8 @@ void gl_nn_engine_feature_shape(const struct gl_nn_engine *e, uint32_t *rows, ui
 
 const char *gl_nn_engine_backend_name(const struct gl_nn_engine *e) { return e->be.i->name; }
 
+uint32_t gl_nn_engine_max_batch(const struct gl_nn_engine *e) { return e->graph.max_batch; }
+
 void gl__nn_engine_set_trace(struct gl_nn_engine *e, gl__nn_trace_cb cb, void *ud) {
   e->graph.trace = cb;
   e->graph.trace_ud = ud;

@@ -73,9 +73,11 @@ struct gl__nn_tensor_spec {
 };
 
 /* The tensors a model file with this config holds, in no particular order
- * (*out is malloc'ed). Returns 0 or GL_ENOMEM. */
-int gl__nn_expected_tensors(const struct gl__nn_config *cfg, struct gl__nn_tensor_spec **out,
-                            size_t *n);
+ * (*out is malloc'ed). Returns 0, GL_ENOMEM, or GL_ETOOBIG (nothing in
+ * *out) as soon as there are more than max: a config of a few bytes can
+ * imply millions of tensors (osm_groups), which no file holds. */
+int gl__nn_expected_tensors(const struct gl__nn_config *cfg, size_t max,
+                            struct gl__nn_tensor_spec **out, size_t *n);
 
 /* A conv unit with batch-norm folded in: weight OIHW and bias [O]. */
 struct gl__nn_unit {

@@ -34,7 +34,11 @@ uint32_t gl_nn_model_descriptor_dim(const struct gl_nn_model *m);
 uint32_t gl_nn_model_ref_rotations(const struct gl_nn_model *m);
 /* SHA-256 of the model file, as 64 lowercase hex digits. */
 const char *gl_nn_model_sha256(const struct gl_nn_model *m);
-/* Side in pixels of the (square) network input: config input_size. */
+/* The network input in pixels, config input_size ([height, width], or one
+ * side for a square; 224 when absent). */
+void gl_nn_model_input_dims(const struct gl_nn_model *m, uint32_t *width, uint32_t *height);
+/* Its width: the side of the square input the fine stage, the daemon and
+ * the map builder's dense layer take. */
 uint32_t gl_nn_model_input_size(const struct gl_nn_model *m);
 /* Total stride (pixels per cell) and channels of backbone block `layer`
  * (1..17); for the block the model's dense head reads (config dense_head),
@@ -105,5 +109,7 @@ int gl_nn_engine_features_tiled(struct gl_nn_engine *e, uint32_t margin,
 
 /* The backend in use ("cpu-onednn", "cuda"). */
 const char *gl_nn_engine_backend_name(const struct gl_nn_engine *e);
+/* The most images one call takes: the max_batch it was created with. */
+uint32_t gl_nn_engine_max_batch(const struct gl_nn_engine *e);
 
 #endif

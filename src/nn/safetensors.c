@@ -132,11 +132,38 @@ static bool gl__all_zero(const uint8_t *p, size_t n) {
   return true;
 }
 
+static int gl__str_cmp(const void *a, const void *b) {
+  return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
 static int gl__parse_metadata(struct gl__st *st, const cJSON *meta, char *err, size_t errlen) {
   if (!cJSON_IsObject(meta))
     return gl_fail(err, errlen, GL_EFORMAT,
                        "__metadata__ must be an object mapping strings to strings");
   const cJSON *kv;
+  /* cJSON keeps duplicate keys. Python's reader refuses them in every
+   * object of the header, and here a second "config" would replace (and
+   * leak) the first: refused like duplicate tensor names, after a sort so
+   * that a header of many keys costs n log n. */
+  size_t n = 0;
+  cJSON_ArrayForEach(kv, meta) { n++; }
+  if (n > 1) {
+    const char **keys = malloc(n * sizeof *keys);
+    if (!keys)
+      return GL_ENOMEM;
+    n = 0;
+    cJSON_ArrayForEach(kv, meta) { keys[n++] = kv->string; }
+    qsort(keys, n, sizeof *keys, gl__str_cmp);
+    for (size_t i = 1; i < n; i++) {
+      if (strcmp(keys[i - 1], keys[i]) == 0) {
+        int rc =
+            gl_fail(err, errlen, GL_EFORMAT, "header: duplicate key '%s' in __metadata__", keys[i]);
+        free(keys);
+        return rc;
+      }
+    }
+    free(keys);
+  }
   cJSON_ArrayForEach(kv, meta) {
     if (!cJSON_IsString(kv))
       return gl_fail(err, errlen, GL_EFORMAT,

@@ -288,6 +288,39 @@ class Eval(unittest.TestCase):
         self.assertEqual(r.returncode, 0)
         self.assertIn("R@k", r.stdout)
 
+    def test_numbers_are_parsed_strictly(self):
+        """A number that does not parse or is out of range is wrong usage,
+        named in the message (`--threads abc` used to be 0, all cores);
+        numbers in range still run."""
+        name = sorted(FIX.truth)[0]
+        frame = os.path.join(FIX.set, name)
+        common = {"locate": ["--model", FIX.model, "--map", FIX.map],
+                  "eval": ["--model", FIX.model, "--map", FIX.map, "--labels", FIX.labels]}
+        for cmd, args, needle in (
+                ("locate", ["--threads", "abc", frame], '--threads: "abc" is not an integer'),
+                ("locate", ["--threads", "1025", frame], '--threads: "1025"'),
+                ("locate", ["--top-k", "101", frame], '--top-k: "101"'),
+                ("locate", ["--tiles", "0", frame], '--tiles: "0"'),
+                ("locate", ["--heading", "nan", frame], '--heading: "nan"'),
+                ("eval", ["--threads", "abc"], '--threads: "abc"'),
+                ("eval", ["--batch", "8x"], '--batch: "8x"'),
+                ("eval", ["--heading-noise", "-1"], '--heading-noise: "-1"')):
+            r = run(cmd, *common[cmd], *args)
+            self.assertEqual(r.returncode, 2, (cmd, args, r.stderr))
+            self.assertIn(needle, r.stderr, (cmd, args))
+            self.assertEqual(r.stdout, "", (cmd, args))
+        r = run("locate", *common["locate"], "--threads", "2", "--top-k", "3", "--tiles", "32",
+                "--format", "csv", frame)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        rows = list(csv.DictReader(io.StringIO(r.stdout)))
+        self.assertTrue(1 <= len(rows) <= 3, rows)
+        self.assertEqual(rows[0]["status"], "OK")
+        tid, lat, lon = FIX.truth[name]
+        self.assertEqual(int(rows[0]["tile_id"]), tid)
+        r = run("eval", *common["eval"], "--threads", "1", "--batch", "4", "--tiles", "32")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(self.summary(r.stdout).group(2), "100.0%")
+
     def test_through_geolocd(self):
         d = Daemon()
         try:

@@ -8,7 +8,7 @@
  * that the fast IDCT really gives other pixels for its image).
  *
  * `test_img --write-corpus DIR` writes the small seed files of the libFuzzer
- * target (tests/img/corpus/) and exits. */
+ * target fuzz_img (tests/fuzz/corpus/img/) and exits. */
 #include <errno.h>
 #include <pthread.h>
 #include <spng.h>

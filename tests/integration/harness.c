@@ -1064,15 +1064,18 @@ int gl_test_tls_peer_is(uint16_t port, const char *ca, const char *cert, const c
   return result;
 }
 
-int gl_test_tls_old_version(uint16_t port, const char *ca, const char *cert, const char *key) {
+/* A handshake at protocol versions lo..hi offering only the TLS 1.2-style
+ * cipher list ciphers: 0 when it succeeds, -1 when it fails. */
+static int gl__tls_try(uint16_t port, const char *ca, const char *cert, const char *key, int lo,
+                       int hi, const char *ciphers) {
   SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
   SSL_CHECK(ctx, "SSL_CTX_new");
-  /* Level 0 lets this client offer TLS 1.0/1.1 at all, so any refusal is
-   * the server's. */
+  /* Level 0 lets this client offer old versions and weak suites at all, so
+   * any refusal is the server's. */
   SSL_CTX_set_security_level(ctx, 0);
-  SSL_CTX_set_cipher_list(ctx, "DEFAULT:@SECLEVEL=0");
-  SSL_CTX_set_min_proto_version(ctx, TLS1_VERSION);
-  SSL_CTX_set_max_proto_version(ctx, TLS1_1_VERSION);
+  SSL_CHECK(SSL_CTX_set_cipher_list(ctx, ciphers) == 1, ciphers);
+  SSL_CTX_set_min_proto_version(ctx, lo);
+  SSL_CTX_set_max_proto_version(ctx, hi);
   SSL_CHECK(SSL_CTX_load_verify_locations(ctx, ca, NULL) == 1, ca);
   SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
   if (cert) {
@@ -1096,5 +1099,14 @@ int gl_test_tls_old_version(uint16_t port, const char *ca, const char *cert, con
   }
   SSL_CTX_free(ctx);
   return result;
+}
+
+int gl_test_tls_old_version(uint16_t port, const char *ca, const char *cert, const char *key) {
+  return gl__tls_try(port, ca, cert, key, TLS1_VERSION, TLS1_1_VERSION, "DEFAULT:@SECLEVEL=0");
+}
+
+int gl_test_tls12_cipher(uint16_t port, const char *ca, const char *cert, const char *key,
+                         const char *cipher) {
+  return gl__tls_try(port, ca, cert, key, TLS1_2_VERSION, TLS1_2_VERSION, cipher);
 }
 #endif

@@ -235,6 +235,10 @@ int gl_test_tls_peer_is(uint16_t port, const char *ca, const char *cert, const c
 /* Handshake with a client limited to TLS <= 1.1 (security level 0).
  * Returns 0 when the handshake succeeded, -1 when it failed. */
 int gl_test_tls_old_version(uint16_t port, const char *ca, const char *cert, const char *key);
+/* A TLS 1.2 handshake offering only cipher (OpenSSL syntax): 0 when the
+ * server accepts it, -1 when it refuses. */
+int gl_test_tls12_cipher(uint16_t port, const char *ca, const char *cert, const char *key,
+                         const char *cipher);
 #endif
 
 #endif

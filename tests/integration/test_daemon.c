@@ -807,6 +807,14 @@ static void sc_tls_ok(struct gl_test_env *e) {
   /* TLS below 1.2 is refused. */
   r = gl_test_tls_old_version(e->tls_port, e->ca_a, e->client_crt, e->client_key);
   GL_CHECKF(r != 0, "a TLS 1.0/1.1 handshake succeeded");
+  /* TLS 1.2 offers AEAD suites with forward secrecy only ([tls] ciphers'
+   * default): CBC with SHA-1 MACs is refused, ECDHE with AES-GCM taken. */
+  r = gl_test_tls12_cipher(e->tls_port, e->ca_a, e->client_crt, e->client_key,
+                           "ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES128-SHA:AES128-SHA:AES256-SHA");
+  GL_CHECKF(r != 0, "a TLS 1.2 handshake offering only CBC/SHA-1 suites succeeded");
+  r = gl_test_tls12_cipher(e->tls_port, e->ca_a, e->client_crt, e->client_key,
+                           "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES128-GCM-SHA256");
+  GL_CHECKF(r == 0, "a TLS 1.2 handshake with ECDHE and AES-GCM failed");
   gl_test_ping_ok(a, 3, "tls ping at the end");
   gl_client_destroy(a);
   gl_test_stop(e);
@@ -1419,6 +1427,40 @@ static void sc_check_config(struct gl_test_env *e) {
   snprintf(path, sizeof path, "%s/wrong-key.conf", e->dir);
   gl_test_write_conf_to(e, &c, path);
   check_config(e, path, 1, NULL, "TLS key not matching the certificate");
+
+  /* A private key other users can read: a warning naming it, not a refusal. */
+  char key[400];
+  snprintf(key, sizeof key, "%s/readable.key", e->dir);
+  char *pem = gl_test_read_file(e->server_key);
+  FILE *f = fopen(key, "w");
+  GL_CHECK(pem && f && fputs(pem, f) >= 0);
+  if (f)
+    fclose(f);
+  free(pem);
+  GL_CHECK(chmod(key, 0644) == 0);
+  gl_test_conf_defaults(&c);
+  c.listen_tls = true;
+  c.tls_key = key;
+  snprintf(path, sizeof path, "%s/readable-key.conf", e->dir);
+  gl_test_write_conf_to(e, &c, path);
+  check_config(e, path, 0, "readable.key has mode 0644", "world-readable TLS key");
+  GL_CHECK(chmod(key, 0640) == 0);
+  {
+    const char *args[] = {"--config", path, "--check-config", NULL};
+    struct run_result r;
+    run_daemon(e, args, &r);
+    GL_CHECKF(exited(&r, 0) && !strstr(r.err, "has mode"),
+              "a 0640 key: --check-config should pass without a warning; stderr: %s", r.err);
+    run_free(&r);
+  }
+
+  /* A cipher list OpenSSL cannot use stops the start. */
+  gl_test_conf_defaults(&c);
+  c.listen_tls = true;
+  c.extra = "[tls]\nciphers = NO-SUCH-CIPHER";
+  snprintf(path, sizeof path, "%s/ciphers.conf", e->dir);
+  gl_test_write_conf_to(e, &c, path);
+  check_config(e, path, 1, "[tls] ciphers", "unusable [tls] ciphers");
 #endif
 
   /* The daemon itself refuses such a config too, and exits. */

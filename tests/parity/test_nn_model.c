@@ -89,7 +89,7 @@ static size_t build_file(const struct mut *mu, uint8_t **out) {
   }
   struct gl__nn_tensor_spec *spec;
   size_t n;
-  if (gl__nn_expected_tensors(&cfg, &spec, &n))
+  if (gl__nn_expected_tensors(&cfg, SIZE_MAX, &spec, &n))
     abort();
   spec = realloc(spec, (n + 1) * sizeof *spec);
   if (mu->extra) {
@@ -233,6 +233,14 @@ static void raw_bad_utf8(uint8_t *f, size_t *n) {
   uint8_t *p = (uint8_t *)strstr((char *)f + 8, "width_mult");
   p[0] = 0xc0;
   p[1] = 0x80; /* overlong NUL */
+}
+
+static void raw_dup_meta(uint8_t *f, size_t *n) {
+  /* A second "format" in __metadata__, same length (found by fuzz_safetensors:
+   * it replaced and leaked the first). */
+  (void)n;
+  char *p = strstr((char *)f + 8, "\"format_version\"");
+  memcpy(p, "\"format\"        ", 16);
 }
 
 static void test_valid_and_fold(void) {
@@ -434,6 +442,7 @@ static void test_header(void) {
   expect_raw(raw_not_object, "does not start with '{'");
   expect_raw(raw_truncated, "out of range of the");
   expect_raw(raw_bad_utf8, "not UTF-8");
+  expect_raw(raw_dup_meta, "duplicate key 'format' in __metadata__");
 }
 
 static void test_trailing_and_padding(void) {
@@ -497,6 +506,11 @@ static void test_metadata_and_config(void) {
   expect_mut(&(struct mut){.config = "[1, 2]"}, "config must be a JSON object");
   /* A config that differs from the tensors: the tensor-set check says so. */
   expect_mut(&(struct mut){.config = "{}"}, "tensors do not match the config");
+  /* 36 million tensors implied by 66 bytes (found by fuzz_model_config):
+   * refused before they are listed, at once and without gigabytes. */
+  expect_mut(&(struct mut){.config = "{\"osm_dim\": 1000000, \"osm_groups\": 1000000, "
+                                     "\"levels\": [6, 13, 18]}"},
+             "tensors do not match the config: it needs more than");
 
   char err[512];
   snprintf(path, sizeof path, "/nonexistent/model.safetensors");

@@ -1,5 +1,6 @@
 """Connection hardening in geolocd: half-closed clients, connection floods,
-StreamOptions and the range of Hello.protocol_version.
+StreamOptions, the range of Hello.protocol_version, messages stuffed with
+fields, and decoding shared fairly between clients.
 
 geolocd serves the shipped model on a small map (36 tiles of the NAIP
 raster, no dense layer); frames are small PNGs of noise, which decode and
@@ -10,18 +11,17 @@ what a well-behaved client library never would.
 usage: test_hardening_conn.py BUILD_DIR SOURCE_DIR
 """
 import os
-import random
-import select
 import shutil
 import socket
 import ssl
-import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
-import zlib
+import urllib.error
+import urllib.request
 
 BUILD, SRC = (os.path.abspath(p) for p in sys.argv[1:3])
 del sys.argv[1:3]
@@ -31,114 +31,12 @@ RASTER = os.path.join(SRC, "data", "naip", "m_4709963_se_14_1_20200831.tif")
 MODEL = os.path.join(SRC, "data", "models", "geoloc-naip-mnv2-64.safetensors")
 BBOX = "-99.1618,47.0155,-99.1487,47.0245"  # about 1 km a side inside the raster
 
-# geoloc.v1 numbers the tests use.
-WELCOME, ESTIMATE, ERROR, PONG = 1, 2, 3, 4  # ServerMessage oneof
-VERSION, RESOURCE_EXHAUSTED = 2, 7  # Error.Code
-BUSY = 3  # Estimate.Status
-PNG_FORMAT = 2  # ImageFormat
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def varint(n):
-    out = b""
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out += bytes([b | (0x80 if n else 0)])
-        if not n:
-            return out
-
-
-def read_varint(data, i):
-    v = shift = 0
-    while True:
-        b = data[i]
-        i += 1
-        v |= (b & 0x7F) << shift
-        shift += 7
-        if not b & 0x80:
-            return v, i
-
-
-def fields(data):
-    """number -> list of values of a protobuf message (varints as ints,
-    everything else as bytes), in wire order."""
-    out, i = {}, 0
-    while i < len(data):
-        key, i = read_varint(data, i)
-        kind = key & 7
-        if kind == 0:
-            v, i = read_varint(data, i)
-        elif kind == 2:
-            n, i = read_varint(data, i)
-            v, i = data[i:i + n], i + n
-        elif kind in (1, 5):
-            n = 8 if kind == 1 else 4
-            v, i = data[i:i + n], i + n
-        else:
-            raise AssertionError("wire type %d" % kind)
-        out.setdefault(key >> 3, []).append(v)
-    return out
-
-
-def first(f, number, default=None):
-    return f[number][-1] if number in f else default
-
-
-def ld(number, body):
-    """A length-delimited field."""
-    return varint(number << 3 | 2) + varint(len(body)) + body
-
-
-def vi(number, value):
-    """A varint field."""
-    return varint(number << 3) + varint(value)
-
-
-def client_msg(field, body):
-    """ClientMessage{oneof field = body} with its length prefix."""
-    msg = ld(field, body)
-    return len(msg).to_bytes(4, "big") + msg
-
-
-def hello_msg(version=1, max_in_flight=None, default_top_k=None):
-    options = b""
-    if max_in_flight is not None:
-        options += vi(1, max_in_flight)
-    if default_top_k is not None:
-        options += vi(2, default_top_k)
-    body = varint(1 << 3) + varint(version)  # protocol_version: any varint
-    if options:
-        body += ld(5, options)
-    return client_msg(1, body)
-
-
-def frame_msg(fid, image, top_k=None):
-    body = vi(1, fid) + ld(3, image) + vi(4, PNG_FORMAT)
-    if top_k is not None:
-        body += vi(9, top_k)
-    return client_msg(2, body)
-
-
-def ping_msg(nonce):
-    return client_msg(3, vi(1, nonce))
-
-
-def png(w, h, seed):
-    """An RGB PNG of noise, written with zlib alone."""
-    rnd = random.Random(seed)
-    rows = b"".join(b"\x00" + bytes(rnd.getrandbits(8) for _ in range(w * 3)) for _ in range(h))
-
-    def chunk(kind, data):
-        return (struct.pack(">I", len(data)) + kind + data +
-                struct.pack(">I", zlib.crc32(kind + data)))
-
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) +
-            chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import (BAD_REQUEST, BUSY, ERROR, ESTIMATE, NO_MATCH, OK, PNG_FORMAT,  # noqa: E402
+                    PONG, RESOURCE_EXHAUSTED, VERSION, WELCOME, client_msg, fields, first,
+                    frame_msg, free_port, hello_msg, ld, ping_msg, png, rss_kib, slow_png,
+                    under_asan, varint, vi)
+import common  # noqa: E402
 
 
 class Fixture:
@@ -169,12 +67,15 @@ FIX = None
 
 
 class Daemon:
-    def __init__(self, extra="", tls=False, sections=""):
+    def __init__(self, extra="", tls=False, sections="", stale_ms=0, metrics=False):
         self.port = free_port()
         self.tls_port = free_port() if tls else None
+        self.mport = free_port() if metrics else None
         self.conf = os.path.join(FIX.dir, "geolocd-%d.conf" % self.port)
-        text = "[daemon]\nstale_after_ms = 0\n%s\n[listen]\ntcp = 127.0.0.1:%d\n" % (extra,
-                                                                                       self.port)
+        text = "[daemon]\nstale_after_ms = %d\n%s\n[listen]\ntcp = 127.0.0.1:%d\n" % (
+            stale_ms, extra, self.port)
+        if metrics:
+            sections += "[metrics]\nlisten = 127.0.0.1:%d\n" % self.mport
         if tls:
             text += ("tls = 127.0.0.1:%d\n[tls]\ncert = %s\nkey = %s\n"
                      "require_client_cert = false\n" % (self.tls_port, FIX.cert, FIX.key))
@@ -195,6 +96,17 @@ class Daemon:
                 time.sleep(0.05)
         raise AssertionError("geolocd did not listen:\n" + self.log_text())
 
+    def http(self, path, timeout):
+        """(status, seconds) of a GET on the metrics port."""
+        t0 = time.monotonic()
+        try:
+            with urllib.request.urlopen("http://127.0.0.1:%d%s" % (self.mport, path),
+                                        timeout=timeout) as r:
+                status = r.status
+        except urllib.error.HTTPError as e:
+            status = e.code
+        return status, time.monotonic() - t0
+
     def log_text(self):
         if not self.log.closed:
             self.log.flush()
@@ -209,59 +121,9 @@ class Daemon:
         return rc
 
 
-class Conn:
-    """A raw protocol connection, plaintext or TLS."""
-
-    def __init__(self, port, tls=False, source=None, timeout=60):
-        self.s = socket.create_connection(("127.0.0.1", port), timeout=timeout,
-                                          source_address=(source, 0) if source else None)
-        if tls:
-            ctx = ssl.create_default_context(cafile=FIX.cert)
-            self.s = ctx.wrap_socket(self.s, server_hostname="localhost")
-        self.buf = b""
-        self.eof = False
-
-    def send(self, data):
-        self.s.sendall(data)
-
-    def shut_wr(self):
-        """TCP half-close. On a TLS socket, too: socket.socket's own
-        shutdown leaves the TLS state in place (SSLSocket.shutdown drops it),
-        so the answers can still be read through TLS."""
-        socket.socket.shutdown(self.s, socket.SHUT_WR)
-
-    def recv(self):
-        """The next ServerMessage as fields, or None at EOF between
-        messages."""
-        while len(self.buf) < 4 or len(self.buf) < 4 + int.from_bytes(self.buf[:4], "big"):
-            chunk = self.s.recv(65536)
-            if not chunk:
-                if self.buf:
-                    raise AssertionError("EOF inside a message")
-                self.eof = True
-                return None
-            self.buf += chunk
-        n = int.from_bytes(self.buf[:4], "big")
-        m, self.buf = fields(self.buf[4:4 + n]), self.buf[4 + n:]
-        return m
-
-    def expect(self, kind):
-        m = self.recv()
-        if m is None or kind not in m:
-            raise AssertionError("expected ServerMessage field %d, got %r" % (kind, m))
-        return fields(m[kind][0])
-
-    def hello(self, **kw):
-        self.send(hello_msg(**kw))
-        return self.expect(WELCOME)
-
-    def readable(self, timeout):
-        if self.buf or (hasattr(self.s, "pending") and self.s.pending()):
-            return True
-        return bool(select.select([self.s], [], [], timeout)[0])
-
-    def close(self):
-        self.s.close()
+class Conn(common.Conn):
+    def __init__(self, port, tls=False, **kw):
+        super().__init__(port, cafile=FIX.cert if tls else None, **kw)
 
 
 class Case(unittest.TestCase):
@@ -389,7 +251,9 @@ class Flood(Case):
     """max_clients 16: idle connections that never say Hello are evicted,
     oldest first, in favour of new ones; once every slot holds a client past
     Hello, new connections are refused. Either way each one is told
-    Error{RESOURCE_EXHAUSTED, fatal} before it is closed; none is cut bare."""
+    Error{RESOURCE_EXHAUSTED, fatal} before it is closed; none is cut bare,
+    except a connection still before its TLS handshake, which cannot be
+    told and is closed (test_tls_eviction)."""
 
     MAX = 16
     CONF = {  # by test; the others get max_clients = MAX
@@ -563,14 +427,6 @@ class StreamOptions(Case):
             self.assertEqual((first(w, 6), first(w, 9)), (in_flight, top_k), opts)
 
 
-def rss_kib(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 class NeverReads(Case):
     """Clients that send Pings and never read the Pongs: the memory their
     queued output holds is bounded (the requests counted, not only the
@@ -602,11 +458,7 @@ class NeverReads(Case):
         grown = rss_kib(self.d.proc.pid) - before
         # Before the bound on real memory, 8 such clients queued ~400 MiB of
         # Pongs (4 MiB of payload each, ~250 bytes of memory per 17-byte Pong).
-        # Under AddressSanitizer freed memory sits in its quarantine (up to
-        # 256 MiB), so RSS says nothing there.
-        with open("/proc/%d/maps" % self.d.proc.pid) as f:
-            asan = "libasan" in f.read()
-        if not asan:
+        if not under_asan(self.d.proc.pid):
             self.assertLess(grown, 48 * 1024,
                             "RSS grew %d KiB after %d bytes of Pings" % (grown, sent))
         c = self.conn()
@@ -636,6 +488,153 @@ class BeforeHello(Case):
         self.assertGreater(len(image), 1 << 16)
         c.send(frame_msg(1, image))
         self.assertEqual(first(c.expect(ESTIMATE), 1), 1)
+
+
+class FieldFlood(Case):
+    """After Hello a message may be max_message_bytes (16 MiB), but not a
+    flood of fields: protobuf-c allocates for every field it unpacks, on the
+    event loop, and 16 MiB of 2-byte unknown fields cost ~690 MiB and ~3 s
+    (four at once stalled the loop 7 s, and /healthz answered 503). A
+    message with more than 64 fields, those of the messages inside it
+    included, is answered Error{BAD_REQUEST, fatal} without being unpacked:
+    four at once neither stall the loop (Pings on another connection come
+    back at once, /healthz says ok) nor cost more memory than the bytes
+    buffered."""
+
+    LIMIT = 16 << 20  # max_message_bytes' default
+
+    def bodies(self):
+        n = self.LIMIT - 5  # room in ClientMessage.frame (its key and a 4-byte length)
+        # Field 15 (unknown), varint 0, over and over, at the top level.
+        unknown = b"\x78\x00" * (self.LIMIT // 2)
+        # A Frame whose frame_id (a known field) comes 8 million times.
+        repeated = ld(2, b"\x08\x01" * (n // 2))
+        # A real Frame, then 5 million unknown fields (31, varint 0) in it.
+        head = vi(1, 1) + ld(3, FIX.images[0]) + vi(4, PNG_FORMAT)
+        nested = ld(2, head + b"\xf8\x01\x00" * ((n - len(head)) // 3))
+        out = [unknown, repeated, nested, unknown]
+        for b in out:
+            self.assertLessEqual(len(b), self.LIMIT)
+        return out
+
+    def test_field_floods_are_refused_cheaply(self):
+        self.d = Daemon(metrics=True)
+        self.addCleanup(lambda: self.assertEqual(self.d.stop(), 0, self.d.log_text()))
+        pid = self.d.proc.pid
+        bodies = self.bodies()
+        conns = [self.conn() for _ in bodies]
+        for c in conns:
+            c.hello()
+        probe = self.conn()
+        probe.hello()
+        probe.send(ping_msg(1))
+        probe.expect(PONG)
+        self.assertEqual(self.d.http("/healthz", 5)[0], 200)
+        before = rss_kib(pid, "VmHWM")
+
+        stop = threading.Event()
+        pings, health = [], []  # round trips (s); (status, s) of /healthz
+
+        def ping_loop():
+            i = 1
+            while not stop.is_set():
+                i += 1
+                t0 = time.monotonic()
+                probe.send(ping_msg(i))
+                self.assertEqual(first(probe.expect(PONG), 1), i)
+                pings.append(time.monotonic() - t0)
+                time.sleep(0.02)
+
+        def health_loop():
+            while not stop.is_set():
+                try:
+                    health.append(self.d.http("/healthz", 5))
+                except OSError as e:
+                    health.append((repr(e), 5))
+                time.sleep(0.1)
+
+        workers = [threading.Thread(target=ping_loop), threading.Thread(target=health_loop)]
+        workers += [threading.Thread(target=c.send, args=(len(b).to_bytes(4, "big") + b,))
+                    for c, b in zip(conns, bodies)]
+        for w in workers:
+            w.start()
+        try:
+            errors = [c.expect(ERROR) for c in conns]
+            time.sleep(0.5)  # the probes go on a little after the last answer
+        finally:
+            stop.set()
+            for w in workers:
+                w.join(60)
+        for e in errors:
+            self.assertEqual((first(e, 1), first(e, 4)), (BAD_REQUEST, 1), e)
+            self.assertIn(b"fields", first(e, 2))
+        for c in conns:
+            self.assertIsNone(c.recv())  # closed after the fatal Error
+        grown = rss_kib(pid, "VmHWM") - before
+        worst = max(pings)
+        # Before, the loop unpacked each message for ~3 s (the Pings waited
+        # that long) and RSS peaked 690 MiB higher a message. Now a message
+        # costs the 16 MiB buffer it was read into.
+        self.assertLess(worst, 1.0, "a Ping waited %.2f s (%d Pings)" % (worst, len(pings)))
+        self.assertTrue(health, "no /healthz answer")
+        self.assertEqual([h for h in health if h[0] != 200 or h[1] > 2], [], health)
+        if not under_asan(pid):
+            self.assertLess(grown, 160 * 1024, "peak RSS grew %d KiB" % grown)
+        self.assertIn("more than 64 fields", self.d.log_text())
+        # A Frame of the same size is still served, with a large unknown
+        # field (a newer client's) in it.
+        c = self.conn()
+        c.hello()
+        frame = vi(1, 7) + ld(3, FIX.images[1]) + vi(4, PNG_FORMAT)
+        c.send(client_msg(2, frame + ld(20, b"\0" * (self.LIMIT - 16 - len(frame)))))
+        self.assertEqual(first(c.expect(ESTIMATE), 1), 7)
+        sys.stderr.write("  [4 floods: worst Ping %.1f ms over %d, peak RSS +%d MiB]\n" %
+                         (worst * 1000, len(pings), grown // 1024))
+
+
+class Fairness(Case):
+    """Decoding is shared between clients in turn. Client A pipelines 32
+    frames that are slow to decode (4096 x 4096 PNGs, about 0.5 s each on
+    one core), then client B sends small frames a few times a second: B's
+    frames are decoded between A's, each answered OK (or NO_MATCH) well within
+    stale_after_ms. Before, frames were decoded first come first served,
+    every B frame waited behind all of A's (~9 s on 2 cores) and came back
+    DROPPED_STALE."""
+
+    STALE_MS = 3000
+
+    def test_heavy_client_does_not_starve_another(self):
+        self.d = Daemon("decode_threads = 2", stale_ms=self.STALE_MS)
+        self.addCleanup(lambda: self.assertEqual(self.d.stop(), 0, self.d.log_text()))
+        heavy = slow_png(4096, 4096, 1)
+        a = self.conn()
+        a.hello()
+        b = self.conn()
+        b.hello()
+        a.send(b"".join(frame_msg(1000 + i, heavy) for i in range(32)))
+        time.sleep(0.3)  # A's frames are all queued before B's first
+        t0 = time.monotonic()
+        for i in range(8):
+            b.send(frame_msg(i, FIX.images[i]))
+            time.sleep(0.25)
+        got = {}
+        for _ in range(8):
+            e = b.expect(ESTIMATE)
+            timing = fields(first(e, 4, b""))
+            got[first(e, 1)] = (first(e, 2), first(timing, 5, 0) / 1e6)
+        took = time.monotonic() - t0
+        statuses = {i: s for i, (s, _) in got.items()}
+        self.assertEqual(sorted(got), list(range(8)))
+        self.assertEqual([s for s in statuses.values() if s not in (OK, NO_MATCH)], [],
+                         "B's frames: %r" % got)
+        worst = max(t for _, t in got.values())
+        self.assertLess(worst, 2.5, "B's frames: %r" % got)
+        # A's frames are all answered too (some may be stale: they waited
+        # their turn behind each other).
+        a_ids = sorted(first(a.expect(ESTIMATE), 1) for _ in range(32))
+        self.assertEqual(a_ids, list(range(1000, 1032)))
+        sys.stderr.write("  [B: worst frame %.0f ms, 8 frames answered in %.1f s]\n" %
+                         (worst * 1000, took))
 
 
 class ProtocolVersion(Case):

@@ -768,7 +768,6 @@ static void test_serving(void) {
               "[model]\n"
               "path = /m/model.safetensors\n"
               "backend = cpu\n"
-              "precision = fp16\n"
               "max_batch = 16\n"
               "batch_window_us = 500\n"
               "threads = 2\n"
@@ -787,7 +786,6 @@ static void test_serving(void) {
     CHECK_EQ_INT(cfg.default_top_k, 3);
     CHECK_EQ_STR(cfg.model_path, "/m/model.safetensors");
     CHECK_EQ_INT(cfg.backend, GL_CONFIG_BACKEND_CPU);
-    CHECK_EQ_INT(cfg.precision, GL_CONFIG_FP16);
     CHECK_EQ_INT(cfg.max_batch, 16);
     CHECK_EQ_INT(cfg.batch_window_us, 500);
     CHECK_EQ_INT(cfg.model_threads, 2);
@@ -795,7 +793,7 @@ static void test_serving(void) {
     CHECK_EQ_STR(cfg.maps[0].name, "north");
     CHECK_EQ_STR(cfg.maps[0].path, "/maps/north.map");
     CHECK_EQ_STR(cfg.maps[1].name, "south-2020.v1");
-    CHECK_EQ_INT(cfg.maps[1].line, 15);
+    CHECK_EQ_INT(cfg.maps[1].line, 14);
     CHECK_EQ_INT(cfg.search_tiles, 32);
     CHECK_EQ_STR(cfg.metrics_listen, "127.0.0.1:9100");
     gl_config_fini(&cfg);
@@ -804,14 +802,15 @@ static void test_serving(void) {
   if (LOAD_OK("[listen]\ntcp = 127.0.0.1:7700\n", &cfg)) {
     CHECK(cfg.model_path == NULL);
     CHECK_EQ_INT(cfg.backend, GL_CONFIG_BACKEND_AUTO);
-    CHECK_EQ_INT(cfg.precision, GL_CONFIG_FP32);
+    CHECK_EQ_INT(cfg.max_batch, 0); /* by backend */
     CHECK_EQ_INT(cfg.n_maps, 0);
     gl_config_fini(&cfg);
   }
   EXPECT_ERR("[model]\npath = /m\nbackend = tpu\n", GL_ECONFIG, 3, 0, "model", "backend");
-  EXPECT_ERR("[model]\nprecision = fp8\npath = /m\n", GL_ECONFIG, 2, 0, "model", "precision");
+  /* precision was a GPU setting that nothing read: gone, and refused. */
+  EXPECT_ERR("[model]\nprecision = fp16\npath = /m\n", GL_ECONFIG, 2, 0, "model", "precision");
   EXPECT_ERR("[daemon]\n[model]\nmax_batch = 4\n", GL_ECONFIG, 2, 0, "model", "path");
-  EXPECT_ERR("[model]\npath = /m\nmax_batch = 0\n", GL_ECONFIG, 3, 0, "model", "max_batch");
+  EXPECT_ERR("[model]\npath = /m\nmax_batch = 1025\n", GL_ECONFIG, 3, 0, "model", "max_batch");
   EXPECT_ERR("[model]\npath = /m\n\n[map a]\n", GL_ECONFIG, 4, 0, "map a", "path");
   EXPECT_ERR("[map a]\npath = /a.map\n", GL_ECONFIG, 1, 0, "map a", "model");
   EXPECT_ERR("[model]\npath = /m\n[map a]\npath = /a\n[map a]\npath = /b\n", GL_ECONFIG, 5, 0,

@@ -2,9 +2,9 @@
 // libfaiss.
 //
 // Why this file exists: the map module talks to FAISS only through the C API
-// headers (faiss/c_api/*.h), as DESIGN.md section 7 asks, but Debian ships
-// those headers in libfaiss-dev without the libfaiss_c library that
-// implements them. When meson finds a real libfaiss_c it links that and
+// headers (faiss/c_api/*.h), as docs/ARCHITECTURE.md section 7 says, but
+// Debian ships those headers in libfaiss-dev without the libfaiss_c library
+// that implements them. When meson finds a real libfaiss_c it links that and
 // skips this file; otherwise this file provides exactly the functions the
 // module calls, with the signatures of the headers (which it includes inside
 // extern "C", so that any signature drift is a compile error rather than a

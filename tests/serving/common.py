@@ -1,0 +1,302 @@
+"""Helpers shared by the serving tests: free ports, the protocol's wire
+format spoken raw (varints, fields, framed client messages), small PNGs of
+noise, a small map of the shipped model, and a geolocd under test.
+
+Python's standard library only: every test that imports this runs without
+torch or GDAL's bindings."""
+import csv
+import io
+import os
+import random
+import select
+import signal
+import socket
+import ssl
+import struct
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import zlib
+
+# geoloc.v1 numbers the tests use.
+WELCOME, ESTIMATE, ERROR, PONG = 1, 2, 3, 4  # ServerMessage oneof
+VERSION, RESOURCE_EXHAUSTED, BAD_REQUEST = 2, 7, 12  # Error.Code
+OK, DROPPED_STALE, BUSY, NO_MATCH = 1, 2, 3, 4  # Estimate.Status
+PNG_FORMAT = 2  # ImageFormat
+
+# A box about 1 km a side inside the 2020 NAIP raster: a map of the shipped
+# model over it builds in seconds (36 tiles).
+BBOX = "-99.1618,47.0155,-99.1487,47.0245"
+
+
+def paths(build, src):
+    """The binaries and data files the tests use, by name."""
+    return {
+        "geolocd": os.path.join(build, "daemon", "geolocd"),
+        "geoloc": os.path.join(build, "tools", "geoloc"),
+        "raster": os.path.join(src, "data", "naip", "m_4709963_se_14_1_20200831.tif"),
+        "model": os.path.join(src, "data", "models", "geoloc-naip-mnv2-64.safetensors"),
+    }
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def varint(n):
+    out = b""
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out += bytes([b | (0x80 if n else 0)])
+        if not n:
+            return out
+
+
+def read_varint(data, i):
+    v = shift = 0
+    while True:
+        b = data[i]
+        i += 1
+        v |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return v, i
+
+
+def fields(data):
+    """number -> list of values of a protobuf message (varints as ints,
+    everything else as bytes), in wire order."""
+    out, i = {}, 0
+    while i < len(data):
+        key, i = read_varint(data, i)
+        kind = key & 7
+        if kind == 0:
+            v, i = read_varint(data, i)
+        elif kind == 2:
+            n, i = read_varint(data, i)
+            v, i = data[i:i + n], i + n
+        elif kind in (1, 5):
+            n = 8 if kind == 1 else 4
+            v, i = data[i:i + n], i + n
+        else:
+            raise AssertionError("wire type %d" % kind)
+        out.setdefault(key >> 3, []).append(v)
+    return out
+
+
+def first(f, number, default=None):
+    return f[number][-1] if number in f else default
+
+
+def ld(number, body):
+    return varint(number << 3 | 2) + varint(len(body)) + body
+
+
+def vi(number, value):
+    return varint(number << 3) + varint(value)
+
+
+def client_msg(field, body):
+    msg = ld(field, body)
+    return len(msg).to_bytes(4, "big") + msg
+
+
+def hello_msg(version=1, max_in_flight=None, default_top_k=None):
+    options = b""
+    if max_in_flight is not None:
+        options += vi(1, max_in_flight)
+    if default_top_k is not None:
+        options += vi(2, default_top_k)
+    body = varint(1 << 3) + varint(version)  # protocol_version: any varint
+    if options:
+        body += ld(5, options)
+    return client_msg(1, body)
+
+
+def frame_msg(fid, image, top_k=None):
+    body = vi(1, fid) + ld(3, image) + vi(4, PNG_FORMAT)
+    if top_k is not None:
+        body += vi(9, top_k)
+    return client_msg(2, body)
+
+
+def ping_msg(nonce):
+    return client_msg(3, vi(1, nonce))
+
+
+def png(w, h, seed):
+    """A w x h RGB PNG of noise (zlib and struct: no imaging library)."""
+    rnd = random.Random(seed)
+    rows = b"".join(b"\x00" + bytes(rnd.getrandbits(8) for _ in range(w * 3)) for _ in range(h))
+
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data +
+                struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) +
+            chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def slow_png(w, h, seed):
+    """An RGB PNG whose every row has the Paeth filter (the slowest to undo):
+    rows cut from one block of noise, so that it compresses to a few hundred
+    KB however large, while decoding it still touches every byte. 4096 x 4096
+    takes about half a second to decode on one core."""
+    rnd = random.Random(seed)
+    block = bytes(rnd.getrandbits(8) for _ in range(8192))
+    ring = block * (w * 3 // len(block) + 2)
+    rows = b"".join(b"\x04" + ring[(y * 97) % len(block):][:w * 3] for y in range(h))
+
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data +
+                struct.pack(">I", zlib.crc32(kind + data)))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) +
+            chunk(b"IDAT", zlib.compress(rows, 1)) + chunk(b"IEND", b""))
+
+
+def rss_kib(pid, what="VmRSS"):
+    """VmRSS (or VmHWM, its peak) of a process, KiB."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(what + ":"):
+                return int(line.split()[1])
+    raise AssertionError("no " + what)
+
+
+def under_asan(pid):
+    """Under AddressSanitizer freed memory sits in its quarantine (up to 256
+    MiB), so RSS says nothing there."""
+    with open("/proc/%d/maps" % pid) as f:
+        return "libasan" in f.read()
+
+
+class Conn:
+    """A raw protocol connection, plaintext or TLS (verified against cafile)."""
+
+    def __init__(self, port, cafile=None, source=None, timeout=60):
+        self.s = socket.create_connection(("127.0.0.1", port), timeout=timeout,
+                                          source_address=(source, 0) if source else None)
+        if cafile:
+            ctx = ssl.create_default_context(cafile=cafile)
+            self.s = ctx.wrap_socket(self.s, server_hostname="localhost")
+        self.buf = b""
+        self.eof = False
+
+    def send(self, data):
+        self.s.sendall(data)
+
+    def shut_wr(self):
+        """TCP half-close. On a TLS socket, too: socket.socket's own
+        shutdown leaves the TLS state in place (SSLSocket.shutdown drops it),
+        so the answers can still be read through TLS."""
+        socket.socket.shutdown(self.s, socket.SHUT_WR)
+
+    def recv(self):
+        """The next ServerMessage as fields, or None at EOF between
+        messages."""
+        while len(self.buf) < 4 or len(self.buf) < 4 + int.from_bytes(self.buf[:4], "big"):
+            chunk = self.s.recv(65536)
+            if not chunk:
+                if self.buf:
+                    raise AssertionError("EOF inside a message")
+                self.eof = True
+                return None
+            self.buf += chunk
+        n = int.from_bytes(self.buf[:4], "big")
+        m, self.buf = fields(self.buf[4:4 + n]), self.buf[4 + n:]
+        return m
+
+    def expect(self, kind):
+        m = self.recv()
+        if m is None or kind not in m:
+            raise AssertionError("expected ServerMessage field %d, got %r" % (kind, m))
+        return fields(m[kind][0])
+
+    def hello(self, **kw):
+        self.send(hello_msg(**kw))
+        return self.expect(WELCOME)
+
+    def readable(self, timeout):
+        if self.buf or (hasattr(self.s, "pending") and self.s.pending()):
+            return True
+        return bool(select.select([self.s], [], [], timeout)[0])
+
+    def close(self):
+        self.s.close()
+
+
+def build_map(geoloc, model, raster, out, *extra):
+    """A map of the shipped model over BBOX without a dense layer."""
+    subprocess.run([geoloc, "map", "build", "--model", model, "--ortho", raster, "--bbox", BBOX,
+                    "--dense-layer", "0", "--out", out, *extra],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+class Geolocd:
+    """geolocd on loopback with a model and one map named "area", its log in
+    a file; write_conf rewrites the configuration (for SIGHUP)."""
+
+    def __init__(self, exe, workdir, model, map_path, extra=""):
+        self.exe, self.dir = exe, workdir
+        self.port, self.mport = free_port(), free_port()
+        self.conf = os.path.join(workdir, "geolocd-%d.conf" % self.port)
+        self.write_conf(model, map_path, extra)
+        self.log = open(os.path.join(workdir, "geolocd-%d.log" % self.port), "w+")
+        self.proc = subprocess.Popen([exe, "--config", self.conf], stderr=self.log)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError("geolocd exited %d:\n%s" % (self.proc.returncode,
+                                                                  self.log_text()))
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("geolocd did not listen:\n" + self.log_text())
+
+    def write_conf(self, model, map_path, extra=""):
+        with open(self.conf + ".tmp", "w") as f:
+            f.write("[daemon]\n%s\n[listen]\ntcp = 127.0.0.1:%d\n[model]\npath = %s\n"
+                    "[map area]\npath = %s\n[metrics]\nlisten = 127.0.0.1:%d\n"
+                    % (extra, self.port, model, map_path, self.mport))
+        os.rename(self.conf + ".tmp", self.conf)
+
+    def log_text(self):
+        if not self.log.closed:
+            self.log.flush()
+        with open(self.log.name) as f:
+            return f.read()
+
+    def wait_log(self, needle, count=1, timeout=30):
+        """Waits until needle is in the log count times; returns the log."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            text = self.log_text()
+            if text.count(needle) >= count:
+                return text
+            time.sleep(0.05)
+        raise AssertionError("%r not logged %d times:\n%s" % (needle, count, self.log_text()))
+
+    def query(self, geoloc, frames, *args):
+        r = subprocess.run([geoloc, "query", "--connect", "127.0.0.1:%d" % self.port, "--format",
+                            "csv", *args, *frames], capture_output=True, text=True, timeout=120)
+        return r.returncode, list(csv.DictReader(io.StringIO(r.stdout))), r.stderr
+
+    def http_status(self, path):
+        try:
+            return urllib.request.urlopen("http://127.0.0.1:%d%s" % (self.mport, path),
+                                          timeout=10).status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        rc = self.proc.wait(timeout=30)
+        self.log.close()
+        return rc
