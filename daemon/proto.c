@@ -127,13 +127,28 @@ static void gl__conn_hello(struct gl_conn *c, const Geoloc__V1__Hello *h) {
                    GL_PROTOCOL_VERSION);
     return;
   }
+  /* Before anything else is said: an unknown client learns no map names. */
+  const struct gl_config_token *tok = NULL;
+  if (cfg->n_tokens > 0) {
+    int t = gl_auth_find(&cfg->tokens[0].hash, sizeof cfg->tokens[0], cfg->n_tokens, h->token);
+    if (t < 0) {
+      gl__conn_error(c, GEOLOC__V1__ERROR__CODE__UNAUTHENTICATED, NULL, true, "%s",
+                     h->token && h->token[0] ? "token not accepted" : "this server needs a token");
+      return;
+    }
+    tok = &cfg->tokens[t];
+  }
   const struct gl_runtime *rt = c->srv->rt;
   const char *names[GL_CONFIG_MAX_MAPS];
-  uint32_t n_maps = rt ? rt->n_maps : 0;
+  uint32_t n_maps = rt ? rt->n_maps : 0, n_names = 0;
   char list[256] = "";
   for (uint32_t i = 0; i < n_maps; i++) {
-    names[i] = rt->maps[i].name;
-    snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", i ? ", " : "", names[i]);
+    if (tok && !gl_config_token_allows(tok, rt->maps[i].name))
+      continue; /* a restricted client is told only of its own maps */
+    names[n_names] = rt->maps[i].name;
+    snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", n_names ? ", " : "",
+             names[n_names]);
+    n_names++;
   }
   /* The client's map name, escaped for the Error and the log it goes to. */
   char map_name[GL__CLIENT_STR];
@@ -156,6 +171,13 @@ static void gl__conn_hello(struct gl_conn *c, const Geoloc__V1__Hello *h) {
       return;
     }
     snprintf(c->map, sizeof c->map, "%s", rt->maps[i].name);
+  }
+  /* The proto has no PERMISSION_DENIED: a token that may not use this map
+   * is as good as none for it. */
+  if (tok && !gl_config_token_allows(tok, c->map)) {
+    gl__conn_error(c, GEOLOC__V1__ERROR__CODE__UNAUTHENTICATED, NULL, true,
+                   "token '%s' may not use map '%s'", tok->name, c->map);
+    return;
   }
   const Geoloc__V1__StreamOptions *o = h->options;
   if (o && o->has_max_speed_mps && !(o->max_speed_mps >= 0 && o->max_speed_mps <= 1000)) {
@@ -188,7 +210,7 @@ static void gl__conn_hello(struct gl_conn *c, const Geoloc__V1__Hello *h) {
   w.protocol_version = GL_PROTOCOL_VERSION;
   w.server = (char *)"geolocd " GL_VERSION;
   w.map = c->map;
-  w.n_maps = n_maps;
+  w.n_maps = n_names;
   w.maps = (char **)names;
   w.has_max_frames_in_flight = 1;
   w.max_frames_in_flight = c->max_inflight;
@@ -206,8 +228,8 @@ static void gl__conn_hello(struct gl_conn *c, const Geoloc__V1__Hello *h) {
   gl_wire_decoder_set_max(&c->dec, cfg->max_message_bytes);
   char client_name[GL__CLIENT_STR];
   gl_log_escape(client_name, sizeof client_name, h->client_name);
-  GL_LOG_D("session %llu (%s): hello from '%s'", (unsigned long long)c->session_id, c->peer,
-           client_name);
+  GL_LOG_D("session %llu (%s): hello from '%s'%s%s", (unsigned long long)c->session_id, c->peer,
+           client_name, tok ? " with token " : "", tok ? tok->name : "");
   gl__conn_send(c, &m);
 }
 

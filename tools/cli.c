@@ -125,6 +125,9 @@ void gl_cli_tls_option(int o, const char *arg, struct gl_client_opts *co) {
   case 's':
     co->server_name = arg;
     break;
+  case 'T':
+    co->token = arg;
+    break;
   }
 }
 

@@ -50,10 +50,15 @@ int gl_cli_getopt(int argc, char **argv, const char *shortopts, const struct opt
                   gl_cli_apply_fn apply, void *opts, void (*usage)(FILE *));
 
 /* The TLS options of every command that connects to geolocd, for its
- * getopt_long table; their values are 'a', 'e', 'K' and 's'. */
+ * getopt_long table; their values are 'a', 'e', 'K' and 's', and 'T' for
+ * --token (Hello.token; without it, $GEOLOC_TOKEN). */
 #define GL_CLI_TLS_OPTIONS                                                                     \
   {"tls-ca", required_argument, NULL, 'a'}, {"tls-cert", required_argument, NULL, 'e'},        \
-      {"tls-key", required_argument, NULL, 'K'}, {"server-name", required_argument, NULL, 's'}
+      {"tls-key", required_argument, NULL, 'K'}, {"server-name", required_argument, NULL, 's'}, \
+      {"token", required_argument, NULL, 'T'}
+#define GL_CLI_TOKEN_USAGE                                                                     \
+  "  --token T           the server's client token (default: $GEOLOC_TOKEN; the\n"            \
+  "                      variable keeps it out of ps)\n"
 
 /* Applies one of GL_CLI_TLS_OPTIONS (o is its value) to co. */
 void gl_cli_tls_option(int o, const char *arg, struct gl_client_opts *co);

@@ -30,7 +30,7 @@ static void usage(FILE *f) {
              "                      server's limit)\n"
              "  --map NAME          map to localize against\n"
              "  --heading DEG       send every frame this compass heading\n"
-             "  --tls-ca FILE, --tls-cert FILE, --tls-key FILE, --server-name N: as query\n");
+             "  --tls-ca FILE, --tls-cert FILE, --tls-key FILE, --server-name N, --token T: as query\n");
 }
 
 struct bench_image {
@@ -225,6 +225,7 @@ static int bench_option(void *opts, int o, const char *flag, const char *arg) {
   case 'e':
   case 'K':
   case 's':
+  case 'T':
     gl_cli_tls_option(o, arg, &bo->co);
     return GL_OK;
   }

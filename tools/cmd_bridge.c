@@ -70,7 +70,7 @@ static void usage(FILE *f) {
   fprintf(f, "  --tls-ca FILE       CA of the server certificate (enables TLS)\n"
              "  --tls-cert FILE     client certificate\n"
              "  --tls-key FILE      client private key\n"
-             "  --server-name N     name to verify in the server certificate\n"
+             "  --server-name N     name to verify in the server certificate\n" GL_CLI_TOKEN_USAGE
              "\n"
              "Exit status: 0 when stopped (SIGINT, SIGTERM) or when stdin ended and every\n"
              "frame was answered; 2 for wrong usage.\n");
@@ -289,7 +289,8 @@ static void camera_scan(struct bridge *b, bool take) {
     n++;
   }
   closedir(d);
-  qsort(names, n, sizeof *names, cmp_name);
+  if (n) /* qsort wants a non-NULL base even for no elements */
+    qsort(names, n, sizeof *names, cmp_name);
   uint64_t wall = gl_cli_clock_us(CLOCK_REALTIME);
   size_t i = 0;
   for (; i < n; i++) {
@@ -719,6 +720,7 @@ static int bridge_option(void *opts, int o, const char *flag, const char *arg) {
   case 'e':
   case 'K':
   case 's':
+  case 'T':
     gl_cli_tls_option(o, arg, &bo->co);
     return GL_OK;
   default:

@@ -52,7 +52,7 @@ static void usage(FILE *f) {
              "                      for the true tiles (R@k) and the report's background;\n"
              "                      without it R@k is n/a\n"
              "  --window N          with --connect: frames in flight (default 16)\n"
-             "  --tls-ca FILE, --tls-cert FILE, --tls-key FILE, --server-name N: as query\n"
+             "  --tls-ca FILE, --tls-cert FILE, --tls-key FILE, --server-name N, --token T: as query\n"
              "  --top-k K           estimates asked per frame (default 10, at most 100)\n"
              "  --prior-m R         for testing a prior: send each frame a prior circle of R\n"
              "                      metres centred on its true position (default: no prior)\n"
@@ -455,6 +455,7 @@ static int eval_option(void *opts, int opt, const char *flag, const char *arg) {
   case 'e':
   case 'K':
   case 's':
+  case 'T':
     gl_cli_tls_option(opt, arg, &o->so.co);
     return GL_OK;
   }

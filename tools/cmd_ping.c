@@ -11,13 +11,14 @@
 #include "core/err.h"
 
 static void usage(FILE *f) {
-  fprintf(f, "usage: geoloc ping --connect ADDR [--count N] [TLS options]\n"
+  fprintf(f, "usage: geoloc ping --connect ADDR [--count N] [--token T] [TLS options]\n"
              "\n"
              "ADDR is HOST:PORT, [IPv6]:PORT or unix:PATH. TLS options:\n"
              "  --tls-ca FILE     CA that signed the server certificate (enables TLS)\n"
              "  --tls-cert FILE   client certificate\n"
              "  --tls-key FILE    client private key\n"
-             "  --server-name N   name to verify in the server certificate\n");
+             "  --server-name N   name to verify in the server certificate\n"
+             "  --token T         the server's client token (default: $GEOLOC_TOKEN)\n");
 }
 
 static uint64_t now_us(void) {
@@ -54,6 +55,7 @@ static int ping_option(void *opts, int o, const char *flag, const char *arg) {
   case 'e':
   case 'K':
   case 's':
+  case 'T':
     gl_cli_tls_option(o, arg, &po->co);
     return GL_OK;
   }

@@ -54,7 +54,7 @@ static void usage(FILE *f) {
           "  --tls-ca FILE       CA of the server certificate (enables TLS)\n"
           "  --tls-cert FILE     client certificate\n"
           "  --tls-key FILE      client private key\n"
-          "  --server-name N     name to verify in the server certificate\n"
+          "  --server-name N     name to verify in the server certificate\n" GL_CLI_TOKEN_USAGE
           "\n"
           "With --labels, the frames are those a labels file lists (as geoloc eval: a CSV\n"
           "with columns file,lat,lon,heading), each row shows the best estimate beside the\n"
@@ -202,6 +202,7 @@ static int query_option(void *opts, int o, const char *flag, const char *arg) {
   case 'e':
   case 'K':
   case 's':
+  case 'T':
     gl_cli_tls_option(o, arg, &qo->so.co);
     return GL_OK;
   case 1100:

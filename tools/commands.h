@@ -12,5 +12,6 @@ int gl_cmd_inspect(int argc, char **argv);
 int gl_cmd_locate(int argc, char **argv);
 int gl_cmd_map(int argc, char **argv);
 int gl_cmd_query(int argc, char **argv);
+int gl_cmd_token(int argc, char **argv);
 
 #endif

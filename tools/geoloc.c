@@ -26,6 +26,7 @@ static const struct {
     {"map", gl_cmd_map, "build (or inspect) a map pack from orthophotos"},
     {"ping", gl_cmd_ping, "handshake with geolocd, then measure round trips"},
     {"query", gl_cmd_query, "stream images to geolocd and print the estimates"},
+    {"token", gl_cmd_token, "print the configuration line of a client token (token hash)"},
     {"version", cmd_version, "print the version"},
 };
 

@@ -35,6 +35,7 @@ struct gl_client {
   uint8_t net_in[16384];  /* as received from the socket */
   uint8_t net_out[65536]; /* as sent to the socket */
   char err[256];
+  char *token; /* Hello.token, or NULL */
 };
 
 static void gl__cerr(struct gl_client *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -260,6 +261,11 @@ int gl_client_connect(const struct gl_client_opts *o, struct gl_client **out, ch
     return GL_ENOMEM;
   c->fd = -1;
   c->timeout_ms = o->timeout_ms > 0 ? o->timeout_ms : 10000;
+  const char *token = o->token ? o->token : getenv("GEOLOC_TOKEN");
+  if (token && token[0] && !(c->token = strdup(token))) {
+    free(c);
+    return GL_ENOMEM;
+  }
   gl_wire_decoder_init(&c->dec, o->max_message_bytes ? o->max_message_bytes : 64u << 20);
   int64_t deadline = gl__deadline(c->timeout_ms);
   rc = gl__connect_socket(c, o->address ? o->address : "", deadline, host, sizeof host);
@@ -284,6 +290,10 @@ void gl_client_destroy(struct gl_client *c) {
   if (c->fd >= 0)
     close(c->fd);
   gl_wire_decoder_fini(&c->dec);
+  if (c->token) {
+    explicit_bzero(c->token, strlen(c->token));
+    free(c->token);
+  }
   free(c);
 }
 
@@ -380,6 +390,7 @@ static int gl__hello(struct gl_client *c, const char *client_name, const char *m
   hello.protocol_version = version ? version : GL_PROTOCOL_VERSION;
   hello.client_name = (char *)(client_name ? client_name : "geoloc");
   hello.map = (char *)map;
+  hello.token = c->token;
   hello.options = (Geoloc__V1__StreamOptions *)opts;
   m.msg_case = GEOLOC__V1__CLIENT_MESSAGE__MSG_HELLO;
   m.hello = &hello;

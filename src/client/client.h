@@ -28,6 +28,9 @@ struct gl_client_opts {
   int timeout_ms;
   /* Largest server message accepted; 0 means 64 MiB. */
   uint32_t max_message_bytes;
+  /* Hello.token; NULL means the environment's GEOLOC_TOKEN, when set (an
+   * environment variable does not show in ps as an argument would). */
+  const char *token;
 };
 
 /* Connects (and completes the TLS handshake). On failure writes the reason to

@@ -12,6 +12,7 @@
 #include "core/addr.h"
 #include "core/err.h"
 #include "core/log.h"
+#include "gl_build_config.h"
 
 enum gl__cfg_type {
   GL__CFG_U32,
@@ -179,6 +180,101 @@ static bool gl__map_name_ok(const char *name) {
   return true;
 }
 
+static void gl__cfg_token_section(struct gl__cfg_parse *p, const char *section,
+                                  const char *tn) {
+  struct gl_config *c = p->cfg;
+  if (!gl__map_name_ok(tn)) {
+    gl__cfg_fail(p, p->line, "[%s]: a token name is 1..64 letters, digits, '_', '-' or '.'",
+                 section);
+    return;
+  }
+  for (uint32_t i = 0; i < c->n_tokens; i++) {
+    if (strcmp(c->tokens[i].name, tn) == 0) {
+      gl__cfg_fail(p, p->line, "[%s]: duplicate token (first on line %d)", section,
+                   c->tokens[i].line);
+      return;
+    }
+  }
+  if (c->n_tokens == GL_CONFIG_MAX_TOKENS) {
+    gl__cfg_fail(p, p->line, "[%s]: more than %d tokens", section, GL_CONFIG_MAX_TOKENS);
+    return;
+  }
+  struct gl_config_token *nt = realloc(c->tokens, (c->n_tokens + 1) * sizeof *nt);
+  if (!nt) {
+    gl__cfg_fail(p, p->line, "out of memory");
+    return;
+  }
+  c->tokens = nt;
+  struct gl_config_token *t = &nt[c->n_tokens];
+  memset(t, 0, sizeof *t);
+  t->line = p->line;
+  t->name = strdup(tn);
+  if (!t->name)
+    gl__cfg_fail(p, p->line, "out of memory");
+  else
+    c->n_tokens++;
+}
+
+/* A key of the [token NAME] the reader registered last. */
+static int gl__cfg_token_key(struct gl__cfg_parse *p, const char *section, const char *name,
+                             const char *value) {
+  struct gl_config_token *t = &p->cfg->tokens[p->cfg->n_tokens - 1];
+  if (strcmp(name, "hash") == 0) {
+    if (t->has_hash) {
+      gl__cfg_fail(p, p->line, "[%s] hash: duplicate key", section);
+      return 0;
+    }
+    /* Never echo the value: a token pasted here by mistake is a secret. */
+    if (gl_auth_parse(value, &t->hash) != GL_OK) {
+      gl__cfg_fail(p, p->line,
+                   "[%s] hash: expected sha256:SALT:HASH (32 and 64 hex digits) as "
+                   "'geoloc token hash' prints it",
+                   section);
+      return 0;
+    }
+    t->has_hash = true;
+    return 1;
+  }
+  if (strcmp(name, "maps") != 0) {
+    gl__cfg_fail(p, p->line, "unknown key '%s' in [%s] (tokens have 'hash' and 'maps')", name,
+                 section);
+    return 0;
+  }
+  if (t->n_maps > 0) {
+    gl__cfg_fail(p, p->line, "[%s] maps: duplicate key", section);
+    return 0;
+  }
+  /* Map names separated by commas and/or blanks. */
+  const char *v = value;
+  while (*v) {
+    v += strspn(v, ", \t");
+    size_t n = strcspn(v, ", \t");
+    if (n == 0)
+      break;
+    char mn[128];
+    snprintf(mn, sizeof mn, "%.*s", (int)(n < 127 ? n : 127), v);
+    if (n > 64 || !gl__map_name_ok(mn)) {
+      gl__cfg_fail(p, p->line, "[%s] maps: '%s' is not a map name", section, mn);
+      return 0;
+    }
+    if (t->n_maps == GL_CONFIG_MAX_MAPS) {
+      gl__cfg_fail(p, p->line, "[%s] maps: more than %d maps", section, GL_CONFIG_MAX_MAPS);
+      return 0;
+    }
+    if (!(t->maps[t->n_maps] = strdup(mn))) {
+      gl__cfg_fail(p, p->line, "out of memory");
+      return 0;
+    }
+    t->n_maps++;
+    v += n;
+  }
+  if (t->n_maps == 0) {
+    gl__cfg_fail(p, p->line, "[%s] maps: empty (leave the key out to allow every map)", section);
+    return 0;
+  }
+  return 1;
+}
+
 /* Section headers are seen here, not in the handler, because libinih only
  * reports a section through its keys: an empty [map x] or a misspelt empty
  * section would otherwise pass unnoticed. */
@@ -216,6 +312,10 @@ static void gl__cfg_section_line(struct gl__cfg_parse *p, const char *line) {
       gl__cfg_fail(p, p->line, "out of memory");
     else
       c->n_maps++;
+    return;
+  }
+  if (strncmp(name, "token ", 6) == 0) {
+    gl__cfg_token_section(p, name, name + 6);
     return;
   }
   if (!gl__section_known(name))
@@ -271,6 +371,8 @@ static int gl__cfg_handler(void *user, const char *section, const char *name, co
     }
     return 1;
   }
+  if (strncmp(section, "token ", 6) == 0 && p->cfg->n_tokens > 0)
+    return gl__cfg_token_key(p, section, name, value);
   for (i = 0; i < GL__NKEYS; i++) {
     if (strcmp(section, gl__keys[i].section) != 0)
       continue;
@@ -407,6 +509,21 @@ static void gl__cfg_validate(struct gl__cfg_parse *p) {
       gl__cfg_fail(p, c->maps[i].line, "[map %s]: a map needs a [model] with a path",
                    c->maps[i].name);
   }
+  for (uint32_t i = 0; i < c->n_tokens; i++) {
+    const struct gl_config_token *t = &c->tokens[i];
+    if (!t->has_hash)
+      gl__cfg_fail(p, t->line, "[token %s] hash: missing required key", t->name);
+    if (!GL_HAVE_TLS)
+      gl__cfg_fail(p, t->line, "[token %s]: tokens need geolocd built with OpenSSL", t->name);
+    for (uint32_t j = 0; j < t->n_maps; j++) {
+      uint32_t k = 0;
+      while (k < c->n_maps && strcmp(c->maps[k].name, t->maps[j]) != 0)
+        k++;
+      if (k == c->n_maps) /* a typo would refuse every client of that map */
+        gl__cfg_fail(p, t->line, "[token %s] maps: no [map %s] in this file", t->name,
+                     t->maps[j]);
+    }
+  }
   if (c->unix_path && strlen(c->unix_path) >= 108)
     gl__cfg_fail(p, gl__line_of(p, "listen", "unix"), "[listen] unix: path longer than 107 bytes");
   if (c->unix_group) {
@@ -539,5 +656,23 @@ void gl_config_fini(struct gl_config *cfg) {
     free(cfg->maps[i].name);
     free(cfg->maps[i].path);
   }
+  for (uint32_t i = 0; i < cfg->n_tokens; i++) {
+    free(cfg->tokens[i].name);
+    for (uint32_t j = 0; j < cfg->tokens[i].n_maps; j++)
+      free(cfg->tokens[i].maps[j]);
+  }
+  /* The hashes are not secrets, but there is no reason to leave them. */
+  if (cfg->tokens)
+    memset(cfg->tokens, 0, cfg->n_tokens * sizeof cfg->tokens[0]);
+  free(cfg->tokens);
   gl_config_defaults(cfg);
+}
+
+bool gl_config_token_allows(const struct gl_config_token *t, const char *map) {
+  if (t->n_maps == 0)
+    return true;
+  for (uint32_t i = 0; i < t->n_maps; i++)
+    if (map && strcmp(t->maps[i], map) == 0)
+      return true;
+  return false;
 }

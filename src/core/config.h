@@ -13,6 +13,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "core/auth.h"
+
 /* [model] backend */
 enum gl_config_backend { GL_CONFIG_BACKEND_AUTO, GL_CONFIG_BACKEND_CUDA, GL_CONFIG_BACKEND_CPU };
 
@@ -24,6 +26,19 @@ struct gl_config_map {
 };
 
 #define GL_CONFIG_MAX_MAPS 64
+
+/* One [token NAME] section: a client token, as its salted hash, and the maps
+ * it may use. */
+struct gl_config_token {
+  char *name;                /* as a map name; only for the log */
+  struct gl_auth_hash hash;  /* hash: "sha256:SALT:HASH" (required) */
+  char *maps[GL_CONFIG_MAX_MAPS]; /* maps: the [map NAME]s it may use */
+  uint32_t n_maps;                /* 0: every map */
+  bool has_hash;
+  int line; /* of the section header, for messages */
+};
+
+#define GL_CONFIG_MAX_TOKENS 256
 
 struct gl_config {
   char *path;
@@ -70,6 +85,11 @@ struct gl_config {
   struct gl_config_map maps[GL_CONFIG_MAX_MAPS];
   uint32_t n_maps;
 
+  /* [token NAME] sections, in file order; when there is one, every Hello
+   * must carry one of these tokens */
+  struct gl_config_token *tokens;
+  uint32_t n_tokens;
+
   /* [metrics] */
   char *metrics_listen; /* listen: "IP:port" of /metrics, /healthz, /readyz, or NULL */
 
@@ -99,6 +119,9 @@ void gl_config_defaults(struct gl_config *cfg);
 int gl_config_load(const char *path, struct gl_config *cfg, char *err, size_t errlen);
 
 void gl_config_fini(struct gl_config *cfg);
+
+/* Whether token t may use the map called map. */
+bool gl_config_token_allows(const struct gl_config_token *t, const char *map);
 
 /* Looks up the group called name (getgrnam_r) into *gid. Returns 0, or
  * GL_ENOENT with a message in err ("no group named 'x'"). */

@@ -150,6 +150,7 @@ static void test_round_trip(void) {
     CHECK_EQ_U64(r.files[i].bytes, w.files[i].bytes);
   }
   gl__manifest_free(&r);
+  free(pack);
 
   /* Optional parts left out. */
   w.tiling.has_bbox = false;

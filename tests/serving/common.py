@@ -87,6 +87,11 @@ def fields(data):
     return out
 
 
+def parse(data):
+    """number -> value of a protobuf message (the last occurrence wins)."""
+    return {k: v[-1] for k, v in fields(data).items()}
+
+
 def first(f, number, default=None):
     return f[number][-1] if number in f else default
 

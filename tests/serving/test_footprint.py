@@ -28,6 +28,8 @@ import urllib.request
 
 BUILD, SRC = (os.path.abspath(p) for p in sys.argv[1:3])
 del sys.argv[1:3]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import free_port, parse, varint  # noqa: E402
 sys.path.insert(0, os.path.join(SRC, "python"))
 try:
     import numpy as np
@@ -49,58 +51,12 @@ VIEWS = ((488197.0, 5207365.0, 37.0, 0.0), (488230.0, 5207330.0, 200.0, 0.0),
 BAD_REQUEST = 12
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def metres(lat1, lon1, lat2, lon2):
     r = 6371008.8
     p1, p2 = math.radians(lat1), math.radians(lat2)
     dp, dl = p2 - p1, math.radians(lon2 - lon1)
     a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
     return 2 * r * math.asin(math.sqrt(a))
-
-
-def varint(n):
-    out = b""
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out += bytes([b | (0x80 if n else 0)])
-        if not n:
-            return out
-
-
-def read_varint(data, i):
-    v = shift = 0
-    while True:
-        b = data[i]
-        i += 1
-        v |= (b & 0x7F) << shift
-        shift += 7
-        if not b & 0x80:
-            return v, i
-
-
-def parse(data):
-    """number -> value of a protobuf message (the last occurrence wins)."""
-    out, i = {}, 0
-    while i < len(data):
-        key, i = read_varint(data, i)
-        kind = key & 7
-        if kind == 0:
-            out[key >> 3], i = read_varint(data, i)
-        elif kind == 2:
-            n, i = read_varint(data, i)
-            out[key >> 3], i = data[i:i + n], i + n
-        elif kind == 1:
-            out[key >> 3], i = data[i:i + 8], i + 8
-        elif kind == 5:
-            out[key >> 3], i = data[i:i + 4], i + 4
-        else:
-            raise AssertionError("wire type %d" % kind)
-    return out
 
 
 def frame_msg(frame_id, image, heading=None, altitude=None, hfov=None, tilt=None):

@@ -32,58 +32,13 @@ import urllib.request
 
 BUILD, SRC = (os.path.abspath(p) for p in sys.argv[1:3])
 del sys.argv[1:3]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import free_port, parse, varint  # noqa: E402
 GEOLOCD = os.path.join(BUILD, "daemon", "geolocd")
 
 # daemon/metrics.c: GL_METRICS_REQUEST_DEADLINE_MS and GL_METRICS_MAX_CONNS.
 DEADLINE_S = 5.0
 MAX_CONNS = 32
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def varint(n):
-    out = b""
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out += bytes([b | (0x80 if n else 0)])
-        if not n:
-            return out
-
-
-def read_varint(data, i):
-    v = shift = 0
-    while True:
-        b = data[i]
-        i += 1
-        v |= (b & 0x7F) << shift
-        shift += 7
-        if not b & 0x80:
-            return v, i
-
-
-def parse(data):
-    """number -> value of a protobuf message (varints as ints, length-
-    delimited fields as bytes); enough for Welcome, Error and Pong."""
-    out, i = {}, 0
-    while i < len(data):
-        key, i = read_varint(data, i)
-        kind = key & 7
-        if kind == 0:
-            out[key >> 3], i = read_varint(data, i)
-        elif kind == 2:
-            n, i = read_varint(data, i)
-            out[key >> 3], i = data[i:i + n], i + n
-        elif kind == 1:
-            out[key >> 3], i = data[i:i + 8], i + 8
-        elif kind == 5:
-            out[key >> 3], i = data[i:i + 4], i + 4
-        else:
-            raise AssertionError("wire type %d" % kind)
-    return out
 
 
 def field(num, body):

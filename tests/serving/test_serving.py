@@ -31,16 +31,12 @@ except ImportError as e:  # pragma: no cover
 
 BUILD, SRC = (os.path.abspath(p) for p in sys.argv[1:3])
 del sys.argv[1:3]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import free_port, parse, varint  # noqa: E402
 GEOLOCD = os.path.join(BUILD, "daemon", "geolocd")
 GEOLOC = os.path.join(BUILD, "tools", "geoloc")
 RASTER = os.path.join(SRC, "data", "naip", "m_4709963_se_14_1_20200831.tif")
 TILE_M, STRIDE_M, PX = 320, 160, 64
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def metres(lat1, lon1, lat2, lon2):
@@ -156,48 +152,6 @@ class Daemon:
         rc = self.proc.wait(timeout=30)
         self.log.close()
         return rc
-
-
-def varint(n):
-    out = b""
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out += bytes([b | (0x80 if n else 0)])
-        if not n:
-            return out
-
-
-def parse(data):
-    """The fields of a protobuf message: number -> value (varints as ints,
-    length-delimited as bytes; the last occurrence wins). A test-side reader
-    of the few messages the tests look into."""
-    out, i = {}, 0
-    while i < len(data):
-        key, i = read_varint(data, i)
-        kind = key & 7
-        if kind == 0:
-            out[key >> 3], i = read_varint(data, i)
-        elif kind == 2:
-            n, i = read_varint(data, i)
-            out[key >> 3], i = data[i:i + n], i + n
-        elif kind == 1:
-            out[key >> 3], i = data[i:i + 8], i + 8
-        elif kind == 5:
-            out[key >> 3], i = data[i:i + 4], i + 4
-        else:
-            raise AssertionError("wire type %d" % kind)
-    return out
-
-
-def read_varint(data, i):
-    v = shift = 0
-    while True:
-        b = data[i]
-        i += 1
-        v |= (b & 0x7F) << shift
-        shift += 7
-        if not b & 0x80:
-            return v, i
 
 
 def answers(rows):
@@ -321,7 +275,12 @@ class Serving(unittest.TestCase):
         q = subprocess.Popen([GEOLOC, "query", "--connect", "127.0.0.1:%d" % d.port, "--format",
                               "csv", "--window", "16", *(FIX.frames * 4)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(0.4)
+        # SIGTERM once the daemon holds frames of the client (on a loaded
+        # machine the client may take a while to connect).
+        deadline = time.time() + 60
+        while (d.metric("geoloc_frames_in_flight") == 0 and
+               d.metric('geoloc_frames_total{status="ok"}') == 0 and time.time() < deadline):
+            time.sleep(0.02)
         self.assertEqual(d.stop(), 0, d.log_text())
         out, err = q.communicate(timeout=60)
         rows = [r for r in csv.DictReader(io.StringIO(out)) if r["rank"] in ("", "1")]

@@ -11,9 +11,11 @@
 #include <unistd.h>
 
 #include "core/addr.h"
+#include "core/auth.h"
 #include "core/config.h"
 #include "core/err.h"
 #include "core/log.h"
+#include "gl_build_config.h"
 #include "test.h"
 
 static char tmpdir[256];
@@ -829,6 +831,105 @@ static void test_serving(void) {
     gl_config_fini(&cfg);
 }
 
+/* ---- client tokens ([token NAME], core/auth.h) ------------------------------ */
+
+/* SHA-256(bytes 0..15 || "secret"), computed apart (Python's hashlib). */
+#define SECRET_HASH                                                                            \
+  "sha256:000102030405060708090a0b0c0d0e0f:"                                                   \
+  "67557c0d86179c45199f096d85b7aeb2b8b34bf423c403ba517f72bcc5913c4c"
+
+static void test_tokens(void) {
+  struct gl_auth_hash h[3];
+  char text[GL_AUTH_TEXT_LEN];
+
+  CHECK_EQ_INT(gl_auth_parse(SECRET_HASH, &h[0]), GL_OK);
+  gl_auth_format(&h[0], text);
+  CHECK_EQ_STR(text, SECRET_HASH);
+  /* Malformed: wrong scheme, short or long salt or hash, not hex, trailing. */
+  static const char *const bad[] = {
+      "",
+      "secret",
+      "sha1:000102030405060708090a0b0c0d0e0f:"
+      "67557c0d86179c45199f096d85b7aeb2b8b34bf423c403ba517f72bcc5913c4c",
+      "sha256:000102030405060708090a0b0c0d0e:"
+      "67557c0d86179c45199f096d85b7aeb2b8b34bf423c403ba517f72bcc5913c4c",
+      "sha256:000102030405060708090a0b0c0d0e0f:"
+      "67557c0d86179c45199f096d85b7aeb2b8b34bf423c403ba517f72bcc5913c4",
+      "sha256:000102030405060708090a0b0c0d0e0f:"
+      "67557c0d86179c45199f096d85b7aeb2b8b34bf423c403ba517f72bcc5913c4c0",
+      "sha256:000102030405060708090a0b0c0d0e0g:"
+      "67557c0d86179c45199f096d85b7aeb2b8b34bf423c403ba517f72bcc5913c4c",
+      "sha256:000102030405060708090a0b0c0d0e0f-"
+      "67557c0d86179c45199f096d85b7aeb2b8b34bf423c403ba517f72bcc5913c4c",
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+    if (!CHECK_EQ_INT(gl_auth_parse(bad[i], &h[1]), GL_EINVAL))
+      fprintf(stderr, "  accepted '%s'\n", bad[i]);
+
+#if GL_HAVE_TLS
+  /* The known hash, and fresh ones: each entry matches its own token only. */
+  CHECK_EQ_INT(gl_auth_find(h, sizeof h[0], 1, "secret"), 0);
+  CHECK_EQ_INT(gl_auth_make("alpha", 5, &h[1]), GL_OK);
+  CHECK_EQ_INT(gl_auth_make("alpha", 5, &h[2]), GL_OK);
+  CHECK(memcmp(h[1].salt, h[2].salt, sizeof h[1].salt) != 0); /* a salt of its own */
+  CHECK_EQ_INT(gl_auth_make("beta", 4, &h[2]), GL_OK);
+  CHECK_EQ_INT(gl_auth_find(h, sizeof h[0], 3, "alpha"), 1);
+  CHECK_EQ_INT(gl_auth_find(h, sizeof h[0], 3, "beta"), 2);
+  CHECK_EQ_INT(gl_auth_find(h, sizeof h[0], 3, "secreT"), -1);
+  CHECK_EQ_INT(gl_auth_find(h, sizeof h[0], 3, "secret "), -1);
+  CHECK_EQ_INT(gl_auth_find(h, sizeof h[0], 3, "alph"), -1);
+  CHECK_EQ_INT(gl_auth_find(h, sizeof h[0], 3, ""), -1);
+  CHECK_EQ_INT(gl_auth_find(h, sizeof h[0], 3, NULL), -1);
+  CHECK_EQ_INT(gl_auth_find(h, sizeof h[0], 0, "secret"), -1);
+#endif
+
+  struct gl_config cfg;
+  if (LOAD_OK("[model]\npath = /m\n"
+              "[token ci]\nhash = " SECRET_HASH "\n"
+              "[token ops-1]\nhash = " SECRET_HASH "\nmaps = north, south  x.y\n"
+              "[map north]\npath = /n\n[map south]\npath = /s\n[map x.y]\npath = /x\n",
+              &cfg)) {
+    CHECK_EQ_INT(cfg.n_tokens, 2);
+    CHECK_EQ_STR(cfg.tokens[0].name, "ci");
+    CHECK_EQ_INT(cfg.tokens[0].n_maps, 0);
+    CHECK(gl_config_token_allows(&cfg.tokens[0], "south"));
+    CHECK_EQ_STR(cfg.tokens[1].name, "ops-1");
+    CHECK_EQ_INT(cfg.tokens[1].line, 5);
+    CHECK_EQ_INT(cfg.tokens[1].n_maps, 3);
+    CHECK_EQ_STR(cfg.tokens[1].maps[2], "x.y");
+    CHECK(gl_config_token_allows(&cfg.tokens[1], "south"));
+    CHECK(!gl_config_token_allows(&cfg.tokens[1], "sout"));
+    CHECK(!gl_config_token_allows(&cfg.tokens[1], ""));
+    CHECK(memcmp(&cfg.tokens[1].hash, &h[0], sizeof h[0]) == 0);
+#if GL_HAVE_TLS
+    CHECK_EQ_INT(gl_auth_find(&cfg.tokens[0].hash, sizeof cfg.tokens[0], 2, "secret"), 0);
+#endif
+    gl_config_fini(&cfg);
+  }
+  EXPECT_ERR("[token a]\nhash = sha256:00:11\n", GL_ECONFIG, 2, 0, "token a", "hash");
+  EXPECT_ERR("[token a]\nhash = secret\n", GL_ECONFIG, 2, 0, "token a", "hash");
+  EXPECT_ERR("[token a]\nmaps = x\n", GL_ECONFIG, 1, 0, "token a", "hash");
+  EXPECT_ERR("[token a]\nhash = " SECRET_HASH "\nhash = " SECRET_HASH "\n", GL_ECONFIG, 3, 0,
+             "token a", "hash");
+  EXPECT_ERR("[token a]\nhash = " SECRET_HASH "\ntoken = x\n", GL_ECONFIG, 3, 0, "token a",
+             "token");
+  EXPECT_ERR("[token a]\nhash = " SECRET_HASH "\nmaps = ,\n", GL_ECONFIG, 3, 0, "token a",
+             "maps");
+  EXPECT_ERR("[token a]\nhash = " SECRET_HASH "\nmaps = a/b\n", GL_ECONFIG, 3, 0, "token a",
+             "maps");
+  /* A map the file does not define: a typo would refuse its clients. */
+  EXPECT_ERR("[token a]\nhash = " SECRET_HASH "\nmaps = nowhere\n", GL_ECONFIG, 1, 0,
+             "token a", "maps");
+  EXPECT_ERR("[token a]\nhash = " SECRET_HASH "\n[token a]\nhash = " SECRET_HASH "\n",
+             GL_ECONFIG, 3, 0, "token a", "duplicate");
+  EXPECT_ERR("[token a b]\nhash = " SECRET_HASH "\n", GL_ECONFIG, 1, 0, "token a b", "name");
+  /* The error never echoes the value, which may be a pasted token. */
+  const char *path = write_conf("[token a]\nhash = hunter2-secret\n");
+  char err[512];
+  CHECK_EQ_INT(gl_config_load(path, &cfg, err, sizeof err), GL_ECONFIG);
+  CHECK(strstr(err, "hunter2") == NULL);
+}
+
 int main(void) {
   make_tmpdir();
   RUN(test_full);
@@ -847,6 +948,7 @@ int main(void) {
   RUN(test_long_line);
   RUN(test_addr);
   RUN(test_serving);
+  RUN(test_tokens);
   remove_tmpdir();
   return TEST_END();
 }
