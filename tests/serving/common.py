@@ -234,6 +234,21 @@ class Conn:
         self.s.close()
 
 
+def wait_listening(proc, port, log_text, timeout=60):
+    """Waits until geolocd (proc) accepts connections on port; fails with
+    its log (log_text()) when it exits or does not listen in time."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError("geolocd exited %d:\n%s" % (proc.returncode, log_text()))
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError("geolocd did not listen:\n" + log_text())
+
+
 def build_map(geoloc, model, raster, out, *extra):
     """A map of the shipped model over BBOX without a dense layer."""
     subprocess.run([geoloc, "map", "build", "--model", model, "--ortho", raster, "--bbox", BBOX,
@@ -252,17 +267,7 @@ class Geolocd:
         self.write_conf(model, map_path, extra)
         self.log = open(os.path.join(workdir, "geolocd-%d.log" % self.port), "w+")
         self.proc = subprocess.Popen([exe, "--config", self.conf], stderr=self.log)
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError("geolocd exited %d:\n%s" % (self.proc.returncode,
-                                                                  self.log_text()))
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError("geolocd did not listen:\n" + self.log_text())
+        wait_listening(self.proc, self.port, self.log_text)
 
     def write_conf(self, model, map_path, extra=""):
         with open(self.conf + ".tmp", "w") as f:

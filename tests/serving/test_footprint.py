@@ -22,14 +22,13 @@ import struct
 import subprocess
 import sys
 import tempfile
-import time
 import unittest
 import urllib.request
 
 BUILD, SRC = (os.path.abspath(p) for p in sys.argv[1:3])
 del sys.argv[1:3]
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import free_port, parse, varint  # noqa: E402
+from common import free_port, parse, varint, wait_listening  # noqa: E402
 sys.path.insert(0, os.path.join(SRC, "python"))
 try:
     import numpy as np
@@ -110,16 +109,7 @@ class Daemon:
                     % (self.port, MODEL, FIX.map, self.mport))
         self.log = open(os.path.join(FIX.dir, "geolocd-%d.log" % self.port), "w+")
         self.proc = subprocess.Popen([GEOLOCD, "--config", self.conf], stderr=self.log)
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError("geolocd exited:\n" + self.log_text())
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError("geolocd did not listen:\n" + self.log_text())
+        wait_listening(self.proc, self.port, self.log_text)
 
     def log_text(self):
         self.log.flush()

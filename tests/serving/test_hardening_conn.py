@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (BAD_REQUEST, BUSY, ERROR, ESTIMATE, NO_MATCH, OK, PNG_FORMAT,  # noqa: E402
                     PONG, RESOURCE_EXHAUSTED, VERSION, WELCOME, client_msg, fields, first,
                     frame_msg, free_port, hello_msg, ld, ping_msg, png, rss_kib, slow_png,
-                    under_asan, varint, vi)
+                    under_asan, varint, vi, wait_listening)
 import common  # noqa: E402
 
 
@@ -85,16 +85,7 @@ class Daemon:
             f.write(text)
         self.log = open(os.path.join(FIX.dir, "geolocd-%d.log" % self.port), "w+")
         self.proc = subprocess.Popen([GEOLOCD, "--config", self.conf], stderr=self.log)
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError("geolocd exited:\n" + self.log_text())
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError("geolocd did not listen:\n" + self.log_text())
+        wait_listening(self.proc, self.port, self.log_text)
 
     def http(self, path, timeout):
         """(status, seconds) of a GET on the metrics port."""

@@ -32,7 +32,7 @@ except ImportError as e:  # pragma: no cover
 BUILD, SRC = (os.path.abspath(p) for p in sys.argv[1:3])
 del sys.argv[1:3]
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import free_port, parse, varint  # noqa: E402
+from common import free_port, parse, varint, wait_listening  # noqa: E402
 GEOLOCD = os.path.join(BUILD, "daemon", "geolocd")
 GEOLOC = os.path.join(BUILD, "tools", "geoloc")
 RASTER = os.path.join(SRC, "data", "naip", "m_4709963_se_14_1_20200831.tif")
@@ -108,17 +108,7 @@ class Daemon:
         self.write_conf(extra, model or FIX.model)
         self.log = open(os.path.join(FIX.dir, "geolocd-%d.log" % self.port), "w+")
         self.proc = subprocess.Popen([GEOLOCD, "--config", self.conf], stderr=self.log)
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError("geolocd exited %d:\n%s" % (self.proc.returncode,
-                                                                  self.log_text()))
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError("geolocd did not listen:\n" + self.log_text())
+        wait_listening(self.proc, self.port, self.log_text, timeout=30)
 
     def write_conf(self, extra, model):
         with open(self.conf + ".tmp", "w") as f:
