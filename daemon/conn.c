@@ -14,29 +14,22 @@
 /* After a fatal error the server keeps reading (and discarding) for this
  * long, so that the peer sees the Error rather than a reset. */
 #define GL_LINGER_MS 2000
-/* A client that does not read its answers stops being read from once this
- * much memory holds output queued for it, and is resumed below the low
- * mark. The count is of the memory itself (each write request and its
- * allocation, not only the payload: a 17-byte Pong costs ~250 bytes), so
- * 256 clients that never read cost at most ~256 MiB. One that still grows
- * past GL_WRITE_MAX (the answers to the frames it had in flight) is
- * closed. */
+/* A client that does not read its answers stops being read from once its
+ * output buffers hold this much memory, and is resumed below the low mark;
+ * one whose output still grows past GL_WRITE_MAX (the answers to the frames
+ * it had in flight) is closed. Output is two growable buffers per
+ * connection, not a write request per message, so what is counted is the
+ * memory itself: 256 clients that never read hold ~256 MiB at most. */
 #define GL_WRITE_HIGH (1u << 20)
 #define GL_WRITE_LOW (256u << 10)
 #define GL_WRITE_MAX (8u << 20)
-/* What one queued write costs besides its payload: the request and the
- * allocator's own header. */
-#define GL_WRITE_OVERHEAD (sizeof(struct gl_write) + 16u)
-
-struct gl_write {
-  uv_write_t req;
-  struct gl_conn *conn;
-  uv_buf_t buf;
-  uint8_t data[];
-};
+/* An emptied output buffer larger than this is freed: idle connections
+ * keep little. */
+#define GL_OUT_KEEP (16u << 10)
 
 static void gl__on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 static void gl__on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+static void gl__on_shutdown(uv_shutdown_t *req, int status);
 
 void gl__conn_read_start(struct gl_conn *c) {
   uv_read_start(&c->io.stream, gl__on_alloc, gl__on_read);
@@ -44,63 +37,96 @@ void gl__conn_read_start(struct gl_conn *c) {
 
 /* ---- output ------------------------------------------------------------ */
 
+/* Memory held for the connection's output. */
+static size_t gl__out_held(const struct gl_conn *c) {
+  return c->wr.cap + c->out.cap;
+}
+
+static void gl__outbuf_empty(struct gl_outbuf *b) {
+  b->len = 0;
+  if (b->cap > GL_OUT_KEEP) {
+    free(b->data);
+    *b = (struct gl_outbuf){0};
+  }
+}
+
+static void gl__on_write(uv_write_t *req, int status);
+
+/* One write in flight at a time: when none is, what waits in out becomes
+ * the write (libuv tries it at once), and answers made until it completes
+ * gather in out and leave in one write, so a busy or slow client costs one
+ * syscall and no allocation per batch instead of one per message. Once
+ * everything is written, the shutdown that gl__conn_finish asked for. */
+static void gl__conn_pump(struct gl_conn *c) {
+  if (c->writing || c->closing)
+    return;
+  if (c->out.len > 0) {
+    struct gl_outbuf t = c->wr;
+    c->wr = c->out;
+    c->out = t;
+    uv_buf_t b = uv_buf_init((char *)c->wr.data, (unsigned)c->wr.len);
+    c->write_req.data = c;
+    int r = uv_write(&c->write_req, &c->io.stream, &b, 1, gl__on_write);
+    if (r < 0) {
+      GL_LOG_D("session %llu: write: %s", (unsigned long long)c->session_id, uv_strerror(r));
+      gl__conn_close(c);
+      return;
+    }
+    c->writing = true;
+    return;
+  }
+  if (c->shutdown_due) {
+    c->shutdown_due = false;
+    c->shutdown_req.data = c;
+    if (uv_shutdown(&c->shutdown_req, &c->io.stream, gl__on_shutdown) < 0)
+      gl__conn_close(c);
+  }
+}
+
 static void gl__on_write(uv_write_t *req, int status) {
-  struct gl_write *w = (struct gl_write *)req;
-  struct gl_conn *c = w->conn;
-  c->out_bytes -= GL_WRITE_OVERHEAD + w->buf.len;
-  free(w);
-  if (status < 0 && status != UV_ECANCELED) {
-    GL_LOG_D("session %llu: write failed: %s", (unsigned long long)c->session_id,
-             uv_strerror(status));
+  struct gl_conn *c = req->data;
+  c->writing = false;
+  gl__outbuf_empty(&c->wr);
+  if (status < 0) {
+    if (status != UV_ECANCELED)
+      GL_LOG_D("session %llu: write failed: %s", (unsigned long long)c->session_id,
+               uv_strerror(status));
     gl__conn_close(c);
     return;
   }
-  if (c->read_paused && !c->closing && !c->draining && c->out_bytes < GL_WRITE_LOW) {
+  if (c->read_paused && !c->closing && !c->draining && gl__out_held(c) < GL_WRITE_LOW) {
     c->read_paused = false;
     if (!c->peer_eof) /* after EOF there is nothing more to read */
       gl__conn_read_start(c);
   }
+  gl__conn_pump(c);
 }
 
-/* Queues len bytes from a buffer made by gl__write_alloc. */
-static struct gl_write *gl__write_alloc(struct gl_conn *c, size_t len) {
-  struct gl_write *w = malloc(sizeof *w + len);
-  if (w) {
-    w->conn = c;
-    w->buf = uv_buf_init((char *)w->data, (unsigned)len);
-  }
-  return w;
-}
-
-static int gl__write_queue(struct gl_conn *c, struct gl_write *w) {
-  if (c->out_bytes + GL_WRITE_OVERHEAD + w->buf.len > GL_WRITE_MAX) {
-    GL_LOG_N("session %llu (%s): closed: it does not read its answers (%zu bytes of output "
-             "queued)",
-             (unsigned long long)c->session_id, c->peer, c->out_bytes);
-    free(w);
-    return GL_EBUSY;
-  }
-  int r = uv_write(&w->req, &c->io.stream, &w->buf, 1, gl__on_write);
-  if (r < 0) {
-    free(w);
-    GL_LOG_D("session %llu: write: %s", (unsigned long long)c->session_id, uv_strerror(r));
-    return GL_EIO;
-  }
-  c->out_bytes += GL_WRITE_OVERHEAD + w->buf.len;
-  return GL_OK;
-}
-
-/* Queues what the transport has to send (an answer, TLS handshake
- * messages and alerts); nothing when it has nothing. */
+/* Appends what the transport has to send (an answer, TLS handshake
+ * messages and alerts) to the output; nothing when it has nothing. */
 static int gl__conn_flush(struct gl_conn *c) {
   size_t n = gl_transport_pending_output(&c->tp);
   if (n == 0)
     return GL_OK;
-  struct gl_write *w = gl__write_alloc(c, n);
-  if (!w)
-    return GL_ENOMEM;
-  w->buf.len = (unsigned)gl_transport_take_output(&c->tp, w->data, n);
-  return gl__write_queue(c, w);
+  if (c->wr.len + c->out.len + n > GL_WRITE_MAX) {
+    GL_LOG_N("session %llu (%s): closed: it does not read its answers (%zu bytes of output "
+             "queued)",
+             (unsigned long long)c->session_id, c->peer, c->wr.len + c->out.len);
+    return GL_EBUSY;
+  }
+  if (c->out.len + n > c->out.cap) {
+    size_t cap = c->out.cap ? c->out.cap : 4096;
+    while (cap < c->out.len + n)
+      cap *= 2;
+    uint8_t *p = realloc(c->out.data, cap);
+    if (!p)
+      return GL_ENOMEM;
+    c->out.data = p;
+    c->out.cap = cap;
+  }
+  c->out.len += gl_transport_take_output(&c->tp, c->out.data + c->out.len, n);
+  gl__conn_pump(c);
+  return GL_OK;
 }
 
 void gl__conn_send(struct gl_conn *c, const gl_server_msg *m) {
@@ -148,6 +174,8 @@ void gl__conn_release(struct gl_conn *c) {
     GL_LOG_N("session %llu (%s): %u frame(s) not answered: the connection closed first",
              (unsigned long long)c->session_id, c->peer, c->dropped);
   gl_transport_destroy(&c->tp);
+  free(c->wr.data);
+  free(c->out.data);
   gl_wire_decoder_fini(&c->dec);
   if (c->trk)
     gl_track_destroy(c->trk->filter);
@@ -207,9 +235,8 @@ void gl__conn_finish(struct gl_conn *c) {
     return;
   }
   uv_timer_start(&c->timer, gl__on_timer, GL_LINGER_MS, 0);
-  c->shutdown_req.data = c;
-  if (uv_shutdown(&c->shutdown_req, &c->io.stream, gl__on_shutdown) < 0)
-    gl__conn_close(c);
+  c->shutdown_due = true; /* after the output queued so far */
+  gl__conn_pump(c);
 }
 
 void gl__conn_arm_timer(struct gl_conn *c) {
@@ -343,7 +370,7 @@ static void gl__on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   if (c->state == GL_CONN_CLOSING || c->draining || c->peer_done)
     return; /* lingering, draining or half-closed: what the peer still sends is discarded */
   gl__conn_recv(c, (const uint8_t *)buf->base, (size_t)nread);
-  if (!c->closing && c->state != GL_CONN_CLOSING && c->out_bytes > GL_WRITE_HIGH) {
+  if (!c->closing && c->state != GL_CONN_CLOSING && gl__out_held(c) > GL_WRITE_HIGH) {
     c->read_paused = true;
     uv_read_stop(&c->io.stream);
   }

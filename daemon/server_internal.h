@@ -61,11 +61,24 @@ enum gl_conn_state {
   GL_CONN_CLOSING,   /* no more messages are read; flushing, then close */
 };
 
+/* A connection's output bytes: what libuv is writing, or what waits for
+ * that write to finish. */
+struct gl_outbuf {
+  uint8_t *data;
+  size_t len, cap;
+};
+
 struct gl_conn {
   struct gl_server *srv;
   union gl_stream io;
   uv_timer_t timer; /* handshake, idle or linger deadline, by state */
   uv_shutdown_t shutdown_req;
+  /* Output: at most one write in flight (wr); answers made meanwhile are
+   * appended to out and leave together when it completes (conn.c). */
+  uv_write_t write_req;
+  struct gl_outbuf wr, out;
+  bool writing;        /* write_req is in flight with wr */
+  bool shutdown_due;   /* uv_shutdown once the output is all written */
   struct gl_conn *prev, *next;
   /* Plaintext or TLS, chosen by the listener; the I/O paths only call it. */
   struct gl_transport tp;
@@ -75,7 +88,6 @@ struct gl_conn {
   bool admitted; /* holds one of max_clients slots */
   bool reject;   /* over the limit: refuse once we can speak */
   bool read_paused;
-  size_t out_bytes; /* memory held by queued writes (GL_WRITE_OVERHEAD each + payload) */
   bool peer_eof;
   bool shutdown_done;
   bool closing;         /* uv_close issued */

@@ -194,7 +194,10 @@ class Load(unittest.TestCase):
 
     def run_load(self, d, images, heavy):
         pid = d.proc.pid
-        fds0 = open_fds(pid)
+        # Started (its metrics server too); the fewest files it holds over a
+        # second, not counting the /readyz connection it may still close.
+        d.wait_ready()
+        fds0 = min(open_fds(pid) for _ in range(10) if time.sleep(0.1) is None)
         # Unloaded: one client alone for a few seconds.
         g = Good(d.port, 0, images, time.monotonic() + 3)
         g.run()

@@ -304,6 +304,19 @@ class Geolocd:
         except urllib.error.HTTPError as e:
             return e.code
 
+    def wait_ready(self, timeout=60):
+        """Waits until /readyz answers 200: the daemon has finished starting
+        (its metrics server included), so its open files are all open."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                if self.http_status("/readyz") == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError("geolocd not ready:\n" + self.log_text())
+
     def stop(self, sig=signal.SIGTERM):
         if self.proc.poll() is None:
             self.proc.send_signal(sig)

@@ -458,6 +458,30 @@ class NeverReads(Case):
         self.assertEqual(first(c.expect(PONG), 1), 7)
 
 
+def write_syscalls(pid):
+    with open("/proc/%d/io" % pid) as f:
+        return int(next(line for line in f if line.startswith("syscw:")).split()[1])
+
+
+class Coalescing(Case):
+    """Answers made while a write is in flight leave together: 20000
+    pipelined Pings are answered, in order, by far fewer write syscalls
+    than Pongs (one write and one request per message before)."""
+
+    def test_pipelined_pings_share_writes(self):
+        self.d = Daemon()
+        self.addCleanup(self.d.stop)
+        c = self.conn(timeout=30)
+        c.hello()
+        n = 20000
+        before = write_syscalls(self.d.proc.pid)
+        c.send(b"".join(ping_msg(i + 1) for i in range(n)))
+        nonces = [first(c.expect(PONG), 1) for _ in range(n)]
+        writes = write_syscalls(self.d.proc.pid) - before
+        self.assertEqual(nonces, list(range(1, n + 1)))
+        self.assertLess(writes, n // 20, "%d write syscalls for %d Pongs" % (writes, n))
+
+
 class BeforeHello(Case):
     """Before Hello a message may be 64 KiB at most: an unauthenticated peer
     cannot make the server buffer and unpack max_message_bytes (16 MiB);
