@@ -51,9 +51,27 @@ static void gl__on_drain_timeout(uv_timer_t *t) {
     gl__conn_close(c);
 }
 
+static void gl__srv_stop(struct gl_server *srv, int signum);
+
+static void gl__on_stop_delay(uv_timer_t *t) {
+  gl__srv_stop(t->data, SIGTERM);
+}
+
 static void gl__srv_stop(struct gl_server *srv, int signum) {
   if (srv->stopping)
     return;
+  if (!srv->unready && srv->cfg.stop_delay_ms) {
+    /* Out of the proxy's rotation first (its health check sees /readyz
+     * fail), still serving whoever comes meanwhile; then the drain. A
+     * second signal drains at once. */
+    srv->unready = true;
+    gl_metrics_set_ready(srv->metrics, false);
+    GL_LOG_N("%s: not ready; draining in %u ms", strsignal(signum), srv->cfg.stop_delay_ms);
+    gl_sd_notify("STATUS=not ready, draining soon");
+    uv_timer_start(&srv->drain, gl__on_stop_delay, srv->cfg.stop_delay_ms, 0);
+    return;
+  }
+  uv_timer_stop(&srv->drain);
   srv->stopping = true;
   GL_LOG_N("%s: draining %u connection(s)", strsignal(signum), srv->n_conns);
   gl__notify_status(srv, "STOPPING=1\n");

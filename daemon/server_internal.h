@@ -159,6 +159,7 @@ struct gl_server {
   uint64_t refusal_logged_ms;
   bool refusal_logged;
   uint64_t next_session;
+  bool unready; /* SIGTERM during stop_delay_ms: /readyz says 503, serving goes on */
   bool stopping, finished;
   uint8_t read_buf[GL_READ_CHUNK]; /* the loop reads one chunk at a time */
   uint8_t plain_buf[GL_READ_CHUNK];

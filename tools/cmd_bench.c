@@ -30,6 +30,9 @@ static void usage(FILE *f) {
              "                      server's limit)\n"
              "  --map NAME          map to localize against\n"
              "  --heading DEG       send every frame this compass heading\n"
+             "  --reconnect S       a client whose connection is lost connects again for up\n"
+             "                      to S seconds and sends again its unanswered frames\n"
+             "                      (default 30; 0: it stops)\n"
              "  --tls-ca FILE, --tls-cert FILE, --tls-key FILE, --server-name N, --token T: as query\n");
 }
 
@@ -47,6 +50,7 @@ struct bench {
   uint32_t window;
   double rate_per_client; /* frames/s, 0 = unlimited */
   double heading;         /* sent with every frame unless NaN */
+  uint32_t reconnect_ms;  /* after a lost connection; 0: the client stops */
 };
 
 struct bench_client {
@@ -57,6 +61,8 @@ struct bench_client {
   uint8_t *answers;       /* per frame: how many answers came */
   double *latency_ms;     /* answered frames, in answer order */
   uint32_t sent, answered, n_latency;
+  uint32_t lo;         /* frames below this id - 1 are all answered */
+  unsigned reconnects; /* connections made again after one was lost */
   const char *status[BENCH_STATUSES];
   uint32_t status_count[BENCH_STATUSES];
   char failure[256]; /* why the client stopped early, "" when it did not */
@@ -95,8 +101,9 @@ static int bench_receive(struct bench_client *c, struct gl_client *cl, int timeo
   } else if (m->msg_case == GEOLOC__V1__SERVER_MESSAGE__MSG_ERROR) {
     snprintf(c->failure, sizeof c->failure, "server error %s: %s",
              gl_cli_error_name(m->error->code), m->error->message ? m->error->message : "");
+    rc = gl_client_error_rc(m->error->code);
     gl_wire_free(m);
-    return GL_EPROTO;
+    return rc;
   }
   gl_wire_free(m);
   if (!status)
@@ -115,67 +122,98 @@ static int bench_receive(struct bench_client *c, struct gl_client *cl, int timeo
   return GL_OK;
 }
 
+/* Sends frame id (1-based) of this client. */
+static int bench_send(struct bench_client *c, struct gl_client *cl, uint32_t id, uint64_t now) {
+  const struct bench *b = c->b;
+  const struct bench_image *img = &b->images[(c->index + id - 1) % b->n_images];
+  Geoloc__V1__Frame f = GEOLOC__V1__FRAME__INIT;
+  gl_client_msg cm = GEOLOC__V1__CLIENT_MESSAGE__INIT;
+  f.has_frame_id = f.has_image = f.has_format = 1;
+  f.frame_id = id;
+  f.image.data = img->data;
+  f.image.len = img->len;
+  f.format = img->format;
+  if (!isnan(b->heading)) {
+    f.has_heading_deg = 1;
+    f.heading_deg = b->heading;
+  }
+  cm.msg_case = GEOLOC__V1__CLIENT_MESSAGE__MSG_FRAME;
+  cm.frame = &f;
+  c->sent_us[id - 1] = now;
+  int rc = gl_client_send(cl, &cm);
+  if (rc != GL_OK)
+    snprintf(c->failure, sizeof c->failure, "send: %s", gl_strerror(rc));
+  return rc;
+}
+
+/* The connection is lost (rc): connects again within --reconnect and sends
+ * again, in order, the frames it left unanswered. */
+static int bench_reconnect(struct bench_client *c, struct gl_client **cl,
+                           const struct gl_client_hello_args *h, int rc) {
+  const struct bench *b = c->b;
+  gl_client_destroy(*cl);
+  *cl = NULL;
+  if (!b->reconnect_ms || !gl_client_retryable(rc))
+    return rc;
+  gl_server_msg *w = NULL;
+  unsigned attempts = 0;
+  char err[160];
+  rc = gl_client_reopen(&b->co, h, b->reconnect_ms, cl, &w, &attempts, err, sizeof err);
+  gl_wire_free(w);
+  if (rc != GL_OK) {
+    snprintf(c->failure, sizeof c->failure, "lost its connection and gave up after %u attempt(s): %s",
+             attempts, err);
+    return rc;
+  }
+  c->failure[0] = '\0';
+  c->reconnects++;
+  while (c->lo < c->sent && c->answers[c->lo])
+    c->lo++;
+  uint64_t now = gl_cli_clock_us(CLOCK_MONOTONIC);
+  for (uint32_t i = c->lo; i < c->sent && rc == GL_OK; i++)
+    if (!c->answers[i])
+      rc = bench_send(c, *cl, i + 1, now);
+  return rc;
+}
+
 static void *bench_client_main(void *arg) {
   struct bench_client *c = arg;
   const struct bench *b = c->b;
   struct gl_client *cl = NULL;
   gl_server_msg *w = NULL;
   char err[256];
-  if (gl_client_connect(&b->co, &cl, err, sizeof err) != GL_OK) {
+  const struct gl_client_hello_args h = {"geoloc bench", b->map, NULL};
+  int rc = gl_client_open(&b->co, &h, &cl, &w, err, sizeof err);
+  if (rc != GL_OK) {
     snprintf(c->failure, sizeof c->failure, "%s", err);
     return NULL;
-  }
-  int rc = gl_client_hello(cl, "geoloc bench", b->map, 0, 30000, &w);
-  if (rc != GL_OK || w->msg_case != GEOLOC__V1__SERVER_MESSAGE__MSG_WELCOME) {
-    snprintf(c->failure, sizeof c->failure, "no Welcome: %s",
-             rc != GL_OK ? gl_strerror(rc)
-                         : (w->msg_case == GEOLOC__V1__SERVER_MESSAGE__MSG_ERROR && w->error->message
-                                ? w->error->message
-                                : "unexpected answer"));
-    goto done;
   }
   uint32_t window = b->window;
   if (w->welcome->max_frames_in_flight && window > w->welcome->max_frames_in_flight)
     window = w->welcome->max_frames_in_flight;
+  gl_wire_free(w);
   uint64_t start = gl_cli_clock_us(CLOCK_MONOTONIC);
   while (c->answered < c->sent || c->sent < c->frames) {
     uint64_t now = gl_cli_clock_us(CLOCK_MONOTONIC);
     uint64_t due = b->rate_per_client > 0 ? start + (uint64_t)(c->sent * 1e6 / b->rate_per_client)
                                           : now;
     if (c->sent < c->frames && c->sent - c->answered < window && now >= due) {
-      const struct bench_image *img = &b->images[(c->index + c->sent) % b->n_images];
-      Geoloc__V1__Frame f = GEOLOC__V1__FRAME__INIT;
-      gl_client_msg cm = GEOLOC__V1__CLIENT_MESSAGE__INIT;
-      f.has_frame_id = f.has_image = f.has_format = 1;
-      f.frame_id = c->sent + 1;
-      f.image.data = img->data;
-      f.image.len = img->len;
-      f.format = img->format;
-      if (!isnan(b->heading)) {
-        f.has_heading_deg = 1;
-        f.heading_deg = b->heading;
-      }
-      cm.msg_case = GEOLOC__V1__CLIENT_MESSAGE__MSG_FRAME;
-      cm.frame = &f;
-      c->sent_us[c->sent] = now;
-      if ((rc = gl_client_send(cl, &cm)) != GL_OK) {
-        snprintf(c->failure, sizeof c->failure, "send: %s", gl_strerror(rc));
-        break;
-      }
-      c->sent++;
-      continue;
+      rc = bench_send(c, cl, c->sent + 1, now);
+      c->sent++; /* sent or not: a frame that fails to go is sent again */
+    } else {
+      /* Wait for an answer, or until the next frame is due. */
+      int timeout = -1;
+      if (c->sent < c->frames && c->sent - c->answered < window)
+        timeout = (int)((due - now) / 1000u) + 1;
+      if (c->sent == c->answered)
+        timeout = timeout < 0 ? 1 : timeout; /* nothing to wait for but the schedule */
+      rc = bench_receive(c, cl, timeout < 0 ? 120000 : timeout);
     }
-    /* Wait for an answer, or until the next frame is due. */
-    int timeout = -1;
-    if (c->sent < c->frames && c->sent - c->answered < window)
-      timeout = (int)((due - now) / 1000u) + 1;
-    if (c->sent == c->answered)
-      timeout = timeout < 0 ? 1 : timeout; /* nothing to wait for but the schedule */
-    if (bench_receive(c, cl, timeout < 0 ? 120000 : timeout) != GL_OK)
-      break;
+    while (rc != GL_OK)
+      if ((rc = bench_reconnect(c, &cl, &h, rc)) != GL_OK && !cl)
+        goto done;
   }
 done:
-  gl_wire_free(w);
   gl_client_destroy(cl);
   return NULL;
 }
@@ -198,6 +236,7 @@ struct bench_opts {
   uint32_t clients, frames, window;
   double rate;    /* frames/s over all clients, 0 = unlimited */
   double heading; /* NaN: none sent */
+  double reconnect; /* seconds */
   char **inputs;  /* IMAGE...|DIR */
   int n_inputs;
 };
@@ -218,6 +257,8 @@ static int bench_option(void *opts, int o, const char *flag, const char *arg) {
     return gl_cli_u32(flag, arg, 1, 4096, &bo->window);
   case 'H':
     return gl_cli_double(flag, arg, -360, 720, &bo->heading);
+  case 'R':
+    return gl_cli_double(flag, arg, 0, 3600, &bo->reconnect);
   case 'm':
     bo->map = arg;
     return GL_OK;
@@ -237,11 +278,11 @@ static int bench_parse(int argc, char **argv, struct bench_opts *bo) {
       {"connect", required_argument, NULL, 'c'}, {"clients", required_argument, NULL, 'n'},
       {"frames", required_argument, NULL, 'f'},  {"rate", required_argument, NULL, 'r'},
       {"window", required_argument, NULL, 'w'},  {"map", required_argument, NULL, 'm'},
-      {"heading", required_argument, NULL, 'H'},
+      {"heading", required_argument, NULL, 'H'}, {"reconnect", required_argument, NULL, 'R'},
       GL_CLI_TLS_OPTIONS,
       {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
   };
-  *bo = (struct bench_opts){.window = 8, .heading = NAN};
+  *bo = (struct bench_opts){.window = 8, .heading = NAN, .reconnect = 30};
   int st = gl_cli_getopt(argc, argv, "", opts, bench_option, bo, usage);
   if (st != GL_CLI_RUN)
     return st;
@@ -255,7 +296,11 @@ static int bench_parse(int argc, char **argv, struct bench_opts *bo) {
 }
 
 static int bench_run(const struct bench_opts *bo) {
-  struct bench b = {.co = bo->co, .map = bo->map, .window = bo->window, .heading = bo->heading};
+  struct bench b = {.co = bo->co,
+                    .map = bo->map,
+                    .window = bo->window,
+                    .heading = bo->heading,
+                    .reconnect_ms = (uint32_t)(bo->reconnect * 1000)};
   /* clients drops to those started when a thread cannot be. */
   long clients = bo->clients, frames = bo->frames, window = bo->window;
   const double rate = bo->rate;
@@ -351,9 +396,13 @@ static int bench_run(const struct bench_opts *bo) {
   printf("latency ms: p50 %.2f  p90 %.2f  p99 %.2f  max %.2f\n", percentile(lat, n_lat, 0.5),
          percentile(lat, n_lat, 0.9), p99, n_lat ? lat[n_lat - 1] : 0.0);
   bool once = sent == (uint64_t)frames && answered == sent && twice == 0;
-  printf("summary: sent %llu, answered %llu, each exactly once: %s; %.1f frames/s, p99 %.2f ms\n",
+  unsigned reconnects = 0;
+  for (long i = 0; i < clients; i++)
+    reconnects += cs[i].reconnects;
+  printf("summary: sent %llu, answered %llu, each exactly once: %s; %.1f frames/s, p99 %.2f ms; "
+         "%u reconnection(s)\n",
          (unsigned long long)sent, (unsigned long long)answered, once ? "yes" : "NO",
-         (double)answered / seconds, p99);
+         (double)answered / seconds, p99, reconnects);
   free(lat);
   status = once ? 0 : 1;
 done:

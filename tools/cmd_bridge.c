@@ -353,10 +353,6 @@ static void connect_geolocd(struct bridge *b) {
   char err[512];
   gl_server_msg *w = NULL;
   b->next_connect_us = now_us() + (uint64_t)(o->retry_s * 1e6);
-  if (gl_client_connect(&o->co, &b->client, err, sizeof err) != GL_OK) {
-    say(b, err);
-    return;
-  }
   Geoloc__V1__StreamOptions so = GEOLOC__V1__STREAM_OPTIONS__INIT;
   so.has_track = 1;
   so.track = o->track;
@@ -364,22 +360,13 @@ static void connect_geolocd(struct bridge *b) {
     so.has_max_speed_mps = 1;
     so.max_speed_mps = (float)o->max_speed;
   }
-  int rc = gl_client_hello_opts(b->client, "geoloc bridge", o->map, &so, 30000, &w);
-  if (rc != GL_OK) {
-    snprintf(err, sizeof err, "%s: %s", gl_strerror(rc), gl_client_last_error(b->client));
-  } else if (w->msg_case == GEOLOC__V1__SERVER_MESSAGE__MSG_ERROR) {
-    snprintf(err, sizeof err, "refused: %s: %s", gl_cli_error_name(w->error->code),
-             w->error->message ? w->error->message : "");
-    rc = GL_EUNAVAIL;
-  } else if (w->msg_case != GEOLOC__V1__SERVER_MESSAGE__MSG_WELCOME) {
-    snprintf(err, sizeof err, "answered Hello with something other than Welcome");
-    rc = GL_EPROTO;
-  } else if (o->track && !w->welcome->tracking) {
-    snprintf(err, sizeof err, "does not track this stream (no dense layer, or [track] off)");
-    rc = GL_EUNAVAIL;
+  const struct gl_client_hello_args h = {"geoloc bridge", o->map, &so};
+  if (gl_client_open(&o->co, &h, &b->client, &w, err, sizeof err) != GL_OK) {
+    say(b, err); /* whatever it is, tried again every --retry */
+    return;
   }
-  if (rc != GL_OK) {
-    say(b, err);
+  if (o->track && !w->welcome->tracking) {
+    say(b, "does not track this stream (no dense layer, or [track] off)");
     gl_wire_free(w);
     disconnect(b);
     return;

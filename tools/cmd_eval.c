@@ -52,6 +52,7 @@ static void usage(FILE *f) {
              "                      for the true tiles (R@k) and the report's background;\n"
              "                      without it R@k is n/a\n"
              "  --window N          with --connect: frames in flight (default 16)\n"
+             "  --reconnect S       with --connect: as query (default 30)\n"
              "  --tls-ca FILE, --tls-cert FILE, --tls-key FILE, --server-name N, --token T: as query\n"
              "  --top-k K           estimates asked per frame (default 10, at most 100)\n"
              "  --prior-m R         for testing a prior: send each frame a prior circle of R\n"
@@ -106,6 +107,7 @@ static void usage(FILE *f) {
 struct eval_opts {
   const char *labels, *model, *map, *connect_map, *pack, *report;
   uint32_t threads, batch, tiles, top_k, window;
+  double reconnect; /* with --connect: seconds */
   double prior_m;
   bool per_frame, csv;
   bool use_heading, no_fine;
@@ -398,6 +400,8 @@ static int eval_option(void *opts, int opt, const char *flag, const char *arg) {
     return GL_OK;
   case 'w':
     return gl_cli_u32(flag, arg, 1, 4096, &o->window);
+  case 1400:
+    return gl_cli_double(flag, arg, 0, 3600, &o->reconnect);
   case 'k':
     return gl_cli_u32(flag, arg, 1, EVAL_MAX_TOP_K, &o->top_k);
   case 'r':
@@ -473,6 +477,7 @@ static int eval_parse(int argc, char **argv, struct eval_opts *o) {
       {"connect", required_argument, NULL, 'c'},
       {"pack", required_argument, NULL, 'P'},
       {"window", required_argument, NULL, 'w'},
+      {"reconnect", required_argument, NULL, 1400},
       {"top-k", required_argument, NULL, 'k'},
       {"prior-m", required_argument, NULL, 'r'},
       {"per-frame", no_argument, NULL, 'F'},
@@ -495,7 +500,8 @@ static int eval_parse(int argc, char **argv, struct eval_opts *o) {
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0},
   };
-  *o = (struct eval_opts){.batch = 8, .tiles = 64, .top_k = 10, .window = 16};
+  *o = (struct eval_opts){.batch = 8, .tiles = 64, .top_k = 10, .window = 16,
+                            .reconnect = 30};
   gl_loc_fine_params_init(&o->fine);
   gl_track_params_init(&o->track);
   o->so = (struct gl_cli_stream_opts){.prog = EVAL_PROG, .client_name = "geoloc eval"};
@@ -539,6 +545,7 @@ static int eval_parse(int argc, char **argv, struct eval_opts *o) {
   o->so.map = o->map;
   o->so.top_k = o->top_k;
   o->so.window = o->window;
+  o->so.reconnect_ms = (uint32_t)(o->reconnect * 1000);
   return GL_CLI_RUN;
 }
 

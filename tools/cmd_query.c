@@ -34,6 +34,9 @@ static void usage(FILE *f) {
           "  --prior LAT,LON,R   search only within R metres of (LAT, LON)\n"
           "  --top-k K           candidates per frame (default: the server's)\n"
           "  --window N          frames in flight at once (default 16)\n"
+          "  --reconnect S       after a lost connection (a replica drained or gone),\n"
+          "                      connect again for up to S seconds and send again the\n"
+          "                      frames that were not answered (default 30; 0: give up)\n"
           "  --format F          table (default), csv, geojson, nmea, or mavlink (binary\n"
           "                      MAVLink v2 GPS_INPUT packets, one per frame; see --mavlink)\n"
           "  --heading DEG       send every frame this compass heading (degrees clockwise\n"
@@ -144,6 +147,7 @@ struct query_opts {
   double heading; /* NaN: each photo's */
   bool use_heading;
   double interval; /* with --track: seconds between frames, 0: when sent */
+  double reconnect; /* seconds */
   struct gl_cli_camera camera;
   struct gl_cli_mavlink mav;
   char **inputs; /* IMAGE...|DIR, without --labels */
@@ -192,6 +196,8 @@ static int query_option(void *opts, int o, const char *flag, const char *arg) {
     return gl_cli_positive(flag, arg, 1000, &qo->so.max_speed_mps);
   case 1202:
     return gl_cli_positive(flag, arg, 86400, &qo->interval);
+  case 1203:
+    return gl_cli_double(flag, arg, 0, 3600, &qo->reconnect);
   case 'P':
     qo->pack_path = arg;
     return GL_OK;
@@ -227,7 +233,7 @@ static int query_parse(int argc, char **argv, struct query_opts *qo) {
       {"report", required_argument, NULL, 'R'},
       {"heading", required_argument, NULL, 'H'},  {"use-heading", no_argument, NULL, 'u'},
       {"track", no_argument, NULL, 1200},         {"max-speed", required_argument, NULL, 1201},
-      {"interval", required_argument, NULL, 1202},
+      {"interval", required_argument, NULL, 1202}, {"reconnect", required_argument, NULL, 1203},
       GL_CLI_TLS_OPTIONS,                         GL_CLI_CAMERA_OPTIONS,
       GL_CLI_MAVLINK_OPTIONS,
       {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0},
@@ -235,6 +241,7 @@ static int query_parse(int argc, char **argv, struct query_opts *qo) {
   *qo = (struct query_opts){.so = {.prog = "geoloc", .client_name = "geoloc query"},
                             .fmt = GL_REPORT_TABLE,
                             .window = 16,
+                            .reconnect = 30,
                             .heading = NAN};
   gl_cli_mavlink_init(&qo->mav);
   int st = gl_cli_getopt(argc, argv, "c:", opts, query_option, qo, usage);
@@ -277,6 +284,7 @@ static int query_run(const struct query_opts *qo) {
   int status = 1;
   so.top_k = qo->top_k;
   so.window = qo->window;
+  so.reconnect_ms = (uint32_t)(qo->reconnect * 1000);
   so.priors = qo->have_prior ? &qo->prior : NULL;
   so.ready_cb = on_ready;
   so.answer_cb = on_answer;

@@ -15,14 +15,21 @@
 struct stream_file {
   uint64_t sent_us; /* monotonic */
   uint64_t capture_us;
-  int answered;
+  bool answered;
+  bool in_flight; /* sent on this connection (or being sent), not answered */
+  bool resend;    /* in flight on a connection that was lost */
 };
 
 struct stream {
   const struct gl_cli_stream_opts *o;
   struct gl_client *client;
+  Geoloc__V1__StreamOptions so;
+  struct gl_client_hello_args hello;
   struct stream_file *files;
   size_t n_files, in_flight;
+  size_t window, max_bytes;      /* from the Welcome */
+  size_t n_resend, resend_lo;    /* frames to send again, the first at or after resend_lo */
+  unsigned reconnects;
 };
 
 void gl_cli_answer_of_estimate(const Geoloc__V1__Estimate *e, struct gl_report_candidate *cand,
@@ -58,7 +65,7 @@ void gl_cli_answer_of_estimate(const Geoloc__V1__Estimate *e, struct gl_report_c
 static void local_failure(struct stream *s, char *const *paths, size_t i, const char *status,
                           const char *why) {
   fprintf(stderr, "%s: %s: %s\n", s->o->prog, paths[i], why);
-  s->files[i].answered = 1;
+  s->files[i].answered = true;
   struct gl_cli_answer a = {
       .index = i, .status = status, .capture_us = gl_cli_clock_us(CLOCK_REALTIME)};
   s->o->answer_cb(s->o->ctx, &a);
@@ -91,8 +98,9 @@ static int receive_one(struct stream *s, char *const *paths) {
   } else if (m->msg_case == GEOLOC__V1__SERVER_MESSAGE__MSG_ERROR) {
     fprintf(stderr, "%s: server error %s: %s\n", prog, gl_cli_error_name(m->error->code),
             m->error->message ? m->error->message : "");
+    rc = gl_client_error_rc(m->error->code);
     gl_wire_free(m);
-    return GL_EPROTO;
+    return rc;
   } else {
     gl_wire_free(m);
     return GL_OK; /* a Pong or a Welcome we did not ask for: not an answer */
@@ -107,7 +115,8 @@ static int receive_one(struct stream *s, char *const *paths) {
   if (m->msg_case == GEOLOC__V1__SERVER_MESSAGE__MSG_ERROR)
     fprintf(stderr, "%s: %s: %s: %s\n", prog, paths[id - 1], status,
             m->error->message ? m->error->message : "");
-  f->answered = 1;
+  f->answered = true;
+  f->in_flight = false;
   s->in_flight--;
   a.index = id - 1;
   a.status = status;
@@ -153,7 +162,8 @@ static int upright(unsigned orientation, uint8_t **data, size_t *len, Geoloc__V1
 
 /* Sends file i; a file that cannot be sent is answered locally. Returns 0,
  * or a send error that ends the stream. */
-static int send_one(struct stream *s, char *const *paths, size_t i, size_t max_bytes) {
+static int send_one(struct stream *s, char *const *paths, size_t i) {
+  size_t max_bytes = s->max_bytes;
   const struct gl_cli_stream_opts *o = s->o;
   uint8_t *data;
   size_t len;
@@ -191,8 +201,9 @@ static int send_one(struct stream *s, char *const *paths, size_t i, size_t max_b
   }
   fr.has_format = fr.has_frame_id = fr.has_capture_time_us = fr.has_image = 1;
   fr.frame_id = i + 1;
-  fr.capture_time_us = s->files[i].capture_us =
-      o->times ? o->times[i] : gl_cli_clock_us(CLOCK_REALTIME);
+  if (!s->files[i].resend) /* sent again: the same frame, the same time */
+    s->files[i].capture_us = o->times ? o->times[i] : gl_cli_clock_us(CLOCK_REALTIME);
+  fr.capture_time_us = s->files[i].capture_us;
   if (o->vels && !isnan(o->vels[i][0]) && !isnan(o->vels[i][1])) {
     fr.has_velocity_north_mps = fr.has_velocity_east_mps = 1;
     fr.velocity_north_mps = o->vels[i][0];
@@ -225,19 +236,90 @@ static int send_one(struct stream *s, char *const *paths, size_t i, size_t max_b
   cm.msg_case = GEOLOC__V1__CLIENT_MESSAGE__MSG_FRAME;
   cm.frame = &fr;
   s->files[i].sent_us = gl_cli_clock_us(CLOCK_MONOTONIC);
+  s->files[i].in_flight = true; /* from now on: if the send fails, it is sent again */
+  s->in_flight++;
   int rc = gl_client_send(s->client, &cm);
   free(data);
-  if (rc != GL_OK) {
+  if (rc != GL_OK)
     fprintf(stderr, "%s: send: %s: %s\n", o->prog, gl_strerror(rc),
             gl_client_last_error(s->client));
-    return rc;
+  return rc;
+}
+
+/* Takes the Welcome: the window and message limit of this connection, and
+ * that it tracks when asked to. */
+static int welcomed(struct stream *s, const gl_server_msg *w) {
+  const struct gl_cli_stream_opts *o = s->o;
+  if (o->track && !w->welcome->tracking) {
+    fprintf(stderr,
+            "%s: the server does not track this stream (its map has no dense layer, the fine "
+            "stage is off, or [track] enabled is off)\n",
+            o->prog);
+    return GL_EUNAVAIL;
   }
-  s->in_flight++;
+  s->max_bytes = w->welcome->max_message_bytes;
+  s->window = o->window ? o->window : 16;
+  if (w->welcome->max_frames_in_flight && s->window > w->welcome->max_frames_in_flight)
+    s->window = w->welcome->max_frames_in_flight;
   return GL_OK;
 }
 
+/* The connection is lost (err): connects again, within --reconnect, and
+ * marks the frames it had in flight to be sent again. A new connection is
+ * a new stream to the server: a tracked one starts a new track. */
+static int reconnect(struct stream *s, int err) {
+  const struct gl_cli_stream_opts *o = s->o;
+  gl_client_destroy(s->client);
+  s->client = NULL;
+  if (!o->reconnect_ms || !gl_client_retryable(err))
+    return err;
+  for (size_t i = 0; i < s->n_files; i++)
+    if (s->files[i].in_flight) {
+      s->files[i].in_flight = false;
+      s->files[i].resend = true;
+      s->n_resend++;
+      if (i < s->resend_lo)
+        s->resend_lo = i;
+    }
+  s->in_flight = 0;
+  fprintf(stderr, "%s: connection lost (%s); connecting again, %zu frame(s) to send again\n",
+          o->prog, gl_strerror(err), s->n_resend);
+  gl_server_msg *w = NULL;
+  char msg[256];
+  unsigned attempts = 0;
+  int rc = gl_client_reopen(&o->co, &s->hello, o->reconnect_ms, &s->client, &w, &attempts, msg,
+                            sizeof msg);
+  if (rc == GL_OK)
+    rc = welcomed(s, w);
+  gl_wire_free(w);
+  if (rc != GL_OK) {
+    fprintf(stderr, "%s: gave up after %u attempt(s) in %.1f s: %s\n", o->prog, attempts,
+            o->reconnect_ms / 1000.0, msg);
+    return rc;
+  }
+  s->reconnects++;
+  fprintf(stderr, "%s: connected again (attempt %u)\n", o->prog, attempts);
+  return GL_OK;
+}
+
+/* Sends what the window allows: frames to send again first, in order. */
+static int send_some(struct stream *s, char *const *paths, size_t *next) {
+  int rc = GL_OK;
+  while (rc == GL_OK && s->n_resend > 0 && s->in_flight < s->window) {
+    while (!s->files[s->resend_lo].resend)
+      s->resend_lo++;
+    size_t i = s->resend_lo;
+    s->n_resend--;
+    rc = send_one(s, paths, i);
+    s->files[i].resend = false;
+  }
+  while (rc == GL_OK && s->n_resend == 0 && *next < s->n_files && s->in_flight < s->window)
+    rc = send_one(s, paths, (*next)++);
+  return rc;
+}
+
 int gl_cli_stream(const struct gl_cli_stream_opts *o, char *const *paths, size_t n) {
-  struct stream s = {.o = o, .n_files = n};
+  struct stream s = {.o = o, .n_files = n, .resend_lo = n};
   gl_server_msg *w = NULL;
   char err[256];
   int rc = GL_ENOMEM;
@@ -246,59 +328,40 @@ int gl_cli_stream(const struct gl_cli_stream_opts *o, char *const *paths, size_t
     fprintf(stderr, "%s: out of memory\n", o->prog);
     goto done;
   }
-  if ((rc = gl_client_connect(&o->co, &s.client, err, sizeof err)) != GL_OK) {
+  s.so = (Geoloc__V1__StreamOptions)GEOLOC__V1__STREAM_OPTIONS__INIT;
+  s.so.has_track = 1;
+  s.so.track = o->track;
+  if (o->max_speed_mps > 0) {
+    s.so.has_max_speed_mps = 1;
+    s.so.max_speed_mps = (float)o->max_speed_mps;
+  }
+  if (o->fixed_lag) {
+    s.so.has_fixed_lag_frames = 1;
+    s.so.fixed_lag_frames = o->fixed_lag;
+  }
+  s.hello = (struct gl_client_hello_args){o->client_name, o->map, o->track ? &s.so : NULL};
+  /* The first connection is not retried: a wrong address or a refusal is
+   * reported at once. */
+  if ((rc = gl_client_open(&o->co, &s.hello, &s.client, &w, err, sizeof err)) != GL_OK) {
     fprintf(stderr, "%s: %s\n", o->prog, err);
     goto done;
   }
-  Geoloc__V1__StreamOptions so = GEOLOC__V1__STREAM_OPTIONS__INIT;
-  so.has_track = 1;
-  so.track = o->track;
-  if (o->max_speed_mps > 0) {
-    so.has_max_speed_mps = 1;
-    so.max_speed_mps = (float)o->max_speed_mps;
-  }
-  if (o->fixed_lag) {
-    so.has_fixed_lag_frames = 1;
-    so.fixed_lag_frames = o->fixed_lag;
-  }
-  rc = gl_client_hello_opts(s.client, o->client_name, o->map, o->track ? &so : NULL, 30000, &w);
-  if (rc != GL_OK) {
-    fprintf(stderr, "%s: %s: %s\n", o->prog, gl_strerror(rc), gl_client_last_error(s.client));
+  if ((rc = welcomed(&s, w)) != GL_OK)
     goto done;
-  }
-  if (w->msg_case != GEOLOC__V1__SERVER_MESSAGE__MSG_WELCOME) {
-    if (w->msg_case == GEOLOC__V1__SERVER_MESSAGE__MSG_ERROR)
-      fprintf(stderr, "%s: server refused: %s: %s\n", o->prog, gl_cli_error_name(w->error->code),
-              w->error->message ? w->error->message : "");
-    else
-      fprintf(stderr, "%s: the server answered Hello with something other than Welcome\n", o->prog);
-    rc = GL_EPROTO;
-    goto done;
-  }
-  if (o->track && !w->welcome->tracking) {
-    fprintf(stderr,
-            "%s: the server does not track this stream (its map has no dense layer, the fine "
-            "stage is off, or [track] enabled is off)\n",
-            o->prog);
-    rc = GL_EUNAVAIL;
-    goto done;
-  }
-  size_t max_bytes = w->welcome->max_message_bytes;
-  size_t window = o->window ? o->window : 16;
-  if (w->welcome->max_frames_in_flight && window > w->welcome->max_frames_in_flight)
-    window = w->welcome->max_frames_in_flight;
   if (o->ready_cb)
     o->ready_cb(o->ctx);
   size_t next = 0;
-  while (next < n || s.in_flight > 0) {
-    while (next < n && s.in_flight < window)
-      if ((rc = send_one(&s, paths, next++, max_bytes)) != GL_OK)
-        goto done;
-    if (s.in_flight > 0 && (rc = receive_one(&s, paths)) != GL_OK)
+  while (next < n || s.in_flight > 0 || s.n_resend > 0) {
+    rc = send_some(&s, paths, &next);
+    if (rc == GL_OK && s.in_flight > 0)
+      rc = receive_one(&s, paths);
+    if (rc != GL_OK && (rc = reconnect(&s, rc)) != GL_OK)
       goto done;
   }
   rc = GL_OK;
 done:
+  if (s.reconnects)
+    fprintf(stderr, "%s: %u reconnection(s)\n", o->prog, s.reconnects);
   gl_wire_free(w);
   gl_client_destroy(s.client);
   free(s.files);

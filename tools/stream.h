@@ -52,6 +52,10 @@ struct gl_cli_stream_opts {
   const char *map;         /* NULL: the server's only map */
   uint32_t top_k;          /* 0: the server's default */
   uint32_t window;         /* frames in flight (capped by the server's limit) */
+  /* After a connection that worked is lost: how long to try to connect
+   * again (the frames it had in flight are then sent again); 0: give up at
+   * once. */
+  uint32_t reconnect_ms;
   /* Priors: NULL for none; otherwise one per path when priors_per_frame,
    * else priors[0] for every frame. A radius <= 0 sends no prior. */
   const struct gl_map_prior *priors;

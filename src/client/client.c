@@ -412,6 +412,93 @@ int gl_client_hello_opts(struct gl_client *c, const char *client_name, const cha
   return gl__hello(c, client_name, map, 0, opts, timeout_ms, reply);
 }
 
+int gl_client_error_rc(int code) {
+  switch (code) {
+  case GEOLOC__V1__ERROR__CODE__SHUTTING_DOWN:
+  case GEOLOC__V1__ERROR__CODE__RESOURCE_EXHAUSTED:
+  case GEOLOC__V1__ERROR__CODE__UNAVAILABLE:
+  case GEOLOC__V1__ERROR__CODE__TIMEOUT:
+    return GL_EUNAVAIL;
+  default:
+    return GL_EPROTO;
+  }
+}
+
+bool gl_client_retryable(int rc) {
+  switch (rc) {
+  case GL_ECONNECT:
+  case GL_ECLOSED:
+  case GL_EIO:
+  case GL_ETIMEDOUT:
+  case GL_ETLS: /* a peer gone mid-record reads as a TLS error */
+  case GL_EUNAVAIL:
+    return true;
+  default:
+    return false;
+  }
+}
+
+int gl_client_open(const struct gl_client_opts *co, const struct gl_client_hello_args *h,
+                   struct gl_client **out, gl_server_msg **welcome, char *err, size_t errlen) {
+  struct gl_client *c = NULL;
+  gl_server_msg *w = NULL;
+  *out = NULL;
+  *welcome = NULL;
+  int rc = gl_client_connect(co, &c, err, errlen);
+  if (rc != GL_OK)
+    return rc;
+  rc = gl__hello(c, h->client_name, h->map, 0, h->stream, 30000, &w);
+  if (rc != GL_OK) {
+    snprintf(err, errlen, "Hello: %s%s%s", gl_strerror(rc), c->err[0] ? ": " : "", c->err);
+    goto fail;
+  }
+  if (w->msg_case == GEOLOC__V1__SERVER_MESSAGE__MSG_WELCOME) {
+    *out = c;
+    *welcome = w;
+    return GL_OK;
+  }
+  if (w->msg_case == GEOLOC__V1__SERVER_MESSAGE__MSG_ERROR) {
+    const ProtobufCEnumValue *v =
+        protobuf_c_enum_descriptor_get_value(&geoloc__v1__error__code__descriptor, w->error->code);
+    snprintf(err, errlen, "server refused: %s: %s", v ? v->name : "ERROR",
+             w->error->message ? w->error->message : "");
+    rc = gl_client_error_rc(w->error->code);
+  } else {
+    snprintf(err, errlen, "the server answered Hello with something other than Welcome");
+    rc = GL_EPROTO;
+  }
+fail:
+  gl_wire_free(w);
+  gl_client_destroy(c);
+  return rc;
+}
+
+int gl_client_reopen(const struct gl_client_opts *co, const struct gl_client_hello_args *h,
+                     uint32_t budget_ms, struct gl_client **out, gl_server_msg **welcome,
+                     unsigned *attempts, char *err, size_t errlen) {
+  int64_t give_up = gl__now_ms() + budget_ms;
+  unsigned seed = (unsigned)gl__now_ms() ^ (unsigned)(uintptr_t)out;
+  uint32_t delay = 50;
+  int rc = GL_ETIMEDOUT;
+  snprintf(err, errlen, "no attempt within %u ms", budget_ms);
+  for (;;) {
+    int64_t left = give_up - gl__now_ms();
+    if (left <= 0)
+      return rc;
+    uint32_t wait = delay / 2 + (uint32_t)rand_r(&seed) % (delay / 2 + 1);
+    if (wait > left)
+      wait = (uint32_t)left;
+    struct timespec ts = {wait / 1000, (long)(wait % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+    delay = delay < 1000 ? delay * 2 : 2000;
+    ++*attempts;
+    rc = gl_client_open(co, h, out, welcome, err, errlen);
+    if (rc == GL_OK || !gl_client_retryable(rc))
+      return rc;
+  }
+}
+
 const char *gl_client_last_error(const struct gl_client *c) { return c->err; }
 
 int gl_client_fd(const struct gl_client *c) { return c->fd; }

@@ -62,6 +62,47 @@ int gl_client_hello_opts(struct gl_client *c, const char *client_name, const cha
                          const Geoloc__V1__StreamOptions *opts, int timeout_ms,
                          gl_server_msg **reply);
 
+/* ---- A stream that outlives its connections ----------------------------
+ * A replica can be drained, restarted or killed behind a proxy; a client
+ * then connects again (to whichever replica the proxy picks), says the same
+ * Hello, and sends again the frames that were never answered, so that from
+ * its side each frame is answered once. The caller keeps the frames; these
+ * make the connection. */
+
+/* What Hello says, every time. */
+struct gl_client_hello_args {
+  const char *client_name;
+  const char *map;                         /* NULL: the server's only map */
+  const Geoloc__V1__StreamOptions *stream; /* NULL: none */
+};
+
+/* Connects and says Hello: on success *out is a client the server has
+ * welcomed and *welcome its Welcome (free with gl_wire_free). On failure
+ * err says why, and the result is a connection error (as
+ * gl_client_connect, gl_client_recv), GL_EUNAVAIL when the server refused
+ * for now (SHUTTING_DOWN, RESOURCE_EXHAUSTED, UNAVAILABLE), or GL_EPROTO
+ * for any other refusal. */
+int gl_client_open(const struct gl_client_opts *co, const struct gl_client_hello_args *h,
+                   struct gl_client **out, gl_server_msg **welcome, char *err, size_t errlen);
+
+/* True when an error of gl_client_open, _send or _recv (or GL_EUNAVAIL for
+ * a server's Error that is not about one frame: shutting down, too busy)
+ * may go away with a new connection. */
+bool gl_client_retryable(int rc);
+
+/* Error code of a server's Error that ends the stream, as an error of
+ * ours: GL_EUNAVAIL when a new connection may fare better, else
+ * GL_EPROTO. */
+int gl_client_error_rc(int code);
+
+/* gl_client_open until it succeeds, fails for good (not retryable), or
+ * budget_ms have passed: waits before each attempt, 50 ms doubling up to
+ * 2 s, each wait drawn from its upper half (jitter: clients cut off
+ * together do not come back together). *attempts counts the tries. */
+int gl_client_reopen(const struct gl_client_opts *co, const struct gl_client_hello_args *h,
+                     uint32_t budget_ms, struct gl_client **out, gl_server_msg **welcome,
+                     unsigned *attempts, char *err, size_t errlen);
+
 /* Text of the last TLS or system error on this client, "" when none. */
 const char *gl_client_last_error(const struct gl_client *c);
 

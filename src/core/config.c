@@ -50,6 +50,7 @@ static const struct gl__cfg_key gl__keys[] = {
     GL__K("daemon", "handshake_timeout_ms", GL__CFG_U32, handshake_timeout_ms, 100, 600000, false),
     GL__K("daemon", "idle_timeout_ms", GL__CFG_U32, idle_timeout_ms, 100, 86400000, true),
     GL__K("daemon", "drain_timeout_ms", GL__CFG_U32, drain_timeout_ms, 0, 600000, false),
+    GL__K("daemon", "stop_delay_ms", GL__CFG_U32, stop_delay_ms, 0, 600000, false),
     GL__K("daemon", "decode_threads", GL__CFG_U32, decode_threads, 0, 64, false),
     GL__K("daemon", "max_frames_in_flight", GL__CFG_U32, max_frames_in_flight, 1, 4096, false),
     GL__K("daemon", "queue_depth", GL__CFG_U32, queue_depth, 1, 65536, false),

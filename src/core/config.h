@@ -50,6 +50,7 @@ struct gl_config {
   uint32_t handshake_timeout_ms; /* handshake_timeout_ms: connect to Hello */
   uint32_t idle_timeout_ms;      /* idle_timeout_ms: between messages, 0 = none */
   uint32_t drain_timeout_ms;     /* drain_timeout_ms: SIGTERM grace period */
+  uint32_t stop_delay_ms;        /* stop_delay_ms: not ready, still serving, before draining */
   uint32_t decode_threads;       /* decode_threads: image decoding workers, 0 = cores */
   uint32_t max_frames_in_flight; /* max_frames_in_flight: per client */
   uint32_t queue_depth;          /* queue_depth: frames waiting for inference, all clients */

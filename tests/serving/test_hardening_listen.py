@@ -28,6 +28,7 @@ import tempfile
 import threading
 import time
 import unittest
+import urllib.error
 import urllib.request
 
 BUILD, SRC = (os.path.abspath(p) for p in sys.argv[1:3])
@@ -210,6 +211,39 @@ def temp_dir(test, prefix="geoloc-listen-", **kw):
     d = tempfile.mkdtemp(prefix=prefix, **kw)
     test.addCleanup(shutil.rmtree, d, ignore_errors=True)
     return d
+
+
+class StopDelay(unittest.TestCase):
+    """stop_delay_ms: SIGTERM makes /readyz fail at once while the daemon
+    still accepts and answers, and drains only once the delay is over."""
+
+    def test_not_ready_then_drain(self):
+        tmp = temp_dir(self)
+        d = Daemon(tmp, daemon_extra="stop_delay_ms = 1500")
+        self.addCleanup(d.stop)
+        self.assertEqual(d.http("/readyz", timeout=5)[0], 200)
+        c = Conn(d.port)
+        c.hello()
+        t0 = time.monotonic()
+        d.proc.send_signal(signal.SIGTERM)
+        deadline = t0 + 1
+        status = 200
+        while status == 200 and time.monotonic() < deadline:
+            try:
+                status = d.http("/readyz", timeout=2)[0]
+            except urllib.error.HTTPError as e:
+                status = e.code
+        self.assertEqual(status, 503, "/readyz still ready after SIGTERM")
+        late = Conn(d.port)  # still listening: a proxy's late connection is served
+        late.hello()
+        self.assertEqual(late.ping(5).get(1), 5)
+        self.assertEqual(c.ping(6).get(1), 6)
+        self.assertIsNone(d.proc.poll())
+        self.assertEqual(d.proc.wait(timeout=30), 0, d.log_text())
+        self.assertGreaterEqual(time.monotonic() - t0, 1.4)
+        self.assertIn("not ready; draining in 1500 ms", d.log_text())
+        late.close()
+        c.close()
 
 
 class MetricsSlowloris(unittest.TestCase):
