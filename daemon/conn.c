@@ -195,6 +195,8 @@ void gl__conn_close(struct gl_conn *c) {
     return;
   c->closing = true;
   c->state = GL_CONN_CLOSING;
+  if (c->srv->pipe)
+    gl_pipeline_abandon(c->srv->pipe, &c->dq); /* nobody to answer: not decoded */
   uv_close(&c->io.handle, gl__on_conn_closed);
   uv_close((uv_handle_t *)&c->timer, gl__on_conn_closed);
 }

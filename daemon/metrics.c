@@ -56,6 +56,7 @@ static const char *const k_status_label[GL_METRICS_FRAME__COUNT] = {
     [GL_METRICS_FRAME_BAD_IMAGE] = "bad_image",
     [GL_METRICS_FRAME_UNAVAILABLE] = "unavailable",
     [GL_METRICS_FRAME_ERROR] = "error",
+    [GL_METRICS_FRAME_ABANDONED] = "abandoned",
 };
 
 static const struct {

@@ -36,6 +36,7 @@ enum gl_metrics_status {
   GL_METRICS_FRAME_BAD_IMAGE,     /* "bad_image": undecodable or over the limits */
   GL_METRICS_FRAME_UNAVAILABLE,   /* "unavailable": no model or map to answer with */
   GL_METRICS_FRAME_ERROR,         /* "error": anything else (a GPU error...) */
+  GL_METRICS_FRAME_ABANDONED,     /* "abandoned": its client left before it was decoded */
   GL_METRICS_FRAME__COUNT
 };
 

@@ -272,6 +272,28 @@ void gl_pipeline_submit(struct gl_pipeline *p, struct gl_decode_queue *q, struct
   gl__decode_next(p);
 }
 
+void gl_pipeline_abandon(struct gl_pipeline *p, struct gl_decode_queue *q) {
+  struct gl_job *job = q->head;
+  if (!job)
+    return;
+  struct gl_decode_queue **at = &p->turn_head, *prev = NULL;
+  while (*at != q) { /* a queue with frames is in the turn */
+    prev = *at;
+    at = &prev->next;
+  }
+  if (!(*at = q->next))
+    p->turn_tail = prev;
+  q->head = q->tail = NULL;
+  while (job) {
+    struct gl_job *next = job->next;
+    job->next = NULL;
+    job->result = GL_JOB_ABANDONED;
+    snprintf(job->error, sizeof job->error, "its client closed the connection");
+    gl__release(p, job); /* a tracked stream's later frames are not held for it */
+    job = next;
+  }
+}
+
 uint32_t gl_pipeline_decode_workers(uint32_t decode_threads) {
   return (decode_threads ? decode_threads : uv_available_parallelism()) + 1;
 }

@@ -37,6 +37,7 @@ enum gl_job_result {
                          tiles (gl_img_footprint); error says why */
   GL_JOB_STALE,     /* waited longer than stale_after_ms */
   GL_JOB_FAILED,    /* inference or search failed; error says why */
+  GL_JOB_ABANDONED, /* its client closed before it was decoded: never decoded */
 };
 
 struct gl_job_candidate {
@@ -153,6 +154,11 @@ int gl_pipeline_create(uv_loop_t *loop, uint32_t decode_threads, gl_job_done_cb 
 /* Queues a job (on the loop thread) in its client's queue q: decoding
  * first, in turn with the other clients' frames, then inference. */
 void gl_pipeline_submit(struct gl_pipeline *p, struct gl_decode_queue *q, struct gl_job *job);
+
+/* Its client is gone: the frames of q still waiting for a decode worker
+ * are finished at once (GL_JOB_ABANDONED) instead of decoded for nobody.
+ * Frames already on a worker or past decoding go on. Loop thread. */
+void gl_pipeline_abandon(struct gl_pipeline *p, struct gl_decode_queue *q);
 
 /* Jobs submitted and not yet finished. */
 uint32_t gl_pipeline_pending(const struct gl_pipeline *p);

@@ -568,12 +568,14 @@ static void gl__job_metrics(struct gl_metrics *mx, const struct gl_job *job) {
       [GL_JOB_BAD_REQUEST] = GL_METRICS_FRAME_ERROR,
       [GL_JOB_STALE] = GL_METRICS_FRAME_DROPPED_STALE,
       [GL_JOB_FAILED] = GL_METRICS_FRAME_ERROR,
+      [GL_JOB_ABANDONED] = GL_METRICS_FRAME_ABANDONED,
   };
   gl_metrics_add_in_flight(mx, -1);
   gl_metrics_frame(mx, job->result == GL_JOB_OK && job->n_cand == 0 ? GL_METRICS_FRAME_NO_MATCH
                                                                     : status[job->result]);
   gl_metrics_observe(mx, GL_METRICS_DECODE, job->decode_us);
-  if (job->result == GL_JOB_BAD_IMAGE || job->result == GL_JOB_BAD_REQUEST)
+  if (job->result == GL_JOB_BAD_IMAGE || job->result == GL_JOB_BAD_REQUEST ||
+      job->result == GL_JOB_ABANDONED)
     return; /* never queued for inference */
   gl_metrics_observe(mx, GL_METRICS_QUEUE, job->t_batched - job->t_decoded);
   if (job->result != GL_JOB_OK)
@@ -602,6 +604,7 @@ void gl__on_job_done(void *ud, struct gl_job *job) {
       gl__conn_error(c, GEOLOC__V1__ERROR__CODE__BAD_REQUEST, &id, false, "frame %llu: %s",
                      (unsigned long long)id, job->error);
       break;
+    case GL_JOB_ABANDONED: /* not while the connection is open */
     case GL_JOB_FAILED:
       gl__conn_error(c, GEOLOC__V1__ERROR__CODE__INTERNAL, &id, false, "frame %llu: %s",
                      (unsigned long long)id, job->error);

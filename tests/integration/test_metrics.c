@@ -293,6 +293,7 @@ static const char *const k_status[GL_METRICS_FRAME__COUNT] = {
     [GL_METRICS_FRAME_BAD_IMAGE] = "bad_image",
     [GL_METRICS_FRAME_UNAVAILABLE] = "unavailable",
     [GL_METRICS_FRAME_ERROR] = "error",
+    [GL_METRICS_FRAME_ABANDONED] = "abandoned",
 };
 
 /* Durations right on, just past and far from the bucket bounds, so that an

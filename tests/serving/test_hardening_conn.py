@@ -11,6 +11,8 @@ what a well-behaved client library never would.
 usage: test_hardening_conn.py BUILD_DIR SOURCE_DIR
 """
 import os
+import struct
+import re
 import shutil
 import socket
 import ssl
@@ -650,6 +652,111 @@ class Fairness(Case):
         self.assertEqual(a_ids, list(range(1000, 1032)))
         sys.stderr.write("  [B: worst frame %.0f ms, 8 frames answered in %.1f s]\n" %
                          (worst * 1000, took))
+
+
+class Abandoned(Case):
+    """A client that pipelines 32 frames slow to decode and leaves: the
+    frames still waiting for a decoder are not decoded for nobody but
+    finished at once, counted as abandoned, and a new client is served
+    without waiting behind them. Before, all 32 were decoded (~16 s of a
+    core) after the client had gone."""
+
+    def test_frames_of_a_closed_connection_are_not_decoded(self):
+        self.d = Daemon("decode_threads = 1", metrics=True)
+        self.addCleanup(lambda: self.assertEqual(self.d.stop(), 0, self.d.log_text()))
+        heavy = slow_png(4096, 4096, 1)
+        a = self.conn()
+        a.hello()
+        a.send(b"".join(frame_msg(1000 + i, heavy) for i in range(32)))
+        time.sleep(0.5)  # all 32 accepted, two on the decoders (decode_threads 1: 2 workers)
+        a.close()
+        b = self.conn()
+        b.hello()
+        t0 = time.monotonic()
+        b.send(frame_msg(1, FIX.images[0]))
+        self.assertIn(first(b.expect(ESTIMATE), 2), (OK, NO_MATCH))
+        took = time.monotonic() - t0
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % self.d.mport,
+                                          timeout=5).read().decode()
+            counts = {m.group(1): float(m.group(2)) for m in re.finditer(
+                r'^geoloc_frames_total\{status="(\w+)"\} (\S+)$', text, re.M)}
+            if sum(counts.values()) >= 33:
+                break
+            time.sleep(0.2)
+        self.assertEqual(sum(counts.values()), 33, counts)  # every frame finished once
+        self.assertGreaterEqual(counts.get("abandoned", 0), 28, counts)
+        sys.stderr.write("  [%d of 32 frames abandoned, not decoded; the next client's frame "
+                         "answered in %.1f s]\n" % (counts["abandoned"], took))
+
+
+def f64(number, value):
+    return varint(number << 3 | 1) + struct.pack("<d", value)
+
+
+def f32(number, value):
+    return varint(number << 3 | 5) + struct.pack("<f", value)
+
+
+class BadFields(Case):
+    """Frames whose fields are out of range each get their own non-fatal
+    Error naming the problem, and the stream goes on; Hellos whose options
+    are out of range, or that name no map on a server of several, get a
+    fatal one."""
+
+    BAD_IMAGE = 8
+
+    def error(self, c):
+        e = c.expect(ERROR)
+        return first(e, 1), first(e, 3), first(e, 4, 0), first(e, 2, b"").decode()
+
+    def test_frames(self):
+        # 64 x 64 = 4096 pixels: one pixel more than max_decoded_pixels refuses it.
+        self.d = Daemon("max_decoded_pixels = 4095")
+        self.addCleanup(lambda: self.assertEqual(self.d.stop(), 0, self.d.log_text()))
+        c = self.conn()
+        c.hello()
+        img = FIX.images[0]
+        cases = [
+            (b"", self.BAD_IMAGE, "has no image"),
+            (ld(3, img) + vi(4, PNG_FORMAT) + vi(9, 101), BAD_REQUEST, "top_k 101 is above"),
+            (ld(3, img) + vi(4, PNG_FORMAT) + ld(7, f64(1, 91) + f64(2, 0) + f64(3, 100)),
+             BAD_REQUEST, "prior needs lat"),
+            (ld(3, img) + vi(4, PNG_FORMAT) + ld(7, f64(1, 47) + f64(2, -99) + f64(3, 0)),
+             BAD_REQUEST, "prior needs lat"),
+            (ld(3, img) + vi(4, PNG_FORMAT) + f64(10, 5), BAD_REQUEST, "go together"),
+            (ld(3, img) + vi(4, PNG_FORMAT) + f64(10, 1001) + f64(11, 0), BAD_REQUEST,
+             "within +-1000"),
+            (ld(3, img) + vi(4, PNG_FORMAT) + f64(8, float("nan")), BAD_REQUEST,
+             "not a heading"),
+            (ld(3, png(64, 64, 1)) + vi(4, PNG_FORMAT), self.BAD_IMAGE, ""),
+        ]
+        for i, (body, code, text) in enumerate(cases):
+            fid = 100 + i
+            c.send(client_msg(2, vi(1, fid) + body))
+            got = self.error(c)
+            self.assertEqual(got[:3], (code, fid, 0), "case %d: %r" % (i, got))
+            self.assertIn(text, got[3], "case %d" % i)
+        c.send(frame_msg(7, FIX.images[1]))  # the stream goes on
+        e = c.expect(ESTIMATE)
+        self.assertEqual(first(e, 1), 7)
+
+    def test_hellos(self):
+        sections = "[map other]\npath = %s\n" % FIX.map
+        self.d = Daemon(sections=sections)
+        self.addCleanup(lambda: self.assertEqual(self.d.stop(), 0, self.d.log_text()))
+        for opts, text in ((f32(4, 2000), "max_speed_mps 2000"),
+                           (f32(4, float("nan")), "max_speed_mps nan"),
+                           (vi(5, 1000000), "fixed_lag_frames 1000000 is above"),
+                           (b"", "several maps: name one of")):
+            c = self.conn()
+            hello = vi(1, 1) + (ld(4, b"area") + ld(5, opts) if opts else b"")
+            c.send(client_msg(1, hello))
+            code, _, fatal, message = self.error(c)
+            self.assertEqual((code, fatal), (BAD_REQUEST, 1), message)
+            self.assertIn(text, message)
+            self.assertIsNone(c.recv(), "the connection closes after a fatal Error")
 
 
 class ProtocolVersion(Case):
