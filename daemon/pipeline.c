@@ -325,7 +325,8 @@ static int gl__track(struct gl_job *job, struct gl_map *map, struct gl_loc_fine_
   }
   const double *v = isnan(job->vel[0]) ? NULL : job->vel;
   int rc = gl_track_frame(t->filter, ff, map, job->time_us, v, best ? best->lat : NAN,
-                          best ? best->lon : NAN, &job->fix, job->error, sizeof job->error);
+                          best ? best->lon : NAN, best ? best->confidence : NAN, &job->fix,
+                          job->error, sizeof job->error);
   job->has_fix = rc == GL_OK;
   if (rc == GL_OK && t->params.fixed_lag) {
     /* The smoothed state is for the frame L frames back: the oldest id of

@@ -77,7 +77,7 @@ static void usage(FILE *f) {
              "  --fixed-lag N       also score the track smoothed N frames late (0-30)\n"
              "  --max-speed V       the vehicle's top speed, m/s (default 25)\n"
              "  --track-temperature T, --track-reacquire E, --lock-confidence C,\n"
-             "  --lost-confidence C, --lock-frames N, --lost-frames N\n"
+             "  --lost-confidence C, --lock-frames N, --lost-frames N, --hint-confidence C\n"
              "                      the tracker's parameters (src/track/track.h)\n"
              "\n");
   fprintf(f, "Metrics:\n"
@@ -453,6 +453,8 @@ static int eval_option(void *opts, int opt, const char *flag, const char *arg) {
     return gl_cli_u32(flag, arg, 1, 1000, &o->track.lock_frames);
   case 2008:
     return gl_cli_u32(flag, arg, 1, 1000, &o->track.lost_frames);
+  case 2011:
+    return gl_cli_double(flag, arg, 0, 1, &o->track.hint_confidence);
   case 2010:
     return gl_cli_u32(flag, arg, 0, GL_TRACK_MAX_LAG, &o->track.fixed_lag);
   case 'a':
@@ -494,6 +496,7 @@ static int eval_parse(int argc, char **argv, struct eval_opts *o) {
       {"lost-confidence", required_argument, NULL, 2006},
       {"lock-frames", required_argument, NULL, 2007},
       {"lost-frames", required_argument, NULL, 2008},
+      {"hint-confidence", required_argument, NULL, 2011},
       {"fixed-lag", required_argument, NULL, 2010},
       GL_CLI_TLS_OPTIONS,
       GL_CLI_FINE_OPTIONS,

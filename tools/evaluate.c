@@ -86,7 +86,9 @@ void gl_cli_eval_rows_begin(struct gl_cli_eval *ev, FILE *f, bool csv) {
   /* Flights add the track's status and error. */
   const bool fl = ev->labels.flights;
   if (csv)
-    fprintf(f, "file,status,est_lat,est_lon,truth_lat,truth_lon,error_m,true_tile,rank,latency_ms%s\n",
+    fprintf(f,
+            "file,status,est_lat,est_lon,truth_lat,truth_lon,error_m,true_tile,rank,latency_ms,"
+            "score,confidence%s\n",
             fl ? ",track_status,track_error_m" : "");
   else
     fprintf(f, "%-32s %-13s %12s %13s %12s %13s %10s %9s %5s %10s%s\n", "file", "status", "est_lat",
@@ -99,7 +101,10 @@ static void print_row(const struct gl_cli_eval *ev, size_t i, const char *status
   const struct gl_eval_frame *x = &ev->frames[i];
   FILE *f = ev->rows;
   char est_lat[32] = "", est_lon[32] = "", error[32] = "", tile[32] = "", rank[16] = "";
+  char score[32] = "", conf[32] = "";
   if (x->has_estimate) {
+    snprintf(score, sizeof score, "%.4f", x->est_score);
+    snprintf(conf, sizeof conf, "%.4f", x->est_confidence);
     snprintf(est_lat, sizeof est_lat, "%.7f", x->est_lat);
     snprintf(est_lon, sizeof est_lon, "%.7f", x->est_lon);
     snprintf(error, sizeof error, "%.1f", x->error_m);
@@ -116,8 +121,8 @@ static void print_row(const struct gl_cli_eval *ev, size_t i, const char *status
     snprintf(terr, sizeof terr, "%.1f", x->track_err_m);
   if (ev->csv) {
     gl_report_csv_field(f, ev->labels.v[i].file);
-    fprintf(f, ",%s,%s,%s,%.7f,%.7f,%s,%s,%s,%.3f", status, est_lat, est_lon, x->truth_lat,
-            x->truth_lon, error, tile, rank, x->latency_ms);
+    fprintf(f, ",%s,%s,%s,%.7f,%.7f,%s,%s,%s,%.3f,%s,%s", status, est_lat, est_lon,
+            x->truth_lat, x->truth_lon, error, tile, rank, x->latency_ms, score, conf);
     if (ev->labels.flights)
       fprintf(f, ",%s,%s", x->track_status ? ts : "", x->track_status ? terr : "");
     fputc('\n', f);
@@ -150,6 +155,8 @@ void gl_cli_eval_record(struct gl_cli_eval *ev, size_t i, const char *status, bo
   x->ok = ok;
   x->latency_ms = latency_ms;
   gl_eval_frame_score(x, cand, n);
+  x->est_score = n ? c[0].score : NAN;
+  x->est_confidence = n ? c[0].confidence : NAN;
   for (int s = 0; s < GL_CLI_EVAL_MAX_STATUSES; s++) {
     if (!ev->status[s])
       ev->status[s] = status;

@@ -141,8 +141,8 @@ void gl_cli_inproc_run(struct gl_cli_inproc *ip, const struct gl_image *frames,
       double t0 = gl__now_s();
       const double *v = ip->vels && !isnan(ip->vels[i][0]) ? ip->vels[i] : NULL;
       frc = gl_track_frame(ip->track, ip->fine, ip->map, ip->times[i], v,
-                           ne ? ip->est[0].lat : NAN, ne ? ip->est[0].lon : NAN, &ip->fix[i], err,
-                           sizeof err);
+                           ne ? ip->est[0].lat : NAN, ne ? ip->est[0].lon : NAN,
+                           ne ? ip->est[0].confidence : NAN, &ip->fix[i], err, sizeof err);
       ip->track_s += gl__now_s() - t0;
     }
     for (size_t k = 0; k < ne; k++)

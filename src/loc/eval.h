@@ -100,6 +100,9 @@ struct gl_eval_frame {
   double heading_err_deg;
   int rank;                /* see the file comment; 0 also when true_tile is unknown */
   double latency_ms;
+  /* The first candidate's score and confidence as answered; NaN without
+   * an estimate. */
+  double est_score, est_confidence;
   /* The stream's track after the frame (tracked runs): status (0 when
    * there is none; else enum gl_track_status's value), position and its
    * error in metres. */

@@ -32,6 +32,7 @@ void gl_track_params_init(struct gl_track_params *p) {
       .scan_cells = 16,
       .heading_window_deg = 30,
       .turn_rate_dps = 30,
+      .hint_confidence = 0.8,
   };
 }
 
@@ -58,6 +59,9 @@ int gl_track_params_check(const struct gl_track_params *p, char *err, size_t err
                    "track lock confidence %g and lost confidence %g must satisfy 0 <= lost <= "
                    "lock <= 1",
                    p->lock_confidence, p->lost_confidence);
+  if (!(p->hint_confidence >= 0 && p->hint_confidence <= 1))
+    return gl_fail(err, errlen, GL_EINVAL, "track hint confidence %g is not in 0..1",
+                   p->hint_confidence);
   if (p->lock_frames < 1 || p->lock_frames > 1000)
     return gl_fail(err, errlen, GL_EINVAL, "track lock frames %u is not in 1..1000",
                    p->lock_frames);
@@ -116,6 +120,7 @@ struct gl_track {
   uint32_t good;     /* frames in a row that would hold a lock */
   uint32_t disagree; /* frames in a row whose own estimate is elsewhere */
   double hint_r, hint_q; /* this frame's own best placement, NaN when none */
+  bool hint_weak;        /* ... whose confidence is under hint_confidence */
   struct gl__step step;  /* the transition into this frame */
   bool measured;         /* this frame's likelihood is in tmp */
   /* Fixed-lag smoothing: the last fixed_lag + 1 frames, a ring; stored
@@ -279,7 +284,7 @@ static void gl__convolve(struct gl_track *t, float *buf, float *scratch, double 
 }
 
 int gl_track_predict(struct gl_track *t, uint64_t time_us, const double *vel, double hint_r,
-                     double hint_q, char *err, size_t errlen) {
+                     double hint_q, double hint_conf, char *err, size_t errlen) {
   if (t->started && time_us < t->t_us)
     return gl_fail(err, errlen, GL_EINVAL,
                    "capture_time_us %llu is %.6f s before the previous frame's; a tracked "
@@ -290,6 +295,7 @@ int gl_track_predict(struct gl_track *t, uint64_t time_us, const double *vel, do
   double dt = t->started ? (double)(time_us - t->t_us) / 1e6 : 0;
   t->hint_r = hint_r;
   t->hint_q = hint_q;
+  t->hint_weak = hint_conf < t->p.hint_confidence; /* it still places the window */
   if (t->started && dt > t->p.max_gap_s)
     gl_track_reset(t);
   const size_t n = (size_t)t->wr * t->wc;
@@ -474,8 +480,8 @@ static void gl__keep(struct gl_track *t) {
   l->r0 = t->r0;
   l->q0 = t->q0;
   l->step = t->step;
-  l->hint_r = t->hint_r;
-  l->hint_q = t->hint_q;
+  l->hint_r = t->hint_weak ? NAN : t->hint_r;
+  l->hint_q = t->hint_weak ? NAN : t->hint_q;
   l->status = t->status;
   t->stored = !t->step.moved ? 1 : t->stored <= t->p.fixed_lag ? t->stored + 1 : t->stored;
 }
@@ -585,7 +591,7 @@ void gl_track_update(struct gl_track *t, struct gl_track_state *out) {
   }
   /* The frame's own estimate, which owes nothing to the track, confirms
    * it or not. */
-  const bool has_hint = !isnan(t->hint_r) && !isnan(t->hint_q);
+  const bool has_hint = !isnan(t->hint_r) && !isnan(t->hint_q) && !t->hint_weak;
   const bool agrees =
       has_hint && hypot(t->hint_r - gr, t->hint_q - gq) * t->cell <= t->p.lock_radius_m;
   t->disagree = has_hint && !agrees ? t->disagree + 1 : has_hint ? 0 : t->disagree;
@@ -661,7 +667,7 @@ static void gl__take(struct gl_track *t, const struct gl_loc_fine_frame *ff, dou
 
 int gl_track_frame(struct gl_track *t, struct gl_loc_fine_frame *ff, struct gl_map *map,
                    uint64_t time_us, const double *vel, double hint_lat, double hint_lon,
-                   struct gl_track_fix *out, char *err, size_t errlen) {
+                   double hint_confidence, struct gl_track_fix *out, char *err, size_t errlen) {
   uint32_t R, C;
   double cell;
   if (gl_track_grid(map, ff, &R, &C, &cell) || R != t->R || C != t->C || cell != t->cell)
@@ -673,7 +679,7 @@ int gl_track_frame(struct gl_track *t, struct gl_loc_fine_frame *ff, struct gl_m
     hr = (d->y0 - y) / cell - half;
     hq = (x - d->x0) / cell - half;
   }
-  int rc = gl_track_predict(t, time_us, vel, hr, hq, err, errlen);
+  int rc = gl_track_predict(t, time_us, vel, hr, hq, hint_confidence, err, errlen);
   if (rc)
     return rc;
   int32_t r0, q0;

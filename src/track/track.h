@@ -60,7 +60,9 @@
  *  4. Status. A frame's own best estimate (the hint of gl_track_predict:
  *     the fine stage's answer for the frame alone, which owes nothing to
  *     the track) agrees with the track when it lies within lock_radius_m of
- *     the position. ACQUIRING until, for lock_frames frames in a row, the
+ *     the position. An estimate whose own confidence (fine.h step 6) is
+ *     below hint_confidence is no evidence either way: the frame counts as
+ *     one without an estimate (it can neither lock nor unlock the track). ACQUIRING until, for lock_frames frames in a row, the
  *     confidence has been at least lock_confidence and the frame agreed:
  *     LOCKED. A locked track whose confidence falls below lost_confidence,
  *     whose position jumps farther than the vehicle could have moved
@@ -128,6 +130,8 @@ struct gl_track_params {
   uint32_t scan_cells;       /* scan box side (default 16), 1..64 */
   double heading_window_deg; /* a locked track's headings: +-this (default 30), 0..180 */
   double turn_rate_dps;      /* plus this times dt (default 30 deg/s), 0..3600 */
+  double hint_confidence;    /* a frame's own estimate counts (step 4) from this
+                                confidence up (default 0.8), 0..1 */
 };
 
 void gl_track_params_init(struct gl_track_params *p);
@@ -161,10 +165,12 @@ void gl_track_reset(struct gl_track *t);
 
 /* Step 1 to capture time time_us. vel: NULL, or the velocity {north, east}
  * in m/s. (hint_r, hint_q): the frame's best single-frame placement, or NaN;
- * it places the window when the track (re)starts. Returns 0, or GL_EINVAL
- * when time_us is before the previous frame's (nothing changes then). */
+ * it places the window when the track (re)starts; hint_conf: its
+ * confidence (NaN: unknown, taken as sure), for step 4. Returns 0, or
+ * GL_EINVAL when time_us is before the previous frame's (nothing changes
+ * then). */
 int gl_track_predict(struct gl_track *t, uint64_t time_us, const double *vel, double hint_r,
-                     double hint_q, char *err, size_t errlen);
+                     double hint_q, double hint_conf, char *err, size_t errlen);
 
 /* The window of this frame (after gl_track_predict): placements r0.. r0 +
  * rows - 1, q0 .. q0 + cols - 1. */
@@ -203,7 +209,8 @@ int gl_track_grid(const struct gl_map *map, const struct gl_loc_fine_frame *ff, 
 
 /* One tracked frame, after gl_loc_fine_frame ran it on map (its scores and
  * query cells are read, then its scratch is reused): steps 1-4 with hint
- * the frame's best estimate (NaN lat when none), then the state's position
+ * the frame's best estimate (NaN lat when none) and its confidence (NaN:
+ * unknown, taken as sure), then the state's position
  * in WGS84. Returns 0, GL_EINVAL (time backwards, a map that is not the
  * tracker's) or the fine stage's error, with err set. */
 struct gl_track_fix {
@@ -217,6 +224,6 @@ struct gl_track_fix {
 };
 int gl_track_frame(struct gl_track *t, struct gl_loc_fine_frame *ff, struct gl_map *map,
                    uint64_t time_us, const double *vel, double hint_lat, double hint_lon,
-                   struct gl_track_fix *out, char *err, size_t errlen);
+                   double hint_confidence, struct gl_track_fix *out, char *err, size_t errlen);
 
 #endif

@@ -94,13 +94,7 @@ class HAProxy:
             s.settimeout(5)
             s.connect(self.stats)
             s.sendall(cmd.encode() + b"\n")
-            data = b""
-            while True:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-        return data.decode()
+            return common.read_to_eof(s).decode()
 
     def states(self):
         """server name -> status (UP, DOWN, ...), all backends."""

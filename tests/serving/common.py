@@ -234,6 +234,16 @@ class Conn:
         self.s.close()
 
 
+def read_to_eof(sock):
+    """Everything sock receives until the peer closes."""
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+
+
 def wait_listening(proc, port, log_text, timeout=60):
     """Waits until geolocd (proc) accepts connections on port; fails with
     its log (log_text()) when it exits or does not listen in time."""

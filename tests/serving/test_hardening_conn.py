@@ -225,12 +225,7 @@ class HalfClose(Case):
         except ssl.SSLWantReadError:
             pass
         flush()
-        raw = b""
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            raw += chunk
+        raw = common.read_to_eof(sock)
         records, i = [], 0  # (content type, length) of each record
         while i + 5 <= len(raw):
             records.append((raw[i], int.from_bytes(raw[i + 3:i + 5], "big")))

@@ -142,7 +142,7 @@ int main(int argc, char **argv) {
                                    sizeof err),
                  0);
     CHECK_EQ_INT(gl_track_frame(t, ff, map, 1000000ull * (uint64_t)i, NULL, est[0].lat,
-                                est[0].lon, &fix, err, sizeof err),
+                                est[0].lon, est[0].confidence, &fix, err, sizeof err),
                  0);
   }
   CHECK_EQ_INT(fix.s.status, GL_TRACK_LOCKED);
@@ -150,7 +150,7 @@ int main(int argc, char **argv) {
   printf("track: locked at %.7f,%.7f, %.1f m from the frame's own estimate, radius %.0f m\n",
          fix.lat, fix.lon, gl_map_distance_m(fix.lat, fix.lon, est[0].lat, est[0].lon),
          fix.s.radius_m);
-  CHECK_EQ_INT(gl_track_frame(t, ff, map, 0, NULL, NAN, NAN, &fix, err, sizeof err), GL_EINVAL);
+  CHECK_EQ_INT(gl_track_frame(t, ff, map, 0, NULL, NAN, NAN, NAN, &fix, err, sizeof err), GL_EINVAL);
   gl_track_destroy(t);
   free(q);
   free(pix);

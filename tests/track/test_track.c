@@ -51,7 +51,7 @@ static struct gl_track *make(uint32_t rows, uint32_t cols) {
 static int step(struct gl_track *t, uint64_t time, const double *vel, double tr, double tq,
                 double hr, double hq, struct gl_track_state *st, uint64_t *s) {
   char err[256];
-  int rc = gl_track_predict(t, time, vel, hr, hq, err, sizeof err);
+  int rc = gl_track_predict(t, time, vel, hr, hq, NAN, err, sizeof err);
   if (rc)
     return rc;
   measure(t, tr, tq, -1, -1, s);
@@ -108,7 +108,7 @@ static void test_velocity_moves(void) {
   for (int i = 0; i < 5; i++)
     step(t, i * SEC, NULL, 20, 20, 20, 20, &st, &s);
   const double vel[2] = {-40, 80}; /* 1 cell south, 2 cells east in a second */
-  CHECK_EQ_INT(gl_track_predict(t, 5 * SEC, vel, NAN, NAN, err, sizeof err), 0);
+  CHECK_EQ_INT(gl_track_predict(t, 5 * SEC, vel, NAN, NAN, NAN, err, sizeof err), 0);
   gl_track_update(t, &st); /* no scores: prediction only */
   CHECK(fabs(st.r - 21) < 0.2 && fabs(st.q - 22) < 0.2);
   gl_track_destroy(t);
@@ -144,7 +144,7 @@ static void test_decoy(void) {
   uint64_t s = 5;
   char err[256];
   for (int i = 0; i < 30; i++) {
-    CHECK_EQ_INT(gl_track_predict(t, i * SEC, NULL, 10, 10, err, sizeof err), 0);
+    CHECK_EQ_INT(gl_track_predict(t, i * SEC, NULL, 10, 10, NAN, err, sizeof err), 0);
     measure(t, 10, 10, 40, 45, &s);
     gl_track_update(t, &st);
   }
@@ -195,7 +195,7 @@ static void test_fixed_lag(void) {
   uint64_t s = 9;
   int smoothed = 0;
   for (int i = 0; i < 14; i++) {
-    CHECK_EQ_INT(gl_track_predict(t, i * SEC, NULL, 10, 10, err, sizeof err), 0);
+    CHECK_EQ_INT(gl_track_predict(t, i * SEC, NULL, 10, 10, NAN, err, sizeof err), 0);
     /* Frames 0-4: the truth (10, 10) and a twin (40, 45) alike. */
     measure(t, 10, 10, i < 5 ? 40 : -1, 45, &s);
     if (i < 5) { /* make the twin as strong as the truth */
@@ -223,7 +223,7 @@ static void test_fixed_lag(void) {
   CHECK_EQ_INT(smoothed, 5);
   CHECK_EQ_INT(st.status, GL_TRACK_LOCKED);
   /* A restart (a long gap) cuts the chain. */
-  CHECK_EQ_INT(gl_track_predict(t, 1000 * SEC, NULL, 10, 10, err, sizeof err), 0);
+  CHECK_EQ_INT(gl_track_predict(t, 1000 * SEC, NULL, 10, 10, NAN, err, sizeof err), 0);
   gl_track_update(t, &st);
   CHECK(!gl_track_smoothed(t, &sm));
   gl_track_destroy(t);
@@ -240,7 +240,7 @@ static void test_time(void) {
   for (int i = 0; i < 5; i++)
     step(t, 100 * SEC + i * SEC, NULL, 10, 10, 10, 10, &st, &s);
   CHECK_EQ_INT(st.status, GL_TRACK_LOCKED);
-  CHECK_EQ_INT(gl_track_predict(t, 100 * SEC, NULL, NAN, NAN, err, sizeof err), GL_EINVAL);
+  CHECK_EQ_INT(gl_track_predict(t, 100 * SEC, NULL, NAN, NAN, NAN, err, sizeof err), GL_EINVAL);
   CHECK_CONTAINS(err, "back in time");
   CHECK_EQ_INT(step(t, 104 * SEC, NULL, 10, 10, 10, 10, &st, &s), 0); /* same time: fine */
   CHECK_EQ_INT(st.status, GL_TRACK_LOCKED);
@@ -289,6 +289,37 @@ static void test_params(void) {
   CHECK_EQ_INT(gl_track_create(&p, 0, 10, CELL, &t, err, sizeof err), GL_EINVAL);
 }
 
+/* With hint_confidence 0.9, a frame whose own estimate is less sure is no
+ * evidence: such frames neither lock the track on the scores alone nor,
+ * pointing elsewhere, unlock it; sure ones do both. */
+static void test_weak_hints(void) {
+  struct gl_track_params p;
+  gl_track_params_init(&p);
+  p.hint_confidence = 0.9;
+  struct gl_track *t = NULL;
+  char err[256];
+  CHECK_EQ_INT(gl_track_create(&p, 100, 100, CELL, &t, err, sizeof err), 0);
+  struct gl_track_state st;
+  uint64_t s = 9;
+  for (int i = 0; i < 27; i++) {
+    /* Frames 0-9: weak hints on the spot; 10-12: sure ones; 13-22: weak
+     * hints far off; 23-26: sure hints far off. */
+    bool sure = (i >= 10 && i < 13) || i >= 23;
+    double h = i < 13 ? 30 : 80, hq = i < 13 ? 40 : 85;
+    CHECK_EQ_INT(gl_track_predict(t, i * SEC, NULL, h, hq, sure ? 0.95 : 0.5, err, sizeof err), 0);
+    measure(t, 30, 40, -1, -1, &s);
+    gl_track_update(t, &st);
+    if (i < 10)
+      CHECK_EQ_INT(st.status, GL_TRACK_ACQUIRING);
+    if (i >= 11 && i < 25)
+      CHECK_EQ_INT(st.status, GL_TRACK_LOCKED);
+  }
+  CHECK_EQ_INT(st.status, GL_TRACK_LOST); /* lost_frames 3 sure disagreements */
+  p.hint_confidence = 1.5;
+  CHECK_EQ_INT(gl_track_params_check(&p, err, sizeof err), GL_EINVAL);
+  gl_track_destroy(t);
+}
+
 int main(void) {
   RUN(test_static);
   RUN(test_line);
@@ -300,5 +331,6 @@ int main(void) {
   RUN(test_time);
   RUN(test_window_follows);
   RUN(test_params);
+  RUN(test_weak_hints);
   return TEST_END();
 }
