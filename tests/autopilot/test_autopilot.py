@@ -25,11 +25,9 @@ import json
 import math
 import os
 import pty
-import random
 import select
 import signal
 import shutil
-import socket
 import struct
 import subprocess
 import sys
@@ -37,7 +35,6 @@ import tempfile
 import time
 import tty
 import unittest
-import zlib
 
 PART = sys.argv.pop(1) if len(sys.argv) > 1 else ""
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -49,6 +46,8 @@ NODE_DIR = os.environ.get("NODE_DIR", os.path.join(tempfile.gettempdir(), "geolo
 DECODER = os.path.join(HERE, "mavlink_decode.js")
 NODE_MAVLINK = "node-mavlink@2.3.0"
 SKIP = 77
+sys.path.insert(0, os.path.join(SRC, "tests", "serving"))
+from common import free_port, png, wait_listening  # noqa: E402
 
 # common.xml: GPS_INPUT_IGNORE_FLAGS and GPS_FIX_TYPE.
 ALT, HDOP, VDOP, VEL_HORIZ, VEL_VERT, SPEED_ACC, HORIZ_ACC, VERT_ACC = (1 << i for i in range(8))
@@ -267,25 +266,6 @@ MODEL = os.path.join(SRC, "data", "models", "geoloc-naip-mnv2-64.safetensors")
 BBOX = "-99.1618,47.0155,-99.1487,47.0245"  # about 1 km a side inside the raster
 
 
-def png(w, h, seed):
-    """An RGB PNG of noise: decodes like any frame, and is answered."""
-    rnd = random.Random(seed)
-    rows = b"".join(b"\x00" + bytes(rnd.getrandbits(8) for _ in range(w * 3)) for _ in range(h))
-
-    def chunk(kind, data):
-        return (struct.pack(">I", len(data)) + kind + data +
-                struct.pack(">I", zlib.crc32(kind + data)))
-
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) +
-            chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Daemon:
     def __init__(self, workdir, map_path, port=None):
         self.port = port or free_port()
@@ -295,16 +275,7 @@ class Daemon:
                     "[map area]\npath = %s\n" % (self.port, MODEL, map_path))
         self.log = open(os.path.join(workdir, "geolocd-%d.log" % self.port), "a+")
         self.proc = subprocess.Popen([GEOLOCD, "--config", self.conf], stderr=self.log)
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError("geolocd exited:\n" + self.log_text())
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError("geolocd did not listen:\n" + self.log_text())
+        wait_listening(self.proc, self.port, self.log_text)
 
     def log_text(self):
         self.log.flush()

@@ -278,6 +278,25 @@ class Fleet(unittest.TestCase):
         names = [r[0] for r in rows if r and r[0] != "image"]
         self.assertEqual(sorted(names), sorted(files), "each file answered once")
 
+    def test_query_gives_up(self):
+        """With no replica left, --reconnect bounds the wait."""
+        d = self.replica()
+        files = [os.path.join(self.frames, f) for f in sorted(os.listdir(self.frames))] * 200
+        q = subprocess.Popen([P["geoloc"], "query", "--connect", "127.0.0.1:%d" % d.port,
+                              "--format", "csv", "--window", "2", "--reconnect", "2", *files],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while (frames_total(d) or 0) < 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        d.proc.kill()
+        t0 = time.monotonic()
+        _, err = q.communicate(timeout=60)
+        took = time.monotonic() - t0
+        self.assertNotEqual(q.returncode, 0, err)
+        self.assertIn("gave up after", err)
+        self.assertGreater(took, 1.5, err)
+        self.assertLess(took, 15, err)
+
     def tls_shard(self, region, cert, key, ca):
         """geolocd with TLS only (client certificates required) and the map
         named after its region; (port, metrics port)."""
