@@ -63,7 +63,7 @@ struct bench_client {
   uint32_t sent, answered, n_latency;
   uint32_t lo;         /* frames below this id - 1 are all answered */
   unsigned reconnects; /* connections made again after one was lost */
-  uint64_t lost_us;    /* monotonic: since when no answer came (0: answers come) */
+  int64_t lost_ms;     /* since when no answer came (gl_client_reopen; 0: answers come) */
   const char *status[BENCH_STATUSES];
   uint32_t status_count[BENCH_STATUSES];
   char failure[256]; /* why the client stopped early, "" when it did not */
@@ -116,7 +116,7 @@ static int bench_receive(struct bench_client *c, struct gl_client *cl, int timeo
   }
   if (c->answers[id - 1]++ == 0) {
     c->answered++;
-    c->lost_us = 0;
+    c->lost_ms = 0;
     c->latency_ms[c->n_latency++] =
         (double)(gl_cli_clock_us(CLOCK_MONOTONIC) - c->sent_us[id - 1]) / 1000.0;
   }
@@ -157,18 +157,11 @@ static int bench_reconnect(struct bench_client *c, struct gl_client **cl,
   *cl = NULL;
   if (!b->reconnect_ms || !gl_client_retryable(rc))
     return rc;
-  /* --reconnect bounds the time without an answer, not each attempt. */
-  uint64_t now = gl_cli_clock_us(CLOCK_MONOTONIC);
-  if (!c->lost_us)
-    c->lost_us = now;
-  uint64_t spent_ms = (now - c->lost_us) / 1000;
   gl_server_msg *w = NULL;
   unsigned attempts = 0;
-  char err[160] = "no answer meanwhile";
-  rc = spent_ms >= b->reconnect_ms
-           ? GL_ETIMEDOUT
-           : gl_client_reopen(&b->co, h, (uint32_t)(b->reconnect_ms - spent_ms), cl, &w,
-                              &attempts, err, sizeof err);
+  char err[160];
+  rc = gl_client_reopen(&b->co, h, b->reconnect_ms, &c->lost_ms, cl, &w, &attempts, err,
+                        sizeof err);
   gl_wire_free(w);
   if (rc != GL_OK) {
     snprintf(c->failure, sizeof c->failure, "lost its connection and gave up after %u attempt(s): %s",
@@ -179,7 +172,7 @@ static int bench_reconnect(struct bench_client *c, struct gl_client **cl,
   c->reconnects++;
   while (c->lo < c->sent && c->answers[c->lo])
     c->lo++;
-  now = gl_cli_clock_us(CLOCK_MONOTONIC);
+  uint64_t now = gl_cli_clock_us(CLOCK_MONOTONIC);
   for (uint32_t i = c->lo; i < c->sent && rc == GL_OK; i++)
     if (!c->answers[i])
       rc = bench_send(c, *cl, i + 1, now);

@@ -30,7 +30,7 @@ struct stream {
   size_t window, max_bytes;      /* from the Welcome */
   size_t n_resend, resend_lo;    /* frames to send again, the first at or after resend_lo */
   unsigned reconnects;
-  uint64_t lost_us; /* monotonic: since when no answer came (0: answers come) */
+  int64_t lost_ms; /* since when no answer came (gl_client_reopen; 0: answers come) */
 };
 
 void gl_cli_answer_of_estimate(const Geoloc__V1__Estimate *e, struct gl_report_candidate *cand,
@@ -119,7 +119,7 @@ static int receive_one(struct stream *s, char *const *paths) {
   f->answered = true;
   f->in_flight = false;
   s->in_flight--;
-  s->lost_us = 0;
+  s->lost_ms = 0;
   a.index = id - 1;
   a.status = status;
   a.capture_us = f->capture_us;
@@ -286,19 +286,11 @@ static int reconnect(struct stream *s, int err) {
   s->in_flight = 0;
   fprintf(stderr, "%s: connection lost (%s); connecting again, %zu frame(s) to send again\n",
           o->prog, gl_strerror(err), s->n_resend);
-  /* --reconnect bounds the time without an answer, not each attempt: a
-   * server that welcomes and then drops every stream is given up on. */
-  uint64_t now = gl_cli_clock_us(CLOCK_MONOTONIC);
-  if (!s->lost_us)
-    s->lost_us = now;
-  uint64_t spent_ms = (now - s->lost_us) / 1000;
   gl_server_msg *w = NULL;
-  char msg[256] = "no answer meanwhile";
+  char msg[256];
   unsigned attempts = 0;
-  int rc = spent_ms >= o->reconnect_ms
-               ? GL_ETIMEDOUT
-               : gl_client_reopen(&o->co, &s->hello, (uint32_t)(o->reconnect_ms - spent_ms),
-                                  &s->client, &w, &attempts, msg, sizeof msg);
+  int rc = gl_client_reopen(&o->co, &s->hello, o->reconnect_ms, &s->lost_ms, &s->client, &w,
+                            &attempts, msg, sizeof msg);
   if (rc == GL_OK)
     rc = welcomed(s, w);
   gl_wire_free(w);

@@ -474,13 +474,15 @@ fail:
 }
 
 int gl_client_reopen(const struct gl_client_opts *co, const struct gl_client_hello_args *h,
-                     uint32_t budget_ms, struct gl_client **out, gl_server_msg **welcome,
-                     unsigned *attempts, char *err, size_t errlen) {
-  int64_t give_up = gl__now_ms() + budget_ms;
+                     uint32_t budget_ms, int64_t *lost_ms, struct gl_client **out,
+                     gl_server_msg **welcome, unsigned *attempts, char *err, size_t errlen) {
+  if (!*lost_ms)
+    *lost_ms = gl__now_ms();
+  int64_t give_up = *lost_ms + budget_ms;
   unsigned seed = (unsigned)gl__now_ms() ^ (unsigned)(uintptr_t)out;
   uint32_t delay = 50;
   int rc = GL_ETIMEDOUT;
-  snprintf(err, errlen, "no attempt within %u ms", budget_ms);
+  snprintf(err, errlen, "no answer for %u ms", budget_ms);
   for (;;) {
     int64_t left = give_up - gl__now_ms();
     if (left <= 0)

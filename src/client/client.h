@@ -96,12 +96,17 @@ bool gl_client_retryable(int rc);
 int gl_client_error_rc(int code);
 
 /* gl_client_open until it succeeds, fails for good (not retryable), or
- * budget_ms have passed: waits before each attempt, 50 ms doubling up to
- * 2 s, each wait drawn from its upper half (jitter: clients cut off
- * together do not come back together). *attempts counts the tries. */
+ * budget_ms have passed since *lost_ms: waits before each attempt, 50 ms
+ * doubling up to 2 s, each wait drawn from its upper half (jitter: clients
+ * cut off together do not come back together). *lost_ms is when the stream
+ * stopped getting answers (CLOCK_MONOTONIC, ms); 0 means now, and it is
+ * set then. The caller sets it back to 0 when an answer comes, so that the
+ * budget bounds the time without one, not each outage: a server that
+ * welcomes and then drops every stream is given up on. GL_ETIMEDOUT when
+ * the budget is spent. *attempts counts the tries. */
 int gl_client_reopen(const struct gl_client_opts *co, const struct gl_client_hello_args *h,
-                     uint32_t budget_ms, struct gl_client **out, gl_server_msg **welcome,
-                     unsigned *attempts, char *err, size_t errlen);
+                     uint32_t budget_ms, int64_t *lost_ms, struct gl_client **out,
+                     gl_server_msg **welcome, unsigned *attempts, char *err, size_t errlen);
 
 /* Text of the last TLS or system error on this client, "" when none. */
 const char *gl_client_last_error(const struct gl_client *c);

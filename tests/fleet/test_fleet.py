@@ -29,7 +29,6 @@ import sys
 import tempfile
 import time
 import unittest
-import urllib.request
 
 BUILD, SRC = (os.path.abspath(p) for p in sys.argv[1:3])
 del sys.argv[1:3]
@@ -132,12 +131,9 @@ class HAProxy:
 def frames_total(d):
     """geoloc_frames_total of a replica (all statuses), None once it is gone."""
     try:
-        text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % d.mport,
-                                      timeout=5).read().decode()
+        return sum(common.frame_counts(d.mport).values())
     except OSError:
         return None
-    return sum(float(m.group(1)) for m in
-               re.finditer(r"^geoloc_frames_total(?:\{[^}]*\})? (\S+)$", text, re.M))
 
 
 def make_pki(tmp):
@@ -300,29 +296,11 @@ class Fleet(unittest.TestCase):
     def tls_shard(self, region, cert, key, ca):
         """geolocd with TLS only (client certificates required) and the map
         named after its region; (port, metrics port)."""
-        port, mport = common.free_port(), common.free_port()
-        conf = os.path.join(self.tmp, "shard-%s.conf" % region)
-        with open(conf, "w") as f:
-            f.write("[listen]\ntls = 127.0.0.1:%d\n[tls]\ncert = %s\nkey = %s\nca = %s\n"
-                    "require_client_cert = true\n[model]\npath = %s\n[map %s]\npath = %s\n"
-                    "[metrics]\nlisten = 127.0.0.1:%d\n"
-                    % (port, cert, key, ca, P["model"], region, self.map, mport))
-        log = open(conf + ".log", "w+")
-        proc = subprocess.Popen([P["geolocd"], "--config", conf], stderr=log)
-
-        def stop():
-            if proc.poll() is None:
-                proc.terminate()
-            proc.wait(timeout=30)
-            log.close()
-        self.addCleanup(stop)
-
-        def log_text():
-            log.flush()
-            with open(log.name) as f:
-                return f.read()
-        common.wait_listening(proc, port, log_text)
-        return port, mport
+        d = common.Geolocd(P["geolocd"], self.tmp, P["model"], self.map, map_name=region,
+                           tls="cert = %s\nkey = %s\nca = %s\nrequire_client_cert = true"
+                           % (cert, key, ca))
+        self.addCleanup(d.stop)
+        return d.port, d.mport
 
     def test_shards_by_sni(self):
         if not shutil.which("openssl"):

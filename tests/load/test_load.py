@@ -29,7 +29,6 @@ import tempfile
 import threading
 import time
 import unittest
-import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "serving"))
 import common  # noqa: E402
@@ -53,13 +52,6 @@ LATENCY_SLACK_S = 2.0
 RSS_GROWTH_MIB = 256
 LOOP_LAG_S = 0.5
 
-
-def metric(port, name):
-    text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=10).read()
-    for line in text.decode().splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError("no metric " + name)
 
 
 def open_fds(pid):
@@ -239,7 +231,7 @@ class Load(unittest.TestCase):
         bound = LATENCY_FACTOR * base_p99 + 2 * CLIENTS * WINDOW / fps + LATENCY_SLACK_S
         warm = [k for t, k in rss if t >= min(3.0, DURATION / 4)]
         growth_mib = (max(warm) - warm[0]) / 1024 if warm else 0
-        lag = metric(d.mport, "geoloc_loop_lag_seconds_max")
+        lag = common.metric(d.mport, "geoloc_loop_lag_seconds_max")
         # The clients are gone: the daemon closes them all, then holds the
         # same files as before.
         t_end = time.monotonic() + 20

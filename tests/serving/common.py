@@ -234,6 +234,28 @@ class Conn:
         self.s.close()
 
 
+def metrics(mport):
+    """geolocd's /metrics on mport as {series: value}, a series as written
+    ('geoloc_frames_total{status="ok"}')."""
+    text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % mport, timeout=10).read()
+    return {k: float(v) for k, v in (line.rsplit(" ", 1) for line in text.decode().splitlines()
+                                     if line and not line.startswith("#"))}
+
+
+def metric(mport, series):
+    """One series of metrics(mport)."""
+    m = metrics(mport)
+    if series not in m:
+        raise AssertionError("no metric " + series)
+    return m[series]
+
+
+def frame_counts(mport):
+    """geoloc_frames_total by status: {status: count}."""
+    prefix = 'geoloc_frames_total{status="'
+    return {k[len(prefix):-2]: v for k, v in metrics(mport).items() if k.startswith(prefix)}
+
+
 def read_to_eof(sock):
     """Everything sock receives until the peer closes."""
     data = b""
@@ -267,11 +289,13 @@ def build_map(geoloc, model, raster, out, *extra):
 
 
 class Geolocd:
-    """geolocd on loopback with a model and one map named "area", its log in
-    a file; write_conf rewrites the configuration (for SIGHUP)."""
+    """geolocd on loopback with a model and one map (named map_name), its
+    log in a file; write_conf rewrites the configuration (for SIGHUP). With
+    tls (the [tls] section's lines), its one listener is TLS."""
 
-    def __init__(self, exe, workdir, model, map_path, extra=""):
+    def __init__(self, exe, workdir, model, map_path, extra="", map_name="area", tls=None):
         self.exe, self.dir = exe, workdir
+        self.map_name, self.tls = map_name, tls
         self.port, self.mport = free_port(), free_port()
         self.conf = os.path.join(workdir, "geolocd-%d.conf" % self.port)
         self.write_conf(model, map_path, extra)
@@ -281,9 +305,11 @@ class Geolocd:
 
     def write_conf(self, model, map_path, extra=""):
         with open(self.conf + ".tmp", "w") as f:
-            f.write("[daemon]\n%s\n[listen]\ntcp = 127.0.0.1:%d\n[model]\npath = %s\n"
-                    "[map area]\npath = %s\n[metrics]\nlisten = 127.0.0.1:%d\n"
-                    % (extra, self.port, model, map_path, self.mport))
+            f.write("[daemon]\n%s\n[listen]\n%s = 127.0.0.1:%d\n%s[model]\npath = %s\n"
+                    "[map %s]\npath = %s\n[metrics]\nlisten = 127.0.0.1:%d\n"
+                    % (extra, "tls" if self.tls else "tcp", self.port,
+                       "[tls]\n%s\n" % self.tls if self.tls else "", model, self.map_name,
+                       map_path, self.mport))
         os.rename(self.conf + ".tmp", self.conf)
 
     def log_text(self):

@@ -12,7 +12,6 @@ usage: test_hardening_conn.py BUILD_DIR SOURCE_DIR
 """
 import os
 import struct
-import re
 import shutil
 import socket
 import ssl
@@ -673,10 +672,7 @@ class Abandoned(Case):
         took = time.monotonic() - t0
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % self.d.mport,
-                                          timeout=5).read().decode()
-            counts = {m.group(1): float(m.group(2)) for m in re.finditer(
-                r'^geoloc_frames_total\{status="(\w+)"\} (\S+)$', text, re.M)}
+            counts = common.frame_counts(self.d.mport)
             if sum(counts.values()) >= 33:
                 break
             time.sleep(0.2)

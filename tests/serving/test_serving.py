@@ -32,6 +32,7 @@ except ImportError as e:  # pragma: no cover
 BUILD, SRC = (os.path.abspath(p) for p in sys.argv[1:3])
 del sys.argv[1:3]
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
 from common import free_port, parse, varint, wait_listening  # noqa: E402
 GEOLOCD = os.path.join(BUILD, "daemon", "geolocd")
 GEOLOC = os.path.join(BUILD, "tools", "geoloc")
@@ -130,11 +131,7 @@ class Daemon:
         return r.returncode, list(csv.DictReader(io.StringIO(r.stdout))), r.stderr
 
     def metric(self, name):
-        text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % self.mport).read().decode()
-        for line in text.splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-        raise AssertionError("no metric " + name)
+        return common.metric(self.mport, name)
 
     def stop(self, sig=signal.SIGTERM):
         if self.proc.poll() is None:
