@@ -116,12 +116,15 @@ class Daemon:
                                                                   self.log_text()))
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                if self.mport:
-                    socket.create_connection(("127.0.0.1", self.mport), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError("geolocd did not listen:\n" + self.log_text())
+                # The daemon listens a moment before it is ready: with a
+                # metrics port, wait for /readyz so that tests start from a
+                # ready daemon.
+                if not self.mport or self.http("/readyz", timeout=1)[0] == 200:
+                    return
+            except OSError:  # urllib's HTTPError (503) is an OSError too
+                pass
+            time.sleep(0.05)
+        raise AssertionError("geolocd did not get ready:\n" + self.log_text())
 
     def log_text(self):
         if not self.log.closed:
