@@ -56,9 +56,10 @@
  *     every heading (a uniform field, a blurred frame) is not a match, and
  *     on the validation split this took success@100 m from 62 % to 67 %.
  *     With a compass the few headings scanned say nothing of that, and it
- *     is not done. All (h, cell) products of a frame are one
- *     matrix product (BLAS) over the reference cells in reach; the scores are
- *     sums along its diagonals.
+ *     is not done. A score is one dot product of the heading's query cells
+ *     with the reference cells under the placement; a chunk of placements'
+ *     cells is gathered and scored at every heading by one matrix product
+ *     (BLAS).
  *  5. Search region. For each of the global stage's top K tiles, the
  *     placements whose query centre lies within `radius` cells of the tile
  *     centre; with a prior (or a small map), every placement whose centre

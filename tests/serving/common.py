@@ -40,10 +40,20 @@ def paths(build, src):
     }
 
 
+_PORTS = set()  # handed out by free_port
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port free now, never one this process was given before:
+    two picks in a row (a daemon's port and its metrics port) can otherwise
+    be the same port."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _PORTS:
+            _PORTS.add(port)
+            return port
 
 
 def varint(n):
@@ -266,19 +276,32 @@ def read_to_eof(sock):
         data += chunk
 
 
+# What geolocd logs once started (daemon/server.c, gl_server_run): after its
+# first listener, it opens the others, the metrics server and the TLS
+# context, and installs its signal handlers.
+READY_LOG = " ready (protocol "
+
+
 def wait_listening(proc, port, log_text, timeout=60):
-    """Waits until geolocd (proc) accepts connections on port; fails with
-    its log (log_text()) when it exits or does not listen in time."""
+    """Waits until geolocd (proc) accepts connections on port and has logged
+    that it is ready (all its listeners, metrics server and signal handlers
+    in place); fails with its log (log_text()) when it exits or is not ready
+    in time."""
     deadline = time.time() + timeout
+    listening = False  # one probe connection is enough
     while time.time() < deadline:
         if proc.poll() is not None:
             raise AssertionError("geolocd exited %d:\n%s" % (proc.returncode, log_text()))
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
+            if not listening:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                listening = True
+            if READY_LOG in log_text():
+                return
         except OSError:
-            time.sleep(0.05)
-    raise AssertionError("geolocd did not listen:\n" + log_text())
+            pass
+        time.sleep(0.05)
+    raise AssertionError("geolocd did not get ready:\n" + log_text())
 
 
 def build_map(geoloc, model, raster, out, *extra):

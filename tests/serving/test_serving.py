@@ -264,11 +264,13 @@ class Serving(unittest.TestCase):
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         # SIGTERM once the daemon holds frames of the client (on a loaded
         # machine the client may take a while to connect).
-        deadline = time.time() + 60
-        while (d.metric("geoloc_frames_in_flight") == 0 and
-               d.metric('geoloc_frames_total{status="ok"}') == 0 and time.time() < deadline):
-            time.sleep(0.02)
-        self.assertEqual(d.stop(), 0, d.log_text())
+        try:
+            deadline = time.time() + 60
+            while (d.metric("geoloc_frames_in_flight") == 0 and
+                   d.metric('geoloc_frames_total{status="ok"}') == 0 and time.time() < deadline):
+                time.sleep(0.02)
+        finally:  # the daemon never outlives the test
+            self.assertEqual(d.stop(), 0, d.log_text())
         out, err = q.communicate(timeout=60)
         rows = [r for r in csv.DictReader(io.StringIO(out)) if r["rank"] in ("", "1")]
         # The frames the server had accepted were answered, with estimates,
