@@ -1,4 +1,5 @@
-/* The fine stage (fine.h): placements, their scores, and estimates. */
+/* The fine stage (fine.h): placements, the cell products, scores, and
+ * estimates. */
 #include "loc/fine.h"
 
 #include <math.h>
@@ -16,10 +17,14 @@
 /* The query grid is at most this many cells a side (an S = 512 input at
  * stride 8); the shipped model's is 8. */
 #define GL__MAX_QSIDE 64u
-/* Placements scored by one matrix product (gl__score): their gathered cells,
- * GL__CHUNK rows of |K_q| * C floats (426 KiB for the shipped model), stay
- * in the cache while every heading is multiplied against them. */
+/* Placements scored by one matrix product in gl__score_gathered: their
+ * gathered cells, GL__CHUNK rows of |K_q| * C floats (426 KiB for the
+ * shipped model), stay in the cache while every heading is multiplied
+ * against them. */
 #define GL__CHUNK 32u
+/* What gathering one float costs, in multiply-adds (gl__score's choice;
+ * measured on the daemon's benchmarks: see fine.h step 4). */
+#define GL__GATHER_COST 5.0
 
 void gl_loc_fine_params_init(struct gl_loc_fine_params *p) {
   *p = (struct gl_loc_fine_params){
@@ -78,17 +83,25 @@ struct gl_loc_fine {
   float *q; /* [max_h * nk][ch]: the masked query cells */
   /* Sized to the largest map seen (grown, never per frame). */
   size_t grid_cap;  /* cells of that map */
+  uint32_t *stamp;  /* per reference cell: frame stamp when in reach */
+  int32_t *cidx;    /* its column in the product when stamped */
   uint32_t *pstamp; /* per placement (top-left cell): frame stamp */
   int32_t *pidx;    /* its index in the placement list when stamped */
   uint32_t frame;
   size_t last_p;       /* placements scored by the last run or scan */
   uint32_t last_h;     /* and its headings */
-  size_t cap_p;      /* placements */
-  int32_t *pr, *pq;  /* placements */
-  int64_t *ptile;    /* the candidate tile a placement came from */
-  float *score;      /* [P][H] */
-  float *patch;      /* [GL__CHUNK][nk * ch]: placements' reference cells */
-  float *prod;       /* [max_h][GL__CHUNK]: their scores */
+  size_t cap_p, cap_c; /* placements and cells in reach */
+  int32_t *pr, *pq;    /* placements */
+  int64_t *ptile;      /* the candidate tile a placement came from */
+  int32_t *pk;         /* [nk][P]: product column of placement p's cell k */
+  size_t *cell;        /* [C_reach]: the reference cell of each product column */
+  float *score;        /* [P][H] */
+  float *acc;          /* [P] */
+  float *dsub;         /* [years * C_reach][ch] gathered reference cells */
+  float *prod;         /* [nk][years * C_reach]: one heading's products */
+  size_t dsub_cap, prod_cap;
+  float *patch; /* [GL__CHUNK][nk * ch]: gathered placements' cells */
+  float *gprod; /* [max_h][GL__CHUNK]: their scores */
   float *best;       /* [P] best over headings */
   uint32_t *besth;   /* [P] */
   uint8_t *taken;    /* [P] */
@@ -131,13 +144,19 @@ int gl_loc_fine_create(const struct gl_loc_fine_params *p, uint32_t max_headings
     f->cap_p = 4096;
   if (f->cap_p < p->full_scan_cells)
     f->cap_p = p->full_scan_cells;
+  f->cap_c = f->cap_p + (size_t)p->top_k * (side + win) * (side + win);
+  if (f->cap_c < (size_t)(64 + side) * (64 + side)) /* a 64 x 64 scan (gl_loc_fine_scan) */
+    f->cap_c = (size_t)(64 + side) * (64 + side);
   if (!(f->q = malloc((size_t)max_headings * f->nk * channels * sizeof(float))) ||
       !(f->pr = malloc(f->cap_p * sizeof(int32_t))) ||
       !(f->pq = malloc(f->cap_p * sizeof(int32_t))) ||
       !(f->ptile = malloc(f->cap_p * sizeof(int64_t))) ||
-      !(f->score = malloc(f->cap_p * max_headings * sizeof(float))) ||
+      !(f->pk = malloc(f->cap_p * f->nk * sizeof(int32_t))) ||
+      !(f->cell = malloc(f->cap_c * sizeof(size_t))) ||
       !(f->patch = malloc((size_t)GL__CHUNK * f->nk * channels * sizeof(float))) ||
-      !(f->prod = malloc((size_t)max_headings * GL__CHUNK * sizeof(float))) ||
+      !(f->gprod = malloc((size_t)max_headings * GL__CHUNK * sizeof(float))) ||
+      !(f->score = malloc(f->cap_p * max_headings * sizeof(float))) ||
+      !(f->acc = malloc(f->cap_p * sizeof(float))) ||
       !(f->best = malloc(f->cap_p * sizeof(float))) ||
       !(f->besth = malloc(f->cap_p * sizeof(uint32_t))) || !(f->taken = malloc(f->cap_p))) {
     gl_loc_fine_destroy(f);
@@ -151,13 +170,20 @@ void gl_loc_fine_destroy(struct gl_loc_fine *f) {
   if (!f)
     return;
   free(f->q);
+  free(f->stamp);
+  free(f->cidx);
   free(f->pstamp);
   free(f->pidx);
   free(f->pr);
   free(f->pq);
   free(f->ptile);
-  free(f->score);
+  free(f->pk);
+  free(f->cell);
   free(f->patch);
+  free(f->gprod);
+  free(f->score);
+  free(f->acc);
+  free(f->dsub);
   free(f->prod);
   free(f->best);
   free(f->besth);
@@ -170,13 +196,31 @@ void gl_loc_fine_destroy(struct gl_loc_fine *f) {
 static int gl__fit_map(struct gl_loc_fine *f, const struct gl_map_dense *d, size_t max_out) {
   size_t cells = (size_t)d->rows * d->cols;
   if (cells > f->grid_cap) {
+    free(f->stamp);
+    free(f->cidx);
     free(f->pstamp);
     free(f->pidx);
+    f->stamp = calloc(cells, sizeof *f->stamp);
+    f->cidx = malloc(cells * sizeof *f->cidx);
     f->pstamp = calloc(cells, sizeof *f->pstamp);
     f->pidx = malloc(cells * sizeof *f->pidx);
-    f->grid_cap = f->pstamp && f->pidx ? cells : 0;
+    f->grid_cap = f->stamp && f->cidx && f->pstamp && f->pidx ? cells : 0;
     f->frame = 0;
     if (!f->grid_cap)
+      return GL_ENOMEM;
+  }
+  size_t need = (size_t)d->years * f->cap_c;
+  size_t dsub_n = need * d->channels, prod_n = (size_t)f->nk * need;
+  if (dsub_n > f->dsub_cap) {
+    free(f->dsub);
+    f->dsub_cap = (f->dsub = malloc(dsub_n * sizeof(float))) ? dsub_n : 0;
+    if (!f->dsub_cap)
+      return GL_ENOMEM;
+  }
+  if (prod_n > f->prod_cap) {
+    free(f->prod);
+    f->prod_cap = (f->prod = malloc(prod_n * sizeof(float))) ? prod_n : 0;
+    if (!f->prod_cap)
       return GL_ENOMEM;
   }
   if (max_out > f->esupport_cap) {
@@ -228,23 +272,99 @@ static double gl__parabola(double a, double b, double c) {
   return d < -0.5 ? -0.5 : d > 0.5 ? 0.5 : d;
 }
 
-/* Steps 2-4 for the first P placements of f's list: scores every (heading,
- * placement), centres full-circle scans, and leaves each placement's best
- * score and heading in best/besth. Returns P.
- *
- * A placement's score at heading h is one dot product: the heading's query
- * cells K_q (|K_q| * C floats, in f->q) with the reference cells under the
- * placement, gathered in the same order. GL__CHUNK placements are gathered
- * at a time and one matrix product (BLAS) scores them at every heading.
- * This multiplies only the (query cell, reference cell) pairs some score
- * needs: a correlation of every query cell with every cell in reach would
- * multiply several times as many where the placements are few next to the
- * cells they cover (a candidate's window, a tracking box). */
+/* Step 4 by correlation: for each heading, its query cells against every
+ * cell in reach (one GEMM per year: prod[k][y * cap_c + c]), then the
+ * scores as sums along the product's diagonals. A heading at a time keeps
+ * the product small enough for the cache. */
+static void gl__score_reach(struct gl_loc_fine *f, const struct gl_map_dense *d, uint32_t H,
+                            size_t P, size_t NC) {
+  const uint32_t nk = f->nk, C = f->ch;
+  for (uint32_t y = 0; y < d->years; y++)
+    for (size_t i = 0; i < NC; i++)
+      memcpy(f->dsub + ((size_t)y * f->cap_c + i) * C,
+             d->cells + ((size_t)y * d->rows * d->cols + f->cell[i]) * C, C * sizeof(float));
+  const size_t ld = (size_t)d->years * f->cap_c;
+  const float inv = 1.0f / (float)nk;
+  for (uint32_t h = 0; h < H; h++) {
+    for (uint32_t y = 0; y < d->years; y++)
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nk, (int)NC, (int)C, 1.0f,
+                  f->q + (size_t)h * nk * C, (int)C, f->dsub + (size_t)y * f->cap_c * C, (int)C,
+                  0.0f, f->prod + (size_t)y * f->cap_c, (int)ld);
+    for (uint32_t y = 0; y < d->years; y++) {
+      memset(f->acc, 0, P * sizeof(float));
+      for (uint32_t k = 0; k < nk; k++) {
+        const float *row = f->prod + (size_t)k * ld + (size_t)y * f->cap_c;
+        const int32_t *idx = f->pk + (size_t)k * f->cap_p;
+        for (size_t p = 0; p < P; p++)
+          f->acc[p] += row[idx[p]];
+      }
+      for (size_t p = 0; p < P; p++)
+        if (f->acc[p] * inv > f->score[p * H + h])
+          f->score[p * H + h] = f->acc[p] * inv;
+    }
+  }
+}
+
+/* Step 4 by gathering: a placement's score at heading h is one dot product
+ * of the heading's query cells (|K_q| * C floats, f->q) with the cells
+ * under the placement, gathered in the same order; GL__CHUNK placements are
+ * gathered at a time and one GEMM scores them at every heading. It
+ * multiplies only the pairs a score needs, but copies each cell once for
+ * every placement over it. */
+static void gl__score_gathered(struct gl_loc_fine *f, const struct gl_map_dense *d, uint32_t H,
+                               size_t P) {
+  const uint32_t nk = f->nk, C = f->ch;
+  const size_t row = (size_t)nk * C;
+  const int32_t *cidx = f->pk; /* [nk][P]: product columns, f->cell their cells */
+  for (size_t p0 = 0; p0 < P; p0 += GL__CHUNK) {
+    const size_t m = P - p0 < GL__CHUNK ? P - p0 : GL__CHUNK;
+    for (uint32_t y = 0; y < d->years; y++) {
+      const float *cells = d->cells + (size_t)y * d->rows * d->cols * C;
+      for (size_t i = 0; i < m; i++)
+        for (uint32_t k = 0; k < nk; k++)
+          memcpy(f->patch + i * row + (size_t)k * C,
+                 cells + f->cell[cidx[(size_t)k * f->cap_p + p0 + i]] * C, C * sizeof(float));
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)H, (int)m, (int)row,
+                  1.0f / (float)nk, f->q, (int)row, f->patch, (int)row, 0.0f, f->gprod,
+                  (int)GL__CHUNK);
+      for (uint32_t h = 0; h < H; h++) /* best year */
+        for (size_t i = 0; i < m; i++) {
+          float v = f->gprod[(size_t)h * GL__CHUNK + i], *sc = &f->score[(p0 + i) * H + h];
+          if (v > *sc)
+            *sc = v;
+        }
+    }
+  }
+}
+
+/* Steps 2-4 for the first P placements of f's list: gathers the reference
+ * cells they cover, scores every (heading, placement) the cheaper of two
+ * ways, centres full-circle scans, and leaves each placement's best score
+ * and heading in best/besth. Returns the number of placements scored (fewer
+ * than P when the cells in reach outgrow the scratch; the rest are
+ * dropped). */
 static size_t gl__score(struct gl_loc_fine *f, const struct gl_map_dense *d, const float *qfeat,
                         uint32_t H, size_t P) {
   const uint32_t n = f->side, nk = f->nk, C = f->ch;
-  const size_t row = (size_t)nk * C, plane = (size_t)d->rows * d->cols;
   f->last_h = H;
+  /* 2. The reference cells those placements cover: product columns. */
+  size_t NC = 0;
+  for (size_t p = 0; p < P; p++) {
+    for (uint32_t k = 0; k < nk; k++) {
+      size_t c = (size_t)(f->pr[p] + f->kr[k]) * d->cols + (size_t)(f->pq[p] + f->kc[k]);
+      if (f->stamp[c] != f->frame) {
+        if (NC == f->cap_c) { /* bounded work: the rest of the region is dropped */
+          P = p;
+          goto gathered;
+        }
+        f->stamp[c] = f->frame;
+        f->cidx[c] = (int32_t)NC;
+        f->cell[NC++] = c;
+      }
+      f->pk[(size_t)k * f->cap_p + p] = f->cidx[c];
+    }
+  }
+gathered:
   if (P == 0)
     return 0;
   for (uint32_t h = 0; h < H; h++)
@@ -254,29 +374,15 @@ static size_t gl__score(struct gl_loc_fine *f, const struct gl_map_dense *d, con
              C * sizeof(float));
   for (size_t i = 0; i < P * H; i++)
     f->score[i] = -INFINITY;
-  const float inv = 1.0f / (float)nk;
-  for (size_t p0 = 0; p0 < P; p0 += GL__CHUNK) {
-    const size_t m = P - p0 < GL__CHUNK ? P - p0 : GL__CHUNK;
-    for (uint32_t y = 0; y < d->years; y++) {
-      const float *cells = d->cells + (size_t)y * plane * C;
-      for (size_t i = 0; i < m; i++) {
-        const size_t at = (size_t)f->pr[p0 + i] * d->cols + (size_t)f->pq[p0 + i];
-        for (uint32_t k = 0; k < nk; k++)
-          memcpy(f->patch + i * row + (size_t)k * C,
-                 cells + (at + (size_t)f->kr[k] * d->cols + (size_t)f->kc[k]) * C,
-                 C * sizeof(float));
-      }
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)H, (int)m, (int)row, inv, f->q,
-                  (int)row, f->patch, (int)row, 0.0f, f->prod, (int)GL__CHUNK);
-      /* Best year. */
-      for (uint32_t h = 0; h < H; h++)
-        for (size_t i = 0; i < m; i++) {
-          float v = f->prod[(size_t)h * GL__CHUNK + i], *sc = &f->score[(p0 + i) * H + h];
-          if (v > *sc)
-            *sc = v;
-        }
-    }
-  }
+  /* 3-4. The correlation multiplies H * NC * |K_q| * C; gathering H * P *
+   * |K_q| * C and copies P * |K_q| * C floats. Few placements next to the
+   * cells they cover (the candidates' windows, a tracking box) or many
+   * headings favour gathering; a dense region (a prior's circle) with a
+   * compass favours the correlation. */
+  if ((double)P * (H + GL__GATHER_COST) < (double)H * (double)NC)
+    gl__score_gathered(f, d, H, P);
+  else
+    gl__score_reach(f, d, H, P, NC);
   const bool circle = fabs(H * f->p.step_deg - 360.0) < 1e-6;
   const double cw = circle ? f->p.centering : 0;
   for (size_t p = 0; p < P; p++) {
@@ -302,6 +408,7 @@ static int gl__begin(struct gl_loc_fine *f, const struct gl_map_dense *d, size_t
   if (gl__fit_map(f, d, max_out))
     return GL_ENOMEM;
   if (++f->frame == 0) { /* the stamps wrapped: start them over */
+    memset(f->stamp, 0, f->grid_cap * sizeof *f->stamp);
     memset(f->pstamp, 0, f->grid_cap * sizeof *f->pstamp);
     f->frame = 1;
   }
@@ -315,7 +422,7 @@ int gl_loc_fine_scan(struct gl_loc_fine *f, struct gl_map *map, const float *qfe
   const struct gl_map_dense *d = gl_map_dense(map);
   if (!d || d->channels != f->ch || H == 0 || H > f->max_h || !qfeat || !headings)
     return gl_fail(err, errlen, GL_EINVAL, "fine scan: no dense layer or a mismatched query");
-  if ((size_t)rows * cols > f->cap_p)
+  if ((size_t)rows * cols > f->cap_p || (size_t)(rows + f->side) * (cols + f->side) > f->cap_c)
     return gl_fail(err, errlen, GL_EINVAL, "fine scan: %ux%u placements exceed the stage's %zu",
                    rows, cols, f->cap_p);
   for (size_t i = 0; i < (size_t)rows * cols; i++)

@@ -56,10 +56,16 @@
  *     every heading (a uniform field, a blurred frame) is not a match, and
  *     on the validation split this took success@100 m from 62 % to 67 %.
  *     With a compass the few headings scanned say nothing of that, and it
- *     is not done. A score is one dot product of the heading's query cells
- *     with the reference cells under the placement; a chunk of placements'
- *     cells is gathered and scored at every heading by one matrix product
- *     (BLAS).
+ *     is not done. The scores are computed the cheaper of two ways
+ *     (fine.c, gl__score): a correlation of every query cell with every
+ *     reference cell in reach (one matrix product a heading, BLAS; a score
+ *     is a sum along its diagonals), or each placement's cells gathered in
+ *     the query's order and scored at every heading by one matrix product
+ *     over a chunk of placements (only the products a score needs, but each
+ *     cell copied once for every placement over it). Gathering wins where
+ *     the placements are few next to the cells they cover (the candidates'
+ *     windows, a tracking box) or the headings many; the correlation wins
+ *     on a dense region (a prior's circle) with a compass.
  *  5. Search region. For each of the global stage's top K tiles, the
  *     placements whose query centre lies within `radius` cells of the tile
  *     centre; with a prior (or a small map), every placement whose centre

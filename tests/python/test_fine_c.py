@@ -215,6 +215,27 @@ class FineC(unittest.TestCase):
         px, py = gt[0] + (c + 4) * 40, gt[3] - (r + 4) * 40
         self.assertLessEqual(max(abs(x - px), abs(y - py)), 20.0 + 1e-6)
 
+    def test_scores_match_the_reference_at_every_heading(self):
+        """The same without a heading: 36 headings, each placement's scores
+        lowered by half their mean over headings (fine.h step 4). With this
+        many headings the stage gathers each placement's cells, where a
+        compass scan of the whole pack correlates (the test above): both
+        ways of scoring are held to the reference."""
+        img = self.save("u.png", view(self.r, PX, PY, 37.0))
+        row = self.locate(self.pack, img, "--fine-full-scan", "100000")
+        meta, d = self.dense(self.pack)
+        headings = list(range(0, 360, 10))
+        q = fine.query_features(self.model, np.asarray(Image.open(img).convert("RGB")), headings, 6)
+        s = fine.scores(q, d, fine.disc_mask(8, 8, 64))
+        s = s - 0.5 * s.mean(axis=0, keepdims=True)
+        h, r, c = np.unravel_index(np.argmax(s), s.shape)
+        self.assertAlmostEqual(float(row["score"]), float(s.max()), places=4)
+        self.assertLess(abs((float(row["heading_deg"]) - headings[h] + 180) % 360 - 180), 10.0)
+        x, y = self.to_xy(row)
+        gt = meta["geotransform"]
+        px, py = gt[0] + (c + 4) * 40, gt[3] - (r + 4) * 40
+        self.assertLessEqual(max(abs(x - px), abs(y - py)), 20.0 + 1e-6)
+
     # --- recovering known views ---------------------------------------------------
 
     def check_found(self, row, x, y, heading):
