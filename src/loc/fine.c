@@ -24,7 +24,7 @@
 #define GL__CHUNK 32u
 /* What gathering one float costs, in multiply-adds (gl__score's choice;
  * measured on the daemon's benchmarks: see fine.h step 4). */
-#define GL__GATHER_COST 5.0
+#define GL__GATHER_COST 10.0
 
 void gl_loc_fine_params_init(struct gl_loc_fine_params *p) {
   *p = (struct gl_loc_fine_params){
@@ -56,6 +56,10 @@ int gl_loc_fine_params_check(const struct gl_loc_fine_params *p, char *err, size
   if (!(p->nms_m >= 0 && p->nms_m <= 1e5) || !(p->temperature > 0 && p->temperature <= 10))
     return gl_fail(err, errlen, GL_EINVAL, "fine nms_m %g or temperature %g out of range", p->nms_m,
                    p->temperature);
+  if (p->scoring != GL_LOC_FINE_SCORE_AUTO && p->scoring != GL_LOC_FINE_SCORE_GATHER &&
+      p->scoring != GL_LOC_FINE_SCORE_CORRELATE)
+    return gl_fail(err, errlen, GL_EINVAL, "fine scoring %d is not a gl_loc_fine_scoring",
+                   (int)p->scoring);
   return 0;
 }
 
@@ -379,7 +383,10 @@ gathered:
    * cells they cover (the candidates' windows, a tracking box) or many
    * headings favour gathering; a dense region (a prior's circle) with a
    * compass favours the correlation. */
-  if ((double)P * (H + GL__GATHER_COST) < (double)H * (double)NC)
+  bool gather = (double)P * (H + GL__GATHER_COST) < (double)H * (double)NC;
+  if (f->p.scoring != GL_LOC_FINE_SCORE_AUTO)
+    gather = f->p.scoring == GL_LOC_FINE_SCORE_GATHER;
+  if (gather)
     gl__score_gathered(f, d, H, P);
   else
     gl__score_reach(f, d, H, P, NC);

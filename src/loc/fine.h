@@ -96,6 +96,12 @@
 #include "loc/loc.h"
 #include "map/map.h"
 
+enum gl_loc_fine_scoring {
+  GL_LOC_FINE_SCORE_AUTO = 0,
+  GL_LOC_FINE_SCORE_GATHER = 1,    /* each placement's cells gathered */
+  GL_LOC_FINE_SCORE_CORRELATE = 2, /* every query cell against every cell in reach */
+};
+
 /* Parameters of the fine stage; gl_loc_fine_params_init gives the defaults
  * (chosen on the naip-xtime validation split, see data/models/README.md). */
 struct gl_loc_fine_params {
@@ -112,6 +118,10 @@ struct gl_loc_fine_params {
   /* Scans over the full circle of headings score a placement minus this
    * share of its mean score over all headings (default 0.5; step 4). */
   double centering;
+  /* How step 4 computes the scores (the same scores either way, to float
+   * rounding): the cheaper way for each frame (default), or always one
+   * (tests/track/test_scan.c, bench/fine_scan.c). */
+  enum gl_loc_fine_scoring scoring;
 };
 
 void gl_loc_fine_params_init(struct gl_loc_fine_params *p);

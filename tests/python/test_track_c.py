@@ -47,7 +47,10 @@ class Scan(unittest.TestCase):
             out = subprocess.run([SCAN, MODEL, pack, frame], capture_output=True, text=True,
                                  timeout=300)
             self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+            print(out.stdout, end="")
             self.assertIn("worst |difference|", out.stdout)
+            for way in (1, 2):  # both ways of scoring were held to the chosen one
+                self.assertIn("scoring way %d: worst |difference|" % way, out.stdout)
 
 
 if __name__ == "__main__":

@@ -59,6 +59,28 @@ int main(int argc, char **argv) {
   const int32_t r0 = (int32_t)(d->rows - side) / 2 - BOX / 2 - 3, q0 = -2; /* runs off the west edge */
   float score[BOX * BOX], head[BOX * BOX];
   CHECK_EQ_INT(gl_loc_fine_frame_scan(ff, map, r0, q0, BOX, BOX, score, head, err, sizeof err), 0);
+  /* The two ways of scoring (fine.h step 4), each forced: the same scores
+   * as the way the stage chose, to float rounding. */
+  for (int way = GL_LOC_FINE_SCORE_GATHER; way <= GL_LOC_FINE_SCORE_CORRELATE; way++) {
+    struct gl_loc_fine_params pw = p;
+    struct gl_loc_fine_frame *fw = NULL;
+    float sw[BOX * BOX], hw[BOX * BOX];
+    pw.scoring = (enum gl_loc_fine_scoring)way;
+    CHECK_EQ_INT(gl_loc_fine_frame_create(model, d->layer, &pw, 2, &fw, err, sizeof err), 0);
+    CHECK_EQ_INT(gl_loc_fine_frame(fw, map, &frame, NAN, NULL, 0, &prior, est, 4, &ne, err,
+                                   sizeof err),
+                 0);
+    CHECK_EQ_INT(gl_loc_fine_frame_scan(fw, map, r0, q0, BOX, BOX, sw, hw, err, sizeof err), 0);
+    double diff = 0;
+    for (int i = 0; i < BOX * BOX; i++) {
+      CHECK_EQ_INT(isnan(sw[i]), isnan(score[i]));
+      if (!isnan(sw[i]))
+        diff = fmax(diff, fabs((double)sw[i] - score[i]));
+    }
+    printf("scan, scoring way %d: worst |difference| to the chosen way %.2e\n", way, diff);
+    CHECK(diff < 1e-5);
+    gl_loc_fine_frame_destroy(fw);
+  }
 
   /* Brute force: the same query cells from a feature engine of our own. */
   const uint32_t S = gl_nn_model_input_size(model), H = 36;
