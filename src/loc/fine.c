@@ -23,7 +23,7 @@
  * against them. */
 #define GL__CHUNK 32u
 /* What gathering one float costs, in multiply-adds (gl__score's choice;
- * measured on the daemon's benchmarks: see fine.h step 4). */
+ * set from bench/fine_scan's table in bench/README.md). */
 #define GL__GATHER_COST 10.0
 
 void gl_loc_fine_params_init(struct gl_loc_fine_params *p) {

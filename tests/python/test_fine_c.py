@@ -198,43 +198,40 @@ class FineC(unittest.TestCase):
         self.assertLess(np.median(cosines(a[8:8 + rows, 8:8 + cols],
                                           b[8 + dr:8 + dr + rows, 7 + dq:7 + dq + cols])), 0.9)
 
-    def test_scores_match_the_reference(self):
-        """The best score and placement of a full scan at a compass heading
-        against the reference's scores over the pack's own cells."""
-        img = self.save("s.png", view(self.r, PX, PY, 37.0))
-        row = self.locate(self.pack, img, "--heading", "37", "--fine-full-scan", "100000")
+    def check_scores(self, name, heading, headings, centring):
+        """The best score and placement of a full scan of the pack (at a
+        compass heading, or None: every heading) against the reference's
+        scores over the pack's own cells at `headings`, each placement's
+        scores lowered by `centring` times their mean over headings."""
+        img = self.save(name, view(self.r, PX, PY, 37.0))
+        args = ("--heading", str(heading)) if heading is not None else ()
+        row = self.locate(self.pack, img, *args, "--fine-full-scan", "100000")
         meta, d = self.dense(self.pack)
-        headings = [17, 27, 37, 47, 57]
         q = fine.query_features(self.model, np.asarray(Image.open(img).convert("RGB")), headings, 6)
         s = fine.scores(q, d, fine.disc_mask(8, 8, 64))
+        s = s - centring * s.mean(axis=0, keepdims=True)
         h, r, c = np.unravel_index(np.argmax(s), s.shape)
         self.assertAlmostEqual(float(row["score"]), float(s.max()), places=4)
-        self.assertEqual(headings[h], 37)
         x, y = self.to_xy(row)
         gt = meta["geotransform"]
         px, py = gt[0] + (c + 4) * 40, gt[3] - (r + 4) * 40
         self.assertLessEqual(max(abs(x - px), abs(y - py)), 20.0 + 1e-6)
+        return row, headings[h]
+
+    def test_scores_match_the_reference(self):
+        """A compass heading: 5 headings, no centring. A scan of the whole
+        pack at this few headings correlates every query cell with every
+        cell in reach (fine.h step 4)."""
+        _, best = self.check_scores("s.png", 37, [17, 27, 37, 47, 57], 0.0)
+        self.assertEqual(best, 37)
 
     def test_scores_match_the_reference_at_every_heading(self):
-        """The same without a heading: 36 headings, each placement's scores
-        lowered by half their mean over headings (fine.h step 4). With this
-        many headings the stage gathers each placement's cells, where a
-        compass scan of the whole pack correlates (the test above): both
-        ways of scoring are held to the reference."""
-        img = self.save("u.png", view(self.r, PX, PY, 37.0))
-        row = self.locate(self.pack, img, "--fine-full-scan", "100000")
-        meta, d = self.dense(self.pack)
-        headings = list(range(0, 360, 10))
-        q = fine.query_features(self.model, np.asarray(Image.open(img).convert("RGB")), headings, 6)
-        s = fine.scores(q, d, fine.disc_mask(8, 8, 64))
-        s = s - 0.5 * s.mean(axis=0, keepdims=True)
-        h, r, c = np.unravel_index(np.argmax(s), s.shape)
-        self.assertAlmostEqual(float(row["score"]), float(s.max()), places=4)
-        self.assertLess(abs((float(row["heading_deg"]) - headings[h] + 180) % 360 - 180), 10.0)
-        x, y = self.to_xy(row)
-        gt = meta["geotransform"]
-        px, py = gt[0] + (c + 4) * 40, gt[3] - (r + 4) * 40
-        self.assertLessEqual(max(abs(x - px), abs(y - py)), 20.0 + 1e-6)
+        """No heading: 36 headings, each placement's scores lowered by half
+        their mean over headings. With this many headings the stage gathers
+        each placement's cells: both ways of scoring are held to the
+        reference."""
+        row, best = self.check_scores("u.png", None, list(range(0, 360, 10)), 0.5)
+        self.assertLess(abs((float(row["heading_deg"]) - best + 180) % 360 - 180), 10.0)
 
     # --- recovering known views ---------------------------------------------------
 

@@ -34,7 +34,7 @@ import urllib.request
 BUILD, SRC = (os.path.abspath(p) for p in sys.argv[1:3])
 del sys.argv[1:3]
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import READY_LOG, free_port, parse, varint  # noqa: E402
+from common import free_port, parse, varint, wait_listening  # noqa: E402
 GEOLOCD = os.path.join(BUILD, "daemon", "geolocd")
 
 # daemon/metrics.c: GL_METRICS_REQUEST_DEADLINE_MS and GL_METRICS_MAX_CONNS.
@@ -109,24 +109,8 @@ class Daemon:
             self.wait_listening()
 
     def wait_listening(self):
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError("geolocd exited %d:\n%s" % (self.proc.returncode,
-                                                                  self.log_text()))
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                # The daemon listens a moment before it is ready (its unix
-                # socket, metrics server and signal handlers come after the
-                # TCP port): wait for its "ready" line, and with a metrics
-                # port for /readyz, so that tests start from a ready daemon.
-                if READY_LOG in self.log_text() and (
-                        not self.mport or self.http("/readyz", timeout=1)[0] == 200):
-                    return
-            except OSError:  # urllib's HTTPError (503) is an OSError too
-                pass
-            time.sleep(0.05)
-        raise AssertionError("geolocd did not get ready:\n" + self.log_text())
+        # The "ready" line comes after /readyz turns 200 (gl_server_run).
+        wait_listening(self.proc, self.port, self.log_text, timeout=30)
 
     def log_text(self):
         if not self.log.closed:
