@@ -152,6 +152,18 @@ def cmd_xtime_bbox(a) -> int:
     return 0
 
 
+def cmd_xtime_water(a) -> int:
+    from . import xtime
+    rows = xtime.water_breakdown(a.naip, a.labels, a.results)
+    print("water in the frame  2009-2010 queries: n, success@100m   other years: n, success@100m")
+    for i in range(0, len(rows), 2):
+        cells = []
+        for lo, hi, old, n, hits in rows[i:i + 2]:
+            cells.append(f"{n:5d} {100.0 * hits / n:6.1f}%" if n else f"{n:5d}      -")
+        print(f"{rows[i][0]:5.2f}-{rows[i][1]:4.2f}          {cells[0]}            {cells[1]}")
+    return 0
+
+
 # The fine stage's reference (fine.py): outputs for the C parity tests.
 def _rgb(path):
     return image.load_image(path).numpy()
@@ -282,6 +294,13 @@ def main(argv=None) -> int:
     s.add_argument("--region", choices=["east", "west"], default="east",
                    help="east: the evaluation map; west: the validation map on training ground")
     s.set_defaults(func=cmd_xtime_bbox)
+
+    s = sub.add_parser("xtime-water", help="success of `geoloc eval --csv` results by the share "
+                       "of open water in each query's footprint, 2009-2010 apart")
+    s.add_argument("--naip", required=True, help="folder of the NAIP GeoTIFFs (4 bands)")
+    s.add_argument("--labels", required=True, help="the query set's labels.csv")
+    s.add_argument("--results", required=True, help="geoloc eval --csv output for those queries")
+    s.set_defaults(func=cmd_xtime_water)
 
     s = sub.add_parser("warp", help="fine stage: turn a frame north-up for a heading")
     s.add_argument("--image", required=True)

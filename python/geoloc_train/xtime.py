@@ -543,3 +543,76 @@ def make_flights(naip_dir, out_dir, region: str = "east", flights: int = 20, fra
           f"{','.join(map(str, used))}; {what}; {stats['km']:.1f} km flown, "
           f"{stats['redrawn']} flights redrawn) and labels.csv to {out_dir}")
     return flights * frames
+
+
+# --- Where the queries fail: open water in the frame ---------------------------------
+#
+# Open water (the prairie potholes) is nearly black in near-infrared, and
+# the shorelines are the most distinctive thing on this ground; the share
+# of water in a frame's footprint is a measure of how much it shows.
+
+WATER_BINS = (0.0, 0.02, 0.10, 0.20, 0.40)
+
+
+def _otsu(values: np.ndarray) -> int:
+    """Otsu's threshold t of uint8 values: the split into <= t and > t that
+    maximises the between-class variance."""
+    p = np.bincount(values.ravel(), minlength=256)[:256].astype(np.float64)
+    p /= p.sum()
+    w, m = np.cumsum(p), np.cumsum(p * np.arange(256))
+    between = (m[-1] * w - m) ** 2 / np.maximum(w * (1 - w), 1e-12)
+    return int(np.argmax(between))
+
+
+def water_mask(path) -> tuple:
+    """(bool (H, W) water mask, geotransform) of a 4-band NAIP GeoTIFF: the
+    near-infrared band (4) at or below its Otsu threshold."""
+    from osgeo import gdal
+    ds = gdal.Open(os.fspath(path))
+    if ds is None or ds.RasterCount < 4:
+        raise ValueError(f"{path}: needs a 4th (near-infrared) band to find water")
+    nir = ds.GetRasterBand(4).ReadAsArray()
+    return nir <= _otsu(nir), ds.GetGeoTransform()
+
+
+def water_share(mask_gt: tuple, x: float, y: float, radius: float, samples: int = 40) -> float:
+    """Share of water in the disc of `radius` metres around (x, y), sampled
+    on a (2 samples + 1)^2 grid of the disc."""
+    mask, gt = mask_gt
+    g = np.linspace(-1.0, 1.0, 2 * samples + 1)
+    gx, gy = np.meshgrid(g, g)
+    inside = gx ** 2 + gy ** 2 <= 1.0
+    c = np.clip(((x + gx[inside] * radius - gt[0]) / gt[1]).astype(int), 0, mask.shape[1] - 1)
+    r = np.clip(((y + gy[inside] * radius - gt[3]) / gt[5]).astype(int), 0, mask.shape[0] - 1)
+    return float(mask[r, c].mean())
+
+
+def water_breakdown(naip_dir, labels_csv, results_csv, old_years=(2009, 2010)) -> list:
+    """Rows (bin low, bin high, old, queries, successes within 100 m): the
+    results of `geoloc eval --csv` by the share of water in each query's own
+    year within the disc inscribed in its nadir footprint (scale * TILE_M a
+    side), the queries of old_years apart from the others."""
+    paths = {int(naip_date(p)[:4]): p for p in sorted(glob.glob(os.path.join(naip_dir, "*.tif")))}
+    masks, ref = {}, Raster.open(paths[REFERENCE_YEAR])
+    share = {}
+    with open(labels_csv, newline="") as f:
+        for row in csv.DictReader(f):
+            year = int(row["date"][:4])
+            if year not in masks:
+                masks[year] = water_mask(paths[year])
+            x, y = ref.from_lonlat(float(row["lon"]), float(row["lat"]))
+            share[row["file"]] = (year in old_years,
+                                  water_share(masks[year], x, y, float(row["scale"]) * TILE_M / 2))
+    edges = list(WATER_BINS) + [1.0 + 1e-9]
+    counts = {}
+    with open(results_csv, newline="") as f:
+        for row in csv.DictReader(f):
+            if row["file"] not in share:
+                raise ValueError(f"{results_csv}: {row['file']} is not in {labels_csv}")
+            old, s = share[row["file"]]
+            k = (int(np.searchsorted(edges, s, side="right")) - 1, old)
+            ok = row["error_m"] != "" and float(row["error_m"]) <= 100.0
+            n, hits = counts.get(k, (0, 0))
+            counts[k] = (n + 1, hits + ok)
+    return [(edges[b], min(edges[b + 1], 1.0), old, *counts.get((b, old), (0, 0)))
+            for b in range(len(WATER_BINS)) for old in (True, False)]

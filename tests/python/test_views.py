@@ -279,6 +279,56 @@ class Naip(unittest.TestCase):
             course = math.degrees(math.atan2(d[0], d[1])) % 360
             self.assertLess(abs((float(r["heading"]) - course + 180) % 360 - 180), 0.5)
 
+    def test_water(self):
+        # A 4-band raster whose near-infrared band is dark (water) west of
+        # column 60: the mask finds it, a disc on the edge is half water.
+        nir = np.full((100, 100), 180, np.uint8)
+        nir[:, :60] = 20
+        bands = np.stack([np.full((100, 100), 90, np.uint8)] * 3 + [nir])
+        path = write_tif(os.path.join(self.tmp.name, "water.tif"), bands)
+        mask, gt = X.water_mask(path)
+        self.assertEqual(int(mask.sum()), 6000)
+        self.assertTrue(mask[:, :60].all())
+        x_edge = gt[0] + 60 * gt[1]
+        self.assertAlmostEqual(X.water_share((mask, gt), x_edge, 5209900.0, 30.0), 0.5, delta=0.03)
+        self.assertEqual(X.water_share((mask, gt), gt[0] + 20, 5209900.0, 10.0), 1.0)
+        self.assertEqual(X.water_share((mask, gt), gt[0] + 180, 5209900.0, 10.0), 0.0)
+        with self.assertRaisesRegex(ValueError, "near-infrared"):
+            X.water_mask(write_tif(os.path.join(self.tmp.name, "rgb.tif"), bands[:3]))
+
+    def test_water_breakdown(self):
+        # Three 2009 queries and one 2015 query; the results say which were
+        # found within 100 m; the CLI prints the counts per water bin.
+        pts = [(486500.0, 5208000.0), (489000.0, 5207000.0), (490500.0, 5206000.0),
+               (489500.0, 5208500.0)]
+        d = self.tmp.name
+        with open(os.path.join(d, "wl.csv"), "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["file", "lat", "lon", "heading", "date", "scale", "tilt"])
+            for i, (x, y) in enumerate(pts):
+                lon, lat = self.r.to_lonlat(x, y)
+                w.writerow([f"q{i}.jpg", lat, lon, 0, "2015-09-26" if i == 3 else "2009-08-18",
+                            1.0, 0])
+        with open(os.path.join(d, "wr.csv"), "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["file", "status", "error_m"])
+            for i, err in enumerate(["50.0", "150.0", "", "99.9"]):
+                w.writerow([f"q{i}.jpg", "OK" if err else "ERROR", err])
+        rows = X.water_breakdown(NAIP, os.path.join(d, "wl.csv"), os.path.join(d, "wr.csv"))
+        self.assertEqual(len(rows), 2 * len(X.WATER_BINS))
+        self.assertEqual(sum(r[3] for r in rows if r[2]), 3)
+        self.assertEqual(sum(r[4] for r in rows if r[2]), 1)
+        self.assertEqual([r[3:] for r in rows if not r[2] and r[3]], [(1, 1)])
+        masks = X.water_mask(os.path.join(NAIP, "m_4709963_se_14_1_20090818.tif"))
+        share = X.water_share(masks, *pts[0], X.TILE_M / 2)
+        (bin_of_q0,) = [r for r in rows if r[2] and r[0] <= share < r[1] + 1e-9]
+        self.assertGreaterEqual(bin_of_q0[3], 1)
+        p = run_cli("xtime-water", "--naip", NAIP, "--labels", os.path.join(d, "wl.csv"),
+                    "--results", os.path.join(d, "wr.csv"))
+        lines = p.stdout.strip().splitlines()
+        self.assertEqual(len(lines), 1 + len(X.WATER_BINS))
+        self.assertIn("100.0%", p.stdout)       # the 2015 query, found
+
 
 def geoloc_map_help():
     try:
