@@ -28,6 +28,7 @@ static int gl__runtime_fine(struct gl_runtime *rt, const struct gl_config *cfg, 
   gl_loc_fine_params_init(&fp);
   fp.top_k = cfg->fine_top_k;
   fp.radius_cells = cfg->fine_radius_cells;
+  fp.full_scan_cells = cfg->fine_full_scan_cells;
   fp.step_deg = cfg->heading_step_deg;
   fp.tolerance_deg = cfg->heading_tolerance_deg;
   int rc = gl_loc_fine_params_check(&fp, err, errlen);
@@ -42,9 +43,17 @@ static int gl__runtime_fine(struct gl_runtime *rt, const struct gl_config *cfg, 
       return rc;
     }
     /* Without a dense layer is a way to build a map; another layer is not. */
-    if (!m->fine)
-      gl_log(gl_map_dense(m->map) ? GL_LOG_WARNING : GL_LOG_INFO,
-             "map %s: %s; its frames get the global stage only", m->name, why);
+    const struct gl_map_dense *d = gl_map_dense(m->map);
+    if (!m->fine) {
+      gl_log(d ? GL_LOG_WARNING : GL_LOG_INFO, "map %s: %s; its frames get the global stage only",
+             m->name, why);
+    } else if ((size_t)d->rows * d->cols <= fp.full_scan_cells) {
+      GL_LOG_I("map %s: fine stage on %ux%u cells, every placement scanned", m->name, d->rows,
+               d->cols);
+    } else {
+      GL_LOG_I("map %s: fine stage on %ux%u cells, around the best %u global matches", m->name,
+               d->rows, d->cols, fp.top_k);
+    }
   }
   return 0;
 }

@@ -152,7 +152,7 @@ int gl_cli_fine_option(int o, const char *flag, const char *arg, struct gl_loc_f
     rc = gl_cli_double(flag, arg, 0, 180, &p->tolerance_deg);
     break;
   case 1005:
-    rc = gl_cli_u32(flag, arg, 0, 10000000, &p->full_scan_cells);
+    rc = gl_cli_u32(flag, arg, 0, 1000000, &p->full_scan_cells);
     break;
   }
   /* What a range cannot say: the heading step must divide 360. */

@@ -68,6 +68,7 @@ static const struct gl__cfg_key gl__keys[] = {
     GL__K("search", "fine", GL__CFG_BOOL, fine, 0, 0, false),
     GL__K("search", "fine_top_k", GL__CFG_U32, fine_top_k, 1, 1024, false),
     GL__K("search", "fine_radius_cells", GL__CFG_U32, fine_radius_cells, 0, 16, false),
+    GL__K("search", "fine_full_scan_cells", GL__CFG_U32, fine_full_scan_cells, 0, 1000000, false),
     GL__K("search", "heading_step_deg", GL__CFG_U32, heading_step_deg, 1, 180, false),
     GL__K("search", "heading_tolerance_deg", GL__CFG_U32, heading_tolerance_deg, 0, 180, false),
     GL__K("track", "enabled", GL__CFG_BOOL, track, 0, 0, false),
@@ -600,6 +601,7 @@ void gl_config_defaults(struct gl_config *cfg) {
   cfg->fine = true;
   cfg->fine_top_k = 50;
   cfg->fine_radius_cells = 2;
+  cfg->fine_full_scan_cells = 0;
   cfg->heading_step_deg = 10;
   cfg->heading_tolerance_deg = 20;
   /* The tracker's defaults are gl_track_params_init's. */

@@ -74,6 +74,7 @@ struct gl_config {
   bool fine;                   /* fine: on (default) or off */
   uint32_t fine_top_k;         /* fine_top_k: global candidates re-scored */
   uint32_t fine_radius_cells;  /* fine_radius_cells: shifts around each */
+  uint32_t fine_full_scan_cells; /* fine_full_scan_cells: every placement of maps this small */
   uint32_t heading_step_deg;   /* heading_step_deg: divides 360 */
   uint32_t heading_tolerance_deg; /* heading_tolerance_deg: with a compass heading */
 

@@ -469,6 +469,39 @@ class FineServing(unittest.TestCase):
         finally:
             self.assertEqual(d.stop(), 0, d.log_text())
 
+    def test_full_scan(self):
+        """[search] fine_full_scan_cells: a map this small is scanned at every
+        placement, as `geoloc locate --fine-full-scan` does in-process; with
+        one global candidate and no shifts around it, only the full scan
+        reaches every frame's own place."""
+        narrow = ["--top-k", "1", "--fine-top-k", "1", "--fine-radius", "0"]
+        imgs = [v[0] for v in self.views]
+
+        def locate(*extra):
+            r = subprocess.run([GEOLOC, "locate", "--model", self.model, "--map", self.map,
+                                "--format", "csv", *narrow, *extra, *imgs],
+                               capture_output=True, text=True, timeout=300)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            return answers(csv.DictReader(io.StringIO(r.stdout)))
+
+        windows, full = locate(), locate("--fine-full-scan", "100000")
+        self.assertNotEqual([(windows[i][0]["lat"], windows[i][0]["lon"]) for i in imgs],
+                            [(full[i][0]["lat"], full[i][0]["lon"]) for i in imgs])
+        d = Daemon(model=self.model, map_path=self.map,
+                   model_extra="[search]\nfine_top_k = 1\nfine_radius_cells = 0\n"
+                               "fine_full_scan_cells = 100000")
+        try:
+            self.assertIn("every placement scanned", d.log_text())
+            rc, rows, err = d.query(imgs, "--top-k", "1")
+            self.assertEqual(rc, 0, err)
+        finally:
+            self.assertEqual(d.stop(), 0, d.log_text())
+        served = answers(rows)
+        for img, lat, lon, h in self.views:
+            self.check(served[img][0], lat, lon, h)
+            self.assertAlmostEqual(float(served[img][0]["lat"]), float(full[img][0]["lat"]), 6)
+            self.assertAlmostEqual(float(served[img][0]["lon"]), float(full[img][0]["lon"]), 6)
+
     def test_fine_stage_off(self):
         """[search] fine = false: the global stage alone, which estimates no
         heading."""
