@@ -20,7 +20,8 @@ int gl__img_decode_jpeg(const uint8_t *data, size_t len, uint64_t max_pixels, st
  * i + 1/2 - out_h/2), averages the nx x ny bilinear samples of src at
  *   x = (ox + ch u' + sh v') sx - 1/2,  y = (oy - sh u' + ch v') sy - 1/2,
  * u' = u + (b + 1/2)/nx - 1/2, v' = v + (a + 1/2)/ny - 1/2, coordinates
- * reflected into the frame; rounded to nearest. */
+ * reflected into the frame; rounded to nearest. nx, ny: 1..GL__IMG_MAX_SAMPLES. */
+#define GL__IMG_MAX_SAMPLES 16
 void gl__img_resample(const struct gl_image *src, double ch, double sh, double ox, double oy,
                       double sx, double sy, uint32_t nx, uint32_t ny, uint32_t out_w,
                       uint32_t out_h, uint8_t *out);
