@@ -19,6 +19,21 @@
  * scratch (32 frames * 1024 tiles). */
 #define GL__SEARCH_GROUP 32
 
+/* A search thread and what only it touches. sdesc holds a search group's
+ * descriptors side by side, grown to the largest group seen. */
+struct gl__searcher {
+  struct gl_pipeline *p;
+  uint32_t w; /* its index: it runs the runtime's fine stage w */
+  pthread_t thread;
+  bool started;
+  struct gl_loc_locator *loc;
+  struct gl_loc_estimate est[GL_JOB_MAX_CANDIDATES];
+  float *sdesc;
+  size_t sdesc_cap;
+  struct gl_map_prior sprior[GL__SEARCH_GROUP];
+  struct gl_job *group[GL__SEARCH_GROUP];
+};
+
 struct gl_pipeline {
   uv_loop_t *loop;
   uv_async_t async;
@@ -32,24 +47,18 @@ struct gl_pipeline {
   uint32_t decode_workers, decode_share, decoding;
   struct gl_decode_queue *turn_head, *turn_tail;
 
-  pthread_t thread, search_thread;
-  bool thread_started, search_started;
+  pthread_t thread;
+  bool thread_started;
   pthread_mutex_t mu;
   pthread_cond_t cv;        /* inference: work arrived or stop */
-  pthread_cond_t search_cv; /* search: work arrived or stop */
+  pthread_cond_t search_cv; /* search: work arrived, a stream was let go, or stop */
   struct gl_job *search_head, *search_tail; /* inferred, to search; under mu */
   bool stop;                       /* under mu */
   struct gl_job *in_head, *in_tail; /* decoded, waiting for inference; under mu */
   struct gl_job *done_head, *done_tail; /* finished, for the loop; under mu */
 
-  /* Search thread only. sdesc holds a search group's descriptors side by
-   * side, grown to the largest group seen. */
-  struct gl_loc_locator *loc;
-  struct gl_loc_estimate est[GL_JOB_MAX_CANDIDATES];
-  float *sdesc;
-  size_t sdesc_cap;
-  struct gl_map_prior sprior[GL__SEARCH_GROUP];
-  struct gl_job *group[GL__SEARCH_GROUP];
+  struct gl__searcher search[GL_CONFIG_MAX_SEARCH_THREADS];
+  uint32_t n_search;
   /* Inference thread only. Sized for the largest batch and descriptor seen:
    * they grow when a reloaded model needs more, never per frame. */
   float *desc;
@@ -342,7 +351,7 @@ static int gl__track(struct gl_job *job, struct gl_map *map, struct gl_loc_fine_
 /* Turns the last search's query i into job's candidates: the fine stage
  * when its map has one, else clustering of the matched tiles. False when
  * the job failed (its error says why). */
-static bool gl__cluster(struct gl_pipeline *p, struct gl_job *job, uint32_t i) {
+static bool gl__cluster(struct gl__searcher *p, struct gl_job *job, uint32_t i) {
   uint32_t want = job->top_k < GL_JOB_MAX_CANDIDATES ? job->top_k : GL_JOB_MAX_CANDIDATES;
   size_t n_est = 0;
   const struct gl_runtime *rt = job->rt;
@@ -350,7 +359,7 @@ static bool gl__cluster(struct gl_pipeline *p, struct gl_job *job, uint32_t i) {
   if (rt->maps[job->map].fine) {
     uint32_t nh;
     const struct gl_map_hit *hits = gl_loc_locator_hits(p->loc, i, &nh);
-    rc = gl_loc_fine_frame(rt->fine, rt->maps[job->map].map, &job->image, job->heading_deg, hits,
+    rc = gl_loc_fine_frame(rt->fine[p->w], rt->maps[job->map].map, &job->image, job->heading_deg, hits,
                            nh, job->has_prior ? &job->prior : NULL, p->est, want, &n_est,
                            job->error, sizeof job->error);
     gl_img_free(&job->image);
@@ -359,7 +368,7 @@ static bool gl__cluster(struct gl_pipeline *p, struct gl_job *job, uint32_t i) {
                                 sizeof job->error);
   }
   if (rc == GL_OK && job->trk && rt->maps[job->map].fine)
-    rc = gl__track(job, rt->maps[job->map].map, rt->fine, n_est ? &p->est[0] : NULL);
+    rc = gl__track(job, rt->maps[job->map].map, rt->fine[p->w], n_est ? &p->est[0] : NULL);
   if (rc != GL_OK) {
     job->result = GL_JOB_FAILED;
     return false;
@@ -377,7 +386,7 @@ static bool gl__cluster(struct gl_pipeline *p, struct gl_job *job, uint32_t i) {
 }
 
 /* Search and clustering of one job on its own. */
-static void gl__localize(struct gl_pipeline *p, struct gl_job *job) {
+static void gl__localize(struct gl__searcher *p, struct gl_job *job) {
   const struct gl_runtime *rt = job->rt;
   uint32_t k = rt->search_tiles < GL__MAX_TILES ? rt->search_tiles : GL__MAX_TILES;
   uint64_t t0 = gl_pipeline_now_us();
@@ -394,7 +403,7 @@ static void gl__localize(struct gl_pipeline *p, struct gl_job *job) {
 /* Search and clustering of n jobs of one runtime and map: one search call
  * for all of them, then each is clustered. A job's search_us is its share
  * of the search plus its clustering. */
-static void gl__localize_group(struct gl_pipeline *p, struct gl_job **jobs, uint32_t n) {
+static void gl__localize_group(struct gl__searcher *p, struct gl_job **jobs, uint32_t n) {
   const struct gl_runtime *rt = jobs[0]->rt;
   uint32_t k = rt->search_tiles < GL__MAX_TILES ? rt->search_tiles : GL__MAX_TILES;
   size_t need = (size_t)n * rt->dim;
@@ -537,7 +546,7 @@ static void *gl__infer_main(void *arg) {
         finished = true;
       }
     }
-    pthread_cond_signal(&p->search_cv);
+    pthread_cond_broadcast(&p->search_cv);
     if (finished)
       uv_async_send(&p->async);
   }
@@ -545,38 +554,66 @@ static void *gl__infer_main(void *arg) {
   return NULL;
 }
 
+/* Takes into s->group the next jobs s may search (under mu): from the
+ * queue's head, those of the first eligible job's runtime and map, up to a
+ * group. A tracked stream's frames must step its filter one at a time and
+ * in order, so a stream is held by the thread that took one of its frames
+ * until that thread is done with them: the others pass its frames by. */
+static uint32_t gl__take(struct gl_pipeline *p, struct gl__searcher *s) {
+  uint32_t n = 0;
+  struct gl_job *prev = NULL;
+  for (struct gl_job *j = p->search_head; j && n < GL__SEARCH_GROUP;) {
+    struct gl_job *next = j->next;
+    bool mine = !j->trk || !j->trk->searcher || j->trk->searcher == s->w + 1;
+    if (mine && (n == 0 || (j->rt == s->group[0]->rt && j->map == s->group[0]->map))) {
+      if (prev)
+        prev->next = next;
+      else
+        p->search_head = next;
+      if (p->search_tail == j)
+        p->search_tail = prev;
+      j->next = NULL;
+      if (j->trk)
+        j->trk->searcher = s->w + 1;
+      s->group[n++] = j;
+    } else {
+      prev = j;
+    }
+    j = next;
+  }
+  return n;
+}
+
 static void *gl__search_main(void *arg) {
-  struct gl_pipeline *p = arg;
+  struct gl__searcher *s = arg;
+  struct gl_pipeline *p = s->p;
   /* One query at a time needs no thread team: FAISS would otherwise open an
    * OpenMP parallel region per frame and wake threads that the engine is
    * using (OpenMP settings are per thread, so the engine keeps its own). */
   omp_set_num_threads(1);
   pthread_mutex_lock(&p->mu);
   for (;;) {
-    while (!p->stop && !p->search_head)
+    uint32_t n;
+    while (!(n = gl__take(p, s)) && !(p->stop && !p->search_head))
       pthread_cond_wait(&p->search_cv, &p->mu);
-    if (!p->search_head)
+    if (!n)
       break; /* stopping with nothing queued */
-    struct gl_job *job = p->search_head;
-    p->search_head = p->search_tail = NULL;
     pthread_mutex_unlock(&p->mu);
-    /* Consecutive jobs of one runtime and map are searched together (a
+    /* The group's jobs are of one runtime and map, searched together (a
      * batch's frames are consecutive). */
-    for (struct gl_job *j = job; j;) {
-      uint32_t n = 0;
-      struct gl_job *first = j;
-      while (j && n < GL__SEARCH_GROUP && j->rt == first->rt && j->map == first->map) {
-        p->group[n++] = j;
-        j = j->next;
-      }
-      gl__localize_group(p, p->group, n);
-    }
+    gl__localize_group(s, s->group, n);
     pthread_mutex_lock(&p->mu);
-    while (job) {
-      struct gl_job *next = job->next;
+    bool let_go = false;
+    for (uint32_t i = 0; i < n; i++) {
+      struct gl_job *job = s->group[i];
+      if (job->trk && job->trk->searcher) {
+        job->trk->searcher = 0;
+        let_go = true;
+      }
       gl__append(&p->done_head, &p->done_tail, job);
-      job = next;
     }
+    if (let_go || p->search_head)
+      pthread_cond_broadcast(&p->search_cv); /* frames passed by may be taken now */
     uv_async_send(&p->async);
   }
   pthread_mutex_unlock(&p->mu);
@@ -596,8 +633,9 @@ static void gl__on_async(uv_async_t *a) {
   }
 }
 
-int gl_pipeline_create(uv_loop_t *loop, uint32_t decode_threads, gl_job_done_cb done_cb, void *ud,
-                       struct gl_pipeline **out, char *err, size_t errlen) {
+int gl_pipeline_create(uv_loop_t *loop, uint32_t decode_threads, uint32_t search_threads,
+                       gl_job_done_cb done_cb, void *ud, struct gl_pipeline **out, char *err,
+                       size_t errlen) {
   struct gl_pipeline *p = calloc(1, sizeof *p);
   pthread_condattr_t ca;
   *out = NULL;
@@ -614,20 +652,28 @@ int gl_pipeline_create(uv_loop_t *loop, uint32_t decode_threads, gl_job_done_cb 
   pthread_cond_init(&p->cv, &ca);
   pthread_cond_init(&p->search_cv, NULL);
   pthread_condattr_destroy(&ca);
-  int rc = gl_loc_locator_create(GL__MAX_TILES, &p->loc);
-  if (rc != GL_OK) {
-    snprintf(err, errlen, "search workspace: %s", gl_strerror(rc));
-    goto fail;
-  }
-  /* The thread touches the async handle only for jobs, which come after
+  int rc = GL_OK;
+  p->n_search = search_threads < 1 ? 1
+                : search_threads > GL_CONFIG_MAX_SEARCH_THREADS ? GL_CONFIG_MAX_SEARCH_THREADS
+                                                                : search_threads;
+  /* The threads touch the async handle only for jobs, which come after
    * this function returns, so the handle is set up last: it is the one
    * step that needs the loop to undo. */
-  if (pthread_create(&p->search_thread, NULL, gl__search_main, p) != 0) {
-    snprintf(err, errlen, "cannot start the search thread");
-    rc = GL_ENOMEM;
-    goto fail;
+  for (uint32_t w = 0; w < p->n_search; w++) {
+    struct gl__searcher *s = &p->search[w];
+    s->p = p;
+    s->w = w;
+    if ((rc = gl_loc_locator_create(GL__MAX_TILES, &s->loc)) != GL_OK) {
+      snprintf(err, errlen, "search workspace: %s", gl_strerror(rc));
+      goto fail;
+    }
+    if (pthread_create(&s->thread, NULL, gl__search_main, s) != 0) {
+      snprintf(err, errlen, "cannot start search thread %u", w + 1);
+      rc = GL_ENOMEM;
+      goto fail;
+    }
+    s->started = true;
   }
-  p->search_started = true;
   if (pthread_create(&p->thread, NULL, gl__infer_main, p) != 0) {
     snprintf(err, errlen, "cannot start the inference thread");
     rc = GL_ENOMEM;
@@ -648,13 +694,16 @@ static void gl__join(struct gl_pipeline *p) {
   pthread_mutex_lock(&p->mu);
   p->stop = true;
   pthread_cond_signal(&p->cv);
-  pthread_cond_signal(&p->search_cv);
+  pthread_cond_broadcast(&p->search_cv);
   pthread_mutex_unlock(&p->mu);
   if (p->thread_started)
     pthread_join(p->thread, NULL);
-  if (p->search_started)
-    pthread_join(p->search_thread, NULL);
-  p->thread_started = p->search_started = false;
+  p->thread_started = false;
+  for (uint32_t w = 0; w < p->n_search; w++) {
+    if (p->search[w].started)
+      pthread_join(p->search[w].thread, NULL);
+    p->search[w].started = false;
+  }
 }
 
 void gl_pipeline_stop(struct gl_pipeline *p) {
@@ -668,8 +717,10 @@ void gl_pipeline_destroy(struct gl_pipeline *p) {
   if (!p)
     return;
   gl__join(p); /* only on a failed create: a started pipeline is stopped first */
-  gl_loc_locator_destroy(p->loc);
-  free(p->sdesc);
+  for (uint32_t w = 0; w < p->n_search; w++) {
+    gl_loc_locator_destroy(p->search[w].loc);
+    free(p->search[w].sdesc);
+  }
   free(p->desc);
   pthread_cond_destroy(&p->search_cv);
   pthread_cond_destroy(&p->cv);

@@ -1,7 +1,10 @@
 /* The frame pipeline: decoding on the libuv thread pool, dynamic batching and
- * inference on one thread per device, then search and clustering on a
- * thread of their own, so that a batch is searched while the next one is
- * inferred; finished jobs come back to the event loop through a uv_async_t.
+ * inference on one thread per device, then search and clustering (the fine
+ * stage) on threads of their own ([search] threads), so that a batch is
+ * searched while the next one is inferred; finished jobs come back to the
+ * event loop through a uv_async_t. A search thread takes the queue's jobs
+ * in order, a group at a time; the frames of a tracked stream are searched
+ * by one thread at a time, in the order the stream sent them.
  *
  * Decoding is shared between clients: each client's frames wait in a queue
  * of its own, and the decode workers take the clients' frames in turn, one
@@ -58,8 +61,12 @@ struct gl_stream_track {
   struct gl_job *held;
   uint64_t last_time_us; /* the last accepted frame's capture time */
   bool has_time;
-  /* Search thread only, after Hello: the filter, for the grid of its map,
-   * and the ids of its last fixed_lag + 1 frames (a ring, for smoothing). */
+  /* Under the pipeline's lock: 1 + the search thread holding the stream
+   * (one of its frames is being searched), 0 when none. */
+  uint32_t searcher;
+  /* The search thread holding the stream only, after Hello: the filter,
+   * for the grid of its map, and the ids of its last fixed_lag + 1 frames
+   * (a ring, for smoothing). */
   struct gl_track *filter;
   struct gl_track_params params;
   uint64_t ids[GL_TRACK_MAX_LAG + 1];
@@ -144,12 +151,15 @@ struct gl_pipeline;
  * there, first come first served. */
 uint32_t gl_pipeline_decode_workers(uint32_t decode_threads);
 
-/* Starts the inference thread. Frames are decoded on
+/* Starts the inference thread and search_threads search threads (1..
+ * GL_CONFIG_MAX_SEARCH_THREADS; search thread w runs the fine stage
+ * rt->fine[w] of its jobs' runtime). Frames are decoded on
  * gl_pipeline_decode_workers(decode_threads) workers. done_cb runs on the
  * loop thread for every finished job, which it then owns (free with
  * gl_job_free). */
-int gl_pipeline_create(uv_loop_t *loop, uint32_t decode_threads, gl_job_done_cb done_cb, void *ud,
-                       struct gl_pipeline **out, char *err, size_t errlen);
+int gl_pipeline_create(uv_loop_t *loop, uint32_t decode_threads, uint32_t search_threads,
+                       gl_job_done_cb done_cb, void *ud, struct gl_pipeline **out, char *err,
+                       size_t errlen);
 
 /* Queues a job (on the loop thread) in its client's queue q: decoding
  * first, in turn with the other clients' frames, then inference. */

@@ -86,8 +86,8 @@ static int gl__conn_track(struct gl_conn *c, const Geoloc__V1__StreamOptions *o)
   uint32_t rows, cols;
   double cell;
   char err[256];
-  if (!cfg->track || i < 0 || !rt->maps[i].fine || !rt->fine ||
-      gl_track_grid(rt->maps[i].map, rt->fine, &rows, &cols, &cell)) {
+  if (!cfg->track || i < 0 || !rt->maps[i].fine || !rt->fine[0] ||
+      gl_track_grid(rt->maps[i].map, rt->fine[0], &rows, &cols, &cell)) {
     GL_LOG_D("session %llu (%s): tracking asked for, but %s", (unsigned long long)c->session_id,
              c->peer,
              !cfg->track ? "[track] enabled is off"

@@ -185,6 +185,10 @@ static void gl__srv_reload(struct gl_server *srv) {
   int rc = gl_config_load(srv->cfg.path, &nc, err, sizeof err);
   if (rc != GL_OK)
     goto fail;
+  if (nc.search_threads != srv->cfg.search_threads) {
+    GL_LOG_W("[search] threads changed: the new number takes effect at the next restart");
+    nc.search_threads = srv->cfg.search_threads; /* the pipeline's threads stay */
+  }
   if (gl__has_tls_listener(srv)) {
     if (!nc.tls_cert || !nc.tls_key) {
       snprintf(err, sizeof err, "%s: [tls] cert and key are required while a TLS listener is open",

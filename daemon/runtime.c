@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <uv.h>
 
 #include "core/err.h"
 #include "core/log.h"
@@ -14,10 +15,16 @@ static void gl__runtime_free(struct gl_runtime *rt) {
     gl_map_close(rt->maps[i].map);
     free(rt->maps[i].name);
   }
-  gl_loc_fine_frame_destroy(rt->fine);
+  for (uint32_t w = 0; w < GL_CONFIG_MAX_SEARCH_THREADS; w++)
+    gl_loc_fine_frame_destroy(rt->fine[w]);
   gl_nn_engine_destroy(rt->engine);
   gl_nn_model_destroy(rt->model);
   free(rt);
+}
+
+uint32_t gl_runtime_search_threads(const struct gl_config *cfg) {
+  uint32_t n = cfg->search_threads ? cfg->search_threads : uv_available_parallelism();
+  return n < 1 ? 1 : n > GL_CONFIG_MAX_SEARCH_THREADS ? GL_CONFIG_MAX_SEARCH_THREADS : n;
 }
 
 /* The fine stage for the maps that have a dense layer: planned for the
@@ -34,10 +41,16 @@ static int gl__runtime_fine(struct gl_runtime *rt, const struct gl_config *cfg, 
   int rc = gl_loc_fine_params_check(&fp, err, errlen);
   if (rc || !cfg->fine)
     return rc;
+  /* The search threads share the cores: with the CPU backend's default (a
+   * thread per core) each thread's stage gets its share of them. */
+  const uint32_t n = gl_runtime_search_threads(cfg), cores = uv_available_parallelism();
+  uint32_t threads = cfg->model_threads;
+  if (!threads && n > 1)
+    threads = cores > n ? cores / n : 1;
   for (uint32_t i = 0; i < rt->n_maps; i++) {
     struct gl_runtime_map *m = &rt->maps[i];
     char why[256];
-    if ((rc = gl_loc_load_fine(rt->model, m->map, &fp, cfg->model_threads, &rt->fine, &m->fine, why,
+    if ((rc = gl_loc_load_fine(rt->model, m->map, &fp, threads, &rt->fine[0], &m->fine, why,
                                sizeof why))) {
       snprintf(err, errlen, "%s", why);
       return rc;
@@ -55,6 +68,10 @@ static int gl__runtime_fine(struct gl_runtime *rt, const struct gl_config *cfg, 
                d->rows, d->cols, fp.top_k);
     }
   }
+  for (uint32_t w = 1; rt->fine[0] && w < n; w++)
+    if ((rc = gl_loc_fine_frame_create(rt->model, gl_loc_fine_frame_layer(rt->fine[0]), &fp,
+                                       threads, &rt->fine[w], err, errlen)))
+      return rc;
   return 0;
 }
 

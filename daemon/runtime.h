@@ -35,9 +35,14 @@ struct gl_runtime {
   double bandwidth_m; /* 0: each map's tile size */
   uint32_t input_size; /* the model's input side: frames with a heading are warped to it */
   /* The fine stage, when [search] fine is on and a map has a dense layer
-   * (the first such map's layer); used by the search thread only. */
-  struct gl_loc_fine_frame *fine;
+   * (the first such map's layer): one per search thread ([search]
+   * threads), each used by its thread only; none (NULL) otherwise. */
+  struct gl_loc_fine_frame *fine[GL_CONFIG_MAX_SEARCH_THREADS];
 };
+
+/* [search] threads: the search threads to run (0: one per CPU core, at
+ * most GL_CONFIG_MAX_SEARCH_THREADS). */
+uint32_t gl_runtime_search_threads(const struct gl_config *cfg);
 
 /* Loads cfg's [model] and [map NAME] sections: the model, an engine on the
  * configured backend (auto: CUDA when available, else the CPU), and every

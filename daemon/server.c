@@ -54,8 +54,8 @@ int gl_server_create(uv_loop_t *loop, struct gl_config *cfg, struct gl_server **
     if (rc != GL_OK)
       goto fail;
   }
-  rc = gl_pipeline_create(loop, srv->cfg.decode_threads, gl__on_job_done, srv, &srv->pipe, err,
-                          errlen);
+  rc = gl_pipeline_create(loop, srv->cfg.decode_threads, gl_runtime_search_threads(&srv->cfg),
+                          gl__on_job_done, srv, &srv->pipe, err, errlen);
   if (rc != GL_OK)
     goto fail;
   rc = gl__listen_all(srv, err, errlen);

@@ -65,6 +65,7 @@ static const struct gl__cfg_key gl__keys[] = {
     GL__K("model", "threads", GL__CFG_U32, model_threads, 0, 256, false),
     GL__K("search", "tiles", GL__CFG_U32, search_tiles, 1, 1024, false),
     GL__K("search", "bandwidth_m", GL__CFG_U32, bandwidth_m, 0, 100000, false),
+    GL__K("search", "threads", GL__CFG_U32, search_threads, 1, GL_CONFIG_MAX_SEARCH_THREADS, true),
     GL__K("search", "fine", GL__CFG_BOOL, fine, 0, 0, false),
     GL__K("search", "fine_top_k", GL__CFG_U32, fine_top_k, 1, 1024, false),
     GL__K("search", "fine_radius_cells", GL__CFG_U32, fine_radius_cells, 0, 16, false),
@@ -598,6 +599,7 @@ void gl_config_defaults(struct gl_config *cfg) {
   cfg->batch_window_us = 2000;
   cfg->search_tiles = 64;
   /* The fine stage's defaults are gl_loc_fine_params_init's. */
+  cfg->search_threads = 0;
   cfg->fine = true;
   cfg->fine_top_k = 50;
   cfg->fine_radius_cells = 2;

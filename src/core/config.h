@@ -26,6 +26,7 @@ struct gl_config_map {
 };
 
 #define GL_CONFIG_MAX_MAPS 64
+#define GL_CONFIG_MAX_SEARCH_THREADS 64
 
 /* One [token NAME] section: a client token, as its salted hash, and the maps
  * it may use. */
@@ -70,6 +71,7 @@ struct gl_config {
   /* [search] */
   uint32_t search_tiles; /* tiles: nearest tiles clustered into estimates */
   uint32_t bandwidth_m;  /* bandwidth_m: clustering bandwidth, 0 = the map's tile size */
+  uint32_t search_threads; /* threads: frames searched at once, 0 one per core (restart) */
   /* The fine stage (src/loc/fine.h), for maps with a dense layer. */
   bool fine;                   /* fine: on (default) or off */
   uint32_t fine_top_k;         /* fine_top_k: global candidates re-scored */

@@ -502,6 +502,34 @@ class FineServing(unittest.TestCase):
             self.assertAlmostEqual(float(served[img][0]["lat"]), float(full[img][0]["lat"]), 6)
             self.assertAlmostEqual(float(served[img][0]["lon"]), float(full[img][0]["lon"]), 6)
 
+    def test_search_threads(self):
+        """[search] threads = 2: frames with and without a heading are
+        served as with one thread; a reload that asks for another number
+        keeps the running threads (each with its fine stage) and says so."""
+        d = Daemon(model=self.model, map_path=self.map, model_extra="[search]\nthreads = 2")
+        try:
+            for round in range(2):
+                imgs = [v[0] for v in self.views] * 3
+                rc, rows, err = d.query(imgs, "--top-k", "1", "--window", "9")
+                self.assertEqual(rc, 0, err)
+                by = answers(rows)
+                for img, lat, lon, h in self.views:
+                    self.assertEqual(len(by[img]), 3)
+                    for row in by[img]:
+                        self.check(row, lat, lon, h)
+                if round == 0:
+                    d.model_extra = "[search]\nthreads = 5"
+                    d.write_conf("", self.model)
+                    d.proc.send_signal(signal.SIGHUP)
+                    deadline = time.time() + 30
+                    while ("with its model and maps" not in d.log_text()
+                           and time.time() < deadline):
+                        time.sleep(0.1)
+                    self.assertIn("[search] threads changed", d.log_text())
+                    self.assertIn("configuration reloaded with its model and maps", d.log_text())
+        finally:
+            self.assertEqual(d.stop(), 0, d.log_text())
+
     def test_fine_stage_off(self):
         """[search] fine = false: the global stage alone, which estimates no
         heading."""
@@ -615,6 +643,38 @@ class TrackServing(unittest.TestCase):
             single = sum(x["error_m"] != "" and float(x["error_m"]) <= 100 for x in rows)
             self.assertGreaterEqual(tracked, single, r.stdout)
             self.assertIn("tracked: locked", r.stderr)
+        finally:
+            self.assertEqual(d.stop(), 0, d.log_text())
+
+    def test_search_threads_keep_each_stream_in_order(self):
+        """[search] threads = 3, with other clients' frames searched beside
+        it: the flight's frames still step its filter one at a time and in
+        order, so the daemon's tracks are those of `geoloc eval` in-process,
+        frame for frame; every frame of every client is answered once."""
+        args = ["--flights", self.flight, "--use-heading", "--heading-noise", "10",
+                "--per-frame", "--format", "csv"]
+        r = subprocess.run([GEOLOC, "eval", "--model", self.model, "--map", self.map, *args],
+                           capture_output=True, text=True, timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        local = list(csv.DictReader(io.StringIO(r.stdout)))
+        d = Daemon(model=self.model, map_path=self.map, model_extra="[search]\nthreads = 3")
+        try:
+            frames = [os.path.join(self.flight, x["file"]) for x in self.labels[:8]]
+            load = subprocess.Popen([GEOLOC, "bench", "--connect", "127.0.0.1:%d" % d.port,
+                                     "--clients", "4", "--frames", "120", *frames],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            r = subprocess.run([GEOLOC, "eval", "--connect", "127.0.0.1:%d" % d.port, *args],
+                               capture_output=True, text=True, timeout=300)
+            out, err = load.communicate(timeout=300)
+            self.assertEqual(load.returncode, 0, err)
+            self.assertIn("each exactly once: yes", out + err)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            served = list(csv.DictReader(io.StringIO(r.stdout)))
+            self.assertEqual(len(served), len(local))
+            keys = [k for k in local[0] if k.startswith("track_") and k != "track_latency_ms"]
+            self.assertIn("track_status", keys)
+            for a, b in zip(local, served):
+                self.assertEqual([a[k] for k in keys], [b[k] for k in keys], (a, b))
         finally:
             self.assertEqual(d.stop(), 0, d.log_text())
 

@@ -234,6 +234,7 @@ static void check_defaults(const struct gl_config *cfg) {
   CHECK(cfg->fine);
   CHECK_EQ_INT(cfg->fine_top_k, 50);
   CHECK_EQ_INT(cfg->fine_full_scan_cells, 0);
+  CHECK_EQ_INT(cfg->search_threads, 0);
 }
 
 static void test_defaults(void) {
@@ -783,6 +784,7 @@ static void test_serving(void) {
               "[search]\n"
               "tiles = 32\n"
               "fine_full_scan_cells = 6000\n"
+              "threads = 4\n"
               "[metrics]\n"
               "listen = 127.0.0.1:9100\n",
               &cfg)) {
@@ -802,6 +804,7 @@ static void test_serving(void) {
     CHECK_EQ_INT(cfg.maps[1].line, 14);
     CHECK_EQ_INT(cfg.search_tiles, 32);
     CHECK_EQ_INT(cfg.fine_full_scan_cells, 6000);
+    CHECK_EQ_INT(cfg.search_threads, 4);
     CHECK_EQ_INT(cfg.fine_top_k, 50); /* the others at their defaults */
     CHECK_EQ_STR(cfg.metrics_listen, "127.0.0.1:9100");
     gl_config_fini(&cfg);
@@ -817,6 +820,7 @@ static void test_serving(void) {
   EXPECT_ERR("[model]\npath = /m\nbackend = tpu\n", GL_ECONFIG, 3, 0, "model", "backend");
   EXPECT_ERR("[search]\nfine_full_scan_cells = 1000001\n", GL_ECONFIG, 2, 0, "search",
              "fine_full_scan_cells");
+  EXPECT_ERR("[search]\nthreads = 65\n", GL_ECONFIG, 2, 0, "search", "threads");
   /* precision was a GPU setting that nothing read: gone, and refused. */
   EXPECT_ERR("[model]\nprecision = fp16\npath = /m\n", GL_ECONFIG, 2, 0, "model", "precision");
   EXPECT_ERR("[daemon]\n[model]\nmax_batch = 4\n", GL_ECONFIG, 2, 0, "model", "path");
