@@ -41,7 +41,7 @@ static int check_config(const struct gl_config *cfg) {
   }
   if (cfg->model_path) { /* loads and verifies the model and every map */
     struct gl_runtime *rt;
-    if (gl_runtime_load(cfg, &rt, err, sizeof err) != GL_OK) {
+    if (gl_runtime_load(cfg, 1, &rt, err, sizeof err) != GL_OK) { /* one thread's stage */
       fprintf(stderr, "geolocd: %s\n", err);
       return 1;
     }

@@ -59,6 +59,7 @@ struct gl_pipeline {
 
   struct gl__searcher search[GL_CONFIG_MAX_SEARCH_THREADS];
   uint32_t n_search;
+  uint64_t scans; /* gl__take's scans of the queue; under mu */
   /* Inference thread only. Sized for the largest batch and descriptor seen:
    * they grow when a reloaded model needs more, never per frame. */
   float *desc;
@@ -556,15 +557,25 @@ static void *gl__infer_main(void *arg) {
 
 /* Takes into s->group the next jobs s may search (under mu): from the
  * queue's head, those of the first eligible job's runtime and map, up to a
- * group. A tracked stream's frames must step its filter one at a time and
- * in order, so a stream is held by the thread that took one of its frames
- * until that thread is done with them: the others pass its frames by. */
+ * group and at most the thread's share of the queue. A tracked stream's
+ * frames must step its filter one at a time and in order, so a stream is
+ * held by the thread that took one of its frames until that thread is done
+ * with them: the others pass its frames by. Once one of a stream's frames
+ * is passed by, so are its later ones in the same scan (a reload can put
+ * one stream's frames in two runtimes). */
 static uint32_t gl__take(struct gl_pipeline *p, struct gl__searcher *s) {
+  uint32_t queued = 0;
+  for (const struct gl_job *j = p->search_head; j && queued < GL__SEARCH_GROUP * p->n_search;
+       j = j->next)
+    queued++;
+  const uint32_t max = (queued + p->n_search - 1) / p->n_search;
+  const uint64_t scan = ++p->scans;
   uint32_t n = 0;
   struct gl_job *prev = NULL;
-  for (struct gl_job *j = p->search_head; j && n < GL__SEARCH_GROUP;) {
+  for (struct gl_job *j = p->search_head; j && n < max;) {
     struct gl_job *next = j->next;
-    bool mine = !j->trk || !j->trk->searcher || j->trk->searcher == s->w + 1;
+    bool mine = !j->trk || ((!j->trk->searcher || j->trk->searcher == s->w + 1) &&
+                            j->trk->passed != scan);
     if (mine && (n == 0 || (j->rt == s->group[0]->rt && j->map == s->group[0]->map))) {
       if (prev)
         prev->next = next;
@@ -577,6 +588,8 @@ static uint32_t gl__take(struct gl_pipeline *p, struct gl__searcher *s) {
         j->trk->searcher = s->w + 1;
       s->group[n++] = j;
     } else {
+      if (j->trk)
+        j->trk->passed = scan;
       prev = j;
     }
     j = next;
@@ -589,7 +602,8 @@ static void *gl__search_main(void *arg) {
   struct gl_pipeline *p = s->p;
   /* One query at a time needs no thread team: FAISS would otherwise open an
    * OpenMP parallel region per frame and wake threads that the engine is
-   * using (OpenMP settings are per thread, so the engine keeps its own). */
+   * using (OpenMP settings are per thread, so the inference engine keeps
+   * its own; this thread's fine stage sets its share when it first runs). */
   omp_set_num_threads(1);
   pthread_mutex_lock(&p->mu);
   for (;;) {

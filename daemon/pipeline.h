@@ -62,8 +62,10 @@ struct gl_stream_track {
   uint64_t last_time_us; /* the last accepted frame's capture time */
   bool has_time;
   /* Under the pipeline's lock: 1 + the search thread holding the stream
-   * (one of its frames is being searched), 0 when none. */
+   * (one of its frames is being searched), 0 when none; the last scan of
+   * the search queue that passed one of its frames by. */
   uint32_t searcher;
+  uint64_t passed;
   /* The search thread holding the stream only, after Hello: the filter,
    * for the grid of its map, and the ids of its last fixed_lag + 1 frames
    * (a ring, for smoothing). */

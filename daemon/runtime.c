@@ -29,8 +29,8 @@ uint32_t gl_runtime_search_threads(const struct gl_config *cfg) {
 
 /* The fine stage for the maps that have a dense layer: planned for the
  * first one's layer; a map with another layer is served without it. */
-static int gl__runtime_fine(struct gl_runtime *rt, const struct gl_config *cfg, char *err,
-                            size_t errlen) {
+static int gl__runtime_fine(struct gl_runtime *rt, const struct gl_config *cfg, uint32_t n,
+                            char *err, size_t errlen) {
   struct gl_loc_fine_params fp;
   gl_loc_fine_params_init(&fp);
   fp.top_k = cfg->fine_top_k;
@@ -41,12 +41,13 @@ static int gl__runtime_fine(struct gl_runtime *rt, const struct gl_config *cfg, 
   int rc = gl_loc_fine_params_check(&fp, err, errlen);
   if (rc || !cfg->fine)
     return rc;
-  /* The search threads share the cores: with the CPU backend's default (a
-   * thread per core) each thread's stage gets its share of them. */
-  const uint32_t n = gl_runtime_search_threads(cfg), cores = uv_available_parallelism();
+  /* The search threads share the CPU backend's threads ([model] threads, 0:
+   * a thread per core): each thread's stage gets its share of them. */
   uint32_t threads = cfg->model_threads;
-  if (!threads && n > 1)
-    threads = cores > n ? cores / n : 1;
+  if (n > 1) {
+    uint32_t all = threads ? threads : uv_available_parallelism();
+    threads = all > n ? all / n : 1;
+  }
   for (uint32_t i = 0; i < rt->n_maps; i++) {
     struct gl_runtime_map *m = &rt->maps[i];
     char why[256];
@@ -94,8 +95,8 @@ static int gl__runtime_engine(struct gl_runtime *rt, const struct gl_config *cfg
   return rc;
 }
 
-int gl_runtime_load(const struct gl_config *cfg, struct gl_runtime **out, char *err,
-                    size_t errlen) {
+int gl_runtime_load(const struct gl_config *cfg, uint32_t search_threads,
+                    struct gl_runtime **out, char *err, size_t errlen) {
   char why[512];
   int rc;
   *out = NULL;
@@ -136,7 +137,7 @@ int gl_runtime_load(const struct gl_config *cfg, struct gl_runtime **out, char *
              cfg->maps[i].path);
   }
   rt->input_size = gl_nn_model_input_size(rt->model);
-  rc = gl__runtime_fine(rt, cfg, why, sizeof why);
+  rc = gl__runtime_fine(rt, cfg, search_threads, why, sizeof why);
   if (rc != GL_OK) {
     snprintf(err, errlen, "[search] fine stage: %s", why);
     goto fail;

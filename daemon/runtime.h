@@ -35,21 +35,23 @@ struct gl_runtime {
   double bandwidth_m; /* 0: each map's tile size */
   uint32_t input_size; /* the model's input side: frames with a heading are warped to it */
   /* The fine stage, when [search] fine is on and a map has a dense layer
-   * (the first such map's layer): one per search thread ([search]
-   * threads), each used by its thread only; none (NULL) otherwise. */
+   * (the first such map's layer): one per search thread (fine[0] ..
+   * fine[search_threads - 1]), each used by its thread only; none (NULL)
+   * otherwise. */
   struct gl_loc_fine_frame *fine[GL_CONFIG_MAX_SEARCH_THREADS];
 };
 
 /* [search] threads: the search threads to run (0: one per CPU core, at
- * most GL_CONFIG_MAX_SEARCH_THREADS). */
+ * most GL_CONFIG_MAX_SEARCH_THREADS). A daemon resolves it once, at start:
+ * its pipeline's threads and every runtime it loads use that number. */
 uint32_t gl_runtime_search_threads(const struct gl_config *cfg);
 
 /* Loads cfg's [model] and [map NAME] sections: the model, an engine on the
  * configured backend (auto: CUDA when available, else the CPU), and every
  * map, which must have been built with this model. Slow (seconds): call it
  * off the event loop once serving. Writes what failed to err. */
-int gl_runtime_load(const struct gl_config *cfg, struct gl_runtime **out, char *err,
-                    size_t errlen);
+int gl_runtime_load(const struct gl_config *cfg, uint32_t search_threads,
+                    struct gl_runtime **out, char *err, size_t errlen);
 
 struct gl_runtime *gl_runtime_ref(struct gl_runtime *rt);
 void gl_runtime_unref(struct gl_runtime *rt);

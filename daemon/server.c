@@ -36,6 +36,7 @@ int gl_server_create(uv_loop_t *loop, struct gl_config *cfg, struct gl_server **
   srv->loop = loop;
   srv->src_seed = (uint32_t)(gl__realtime_us() ^ (uintptr_t)srv);
   srv->cfg = *cfg;
+  srv->search_threads = gl_runtime_search_threads(&srv->cfg);
   gl_config_defaults(cfg); /* ownership moved */
   uv_signal_init(loop, &srv->sig_term);
   uv_signal_init(loop, &srv->sig_int);
@@ -50,12 +51,12 @@ int gl_server_create(uv_loop_t *loop, struct gl_config *cfg, struct gl_server **
   /* The model and maps load before any socket is opened: a client never
    * reaches a daemon that is not ready to serve it. */
   if (srv->cfg.model_path) {
-    rc = gl_runtime_load(&srv->cfg, &srv->rt, err, errlen);
+    rc = gl_runtime_load(&srv->cfg, srv->search_threads, &srv->rt, err, errlen);
     if (rc != GL_OK)
       goto fail;
   }
-  rc = gl_pipeline_create(loop, srv->cfg.decode_threads, gl_runtime_search_threads(&srv->cfg),
-                          gl__on_job_done, srv, &srv->pipe, err, errlen);
+  rc = gl_pipeline_create(loop, srv->cfg.decode_threads, srv->search_threads, gl__on_job_done, srv,
+                          &srv->pipe, err, errlen);
   if (rc != GL_OK)
     goto fail;
   rc = gl__listen_all(srv, err, errlen);

@@ -127,6 +127,7 @@ struct gl_server {
   uv_loop_t *loop;
   struct gl_config cfg;
   struct gl_runtime *rt; /* NULL without a [model] */
+  uint32_t search_threads; /* [search] threads, resolved at start: never changes */
   struct gl_metrics *metrics;
   uv_timer_t heartbeat;
   struct gl_pipeline *pipe;
