@@ -360,8 +360,8 @@ static bool gl__cluster(struct gl__searcher *p, struct gl_job *job, uint32_t i) 
   if (rt->maps[job->map].fine) {
     uint32_t nh;
     const struct gl_map_hit *hits = gl_loc_locator_hits(p->loc, i, &nh);
-    rc = gl_loc_fine_frame(rt->fine[p->w], rt->maps[job->map].map, &job->image, job->heading_deg, hits,
-                           nh, job->has_prior ? &job->prior : NULL, p->est, want, &n_est,
+    rc = gl_loc_fine_frame(rt->fine[p->w], rt->maps[job->map].map, &job->image, job->heading_deg,
+                           hits, nh, job->has_prior ? &job->prior : NULL, p->est, want, &n_est,
                            job->error, sizeof job->error);
     gl_img_free(&job->image);
   } else {
@@ -574,8 +574,8 @@ static uint32_t gl__take(struct gl_pipeline *p, struct gl__searcher *s) {
   struct gl_job *prev = NULL;
   for (struct gl_job *j = p->search_head; j && n < max;) {
     struct gl_job *next = j->next;
-    bool mine = !j->trk || ((!j->trk->searcher || j->trk->searcher == s->w + 1) &&
-                            j->trk->passed != scan);
+    bool mine =
+        !j->trk || ((!j->trk->searcher || j->trk->searcher == s->w + 1) && j->trk->passed != scan);
     if (mine && (n == 0 || (j->rt == s->group[0]->rt && j->map == s->group[0]->map))) {
       if (prev)
         prev->next = next;
@@ -667,7 +667,7 @@ int gl_pipeline_create(uv_loop_t *loop, uint32_t decode_threads, uint32_t search
   pthread_cond_init(&p->search_cv, NULL);
   pthread_condattr_destroy(&ca);
   int rc = GL_OK;
-  p->n_search = search_threads < 1 ? 1
+  p->n_search = search_threads < 1                              ? 1
                 : search_threads > GL_CONFIG_MAX_SEARCH_THREADS ? GL_CONFIG_MAX_SEARCH_THREADS
                                                                 : search_threads;
   /* The threads touch the async handle only for jobs, which come after

@@ -144,9 +144,8 @@ static void gl__srv_apply(struct gl_server *srv, struct gl_config *nc, struct gl
 
 static void gl__reload_work(uv_work_t *w) {
   struct gl_server *srv = w->data;
-  srv->reload_rc =
-      gl_runtime_load(&srv->reload_cfg, srv->search_threads, &srv->reload_rt, srv->reload_err,
-                      sizeof srv->reload_err);
+  srv->reload_rc = gl_runtime_load(&srv->reload_cfg, srv->search_threads, &srv->reload_rt,
+                                   srv->reload_err, sizeof srv->reload_err);
 }
 
 static void gl__reload_done(uv_work_t *w, int status) {

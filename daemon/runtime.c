@@ -95,8 +95,8 @@ static int gl__runtime_engine(struct gl_runtime *rt, const struct gl_config *cfg
   return rc;
 }
 
-int gl_runtime_load(const struct gl_config *cfg, uint32_t search_threads,
-                    struct gl_runtime **out, char *err, size_t errlen) {
+int gl_runtime_load(const struct gl_config *cfg, uint32_t search_threads, struct gl_runtime **out,
+                    char *err, size_t errlen) {
   char why[512];
   int rc;
   *out = NULL;

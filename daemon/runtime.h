@@ -50,8 +50,8 @@ uint32_t gl_runtime_search_threads(const struct gl_config *cfg);
  * configured backend (auto: CUDA when available, else the CPU), and every
  * map, which must have been built with this model. Slow (seconds): call it
  * off the event loop once serving. Writes what failed to err. */
-int gl_runtime_load(const struct gl_config *cfg, uint32_t search_threads,
-                    struct gl_runtime **out, char *err, size_t errlen);
+int gl_runtime_load(const struct gl_config *cfg, uint32_t search_threads, struct gl_runtime **out,
+                    char *err, size_t errlen);
 
 struct gl_runtime *gl_runtime_ref(struct gl_runtime *rt);
 void gl_runtime_unref(struct gl_runtime *rt);

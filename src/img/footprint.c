@@ -99,7 +99,8 @@ int gl_img_footprint(uint32_t width, uint32_t height, const struct gl_img_camera
   return GL_OK;
 }
 
-_Static_assert(GL_IMG_FOOTPRINT_MAX_AA <= GL__IMG_MAX_SAMPLES, "the crop samples more than gl__img_resample can");
+_Static_assert(GL_IMG_FOOTPRINT_MAX_AA <= GL__IMG_MAX_SAMPLES,
+               "the crop samples more than gl__img_resample can");
 
 void gl_img_footprint_crop(const struct gl_image *src, const struct gl_img_footprint *fp,
                            uint8_t *out) {

@@ -32,8 +32,8 @@ static const double gl__u8d[256] = {GL__D64(0), GL__D64(64), GL__D64(128), GL__D
 /* Adds to s[0..2] the bilinear sample of src at (x, y) before reflection,
  * in the reference's order of operations (each term as fine.py writes it),
  * so that the results stay those of the reference to the last bit. */
-static inline __attribute__((always_inline)) void gl__sample(const struct gl_image *src,
-                                                             double x, double y, double *s) {
+static inline __attribute__((always_inline)) void gl__sample(const struct gl_image *src, double x,
+                                                             double y, double *s) {
   const uint32_t W = src->width, H = src->height;
   const size_t row = (size_t)W * 3;
   x = gl__reflect(x, W);
