@@ -32,6 +32,8 @@ except ImportError as e:  # pragma: no cover
     sys.exit(77)
 
 BUILD, SRC = (os.path.abspath(p) for p in sys.argv[1:3])
+sys.path.insert(0, os.path.join(SRC, "tests", "serving"))
+import common  # noqa: E402  (free_port)
 del sys.argv[1:3]
 GEOLOCD = os.path.join(BUILD, "daemon", "geolocd")
 GEOLOC = os.path.join(BUILD, "tools", "geoloc")
@@ -41,12 +43,6 @@ SUMMARY = re.compile(
     r"^eval: (\d+) frames, R@1 (n/a|[\d.]+%), R@5 (n/a|[\d.]+%), R@10 (n/a|[\d.]+%), "
     r"median ([\d.]+|inf|n/a) m, p90 ([\d.]+|inf|n/a) m, success@100m ([\d.]+)%, "
     r"([\d.]+) frames/s$")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def png_size(path):
@@ -145,7 +141,7 @@ def run(*args, timeout=300):
 
 class Daemon:
     def __init__(self):
-        self.port = free_port()
+        self.port = common.free_port()
         conf = os.path.join(FIX.dir, "geolocd-%d.conf" % self.port)
         with open(conf, "w") as f:
             f.write("[listen]\ntcp = 127.0.0.1:%d\n[model]\npath = %s\nmax_batch = 4\n"

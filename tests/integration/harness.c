@@ -179,19 +179,45 @@ const char *gl_test_status_str(int status) {
 
 /* ---- environment ---------------------------------------------------------- */
 
+/* The first port of the kernel's ephemeral range (32768 when unknown). */
+static unsigned ephemeral_low(void) {
+  unsigned lo = 32768, hi = 0;
+  FILE *f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r");
+  if (f) {
+    if (fscanf(f, "%u %u", &lo, &hi) != 2)
+      lo = 32768;
+    fclose(f);
+  }
+  return lo;
+}
+
+/* A loopback port free now, drawn below the kernel's ephemeral range: the
+ * outgoing connections of the tests running beside this one take their
+ * local ports from that range, and one of them could take a port picked
+ * there before the daemon under test binds it. */
 uint16_t gl_test_free_port(void) {
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0)
-    GL_FAIL("socket: %s", strerror(errno));
-  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = 0};
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0)
-    GL_FAIL("bind 127.0.0.1:0: %s", strerror(errno));
-  socklen_t sl = sizeof sa;
-  if (getsockname(fd, (struct sockaddr *)&sa, &sl) != 0)
-    GL_FAIL("getsockname: %s", strerror(errno));
-  close(fd);
-  return ntohs(sa.sin_port);
+  static unsigned seed;
+  if (!seed)
+    seed = (unsigned)getpid() ^ (unsigned)gl_test_mono_ms();
+  unsigned low = ephemeral_low();
+  for (int tries = 0; tries < 1000; tries++) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+      GL_FAIL("socket: %s", strerror(errno));
+    unsigned port = low > 11000 ? 10000 + (unsigned)rand_r(&seed) % (low - 10000) : 0;
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+      close(fd);
+      continue;
+    }
+    socklen_t sl = sizeof sa;
+    if (getsockname(fd, (struct sockaddr *)&sa, &sl) != 0)
+      GL_FAIL("getsockname: %s", strerror(errno));
+    close(fd);
+    return ntohs(sa.sin_port);
+  }
+  GL_FAIL("no free loopback port below %u", low);
 }
 
 static void pick_ports(struct gl_test_env *e) {

@@ -41,19 +41,40 @@ def paths(build, src):
 
 
 _PORTS = set()  # handed out by free_port
+_PORT_LOW = 10000
+
+
+def _ephemeral_low():
+    """The first port of the kernel's ephemeral range (32768 when unknown)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def free_port():
-    """A loopback port free now, never one this process was given before:
-    two picks in a row (a daemon's port and its metrics port) can otherwise
-    be the same port."""
-    while True:
+    """A loopback port free now, never one this process was given before
+    (two picks in a row, a daemon's port and its metrics port, could
+    otherwise be the same), drawn below the kernel's ephemeral range: the
+    outgoing connections of the tests running beside this one take their
+    local ports from that range, and one of them could take a port picked
+    there before the daemon under test binds it."""
+    low = _ephemeral_low()
+    for _ in range(1000):
+        port = random.randrange(_PORT_LOW, low) if low > _PORT_LOW + 1000 else 0
+        if port in _PORTS:
+            continue
         with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
             port = s.getsockname()[1]
         if port not in _PORTS:
             _PORTS.add(port)
             return port
+    raise AssertionError("no free loopback port below %d" % low)
 
 
 def varint(n):
