@@ -164,6 +164,17 @@ def cmd_xtime_water(a) -> int:
     return 0
 
 
+def cmd_xtime_change(a) -> int:
+    from . import xtime
+    rows = xtime.water_change(a.naip, a.ref)
+    parts = xtime.CHANGE_PARTS
+    print(f"year  water / changed since {a.ref} (share of the ground): " + ", ".join(parts))
+    for year, r in rows.items():
+        print(f"{year}  " + "   ".join(f"{100 * r[k][0]:4.1f}% / {100 * r[k][1]:4.1f}%"
+                                       for k in parts))
+    return 0
+
+
 # The fine stage's reference (fine.py): outputs for the C parity tests.
 def _rgb(path):
     return image.load_image(path).numpy()
@@ -301,6 +312,12 @@ def main(argv=None) -> int:
     s.add_argument("--labels", required=True, help="the query set's labels.csv")
     s.add_argument("--results", required=True, help="geoloc eval --csv output for those queries")
     s.set_defaults(func=cmd_xtime_water)
+
+    s = sub.add_parser("xtime-change", help="open water per year and the share of the ground "
+                       "whose water changed since a reference year, per part of naip-xtime")
+    s.add_argument("--naip", required=True, help="folder of the NAIP GeoTIFFs (4 bands)")
+    s.add_argument("--ref", type=int, default=2020, help="reference year (default 2020)")
+    s.set_defaults(func=cmd_xtime_change)
 
     s = sub.add_parser("warp", help="fine stage: turn a frame north-up for a heading")
     s.add_argument("--image", required=True)

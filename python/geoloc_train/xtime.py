@@ -616,3 +616,41 @@ def water_breakdown(naip_dir, labels_csv, results_csv, old_years=(2009, 2010)) -
             counts[k] = (n + 1, hits + ok)
     return [(edges[b], min(edges[b + 1], 1.0), old, *counts.get((b, old), (0, 0)))
             for b in range(len(WATER_BINS)) for old in (True, False)]
+
+
+CHANGE_PARTS = ("head training", "validation band", "evaluation")
+
+
+def water_change(naip_dir, ref_year: int = REFERENCE_YEAR, step_m: float = 10.0) -> dict:
+    """year -> {part: (share of water, share of ground whose water state
+    differs from ref_year's)} over the parts of naip-xtime's ground: the
+    dense head's training ground (west, north of the validation band), the
+    validation band (west, south of VAL_NORTHING) and the evaluation half
+    (east of X_SPLIT). Each year's water mask (water_mask) is read at the
+    same points, every step_m metres over the reference raster, by their
+    coordinates (the rasters' grids differ by a pixel or so)."""
+    paths = {int(naip_date(p)[:4]): p for p in sorted(glob.glob(os.path.join(naip_dir, "*.tif")))}
+    if ref_year not in paths:
+        raise ValueError(f"no NAIP raster of {ref_year} in {naip_dir}")
+    masks = {y: water_mask(p) for y, p in paths.items()}
+    ext = np.array([Raster.open(p).extent() for p in paths.values()])
+    x0, y0, x1, y1 = ext[:, 0].max(), ext[:, 1].max(), ext[:, 2].min(), ext[:, 3].min()
+    xs, ys = np.meshgrid(np.arange(x0 + step_m / 2, x1, step_m),
+                         np.arange(y0 + step_m / 2, y1, step_m))
+    west = xs <= X_SPLIT - BUFFER_M
+    parts = {CHANGE_PARTS[0]: west & (ys >= VAL_NORTHING + VAL_BUFFER_M),
+             CHANGE_PARTS[1]: west & (ys < VAL_NORTHING),
+             CHANGE_PARTS[2]: xs >= X_SPLIT}
+
+    def read(year):
+        mask, gt = masks[year]
+        c = np.clip(((xs - gt[0]) / gt[1]).astype(int), 0, mask.shape[1] - 1)
+        r = np.clip(((ys - gt[3]) / gt[5]).astype(int), 0, mask.shape[0] - 1)
+        return mask[r, c]
+
+    ref = read(ref_year)
+    out = {}
+    for year in sorted(masks):
+        w = read(year)
+        out[year] = {k: (float(w[m].mean()), float((w != ref)[m].mean())) for k, m in parts.items()}
+    return out

@@ -296,6 +296,39 @@ class Naip(unittest.TestCase):
         with self.assertRaisesRegex(ValueError, "near-infrared"):
             X.water_mask(write_tif(os.path.join(self.tmp.name, "rgb.tif"), bands[:3]))
 
+    def test_water_change(self):
+        # 2020: water on the west half (x < 488000), none on the east;
+        # 2009: water south of the validation line (y < 5206720) everywhere.
+        # 10 m pixels over x 487000..489500, y 5206000..5208000.
+        d = os.path.join(self.tmp.name, "change")
+        os.makedirs(d)
+        gt = (487000.0, 10.0, 0.0, 5208000.0, 0.0, -10.0)
+        xs = 487000.0 + 10.0 * (np.arange(250) + 0.5)
+        ys = 5208000.0 - 10.0 * (np.arange(200) + 0.5)
+        for name, water in (("20200831", np.broadcast_to(xs < 488000.0, (200, 250))),
+                            ("20090818", np.broadcast_to((ys < 5206720.0)[:, None], (200, 250)))):
+            nir = np.where(water, 20, 180).astype(np.uint8)
+            bands = np.stack([np.full_like(nir, 90)] * 3 + [nir])
+            write_tif(os.path.join(d, f"m_4709963_se_14_1_{name}.tif"), bands, gt=gt)
+        rows = X.water_change(d, 2020, step_m=10.0)
+        self.assertEqual(sorted(rows), [2009, 2020])
+        head, band, ev = (rows[2009][k] for k in X.CHANGE_PARTS)
+        # Head ground (west, north of the band): land in 2009, water in 2020.
+        self.assertEqual(head, (0.0, 1.0))
+        # Band: water both years, inside x < 488000; land in 2020 up to 487900.
+        self.assertEqual(band, (1.0, 0.0))
+        # Evaluation half: 2009 water on its southern 720 of 2000 m, none in 2020.
+        self.assertAlmostEqual(ev[0], 0.36, delta=0.006)
+        self.assertAlmostEqual(ev[1], 0.36, delta=0.006)
+        self.assertEqual([v[1] for v in rows[2020].values()], [0.0, 0.0, 0.0])
+        self.assertEqual([v[0] for v in rows[2020].values()], [1.0, 1.0, 0.0])
+        p = run_cli("xtime-change", "--naip", d)
+        lines = p.stdout.strip().splitlines()
+        self.assertEqual(len(lines), 3)
+        self.assertTrue(lines[1].startswith("2009 ") and "100.0%" in lines[1], lines[1])
+        with self.assertRaisesRegex(ValueError, "no NAIP raster of 2019"):
+            X.water_change(d, 2019)
+
     def test_water_breakdown(self):
         # Three 2009 queries and one 2015 query; the results say which were
         # found within 100 m; the CLI prints the counts per water bin.
