@@ -18,7 +18,7 @@ void gl_track_params_init(struct gl_track_params *p) {
   *p = (struct gl_track_params){
       .max_speed_mps = 25,
       .velocity_sigma_mps = 2,
-      .base_sigma_m = 10,
+      .base_sigma_m = 15,
       .temperature = 0.03,
       .reacquire = 0.01,
       .lock_radius_m = 100,

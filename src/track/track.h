@@ -116,7 +116,7 @@ enum gl_track_status {
 struct gl_track_params {
   double max_speed_mps;      /* top speed without a velocity (default 25), 0.1..1000 */
   double velocity_sigma_mps; /* error of a given velocity (default 2), 0..100 */
-  double base_sigma_m;       /* spread added every frame (default 10), 0..10000 */
+  double base_sigma_m;       /* spread added every frame (default 15), 0..10000 */
   double temperature;        /* of the likelihood (default 0.03), 1e-4..10 */
   double reacquire;          /* eps, mass spread evenly each frame (default 0.01), 0..0.5 */
   double lock_radius_m;      /* confidence radius (default 100), > 0 */
