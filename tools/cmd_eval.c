@@ -56,8 +56,8 @@ static void usage(FILE *f) {
              "  --tls-ca FILE, --tls-cert FILE, --tls-key FILE, --server-name N, --token T: as query\n"
              "  --top-k K           estimates asked per frame (default 10, at most 100)\n"
              "  --prior-m R         for testing a prior: send each frame a prior circle of R\n"
-             "                      metres centred on its true position (default: no prior)\n"
-             "  --per-frame         a row per frame: file, status, estimate lat/lon, truth\n"
+             "                      metres centred on its true position (default: no prior)\n");
+  fprintf(f, "  --per-frame         a row per frame: file, status, estimate lat/lon, truth\n"
              "                      lat/lon, error m, true tile, rank of the true tile, latency\n"
              "  --format F          table (default) or csv\n"
              "  --use-heading       send each frame's compass heading: the labels' heading\n"
@@ -65,6 +65,9 @@ static void usage(FILE *f) {
              "  --heading-noise D   add a deterministic error uniform in +-D degrees to each\n"
              "                      heading (default 0)\n"
              GL_CLI_FINE_USAGE
+             "  --by-year           also a row per year of the labels' date column (YYYY-MM-DD):\n"
+             "                      frames, success within 25 and 100 m, median error (and\n"
+             "                      with --flights the tracked success, locked, wrong locks)\n"
              "  --report FILE.png   draw the truths (green), the estimates (red) and a line\n"
              "                      between each pair over the map's source raster; with\n"
              "                      --flights also the track (blue, bright where locked)\n"
@@ -109,7 +112,7 @@ struct eval_opts {
   uint32_t threads, batch, tiles, top_k, window;
   double reconnect; /* with --connect: seconds */
   double prior_m;
-  bool per_frame, csv;
+  bool per_frame, csv, by_year;
   bool use_heading, no_fine;
   double heading_noise;
   struct gl_loc_fine_params fine;
@@ -419,6 +422,9 @@ static int eval_option(void *opts, int opt, const char *flag, const char *arg) {
   case 'R':
     o->report = arg;
     return GL_OK;
+  case 'Y':
+    o->by_year = true;
+    return GL_OK;
   case 'u':
     o->use_heading = true;
     return GL_OK;
@@ -485,6 +491,7 @@ static int eval_parse(int argc, char **argv, struct eval_opts *o) {
       {"per-frame", no_argument, NULL, 'F'},
       {"format", required_argument, NULL, 'f'},
       {"report", required_argument, NULL, 'R'},
+      {"by-year", no_argument, NULL, 'Y'},
       {"use-heading", no_argument, NULL, 'u'},
       {"heading-noise", required_argument, NULL, 'N'},
       {"flights", required_argument, NULL, 2000},
@@ -574,6 +581,15 @@ static int eval_run(struct eval_opts *o) {
       FILE *ff = o->per_frame && o->csv ? stderr : stdout;
       if (o->flights && gl_cli_eval_print_flights(&ev, &s, o->track_ms, ff) != GL_OK) {
         fprintf(stderr, EVAL_PROG ": the run's tracks cannot be summarized\n");
+        status = 1;
+      }
+      /* With CSV on stdout, the table goes to stderr. */
+      int yr = status == 0 && o->by_year ? gl_cli_eval_print_years(&ev, o->csv ? stderr : stdout)
+                                         : GL_OK;
+      if (yr != GL_OK) {
+        fprintf(stderr, EVAL_PROG ": --by-year: %s\n",
+                yr == GL_EFORMAT ? "the labels have no date column (or every date is empty)"
+                                 : gl_strerror(yr));
         status = 1;
       }
     }

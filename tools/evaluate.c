@@ -391,3 +391,73 @@ int gl_cli_eval_print_flights(const struct gl_cli_eval *ev, const struct gl_eval
           pct(t.wrong_lock, c, sizeof c), t.median_m);
   return 0;
 }
+
+static int cmp_int(const void *a, const void *b) {
+  int x = *(const int *)a, y = *(const int *)b;
+  return (x > y) - (x < y);
+}
+
+int gl_cli_eval_print_years(const struct gl_cli_eval *ev, FILE *f) {
+  const size_t n = ev->labels.n;
+  bool tracked = false;
+  for (size_t i = 0; i < n && !tracked; i++)
+    tracked = ev->labels.flights && ev->frames[i].track_status != 0;
+  int *years = malloc(n * sizeof *years);
+  struct gl_eval_frame *fs = malloc(n * sizeof *fs);
+  struct gl_eval_label *ls = malloc(n * sizeof *ls);
+  int rc = GL_ENOMEM;
+  if (!years || !fs || !ls)
+    goto done;
+  for (size_t i = 0; i < n; i++)
+    years[i] = ev->labels.v[i].year;
+  qsort(years, n, sizeof *years, cmp_int);
+  /* The distinct years in order, the frames without a date (0) last. */
+  size_t ny = 0;
+  bool undated = years[0] == 0;
+  for (size_t i = 0; i < n; i++)
+    if (years[i] != 0 && (ny == 0 || years[ny - 1] != years[i]))
+      years[ny++] = years[i];
+  if (ny == 0) {
+    rc = GL_EFORMAT; /* no frame has a date */
+    goto done;
+  }
+  if (undated)
+    years[ny++] = 0;
+  fprintf(f, "\nby year   frames  success@25m  success@100m  median m%s\n",
+          tracked ? "  tracked@100m  locked  wrong locks" : "");
+  for (size_t k = 0; k < ny; k++) {
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++)
+      if (ev->labels.v[i].year == years[k]) {
+        fs[m] = ev->frames[i];
+        ls[m++] = ev->labels.v[i];
+      }
+    struct gl_eval_summary s;
+    if ((rc = gl_eval_summarize(fs, m, 0, &s)))
+      goto done;
+    char yb[16], a[32], b[32], c[32];
+    if (years[k])
+      snprintf(yb, sizeof yb, "%d", years[k]);
+    else
+      snprintf(yb, sizeof yb, "-");
+    fprintf(f, "%-7s %8zu %12s %13s %9s", yb, m, pct(s.success[0], a, sizeof a),
+            pct(s.success[2], b, sizeof b), metres(s.median_m, c, sizeof c));
+    if (tracked) {
+      /* A flight's frames share its imagery's date, so a year holds whole
+       * flights. */
+      struct gl_eval_labels sub = {.v = ls, .n = m, .flights = true};
+      struct gl_eval_flights t;
+      if ((rc = gl_eval_flights_summarize(&sub, fs, m, &t)))
+        goto done;
+      fprintf(f, " %13s %7s %12s", pct(t.success[2], a, sizeof a), pct(t.locked, b, sizeof b),
+              pct(t.wrong_lock, c, sizeof c));
+    }
+    fputc('\n', f);
+  }
+  rc = 0;
+done:
+  free(years);
+  free(fs);
+  free(ls);
+  return rc;
+}

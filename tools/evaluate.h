@@ -66,6 +66,13 @@ void gl_cli_eval_record_smoothed(struct gl_cli_eval *ev, size_t i, int status, d
 int gl_cli_eval_print_flights(const struct gl_cli_eval *ev, const struct gl_eval_summary *s,
                               double track_ms, FILE *f);
 
+/* A row per year of the labels' date column (frames without a date last,
+ * as "-"): frames, success within 25 and 100 m, median error; with tracks
+ * also the tracked success within 100 m, the share of frames locked and
+ * the wrong locks. Returns 0, GL_EFORMAT when no frame has a date, or
+ * GL_ENOMEM. */
+int gl_cli_eval_print_years(const struct gl_cli_eval *ev, FILE *f);
+
 /* Summarizes the run (seconds of wall time) into *s. Returns 0 or
  * GL_ENOMEM. */
 int gl_cli_eval_summarize(const struct gl_cli_eval *ev, double seconds, struct gl_eval_summary *s);

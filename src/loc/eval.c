@@ -231,6 +231,22 @@ static int gl__flight_fields(struct gl__csv *c, const size_t *ocol,
   return 0;
 }
 
+/* The year of a date field: YYYY-MM-DD (year 1..9999, month 1..12, day
+ * 1..31), or 0 for an empty field. False when it is neither. */
+static bool gl__year(char *field, int *year) {
+  const char *d = gl__trim(field);
+  int y, m, day, end = 0;
+  *year = 0;
+  if (!*d)
+    return true;
+  if (strlen(d) != 10 || sscanf(d, "%4d-%2d-%2d%n", &y, &m, &day, &end) != 3 || end != 10 ||
+      !isdigit((unsigned char)d[0]) || !isdigit((unsigned char)d[5]) ||
+      !isdigit((unsigned char)d[8]) || y < 1 || m < 1 || m > 12 || day < 1 || day > 31)
+    return false;
+  *year = y;
+  return true;
+}
+
 int gl_eval_labels_load(const char *path, struct gl_eval_labels *out, char *err, size_t errlen) {
   static const char *const want[] = {"file", "lat", "lon", "heading"};
   enum { C_FILE, C_LAT, C_LON, C_HEADING, C_N };
@@ -277,9 +293,9 @@ int gl_eval_labels_load(const char *path, struct gl_eval_labels *out, char *err,
       goto fail;
     }
   }
-  /* The optional flight columns. */
-  static const char *const opt_names[] = {"flight", "time_us", "vel_n", "vel_e", "event"};
-  enum { O_FLIGHT, O_TIME, O_VN, O_VE, O_EVENT, O_N };
+  /* The optional columns: a flight's, and the imagery's date. */
+  static const char *const opt_names[] = {"flight", "time_us", "vel_n", "vel_e", "event", "date"};
+  enum { O_FLIGHT, O_TIME, O_VN, O_VE, O_EVENT, O_DATE, O_N };
   size_t ocol[O_N];
   for (int k = 0; k < O_N; k++) {
     ocol[k] = SIZE_MAX;
@@ -310,6 +326,11 @@ int gl_eval_labels_load(const char *path, struct gl_eval_labels *out, char *err,
         .line = at, .heading_deg = NAN, .flight = -1, .vel_n = NAN, .vel_e = NAN};
     if ((rc = gl__flight_fields(&c, ocol, out, &l, path, at, err, errlen)))
       goto fail;
+    if (ocol[O_DATE] != SIZE_MAX && !gl__year(c.field[ocol[O_DATE]], &l.year)) {
+      rc = gl_fail(err, errlen, GL_EFORMAT, "%s:%u: date '%s' is not a date YYYY-MM-DD", path, at,
+                   gl__trim(c.field[ocol[O_DATE]]));
+      goto fail;
+    }
     const char *file = gl__trim(c.field[col[C_FILE]]);
     if (!*file) {
       rc = gl_fail(err, errlen, GL_EFORMAT, "%s:%u: the file field is empty", path, at);

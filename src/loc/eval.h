@@ -50,6 +50,9 @@ struct gl_eval_label {
   uint64_t time_us;
   double vel_n, vel_e;
   enum gl_eval_event event;
+  /* The year of the optional date column (the capture date of the frame's
+   * imagery, YYYY-MM-DD); 0 without the column or with an empty date. */
+  int year;
 };
 
 struct gl_eval_labels {
@@ -65,7 +68,8 @@ struct gl_eval_labels {
  * file is taken relative to the directory of the labels file. Flights add
  * the columns flight and time_us (both or neither; a flight's rows
  * consecutive, its times never decreasing) and optionally vel_n, vel_e and
- * event ("", start, gap or kidnap).
+ * event ("", start, gap or kidnap). An optional date column (YYYY-MM-DD,
+ * or empty) gives each frame's year.
  *
  * Returns 0 with *out filled (free with gl_eval_labels_free); GL_ENOENT
  * when the labels file or a listed frame does not exist; GL_EFORMAT for a

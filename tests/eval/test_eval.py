@@ -237,6 +237,49 @@ class Eval(unittest.TestCase):
         self.check_rows(list(csv.DictReader(io.StringIO(r.stdout))))
         self.summary(r.stderr)  # with CSV on stdout, the summary line is on stderr
 
+    def test_by_year(self):
+        # The frames in three groups by the date column: 2009 (their truth
+        # moved about 1 km north, so none is found within 100 m), 2020, and
+        # no date; a row per year in order, the undated last.
+        path = os.path.join(FIX.set, "labels_dated.csv")
+        with open(FIX.labels) as f:
+            rows = list(csv.DictReader(f))
+        with open(path, "w") as f:
+            f.write("file,lat,lon,heading,date\n")
+            for i, row in enumerate(rows):
+                lat = float(row["lat"]) + (0.009 if i < 4 else 0)
+                date = "2009-08-18" if i < 4 else "2020-08-31" if i < 7 else ""
+                f.write("%s,%.9f,%s,%s,%s\n" % (row["file"], lat, row["lon"], row["heading"], date))
+        r = run("eval", "--model", FIX.model, "--map", FIX.map, "--labels", path, "--by-year",
+                "--per-frame", "--format", "csv")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        per = list(csv.DictReader(io.StringIO(r.stdout)))  # CSV only on stdout
+        self.assertEqual(len(per), len(rows))
+        table = r.stderr.split("\nby year ")[1].splitlines()[1:]
+        got = [line.split() for line in table]
+        self.assertEqual([g[0] for g in got], ["2009", "2020", "-"], r.stderr)
+        self.assertEqual([int(g[1]) for g in got], [4, 3, 3])
+        self.assertEqual([g[3] for g in got], ["0.0%", "100.0%", "100.0%"])
+        for g, (lo, hi) in zip(got, ((0, 4), (4, 7), (7, 10))):
+            errs = sorted(float(p["error_m"]) for p in per[lo:hi])
+            self.assertAlmostEqual(float(g[4]), errs[math.ceil(len(errs) / 2) - 1], delta=0.051)
+        # The table goes to stdout beside a table summary.
+        r = run("eval", "--model", FIX.model, "--map", FIX.map, "--labels", path, "--by-year")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("\nby year ", r.stdout)
+        # Without dates, or with a wrong one: a clear error.
+        r = run("eval", "--model", FIX.model, "--map", FIX.map, "--labels", FIX.labels,
+                "--by-year")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("--by-year: the labels have no date column", r.stderr)
+        bad = os.path.join(FIX.set, "labels_baddate.csv")
+        with open(bad, "w") as f:
+            f.write("file,lat,lon,heading,date\n%s,%s,%s,0,18/08/2009\n"
+                    % (rows[0]["file"], rows[0]["lat"], rows[0]["lon"]))
+        r = run("eval", "--model", FIX.model, "--map", FIX.map, "--labels", bad)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("labels_baddate.csv:2: date '18/08/2009' is not a date YYYY-MM-DD", r.stderr)
+
     def test_prior_around_the_truth(self):
         r = run("eval", "--model", FIX.model, "--map", FIX.map, "--labels", FIX.labels,
                 "--prior-m", "700")

@@ -179,10 +179,23 @@ static void test_labels(void) {
     snprintf(want, sizeof want, "%s/sub/d.jpg", tmpdir);
     CHECK_EQ_STR(l.v[2].path, want);
     CHECK(isnan(l.v[2].heading_deg));
+    CHECK_EQ_INT(l.v[2].year, 0); /* no date column */
     gl_eval_labels_free(&l);
   }
   if (err[0] && gl_test_failures)
     fprintf(stderr, "  %s\n", err);
+  free(csv);
+
+  /* The optional date column: each frame's year, 0 for an empty date or
+   * without the column (above). */
+  csv = write_file("dated.csv", "file,Date,lat,lon,heading\n"
+                                "a.png, 2009-08-18 ,1,2,3\n"
+                                "a.png,,1,2,3\n");
+  if (CHECK_EQ_INT(gl_eval_labels_load(csv, &l, err, sizeof err), 0) && CHECK_EQ_U64(l.n, 2)) {
+    CHECK_EQ_INT(l.v[0].year, 2009);
+    CHECK_EQ_INT(l.v[1].year, 0);
+    gl_eval_labels_free(&l);
+  }
   free(csv);
 
   static const struct {
@@ -203,6 +216,10 @@ static void test_labels(void) {
       {"file,lat,lon,heading\n,1,2,3\n", GL_EFORMAT, "bad.csv:2: the file field is empty"},
       {"", GL_EFORMAT, "bad.csv: empty"},
       {"file,lat,lon,heading\n\n", GL_EFORMAT, "a header but no frames"},
+      {"file,lat,lon,heading,date\na.png,1,2,3,2009-8-18\n", GL_EFORMAT,
+       "bad.csv:2: date '2009-8-18' is not a date YYYY-MM-DD"},
+      {"file,lat,lon,heading,date\na.png,1,2,3,2009-13-01\n", GL_EFORMAT, "date '2009-13-01'"},
+      {"file,lat,lon,heading,date\na.png,1,2,3,+009-01-01\n", GL_EFORMAT, "date '+009-01-01'"},
   };
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     char *p = write_file("bad.csv", bad[i].text);
