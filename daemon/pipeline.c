@@ -53,7 +53,8 @@ struct gl_pipeline {
   pthread_cond_t cv;        /* inference: work arrived or stop */
   pthread_cond_t search_cv; /* search: work arrived, a stream was let go, or stop */
   struct gl_job *search_head, *search_tail; /* inferred, to search; under mu */
-  bool stop;                       /* under mu */
+  bool stop;                                /* the inference thread stops; under mu */
+  bool search_stop;                         /* the search threads stop (after it); under mu */
   struct gl_job *in_head, *in_tail; /* decoded, waiting for inference; under mu */
   struct gl_job *done_head, *done_tail; /* finished, for the loop; under mu */
 
@@ -198,11 +199,22 @@ static void gl__release(struct gl_pipeline *p, struct gl_job *job) {
     at = &(*at)->next;
   job->next = *at;
   *at = job;
+  /* Take the frames that may go off t first: passing a failed one on
+   * answers it at once, and when it was its connection's last frame and
+   * the connection is closed, that frees the connection and t with it. */
+  struct gl_job *go = NULL, **tail = &go;
   while (t->held && t->held->seq == t->release_seq) {
     struct gl_job *j = t->held;
     t->held = j->next;
     j->next = NULL;
     t->release_seq++;
+    *tail = j;
+    tail = &j->next;
+  }
+  while (go) {
+    struct gl_job *j = go;
+    go = j->next;
+    j->next = NULL;
     gl__decoded(p, j);
   }
 }
@@ -338,6 +350,8 @@ static int gl__track(struct gl_job *job, struct gl_map *map, struct gl_loc_fine_
                           best ? best->lon : NAN, best ? best->confidence : NAN, &job->fix,
                           job->error, sizeof job->error);
   job->has_fix = rc == GL_OK;
+  if (rc == GL_EINTERNAL)
+    t->n_ids = 0; /* the filter started afresh (gl_track_frame) */
   if (rc == GL_OK && t->params.fixed_lag) {
     /* The smoothed state is for the frame L frames back: the oldest id of
      * the ring once this one is in. */
@@ -608,7 +622,7 @@ static void *gl__search_main(void *arg) {
   pthread_mutex_lock(&p->mu);
   for (;;) {
     uint32_t n;
-    while (!(n = gl__take(p, s)) && !(p->stop && !p->search_head))
+    while (!(n = gl__take(p, s)) && !(p->search_stop && !p->search_head))
       pthread_cond_wait(&p->search_cv, &p->mu);
     if (!n)
       break; /* stopping with nothing queued */
@@ -703,16 +717,21 @@ fail:
   return rc;
 }
 
-/* Stops and joins the threads that were started. */
+/* Stops and joins the threads that were started: the inference thread
+ * first, as it finishes what is queued for it and passes that on, then the
+ * search threads, which finish what is queued for them. */
 static void gl__join(struct gl_pipeline *p) {
   pthread_mutex_lock(&p->mu);
   p->stop = true;
   pthread_cond_signal(&p->cv);
-  pthread_cond_broadcast(&p->search_cv);
   pthread_mutex_unlock(&p->mu);
   if (p->thread_started)
     pthread_join(p->thread, NULL);
   p->thread_started = false;
+  pthread_mutex_lock(&p->mu);
+  p->search_stop = true;
+  pthread_cond_broadcast(&p->search_cv);
+  pthread_mutex_unlock(&p->mu);
   for (uint32_t w = 0; w < p->n_search; w++) {
     if (p->search[w].started)
       pthread_join(p->search[w].thread, NULL);

@@ -703,12 +703,16 @@ int gl_track_frame(struct gl_track *t, struct gl_loc_fine_frame *ff, struct gl_m
   gl_track_update(t, &out->s);
   x = d->x0 + (out->s.q + half) * cell;
   y = d->y0 - (out->s.r + half) * cell;
-  if (gl_map_xy_to_wgs84(map, x, y, &out->lat, &out->lon))
-    return gl_fail(err, errlen, GL_EINTERNAL, "PROJ cannot convert the track to WGS84");
   out->has_smoothed = gl_track_smoothed(t, &out->ss);
-  if (out->has_smoothed &&
-      gl_map_xy_to_wgs84(map, d->x0 + (out->ss.q + half) * cell, d->y0 - (out->ss.r + half) * cell,
-                         &out->slat, &out->slon))
+  if (gl_map_xy_to_wgs84(map, x, y, &out->lat, &out->lon) ||
+      (out->has_smoothed &&
+       gl_map_xy_to_wgs84(map, d->x0 + (out->ss.q + half) * cell, d->y0 - (out->ss.r + half) * cell,
+                          &out->slat, &out->slon))) {
+    /* The filter has taken a frame that cannot be answered: it starts
+     * afresh, so that a caller counting the frames it answered stays in
+     * step with the smoother's. */
+    gl_track_reset(t);
     return gl_fail(err, errlen, GL_EINTERNAL, "PROJ cannot convert the track to WGS84");
+  }
   return 0;
 }

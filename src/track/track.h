@@ -212,7 +212,9 @@ int gl_track_grid(const struct gl_map *map, const struct gl_loc_fine_frame *ff, 
  * the frame's best estimate (NaN lat when none) and its confidence (NaN:
  * unknown, taken as sure), then the state's position
  * in WGS84. Returns 0, GL_EINVAL (time backwards, a map that is not the
- * tracker's) or the fine stage's error, with err set. */
+ * tracker's; nothing changes then), the fine stage's error, or
+ * GL_EINTERNAL when PROJ cannot convert the state (the filter has taken
+ * the frame and starts afresh), with err set. */
 struct gl_track_fix {
   struct gl_track_state s;
   double lat, lon;

@@ -176,15 +176,16 @@ def png(w, h, seed):
             chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
 
 
-def slow_png(w, h, seed):
+def slow_png(w, h, seed, short=0):
     """An RGB PNG whose every row has the Paeth filter (the slowest to undo):
     rows cut from one block of noise, so that it compresses to a few hundred
     KB however large, while decoding it still touches every byte. 4096 x 4096
-    takes about half a second to decode on one core."""
+    takes about half a second to decode on one core. short: rows left out at
+    the end (the decode fails after reading the others)."""
     rnd = random.Random(seed)
     block = bytes(rnd.getrandbits(8) for _ in range(8192))
     ring = block * (w * 3 // len(block) + 2)
-    rows = b"".join(b"\x04" + ring[(y * 97) % len(block):][:w * 3] for y in range(h))
+    rows = b"".join(b"\x04" + ring[(y * 97) % len(block):][:w * 3] for y in range(h - short))
 
     def chunk(kind, data):
         return (struct.pack(">I", len(data)) + kind + data +

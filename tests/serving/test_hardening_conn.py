@@ -68,7 +68,8 @@ FIX = None
 
 
 class Daemon:
-    def __init__(self, extra="", tls=False, sections="", stale_ms=0, metrics=False):
+    def __init__(self, extra="", tls=False, sections="", stale_ms=0, metrics=False,
+                 map_path=None):
         self.port = free_port()
         self.tls_port = free_port() if tls else None
         self.mport = free_port() if metrics else None
@@ -80,8 +81,8 @@ class Daemon:
         if tls:
             text += ("tls = 127.0.0.1:%d\n[tls]\ncert = %s\nkey = %s\n"
                      "require_client_cert = false\n" % (self.tls_port, FIX.cert, FIX.key))
-        text += "[model]\npath = %s\nmax_batch = 8\n[map area]\npath = %s\n%s" % (MODEL, FIX.map,
-                                                                                sections)
+        text += "[model]\npath = %s\nmax_batch = 8\n[map area]\npath = %s\n%s" % (
+            MODEL, map_path or FIX.map, sections)
         with open(self.conf, "w") as f:
             f.write(text)
         self.log = open(os.path.join(FIX.dir, "geolocd-%d.log" % self.port), "w+")
@@ -680,6 +681,47 @@ class Abandoned(Case):
         self.assertGreaterEqual(counts.get("abandoned", 0), 28, counts)
         sys.stderr.write("  [%d of 32 frames abandoned, not decoded; the next client's frame "
                          "answered in %.1f s]\n" % (counts["abandoned"], took))
+
+
+class TrackedReset(Case):
+    """A tracked stream resets its connection while its frame, a large PNG
+    one row short, is still decoding: the decode fails after the
+    connection has gone, and answering that frame, the connection's last,
+    frees the connection and the stream's filter. Passing the stream's
+    frames on must not touch the filter after that (an AddressSanitizer
+    build caught a use after free there); the daemon answers every frame
+    once and keeps serving."""
+
+    def test_reset_while_a_failing_frame_decodes(self):
+        dense = os.path.join(FIX.dir, "dense.map")  # tracking needs a dense layer
+        subprocess.run([GEOLOC, "map", "build", "--model", MODEL, "--ortho", RASTER, "--tile-m",
+                        "320", "--stride-m", "160", "--bbox", BBOX, "--out", dense], check=True,
+                       capture_output=True)
+        self.d = Daemon(metrics=True, map_path=dense)
+        self.addCleanup(lambda: self.assertEqual(self.d.stop(), 0, self.d.log_text()))
+        bad = slow_png(4096, 4096, 3, short=1)
+        for k in range(3):
+            a = Conn(self.d.port)
+            a.send(client_msg(1, vi(1, 1) + ld(5, vi(3, 1))))  # Hello, StreamOptions.track
+            self.assertEqual(first(a.expect(WELCOME), 8), 1)  # Welcome.tracking
+            a.send(client_msg(2, vi(1, 1) + vi(2, 1700000000000000) + ld(3, bad) +
+                              vi(4, PNG_FORMAT)))
+            time.sleep(0.2)  # on a decoder now
+            a.s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            a.close()  # a reset, not a FIN
+            deadline = time.monotonic() + 60
+            while sum(common.frame_counts(self.d.mport).values()) < k + 1:
+                self.assertIsNone(self.d.proc.poll(), self.d.log_text())
+                self.assertLess(time.monotonic(), deadline, "the frame was never finished")
+                time.sleep(0.1)
+            counts = common.frame_counts(self.d.mport)
+            # Decoded and failed, not abandoned before a decoder took it.
+            self.assertEqual((sum(counts.values()), counts.get("bad_image")), (k + 1, k + 1),
+                             counts)
+        b = self.conn()
+        b.hello()
+        b.send(frame_msg(1, FIX.images[0]))
+        self.assertIn(first(b.expect(ESTIMATE), 2), (OK, NO_MATCH))
 
 
 def f64(number, value):
