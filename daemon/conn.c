@@ -343,6 +343,10 @@ static void gl__conn_recv(struct gl_conn *c, const uint8_t *data, size_t len) {
 failed:
   GL_LOG_N("session %llu (%s): %s", (unsigned long long)c->session_id, c->peer,
            gl_transport_error(&c->tp));
+  /* No answer can reach the client through a failed session: its frames
+   * still waiting for a decoder are not decoded for nobody. */
+  if (c->srv->pipe)
+    gl_pipeline_abandon(c->srv->pipe, &c->dq);
   /* The alert is queued; send it, then close. */
   gl__conn_flush(c);
   gl__conn_finish(c);

@@ -1,6 +1,7 @@
 """Connection hardening in geolocd: half-closed clients, connection floods,
 StreamOptions, the range of Hello.protocol_version, messages stuffed with
-fields, and decoding shared fairly between clients.
+fields, decoding shared fairly between clients, and clients that leave
+(or break their TLS session) with frames still to decode.
 
 geolocd serves the shipped model on a small map (36 tiles of the NAIP
 raster, no dense layer); frames are small PNGs of noise, which decode and
@@ -681,6 +682,38 @@ class Abandoned(Case):
         self.assertGreaterEqual(counts.get("abandoned", 0), 28, counts)
         sys.stderr.write("  [%d of 32 frames abandoned, not decoded; the next client's frame "
                          "answered in %.1f s]\n" % (counts["abandoned"], took))
+
+
+class TlsFailure(Case):
+    """A TLS client pipelines 16 frames slow to decode, then breaks its
+    session (a record that fails to authenticate): no answer can reach it
+    any more, so the frames still waiting for a decoder are finished at
+    once as abandoned, not decoded for nobody."""
+
+    def test_frames_of_a_failed_session_are_not_decoded(self):
+        if not FIX.cert:
+            self.skipTest("geolocd without TLS, or no openssl to make a certificate")
+        self.d = Daemon("decode_threads = 1", tls=True, metrics=True)
+        self.addCleanup(lambda: self.assertEqual(self.d.stop(), 0, self.d.log_text()))
+        heavy = slow_png(2048, 2048, 2)
+        a = self.conn(self.d.tls_port, tls=True)
+        a.hello()
+        a.send(b"".join(frame_msg(100 + i, heavy) for i in range(16)))
+        time.sleep(0.1)  # all 16 accepted, two on the decoders (decode_threads 1: 2 workers)
+        # A TLS 1.2/1.3 application-data record of garbage, past the TLS layer.
+        os.write(a.s.fileno(), b"\x17\x03\x03\x00\x20" + bytes(range(32)))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            counts = common.frame_counts(self.d.mport)
+            if sum(counts.values()) >= 16:
+                break
+            time.sleep(0.2)
+        self.assertEqual(sum(counts.values()), 16, counts)  # every frame finished once
+        # Those on the decoders when the session failed were decoded; before,
+        # the rest were too, for the 2 s the connection lingered.
+        self.assertLessEqual(counts.get("ok", 0) + counts.get("no_match", 0), 4, counts)
+        self.assertGreaterEqual(counts.get("abandoned", 0), 12, counts)
+        self.assertIn("session", self.d.log_text())
 
 
 class TrackedReset(Case):
