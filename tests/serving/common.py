@@ -288,6 +288,20 @@ def frame_counts(mport):
     return {k[len(prefix):-2]: v for k, v in metrics(mport).items() if k.startswith(prefix)}
 
 
+def wait_frames(mport, n, timeout, proc=None):
+    """geoloc_frames_total by status once n frames or more are finished, or
+    when timeout seconds have passed; None as soon as proc (the daemon) has
+    exited."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc is not None and proc.poll() is not None:
+            return None
+        counts = frame_counts(mport)
+        if sum(counts.values()) >= n or time.monotonic() >= deadline:
+            return counts
+        time.sleep(0.1)
+
+
 def read_to_eof(sock):
     """Everything sock receives until the peer closes."""
     data = b""

@@ -672,12 +672,7 @@ class Abandoned(Case):
         b.send(frame_msg(1, FIX.images[0]))
         self.assertIn(first(b.expect(ESTIMATE), 2), (OK, NO_MATCH))
         took = time.monotonic() - t0
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            counts = common.frame_counts(self.d.mport)
-            if sum(counts.values()) >= 33:
-                break
-            time.sleep(0.2)
+        counts = common.wait_frames(self.d.mport, 33, 30)
         self.assertEqual(sum(counts.values()), 33, counts)  # every frame finished once
         self.assertGreaterEqual(counts.get("abandoned", 0), 28, counts)
         sys.stderr.write("  [%d of 32 frames abandoned, not decoded; the next client's frame "
@@ -702,12 +697,7 @@ class TlsFailure(Case):
         time.sleep(0.1)  # all 16 accepted, two on the decoders (decode_threads 1: 2 workers)
         # A TLS 1.2/1.3 application-data record of garbage, past the TLS layer.
         os.write(a.s.fileno(), b"\x17\x03\x03\x00\x20" + bytes(range(32)))
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            counts = common.frame_counts(self.d.mport)
-            if sum(counts.values()) >= 16:
-                break
-            time.sleep(0.2)
+        counts = common.wait_frames(self.d.mport, 16, 60)
         self.assertEqual(sum(counts.values()), 16, counts)  # every frame finished once
         # Those on the decoders when the session failed were decoded; before,
         # the rest were too, for the 2 s the connection lingered.
@@ -742,12 +732,8 @@ class TrackedReset(Case):
             time.sleep(0.2)  # on a decoder now
             a.s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             a.close()  # a reset, not a FIN
-            deadline = time.monotonic() + 60
-            while sum(common.frame_counts(self.d.mport).values()) < k + 1:
-                self.assertIsNone(self.d.proc.poll(), self.d.log_text())
-                self.assertLess(time.monotonic(), deadline, "the frame was never finished")
-                time.sleep(0.1)
-            counts = common.frame_counts(self.d.mport)
+            counts = common.wait_frames(self.d.mport, k + 1, 60, self.d.proc)
+            self.assertIsNone(self.d.proc.poll(), self.d.log_text())
             # Decoded and failed, not abandoned before a decoder took it.
             self.assertEqual((sum(counts.values()), counts.get("bad_image")), (k + 1, k + 1),
                              counts)
