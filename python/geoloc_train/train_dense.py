@@ -7,17 +7,18 @@ one year has its aligned cell in every other year: dense supervision for
 free.  Ground: the training ground of naip-xtime (xtime.train_ok, west of
 X_SPLIT - BUFFER_M), split by northing: training at or north of
 xtime.VAL_NORTHING + VAL_BUFFER_M, validation south of VAL_NORTHING (the
-southern 30 %).  Each part has its own canvas, so no feature computed for
-training sees a pixel of the validation band.
+southern 30 %); --val-band north holds out the northern 30 % instead
+(xtime.dense_northings).  Each part has its own canvas, so no feature
+computed for training sees a pixel of the validation band.
 
 Start-up: per year and part, the raster resampled onto a canvas of the
 model's pixel size (tile_m / S: 5 m) whose origin lies on multiples of the
 cell (stride s pixels: 40 m), and its frozen block-L features (raw: not
 normalised, no head; fine.dense_raw_features) kept in memory.
 
-A sample: query year q, reference year r != q (2020 half the time, else
-uniform), a centre, views.random_view of it rendered from year q at 2S
-pixels, warped north-up as the fine stage does (fine.warp to 2S at heading
+A sample: query year q, reference year r != q (YearDraw; by default 2020
+half the time, else uniform), a centre, views.random_view of it rendered
+from year q at 2S pixels, warped north-up as the fine stage does (fine.warp to 2S at heading
 0, then to S at the true heading + U(-10, 10) degrees) -> block L (no grad)
 -> head -> l2n: the query's (S/s)^2 cells and the disc mask (fine.disc_mask,
 52 of 64).  The reference: the WIN x WIN cell window of year r's cached
@@ -56,11 +57,13 @@ uninterrupted one (same machine and threads).
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
 import time
-from typing import Dict, List, Optional
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -108,27 +111,23 @@ class Geometry:
 
 
 class Ground:
-    """One part (train or val) of the training ground: per year the raw
-    block-L features of its canvas, [C, rows, cols] float32, and the grid:
-    cell (r, c) spans x0 + cell (c, c + 1), y_top - cell (r + 1, r)."""
+    """One part (train or val) of the training ground, holding out `band`
+    (xtime.dense_northings): per year the raw block-L features of its
+    canvas, [C, rows, cols] float32, and the grid: cell (r, c) spans x0 +
+    cell (c, c + 1), y_top - cell (r + 1, r)."""
 
     def __init__(self, rasters: Dict[int, views.Raster], model: M.GeoNet, layer: int,
-                 part: str, geo: Geometry):
-        if part not in ("train", "val"):
-            raise ValueError(f"part {part!r}")
-        self.part, self.geo = part, geo
+                 part: str, geo: Geometry, band: str = "south"):
+        lo, hi = xtime.dense_northings(part, band)
+        self.part, self.band, self.geo = part, band, geo
         ext = np.array([r.extent() for r in rasters.values()])
         cell = geo.cell_m
         xmin, ymin = ext[:, 0].max(), ext[:, 1].max()
         ymax = ext[:, 3].min()
         self.x0 = math.ceil(xmin / cell) * cell
         x1 = math.floor((xtime.X_SPLIT - xtime.BUFFER_M) / cell) * cell
-        if part == "train":
-            y0 = math.ceil((xtime.VAL_NORTHING + xtime.VAL_BUFFER_M) / cell) * cell
-            y1 = math.floor(ymax / cell) * cell
-        else:
-            y0 = math.ceil(ymin / cell) * cell
-            y1 = math.floor(xtime.VAL_NORTHING / cell) * cell
+        y0 = math.ceil(max(lo, ymin) / cell) * cell
+        y1 = math.floor(min(hi, ymax) / cell) * cell
         self.y_top, self.y_bottom, self.x1 = y1, y0, x1
         self.cols, self.rows = int(round((x1 - self.x0) / cell)), int(round((y1 - y0) / cell))
         if self.cols < WIN + 2 or self.rows < WIN + 2:
@@ -142,8 +141,7 @@ class Ground:
             self.feats[year] = torch.from_numpy(f).permute(2, 0, 1).contiguous()
 
     def ok(self, corners) -> bool:
-        return xtime.dense_train_ok(corners) if self.part == "train" else \
-            xtime.dense_val_ok(corners)
+        return xtime.dense_ok(corners, self.part, self.band)
 
     def window(self, cx: float, cy: float):
         """(row, col) of the window's top-left cell for a view centred at
@@ -161,8 +159,27 @@ class Ground:
         return self.x0 + m, self.y_bottom + m, self.x1 - m, self.y_top - m
 
 
-def draw_years(rng: np.random.Generator, years: List[int]):
-    q = years[rng.integers(len(years))]
+@dataclass(frozen=True)
+class YearDraw:
+    """How a training sample's query and reference years are drawn. The
+    default: the query year uniform over all years, the reference 2020 with
+    probability REF_YEAR_P (when the query is not of 2020), else uniform over
+    the other years. focus_years: the query year is drawn from these with
+    probability focus_share (else as by default); ref_years: the reference
+    is drawn uniformly from these, less the query's year."""
+    ref_years: Tuple[int, ...] = ()
+    focus_years: Tuple[int, ...] = ()
+    focus_share: float = 0.0
+
+
+def draw_years(rng: np.random.Generator, years: List[int], how: YearDraw = YearDraw()):
+    if how.focus_years and rng.uniform() < how.focus_share:
+        q = how.focus_years[rng.integers(len(how.focus_years))]
+    else:
+        q = years[rng.integers(len(years))]
+    if how.ref_years:
+        others = [y for y in how.ref_years if y != q]
+        return q, others[rng.integers(len(others))]
     others = [y for y in years if y != q]
     if q != xtime.REFERENCE_YEAR and rng.uniform() < REF_YEAR_P:
         return q, xtime.REFERENCE_YEAR
@@ -170,7 +187,7 @@ def draw_years(rng: np.random.Generator, years: List[int]):
 
 
 def draw_samples(rng: np.random.Generator, ground: Ground, rasters: Dict[int, views.Raster],
-                 count: int) -> dict:
+                 count: int, how: YearDraw = YearDraw()) -> dict:
     """count samples: query images [count, S, S, 3] at the noisy true
     heading and at a wrong one (uint8), the reference year's windows of raw
     features [count, C, WIN + 2, WIN + 2] (with their context cell), the
@@ -189,7 +206,7 @@ def draw_samples(rng: np.random.Generator, ground: Ground, rasters: Dict[int, vi
         tries += 1
         if tries > 100 * count + 100:
             raise ValueError(f"could draw only {len(true_imgs)} of {count} {ground.part} samples")
-        qy, ry = draw_years(rng, years)
+        qy, ry = draw_years(rng, years, how)
         p = views.random_view(rng, rng.uniform(xa, xb), rng.uniform(ya, yb))
         noise = rng.uniform(-HEADING_NOISE_DEG, HEADING_NOISE_DEG)
         wrong = rng.uniform(*WRONG_HEADING_DEG)
@@ -371,17 +388,18 @@ def open_rasters(naip_dir: str) -> Dict[int, views.Raster]:
 _CACHE: dict = {}
 
 
-def _grounds(model_path: str, naip_dir: str, base: M.GeoNet, layer: int, geo: Geometry):
+def _grounds(model_path: str, naip_dir: str, base: M.GeoNet, layer: int, geo: Geometry,
+             band: str):
     """(rasters, train Ground, val Ground), kept for the process's next run
     on the same files (the tests train several times)."""
     paths = xtime.rasters(naip_dir)
-    key = (os.path.realpath(model_path), os.path.getmtime(model_path), layer,
+    key = (os.path.realpath(model_path), os.path.getmtime(model_path), layer, band,
            tuple((y, os.path.realpath(p), os.path.getmtime(p)) for y, p in sorted(paths.items())))
     if key not in _CACHE:
         _CACHE.clear()
         rasters = open_rasters(naip_dir)
-        _CACHE[key] = (rasters, Ground(rasters, base, layer, "train", geo),
-                       Ground(rasters, base, layer, "val", geo))
+        _CACHE[key] = (rasters, Ground(rasters, base, layer, "train", geo, band),
+                       Ground(rasters, base, layer, "val", geo, band))
     return _CACHE[key]
 
 
@@ -389,7 +407,9 @@ def train_dense(model_path: str, naip_dir: str, out_dir: str, *, steps: int, bat
                 seed: int, lr: float = 1e-3, threads: int = 0, ckpt_every: int = 200,
                 resume: bool = False, layer: int = 6, dim: int = 64, hidden: int = 56,
                 temperature: float = 0.05, cell_temperature: float = 0.1,
-                val_count: int = VAL_COUNT, stop_after: Optional[int] = None,
+                val_count: int = VAL_COUNT, val_band: str = "south",
+                how: YearDraw = YearDraw(),
+                stop_after: Optional[int] = None,
                 log=print) -> str:
     """Trains the head; writes out_dir/model.safetensors (the base model
     plus the head), checkpoint.pt, model-NNNNNN.safetensors at checkpoints
@@ -397,6 +417,10 @@ def train_dense(model_path: str, naip_dir: str, out_dir: str, *, steps: int, bat
     after that step, without model.safetensors (as if interrupted)."""
     if steps < 0 or batch < 1:
         raise ValueError(f"need steps >= 0 and batch >= 1 (got {steps}, {batch})")
+    if val_band not in xtime.VAL_BANDS:
+        raise ValueError(f"--val-band {val_band!r}: one of {', '.join(xtime.VAL_BANDS)}")
+    if not 0.0 <= how.focus_share <= 1.0:
+        raise ValueError(f"--focus-share {how.focus_share}: needs 0..1")
     if threads:
         torch.set_num_threads(threads)
     os.makedirs(out_dir, exist_ok=True)
@@ -408,7 +432,13 @@ def train_dense(model_path: str, naip_dir: str, out_dir: str, *, steps: int, bat
     net = with_head(base, layer, dim, hidden, seed)
     geo = Geometry(net, layer)
     head = net.dense_head
-    rasters, ground, vground = _grounds(model_path, naip_dir, base, layer, geo)
+    rasters, ground, vground = _grounds(model_path, naip_dir, base, layer, geo, val_band)
+    for y in how.ref_years + how.focus_years:
+        if y not in rasters:
+            raise ValueError(f"year {y}: no raster of it in {naip_dir}")
+    if how.ref_years and len(how.ref_years) < 2:
+        raise ValueError("--ref-years: needs two years or more "
+                         "(a query is never its own reference)")
     vs = draw_samples(np.random.default_rng(VAL_SEED), vground, rasters, val_count)
     val = {"q": query_raw(base, layer, vs["true"]), "w": query_raw(base, layer, vs["wrong"]),
            "win": vs["win"], "qyear": vs["qyear"], "frac": true_placement(vground, vs),
@@ -436,14 +466,17 @@ def train_dense(model_path: str, naip_dir: str, out_dir: str, *, steps: int, bat
                                "args": {"model": model_path, "steps": steps, "batch": batch,
                                         "seed": seed, "lr": lr, "layer": layer, "dim": dim,
                                         "hidden": hidden, "temperature": temperature,
-                                        "cell_temperature": cell_temperature}}) + "\n")
+                                        "cell_temperature": cell_temperature,
+                                        "val_band": val_band, "ref_years": list(how.ref_years),
+                                        "focus_years": list(how.focus_years),
+                                        "focus_share": how.focus_share}}) + "\n")
         logf.flush()
     t0 = time.time()
     avg = None
     head.train()
     for step in range(start, steps):
         rng = np.random.default_rng([seed, step])
-        s = draw_samples(rng, ground, rasters, batch)
+        s = draw_samples(rng, ground, rasters, batch, how)
         bq, bw = query_raw(base, layer, s["true"]), query_raw(base, layer, s["wrong"])
         la, lb, _, _ = losses(head, bq, bw, s["win"], geo, temperature, cell_temperature)
         loss = la + lb
@@ -499,12 +532,30 @@ def main_args(p) -> None:
     p.add_argument("--temperature", type=float, default=0.05, help="placement InfoNCE")
     p.add_argument("--cell-temperature", type=float, default=0.1, help="per-cell InfoNCE")
     p.add_argument("--val-count", type=int, default=VAL_COUNT, help="validation samples")
+    p.add_argument("--ref-years", type=_years, default=(),
+                   help="draw training references only from these years, e.g. 2018,2019,2020 "
+                        "(default: 2020 half the time, else any other year)")
+    p.add_argument("--focus-years", type=_years, default=(),
+                   help="draw this share (--focus-share) of the training queries from these years")
+    p.add_argument("--focus-share", type=float, default=0.0)
+    p.add_argument("--val-band", choices=xtime.VAL_BANDS, default="south",
+                   help="the band of the training ground held out for validation "
+                        "(xtime.dense_northings; default south)")
+
+
+def _years(text: str) -> Tuple[int, ...]:
+    try:
+        return tuple(int(y) for y in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: years separated by commas, e.g. 2018,2020")
 
 
 def run(a) -> int:
     path = train_dense(a.model, a.naip, a.out, steps=a.steps, batch=a.batch, seed=a.seed,
                        lr=a.lr, threads=a.threads, ckpt_every=a.ckpt_every, resume=a.resume,
                        layer=a.layer, dim=a.dim, hidden=a.hidden, temperature=a.temperature,
-                       cell_temperature=a.cell_temperature, val_count=a.val_count)
+                       cell_temperature=a.cell_temperature, val_count=a.val_count,
+                       val_band=a.val_band,
+                       how=YearDraw(a.ref_years, a.focus_years, a.focus_share))
     print(f"wrote {path}")
     return 0

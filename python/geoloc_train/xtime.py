@@ -55,6 +55,14 @@ WEST_EDGE = X_SPLIT - BUFFER_M - TILE_M / 2
 # their features see) and validates only on ground south of VAL_NORTHING.
 VAL_NORTHING = 5206720.0
 VAL_BUFFER_M = 160.0
+# The other band train-dense can hold out (--val-band north): the northern
+# 30 %, northings at or above VAL_NORTH_NORTHING (30 % of the range begins at
+# 5208161.9, moved down to a multiple of 40 m); training then keeps south of
+# VAL_NORTH_NORTHING - VAL_BUFFER_M. Its ground changed more since 2020 (the
+# water of 2009 and 2010 differs from 2020's on 16-19 % of it, against 6-10 %
+# in the south band; `xtime-change`), as the evaluation half's did.
+VAL_NORTH_NORTHING = 5208160.0
+VAL_BANDS = ("south", "north")
 REGIONS = ("east", "west")  # evaluation, validation
 DEFAULT_SEEDS = {"east": 2020, "west": 7}
 # labels.csv: the required columns, then extra ones (capture date of the
@@ -80,18 +88,34 @@ def train_ok(corners) -> bool:
     return bool(np.all(np.asarray(corners, np.float64)[:, 0] <= X_SPLIT - BUFFER_M))
 
 
-def dense_train_ok(corners) -> bool:
-    """train-dense's training ground: every corner on training ground
-    (train_ok) and at or north of VAL_NORTHING + VAL_BUFFER_M."""
-    c = np.asarray(corners, np.float64)
-    return train_ok(c) and bool(np.all(c[:, 1] >= VAL_NORTHING + VAL_BUFFER_M))
+def dense_northings(part: str, band: str = "south") -> tuple:
+    """[lo, hi): the northings (EPSG:26914 metres, +-inf for open ends) of
+    train-dense's part ("train" or "val") when it holds out `band` (VAL_BANDS)."""
+    if band not in VAL_BANDS or part not in ("train", "val"):
+        raise ValueError(f"band {band!r} and part {part!r}: need one of {VAL_BANDS}, train or val")
+    inf = math.inf
+    if band == "south":
+        return (VAL_NORTHING + VAL_BUFFER_M, inf) if part == "train" else (-inf, VAL_NORTHING)
+    return (-inf, VAL_NORTH_NORTHING - VAL_BUFFER_M) if part == "train" else \
+        (VAL_NORTH_NORTHING, inf)
 
 
-def dense_val_ok(corners) -> bool:
-    """train-dense's validation band: every corner on training ground
-    (train_ok) and south of VAL_NORTHING."""
+def dense_ok(corners, part: str, band: str = "south") -> bool:
+    """True when every corner lies on training ground (train_ok) and within
+    train-dense's part for `band` (dense_northings)."""
     c = np.asarray(corners, np.float64)
-    return train_ok(c) and bool(np.all(c[:, 1] < VAL_NORTHING))
+    lo, hi = dense_northings(part, band)
+    return train_ok(c) and bool(np.all((c[:, 1] >= lo) & (c[:, 1] < hi)))
+
+
+def dense_train_ok(corners, band: str = "south") -> bool:
+    """train-dense's training ground (dense_ok)."""
+    return dense_ok(corners, "train", band)
+
+
+def dense_val_ok(corners, band: str = "south") -> bool:
+    """train-dense's validation band (dense_ok)."""
+    return dense_ok(corners, "val", band)
 
 
 def rasters(naip_dir) -> dict:
@@ -618,14 +642,16 @@ def water_breakdown(naip_dir, labels_csv, results_csv, old_years=(2009, 2010)) -
             for b in range(len(WATER_BINS)) for old in (True, False)]
 
 
-CHANGE_PARTS = ("head training", "validation band", "evaluation")
+CHANGE_PARTS = ("head training", "validation band", "north band", "evaluation")
 
 
 def water_change(naip_dir, ref_year: int = REFERENCE_YEAR, step_m: float = 10.0) -> dict:
     """year -> {part: (share of water, share of ground whose water state
     differs from ref_year's)} over the parts of naip-xtime's ground: the
     dense head's training ground (west, north of the validation band), the
-    validation band (west, south of VAL_NORTHING) and the evaluation half
+    validation band (west, south of VAL_NORTHING), the band train-dense
+    holds out with --val-band north (west, at or north of
+    VAL_NORTH_NORTHING) and the evaluation half
     (east of X_SPLIT). Each year's water mask (water_mask) is read at the
     same points, every step_m metres over the reference raster, by their
     coordinates (the rasters' grids differ by a pixel or so)."""
@@ -640,7 +666,8 @@ def water_change(naip_dir, ref_year: int = REFERENCE_YEAR, step_m: float = 10.0)
     west = xs <= X_SPLIT - BUFFER_M
     parts = {CHANGE_PARTS[0]: west & (ys >= VAL_NORTHING + VAL_BUFFER_M),
              CHANGE_PARTS[1]: west & (ys < VAL_NORTHING),
-             CHANGE_PARTS[2]: xs >= X_SPLIT}
+             CHANGE_PARTS[2]: west & (ys >= VAL_NORTH_NORTHING),
+             CHANGE_PARTS[3]: xs >= X_SPLIT}
 
     def read(year):
         mask, gt = masks[year]

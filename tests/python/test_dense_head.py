@@ -178,6 +178,44 @@ class Files(unittest.TestCase):
         np.testing.assert_allclose(b[..., 32:], 0.0, atol=1e-6)
 
 
+class YearDraws(unittest.TestCase):
+    YEARS = [2009, 2010, 2012, 2014, 2015, 2016, 2017, 2018, 2019, 2020]
+
+    def draws(self, how, n=6000):
+        rng = np.random.default_rng(5)
+        return np.array([T.draw_years(rng, self.YEARS, how) for _ in range(n)])
+
+    def test_default_is_the_shipped_recipes(self):
+        # The draw the shipped head was trained with, written out: the same
+        # random numbers give the same years.
+        def shipped(rng, years):
+            q = years[rng.integers(len(years))]
+            others = [y for y in years if y != q]
+            if q != 2020 and rng.uniform() < 0.5:
+                return q, 2020
+            return q, others[rng.integers(len(others))]
+        rng = np.random.default_rng(5)
+        want = np.array([shipped(rng, self.YEARS) for _ in range(6000)])
+        np.testing.assert_array_equal(self.draws(T.YearDraw()), want)
+
+    def test_reference_years(self):
+        d = self.draws(T.YearDraw(ref_years=(2018, 2019, 2020)))
+        self.assertTrue(np.all(np.isin(d[:, 1], (2018, 2019, 2020))))
+        self.assertTrue(np.all(d[:, 0] != d[:, 1]))
+        self.assertEqual(set(d[:, 0]), set(self.YEARS))
+        # A query of 2019 has 2018 or 2020 as its reference, evenly.
+        r = d[d[:, 0] == 2019, 1]
+        self.assertAlmostEqual(np.mean(r == 2018), 0.5, delta=0.1)
+
+    def test_focus_years(self):
+        d = self.draws(T.YearDraw(focus_years=(2009, 2010), focus_share=0.4))
+        # 0.4 from the focus years, and 2 in 10 of the rest.
+        self.assertAlmostEqual(np.mean(np.isin(d[:, 0], (2009, 2010))), 0.4 + 0.6 * 0.2,
+                               delta=0.03)
+        self.assertTrue(np.all(d[:, 0] != d[:, 1]))
+        self.assertAlmostEqual(np.mean(d[:, 0] == 2009), np.mean(d[:, 0] == 2010), delta=0.04)
+
+
 @need_gdal
 class TrainDense(unittest.TestCase):
     @classmethod
@@ -254,25 +292,49 @@ class TrainDense(unittest.TestCase):
     def test_held_out_band(self):
         base = M.load_model(self.base)
         geo = T.Geometry(base, 6)
-        rasters, g, v = T._grounds(self.base, self.naip, base, 6, geo)
-        self.assertEqual((g.part, v.part), ("train", "val"))
-        # The canvases: training imagery north of the band and its buffer,
-        # validation imagery inside the band, both on training ground.
-        self.assertGreaterEqual(g.y_bottom, X.VAL_NORTHING + X.VAL_BUFFER_M)
-        self.assertLessEqual(v.y_top, X.VAL_NORTHING)
-        self.assertLessEqual(max(g.x1, v.x1), X.X_SPLIT - X.BUFFER_M)
-        for ground, ok in ((g, lambda y: y >= X.VAL_NORTHING + X.VAL_BUFFER_M),
-                           (v, lambda y: y < X.VAL_NORTHING)):
-            s = T.draw_samples(np.random.default_rng(0), ground, rasters, 40)
-            fp = s["footprint"]
-            self.assertTrue(np.all(ok(fp[:, :, 1])), ground.part)
-            self.assertTrue(np.all(fp[:, :, 0] <= X.X_SPLIT - X.BUFFER_M))
-            # The windows with their context cell lie on the canvas.
-            r, c = s["cell"][:, 0], s["cell"][:, 1]
-            self.assertTrue(np.all(r >= 1) and np.all(r + T.WIN + 1 <= ground.rows))
-            self.assertTrue(np.all(c >= 1) and np.all(c + T.WIN + 1 <= ground.cols))
-            self.assertEqual(tuple(s["win"].shape[2:]), (T.WIN + 2, T.WIN + 2))
-
+        for band in X.VAL_BANDS:
+            rasters, g, v = T._grounds(self.base, self.naip, base, 6, geo, band)
+            self.assertEqual((g.part, v.part, g.band, v.band), ("train", "val", band, band))
+            # The canvases: training imagery outside the band and its
+            # buffer, validation imagery inside the band, both on training
+            # ground.
+            tlo, thi = X.dense_northings("train", band)
+            vlo, vhi = X.dense_northings("val", band)
+            self.assertGreaterEqual(max(vlo - thi, tlo - vhi), X.VAL_BUFFER_M, band)
+            self.assertTrue(g.y_bottom >= tlo and g.y_top <= thi, band)
+            self.assertTrue(v.y_bottom >= vlo and v.y_top <= vhi, band)
+            self.assertLessEqual(max(g.x1, v.x1), X.X_SPLIT - X.BUFFER_M)
+            # Both parts are three tenths and the rest of the range, less the buffer.
+            self.assertEqual(v.rows, 27, band)
+            self.assertGreaterEqual(g.rows, 58, band)
+            for ground, lo, hi in ((g, tlo, thi), (v, vlo, vhi)):
+                s = T.draw_samples(np.random.default_rng(0), ground, rasters, 40)
+                fp = s["footprint"]
+                self.assertTrue(np.all((fp[:, :, 1] >= lo) & (fp[:, :, 1] < hi)),
+                                (band, ground.part))
+                self.assertTrue(np.all([X.dense_ok(f, ground.part, band) for f in fp]))
+                self.assertFalse(np.any([X.dense_ok(f, "val" if ground.part == "train"
+                                                    else "train", band) for f in fp]))
+                self.assertTrue(np.all(fp[:, :, 0] <= X.X_SPLIT - X.BUFFER_M))
+                # The windows with their context cell lie on the canvas.
+                r, c = s["cell"][:, 0], s["cell"][:, 1]
+                self.assertTrue(np.all(r >= 1) and np.all(r + T.WIN + 1 <= ground.rows))
+                self.assertTrue(np.all(c >= 1) and np.all(c + T.WIN + 1 <= ground.cols))
+                self.assertEqual(tuple(s["win"].shape[2:]), (T.WIN + 2, T.WIN + 2))
+        with self.assertRaisesRegex(ValueError, "band 'east'"):
+            X.dense_northings("val", "east")
+        with self.assertRaisesRegex(ValueError, "--focus-share"):
+            T.train_dense(self.base, self.naip, os.path.join(self.tmp.name, "x"), steps=1, batch=1,
+                          seed=0, how=T.YearDraw(focus_years=(2009,), focus_share=1.5))
+        with self.assertRaisesRegex(ValueError, "two years or more"):
+            T.train_dense(self.base, self.naip, os.path.join(self.tmp.name, "x"), steps=1, batch=1,
+                          seed=0, how=T.YearDraw(ref_years=(2020,)))
+        with self.assertRaisesRegex(ValueError, "year 2012: no raster"):
+            T.train_dense(self.base, self.naip, os.path.join(self.tmp.name, "x"), steps=1, batch=1,
+                          seed=0, how=T.YearDraw(ref_years=(2012, 2020)))
+        with self.assertRaisesRegex(ValueError, "--val-band"):
+            T.train_dense(self.base, self.naip, os.path.join(self.tmp.name, "x"), steps=1, batch=1,
+                          seed=0, val_band="east")
 
 if __name__ == "__main__":
     unittest.main()

@@ -299,29 +299,31 @@ class Naip(unittest.TestCase):
     def test_water_change(self):
         # 2020: water on the west half (x < 488000), none on the east;
         # 2009: water south of the validation line (y < 5206720) everywhere.
-        # 10 m pixels over x 487000..489500, y 5206000..5208000.
+        # 10 m pixels over x 487000..489500, y 5206000..5208500.
         d = os.path.join(self.tmp.name, "change")
         os.makedirs(d)
-        gt = (487000.0, 10.0, 0.0, 5208000.0, 0.0, -10.0)
+        gt = (487000.0, 10.0, 0.0, 5208500.0, 0.0, -10.0)
         xs = 487000.0 + 10.0 * (np.arange(250) + 0.5)
-        ys = 5208000.0 - 10.0 * (np.arange(200) + 0.5)
-        for name, water in (("20200831", np.broadcast_to(xs < 488000.0, (200, 250))),
-                            ("20090818", np.broadcast_to((ys < 5206720.0)[:, None], (200, 250)))):
+        ys = 5208500.0 - 10.0 * (np.arange(250) + 0.5)
+        for name, water in (("20200831", np.broadcast_to(xs < 488000.0, (250, 250))),
+                            ("20090818", np.broadcast_to((ys < 5206720.0)[:, None], (250, 250)))):
             nir = np.where(water, 20, 180).astype(np.uint8)
             bands = np.stack([np.full_like(nir, 90)] * 3 + [nir])
             write_tif(os.path.join(d, f"m_4709963_se_14_1_{name}.tif"), bands, gt=gt)
         rows = X.water_change(d, 2020, step_m=10.0)
         self.assertEqual(sorted(rows), [2009, 2020])
-        head, band, ev = (rows[2009][k] for k in X.CHANGE_PARTS)
+        head, band, north, ev = (rows[2009][k] for k in X.CHANGE_PARTS)
         # Head ground (west, north of the band): land in 2009, water in 2020.
         self.assertEqual(head, (0.0, 1.0))
         # Band: water both years, inside x < 488000; land in 2020 up to 487900.
         self.assertEqual(band, (1.0, 0.0))
-        # Evaluation half: 2009 water on its southern 720 of 2000 m, none in 2020.
-        self.assertAlmostEqual(ev[0], 0.36, delta=0.006)
-        self.assertAlmostEqual(ev[1], 0.36, delta=0.006)
-        self.assertEqual([v[1] for v in rows[2020].values()], [0.0, 0.0, 0.0])
-        self.assertEqual([v[0] for v in rows[2020].values()], [1.0, 1.0, 0.0])
+        # North band (y >= 5208160): like the head's ground.
+        self.assertEqual(north, (0.0, 1.0))
+        # Evaluation half: 2009 water on its southern 720 of 2500 m, none in 2020.
+        self.assertAlmostEqual(ev[0], 0.288, delta=0.006)
+        self.assertAlmostEqual(ev[1], 0.288, delta=0.006)
+        self.assertEqual([v[1] for v in rows[2020].values()], [0.0] * 4)
+        self.assertEqual([v[0] for v in rows[2020].values()], [1.0, 1.0, 1.0, 0.0])
         p = run_cli("xtime-change", "--naip", d)
         lines = p.stdout.strip().splitlines()
         self.assertEqual(len(lines), 3)
