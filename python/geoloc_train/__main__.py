@@ -21,6 +21,8 @@
   train-dense --model BASE --naip DIR --out RUN [--steps N] [--batch B] [--seed S] [--lr LR]
         [--layer 6] [--dim 64] [--hidden 56] [--resume]
                                         the fine stage's dense head on BASE's frozen backbone
+  dense-scan --model M --naip DIR [--val-band B] [--map-years 2018,2019,2020] [--count N]
+        [--raw]                         validation: the held-out band scanned whole
 """
 
 from __future__ import annotations
@@ -355,6 +357,10 @@ def main(argv=None) -> int:
                        "(config dense_head) on a model's frozen backbone")
     train_dense.main_args(s)
     s.set_defaults(func=train_dense.run)
+    s = sub.add_parser("dense-scan", help="validation: views of the held-out band found "
+                       "by scanning the band's cells of a multi-year map")
+    train_dense.scan_args(s)
+    s.set_defaults(func=train_dense.run_scan)
 
     a = p.parse_args(argv)
     try:

@@ -543,6 +543,104 @@ def main_args(p) -> None:
                         "(xtime.dense_northings; default south)")
 
 
+CENTERING = 0.5  # the fine stage's default (src/loc/fine.h step 4)
+OLD_YEARS = (2009, 2010)
+
+
+@torch.no_grad()
+def band_scan(model_path: str, naip_dir: str, *, val_band: str = "south",
+              map_years: Tuple[int, ...] = (2018, 2019, 2020),
+              query_years: Optional[Tuple[int, ...]] = None, count: int = 1000,
+              seed: int = 777, raw: bool = False) -> dict:
+    """Validation as a multi-year map is searched: views of query_years
+    (default: every year before the first map year) drawn in train-dense's
+    held-out band, each scored over every placement of the band's cells of
+    map_years (fine.scores' mean cosine, best year per placement) at a
+    compass's headings (the true one +- 10 degrees of noise, then -20..20 in
+    steps of 10) and at 36 headings (0..350, centred as the fine stage
+    does, fine.h step 4); a view is found when the best placement lies
+    within one cell of the true one (per axis). raw: the raw cells (no
+    head). Returns {"compass" | "unknown": bool array} and "year": the
+    views' years."""
+    net = M.load_model(model_path)
+    if not raw and net.cfg.dense_head is None:
+        raise ValueError(f"{model_path} has no dense head (use raw)")
+    layer = net.cfg.dense_head["layer"] if net.cfg.dense_head else 6
+    head = None if raw else net.dense_head
+    rasters = open_rasters(naip_dir)
+    if query_years is None:
+        query_years = tuple(y for y in rasters if y < min(map_years))
+    for y in map_years + query_years:
+        if y not in rasters:
+            raise ValueError(f"year {y}: no raster of it in {naip_dir}")
+    geo = Geometry(net, layer)
+    ground = Ground(rasters, net, layer, "val", geo, val_band)
+    n, mask = geo.n, geo.mask.reshape(-1).bool()
+    cells = []
+    for y in map_years:
+        d = apply_head(head, ground.feats[y][None])[0]
+        cells.append(F.unfold(d[None], n)[0].reshape(d.shape[0], n * n, -1)[:, mask, :])
+    pc = ground.cols - n + 1
+    rng = np.random.default_rng(seed)
+    qyears = np.array([query_years[i % len(query_years)] for i in range(count)])
+    out = {"compass": np.zeros(count, bool), "unknown": np.zeros(count, bool), "year": qyears}
+    xa, ya, xb, yb = ground.centre_range()
+    for i, qy in enumerate(qyears):
+        while True:
+            p = views.random_view(rng, rng.uniform(xa, xb), rng.uniform(ya, yb))
+            w = ground.window(p.cx, p.cy)
+            if w is None or not ground.ok(views.footprint(p)):
+                continue
+            img, valid = views.render_view(rasters[int(qy)], p, 2 * geo.size)
+            if valid:
+                break
+        base = fine.warp(img, 0.0, 2 * geo.size)
+        tr, tc = w[0] + geo.pos, w[1] + geo.pos
+        hc = p.heading_deg + rng.uniform(-HEADING_NOISE_DEG, HEADING_NOISE_DEG)
+        for kind, hs in (("compass", hc + np.arange(-20, 21, 10.0)),
+                         ("unknown", np.arange(0, 360, 10.0))):
+            imgs = np.stack([fine.warp(base, float(h), geo.size) for h in hs])
+            q = apply_head(head, query_raw(net, layer, imgs))
+            q = q.reshape(len(hs), q.shape[1], n * n)[:, :, mask]
+            sc = torch.stack([torch.einsum("hdk,dkp->hp", q, c) for c in cells]).max(0).values
+            sc = sc / mask.sum()
+            if kind == "unknown":
+                sc = sc - CENTERING * sc.mean(0, keepdim=True)
+            best = int(sc.max(0).values.argmax())
+            out[kind][i] = abs(best // pc - tr) <= 1 and abs(best % pc - tc) <= 1
+    return out
+
+
+def scan_args(p) -> None:
+    p.add_argument("--model", required=True)
+    p.add_argument("--naip", required=True, help="folder of the NAIP GeoTIFFs")
+    p.add_argument("--val-band", choices=xtime.VAL_BANDS, default="south")
+    p.add_argument("--map-years", type=_years, default=(2018, 2019, 2020))
+    p.add_argument("--query-years", type=_years, default=None,
+                   help="default: every year before the first map year")
+    p.add_argument("--count", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=777)
+    p.add_argument("--raw", action="store_true", help="the raw cells, no head")
+
+
+def run_scan(a) -> int:
+    if a.count < 1:
+        raise ValueError(f"--count {a.count}: needs 1 or more")
+    r = band_scan(a.model, a.naip, val_band=a.val_band, map_years=a.map_years,
+                  query_years=a.query_years, count=a.count, seed=a.seed, raw=a.raw)
+    old = np.isin(r["year"], OLD_YEARS)
+    print(f"{a.count} views of {', '.join(str(y) for y in sorted(set(r['year'])))} "
+          f"({old.sum()} of 2009-2010) in the {a.val_band} band against its cells of "
+          f"{', '.join(str(y) for y in a.map_years)}; found within one cell:")
+
+    def pct(v):
+        return f"{100 * v.mean():5.1f}%" if len(v) else "    -"
+    for kind in ("compass", "unknown"):
+        v = r[kind]
+        print(f"{kind:8s} all {pct(v)}  2009-2010 {pct(v[old])}  others {pct(v[~old])}")
+    return 0
+
+
 def _years(text: str) -> Tuple[int, ...]:
     try:
         return tuple(int(y) for y in text.split(","))

@@ -289,6 +289,31 @@ class TrainDense(unittest.TestCase):
         far = T.position_error(sc, frac + torch.tensor([[3.0, 4.0]], dtype=torch.float64), geo)
         torch.testing.assert_close(far, torch.full((2,), 5.0 * geo.cell_m, dtype=torch.float64))
 
+    def test_band_scan(self):
+        # Views of 2020 against the band's own 2020 cells (the raw cells):
+        # all but found, which checks the scan's placements; views of 2009
+        # against them: fewer.
+        same = T.band_scan(self.base, self.naip, map_years=(2020,), query_years=(2020,),
+                           count=12, raw=True)
+        self.assertEqual(sorted(same), ["compass", "unknown", "year"])
+        self.assertTrue(np.all(same["year"] == 2020))
+        self.assertGreaterEqual(same["compass"].mean(), 11 / 12)
+        self.assertGreaterEqual(same["unknown"].mean(), 10 / 12)
+        old = T.band_scan(self.base, self.naip, map_years=(2020,), count=12, raw=True)
+        self.assertTrue(np.all(old["year"] == 2009))
+        self.assertLess(old["compass"].mean() + old["unknown"].mean(),
+                        same["compass"].mean() + same["unknown"].mean())
+        with self.assertRaisesRegex(ValueError, "no dense head"):
+            T.band_scan(self.base, self.naip, count=1)
+        with self.assertRaisesRegex(ValueError, "year 2018: no raster"):
+            T.band_scan(self.base, self.naip, count=1, raw=True)
+        p = run_cli("dense-scan", "--model", self.base, "--naip", self.naip, "--map-years",
+                    "2020", "--count", "3", "--raw", "--val-band", "north")
+        lines = p.stdout.splitlines()
+        self.assertTrue(lines[0].startswith("3 views of 2009 (3 of 2009-2010) in the north band"),
+                        lines[0])
+        self.assertTrue(lines[1].startswith("compass  all ") and lines[2].startswith("unknown  all "))
+
     def test_held_out_band(self):
         base = M.load_model(self.base)
         geo = T.Geometry(base, 6)
