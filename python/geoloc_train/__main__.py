@@ -34,7 +34,7 @@ import sys
 
 import torch
 
-from . import image, model as M, testvectors, tflite, train, train_dense
+from . import image, model as M, testvectors, tflite, train, train_dense, xtime
 from .config import ConfigError, ModelConfig
 from .safetensors import SafetensorsError
 
@@ -120,42 +120,29 @@ def cmd_to_fp16(a) -> int:
     return 0
 
 
-# The naip-xtime commands need GDAL, which the model commands do not.
+# The naip-xtime commands.
 def cmd_make_eval_set(a) -> int:
-    from . import xtime
     xtime.make_eval_set(a.naip, a.out, a.count, a.seed, a.size, a.region)
     return 0
 
 
 def cmd_make_flight(a) -> int:
-    from . import xtime
     xtime.make_flight(a.naip, a.out, a.year, a.frames, a.seed, a.size)
     return 0
 
 
 def cmd_make_flights(a) -> int:
-    from . import xtime
     xtime.make_flights(a.naip, a.out, a.region, a.flights, a.frames, a.seed, a.size, a.years,
                        a.events)
     return 0
 
 
-def _parse_years(text: str):
-    try:
-        return [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"years {text!r} are not comma-separated years, "
-                                         "e.g. 2009,2012") from None
-
-
 def cmd_xtime_bbox(a) -> int:
-    from . import xtime
     print(xtime.bbox_string(a.naip, a.region))
     return 0
 
 
 def cmd_xtime_water(a) -> int:
-    from . import xtime
     rows = xtime.water_breakdown(a.naip, a.labels, a.results)
     print("water in the frame  2009-2010 queries: n, success@100m   other years: n, success@100m")
     for i in range(0, len(rows), 2):
@@ -167,7 +154,6 @@ def cmd_xtime_water(a) -> int:
 
 
 def cmd_xtime_change(a) -> int:
-    from . import xtime
     rows = xtime.water_change(a.naip, a.ref)
     parts = xtime.CHANGE_PARTS
     print(f"year  water / changed since {a.ref} (share of the ground): " + ", ".join(parts))
@@ -296,7 +282,7 @@ def main(argv=None) -> int:
     s.add_argument("--seed", type=int, default=None,
                    help="default 3030 for the east region, 3131 for the west")
     s.add_argument("--size", type=int, default=128, help="frame side in pixels")
-    s.add_argument("--years", type=_parse_years, default=None,
+    s.add_argument("--years", type=xtime.parse_years, default=None,
                    help="comma-separated imagery years (default: all but 2018-2020)")
     s.add_argument("--no-events", dest="events", action="store_false",
                    help="no gaps and no kidnaps")

@@ -57,7 +57,6 @@ uninterrupted one (same machine and threads).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -421,6 +420,13 @@ def train_dense(model_path: str, naip_dir: str, out_dir: str, *, steps: int, bat
         raise ValueError(f"--val-band {val_band!r}: one of {', '.join(xtime.VAL_BANDS)}")
     if not 0.0 <= how.focus_share <= 1.0:
         raise ValueError(f"--focus-share {how.focus_share}: needs 0..1")
+    if how.ref_years and len(how.ref_years) < 2:
+        raise ValueError("--ref-years: needs two years or more "
+                         "(a query is never its own reference)")
+    paths = xtime.rasters(naip_dir)
+    for y in how.ref_years + how.focus_years:
+        if y not in paths:
+            raise ValueError(f"year {y}: no raster of it in {naip_dir}")
     if threads:
         torch.set_num_threads(threads)
     os.makedirs(out_dir, exist_ok=True)
@@ -433,12 +439,6 @@ def train_dense(model_path: str, naip_dir: str, out_dir: str, *, steps: int, bat
     geo = Geometry(net, layer)
     head = net.dense_head
     rasters, ground, vground = _grounds(model_path, naip_dir, base, layer, geo, val_band)
-    for y in how.ref_years + how.focus_years:
-        if y not in rasters:
-            raise ValueError(f"year {y}: no raster of it in {naip_dir}")
-    if how.ref_years and len(how.ref_years) < 2:
-        raise ValueError("--ref-years: needs two years or more "
-                         "(a query is never its own reference)")
     vs = draw_samples(np.random.default_rng(VAL_SEED), vground, rasters, val_count)
     val = {"q": query_raw(base, layer, vs["true"]), "w": query_raw(base, layer, vs["wrong"]),
            "win": vs["win"], "qyear": vs["qyear"], "frac": true_placement(vground, vs),
@@ -532,10 +532,10 @@ def main_args(p) -> None:
     p.add_argument("--temperature", type=float, default=0.05, help="placement InfoNCE")
     p.add_argument("--cell-temperature", type=float, default=0.1, help="per-cell InfoNCE")
     p.add_argument("--val-count", type=int, default=VAL_COUNT, help="validation samples")
-    p.add_argument("--ref-years", type=_years, default=(),
+    p.add_argument("--ref-years", type=xtime.parse_years, default=(),
                    help="draw training references only from these years, e.g. 2018,2019,2020 "
                         "(default: 2020 half the time, else any other year)")
-    p.add_argument("--focus-years", type=_years, default=(),
+    p.add_argument("--focus-years", type=xtime.parse_years, default=(),
                    help="draw this share (--focus-share) of the training queries from these years")
     p.add_argument("--focus-share", type=float, default=0.0)
     p.add_argument("--val-band", choices=xtime.VAL_BANDS, default="south",
@@ -615,8 +615,8 @@ def scan_args(p) -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--naip", required=True, help="folder of the NAIP GeoTIFFs")
     p.add_argument("--val-band", choices=xtime.VAL_BANDS, default="south")
-    p.add_argument("--map-years", type=_years, default=(2018, 2019, 2020))
-    p.add_argument("--query-years", type=_years, default=None,
+    p.add_argument("--map-years", type=xtime.parse_years, default=(2018, 2019, 2020))
+    p.add_argument("--query-years", type=xtime.parse_years, default=None,
                    help="default: every year before the first map year")
     p.add_argument("--count", type=int, default=1000)
     p.add_argument("--seed", type=int, default=777)
@@ -639,13 +639,6 @@ def run_scan(a) -> int:
         v = r[kind]
         print(f"{kind:8s} all {pct(v)}  2009-2010 {pct(v[old])}  others {pct(v[~old])}")
     return 0
-
-
-def _years(text: str) -> Tuple[int, ...]:
-    try:
-        return tuple(int(y) for y in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: years separated by commas, e.g. 2018,2020")
 
 
 def run(a) -> int:

@@ -26,6 +26,7 @@ convergence); splitting by longitude and by easting keeps the same tiles.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import glob
 import math
@@ -108,14 +109,13 @@ def dense_ok(corners, part: str, band: str = "south") -> bool:
     return train_ok(c) and bool(np.all((c[:, 1] >= lo) & (c[:, 1] < hi)))
 
 
-def dense_train_ok(corners, band: str = "south") -> bool:
-    """train-dense's training ground (dense_ok)."""
-    return dense_ok(corners, "train", band)
-
-
-def dense_val_ok(corners, band: str = "south") -> bool:
-    """train-dense's validation band (dense_ok)."""
-    return dense_ok(corners, "val", band)
+def parse_years(text: str) -> tuple:
+    """The years of a command-line value such as "2009,2012" (argparse type)."""
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"years {text!r} are not comma-separated years, "
+                                         "e.g. 2009,2012") from None
 
 
 def rasters(naip_dir) -> dict:
