@@ -9,7 +9,8 @@
   make-eval-set --naip DIR --out DIR [--count N] [--seed S] [--size PX] [--region east|west]
   make-flight --naip DIR --out DIR [--year Y] [--frames N] [--seed S] [--size PX]
   make-flights --naip DIR --out DIR [--region east|west] [--flights N] [--frames N] [--seed S]
-        [--size PX] [--years 2009,2012] [--no-events]   flights for testing a tracker
+        [--size PX] [--years 2009,2012] [--no-events] [--val-band north]
+                                        flights for testing a tracker
   xtime-bbox --naip DIR [--region east|west]   a naip-xtime map's --bbox WEST,SOUTH,EAST,NORTH
   warp --image IN --heading H --size S --out OUT.png      fine stage step 1 (fine.py)
   dense --model M --image CANVAS --out OUT.f32 [--layer L] [--block B] [--margin P]
@@ -132,8 +133,10 @@ def cmd_make_flight(a) -> int:
 
 
 def cmd_make_flights(a) -> int:
+    if a.val_band and a.region != "west":
+        raise ValueError("--val-band needs --region west")
     xtime.make_flights(a.naip, a.out, a.region, a.flights, a.frames, a.seed, a.size, a.years,
-                       a.events)
+                       a.events, a.val_band)
     return 0
 
 
@@ -286,6 +289,8 @@ def main(argv=None) -> int:
                    help="comma-separated imagery years (default: all but 2018-2020)")
     s.add_argument("--no-events", dest="events", action="store_false",
                    help="no gaps and no kidnaps")
+    s.add_argument("--val-band", choices=["north"], default=None,
+                   help="with --region west: fly over train-dense's north validation band only")
     s.set_defaults(func=cmd_make_flights)
 
     s = sub.add_parser("xtime-bbox", help="print the --bbox of the naip-xtime reference map")

@@ -483,7 +483,8 @@ def _flight_years(paths: dict, years) -> list:
 
 
 def make_flights(naip_dir, out_dir, region: str = "east", flights: int = 20, frames: int = 100,
-                 seed=None, size: int = 128, years=None, events: bool = True) -> int:
+                 seed=None, size: int = 128, years=None, events: bool = True,
+                 band: str = None) -> int:
     """Simulated drone flights over a region for testing a position tracker,
     `flights` flights of `frames` frames, all in one labels.csv (a flight's
     frames on consecutive rows, flights one after another) with the columns
@@ -505,9 +506,15 @@ def make_flights(naip_dir, out_dir, region: str = "east", flights: int = 20, fra
     event "kidnap"); without, neither. A flight's first frame says "start".
     Every frame's centre lies FLIGHT_MARGIN_M inside the region's centre
     range (centre_range); flights that leave it or whose views reach off
-    the raster are redrawn. seed None: FLIGHT_SEEDS[region]. Deterministic
-    for a seed. Returns the number of frames written."""
+    the raster are redrawn. band "north" (region west only): the frames'
+    centres keep to train-dense's north validation band instead (northings
+    from VAL_NORTH_NORTHING up; the band's buffer stands for the margin on
+    its south side), ground a head trained with `--val-band north` never
+    saw. seed None: FLIGHT_SEEDS[region]. Deterministic for a seed. Returns
+    the number of frames written."""
     _check_region(region)
+    if band not in (None, "north") or (band and region != "west"):
+        raise ValueError("make_flights: band is None or 'north' (region west only)")
     if flights < 1 or frames < 2:
         raise ValueError("flights must be at least 1 and frames at least 2")
     if events and frames < MIN_EVENT_FRAMES:
@@ -520,7 +527,7 @@ def make_flights(naip_dir, out_dir, region: str = "east", flights: int = 20, fra
     ref, opened = Raster.open(paths[REFERENCE_YEAR]), {}
     xa, ya, xb, yb = centre_range(ref, region)
     m = FLIGHT_MARGIN_M
-    box = (xa + m, ya + m, xb - m, yb - m)
+    box = (xa + m, ya + m if band is None else VAL_NORTH_NORTHING, xb - m, yb - m)
     order = np.random.default_rng(seed).permutation(years)
     stats = {"km": 0.0, "redrawn": 0}
 
@@ -563,7 +570,8 @@ def make_flights(naip_dir, out_dir, region: str = "east", flights: int = 20, fra
     _write_set(out_dir, rows(), EXTRA_FIELDS + FLIGHT_FIELDS)
     what = "a gap and a kidnap each" if events else "no events"
     used = sorted({int(order[f % len(order)]) for f in range(flights)})
-    print(f"wrote {flights} flights x {frames} frames ({region} region, {size}x{size}, years "
+    where = f"{region} region" + (f", {band} band" if band else "")
+    print(f"wrote {flights} flights x {frames} frames ({where}, {size}x{size}, years "
           f"{','.join(map(str, used))}; {what}; {stats['km']:.1f} km flown, "
           f"{stats['redrawn']} flights redrawn) and labels.csv to {out_dir}")
     return flights * frames

@@ -32,7 +32,7 @@ void gl_track_params_init(struct gl_track_params *p) {
       .scan_cells = 16,
       .heading_window_deg = 30,
       .turn_rate_dps = 30,
-      .hint_confidence = 0.8,
+      .hint_confidence = 0.9,
   };
 }
 

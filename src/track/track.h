@@ -131,7 +131,7 @@ struct gl_track_params {
   double heading_window_deg; /* a locked track's headings: +-this (default 30), 0..180 */
   double turn_rate_dps;      /* plus this times dt (default 30 deg/s), 0..3600 */
   double hint_confidence;    /* a frame's own estimate counts (step 4) from this
-                                confidence up (default 0.8), 0..1 */
+                                confidence up (default 0.9), 0..1 */
 };
 
 void gl_track_params_init(struct gl_track_params *p);

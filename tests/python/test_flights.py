@@ -40,14 +40,16 @@ def angle_diff(a, b):
 
 class Flights(unittest.TestCase):
     """Sets of FLIGHTS flights x FRAMES frames at SIZE px: two east sets of
-    one seed (one through the CLI), one of another seed, a west set, an east
-    set without events in one year."""
+    one seed (one through the CLI), one of another seed, a west set, one over
+    the west's north validation band (through the CLI), an east set without
+    events in one year."""
 
     @classmethod
     def setUpClass(cls):
         cls.tmp = tempfile.TemporaryDirectory()
         cls.r = V.Raster.open(R2020)
-        cls.out = {k: os.path.join(cls.tmp.name, k) for k in ("a", "b", "c", "west", "quiet")}
+        cls.out = {k: os.path.join(cls.tmp.name, k) for k in ("a", "b", "c", "west", "north",
+                                                          "quiet")}
         small = dict(flights=FLIGHTS, frames=FRAMES, size=SIZE)
         X.make_flights(NAIP, cls.out["a"], seed=5, **small)
         X.make_flights(NAIP, cls.out["c"], seed=6, **small)
@@ -55,6 +57,8 @@ class Flights(unittest.TestCase):
         args = ["--naip", NAIP, "--flights", str(FLIGHTS), "--frames", str(FRAMES), "--size",
                 str(SIZE)]
         run_cli("make-flights", *args, "--out", cls.out["b"], "--seed", "5")
+        cls.north_stdout = run_cli("make-flights", *args, "--out", cls.out["north"],
+                                   "--region", "west", "--val-band", "north").stdout
         cls.quiet_stdout = run_cli("make-flights", *args, "--out", cls.out["quiet"],
                                    "--years", "2012", "--no-events").stdout
 
@@ -74,7 +78,9 @@ class Flights(unittest.TestCase):
             out.append((fr, np.column_stack([x, y]), (t - t[0]) / 1e6))
         return out
 
-    def check_set(self, name, region="east", events=True):
+    def check_set(self, name, region="east", events=True, south=None):
+        """south: the lowest northing a frame's centre may have (default:
+        the region's centre range less the margin)."""
         fields, rows = read_labels(self.out[name])
         self.assertEqual(fields, COLUMNS)
         self.assertEqual(fields, X.LABEL_FIELDS + X.EXTRA_FIELDS + X.FLIGHT_FIELDS)
@@ -96,7 +102,8 @@ class Flights(unittest.TestCase):
                 self.assertNotIn(fr[0]["date"][:4], ("2018", "2019", "2020"))
                 # every position inside the region's centre range less the margin
                 self.assertTrue(np.all((xy[:, 0] >= xa + m) & (xy[:, 0] <= xb - m)), xy)
-                self.assertTrue(np.all((xy[:, 1] >= ya + m) & (xy[:, 1] <= yb - m)), xy)
+                lo = ya + m if south is None else south - 0.05
+                self.assertTrue(np.all((xy[:, 1] >= lo) & (xy[:, 1] <= yb - m)), xy)
                 dt = np.diff(t)
                 self.assertTrue(np.all(dt > 0), dt)      # time strictly increasing
                 ev = [r["event"] for r in fr]
@@ -155,6 +162,13 @@ class Flights(unittest.TestCase):
     def test_west(self):
         self.check_set("west", region="west")
 
+    def test_north_band(self):
+        # the band is narrower than the west region's range less the margin
+        _, ya, _, _ = X.centre_range(self.r, "west")
+        self.assertGreater(X.VAL_NORTH_NORTHING, ya + X.FLIGHT_MARGIN_M)
+        self.check_set("north", region="west", south=X.VAL_NORTH_NORTHING)
+        self.assertIn("west region, north band", self.north_stdout)
+
     def test_no_events(self):
         rows = self.check_set("quiet", events=False)
         self.assertEqual({r["date"][:4] for r in rows}, {"2012"})
@@ -178,6 +192,12 @@ class Flights(unittest.TestCase):
                     check=False)
         self.assertEqual(p.returncode, 1)
         self.assertIn("no NAIP raster of 2011", p.stderr)
+        p = run_cli("make-flights", "--naip", NAIP, "--out", out, "--val-band", "north",
+                    check=False)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("--val-band needs --region west", p.stderr)
+        with self.assertRaisesRegex(ValueError, "region west only"):
+            X.make_flights(NAIP, out, region="east", band="north")
         self.assertFalse(os.path.exists(out))
 
 
