@@ -508,10 +508,12 @@ def make_flights(naip_dir, out_dir, region: str = "east", flights: int = 20, fra
     range (centre_range); flights that leave it or whose views reach off
     the raster are redrawn. band "north" (region west only): the frames'
     centres keep to train-dense's north validation band instead (northings
-    from VAL_NORTH_NORTHING up; the band's buffer stands for the margin on
-    its south side), ground a head trained with `--val-band north` never
-    saw. seed None: FLIGHT_SEEDS[region]. Deterministic for a seed. Returns
-    the number of frames written."""
+    from VAL_NORTH_NORTHING up), ground a head trained with `--val-band
+    north` never saw; there is no margin on that side, so the views of
+    frames near the band's south edge also see some of the buffer below it
+    and at most a strip of about 80 m of training ground (a view reaches
+    about FLIGHT_MARGIN_M from its centre). seed None: FLIGHT_SEEDS[region].
+    Deterministic for a seed. Returns the number of frames written."""
     _check_region(region)
     if band not in (None, "north") or (band and region != "west"):
         raise ValueError("make_flights: band is None or 'north' (region west only)")
