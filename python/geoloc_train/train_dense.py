@@ -402,6 +402,13 @@ def _grounds(model_path: str, naip_dir: str, base: M.GeoNet, layer: int, geo: Ge
     return _CACHE[key]
 
 
+def _need_years(years, have, naip_dir: str) -> None:
+    """ValueError for the first of years that has no raster in have ({year: ...})."""
+    for y in years:
+        if y not in have:
+            raise ValueError(f"year {y}: no raster of it in {naip_dir}")
+
+
 def train_dense(model_path: str, naip_dir: str, out_dir: str, *, steps: int, batch: int,
                 seed: int, lr: float = 1e-3, threads: int = 0, ckpt_every: int = 200,
                 resume: bool = False, layer: int = 6, dim: int = 64, hidden: int = 56,
@@ -423,10 +430,7 @@ def train_dense(model_path: str, naip_dir: str, out_dir: str, *, steps: int, bat
     if how.ref_years and len(how.ref_years) < 2:
         raise ValueError("--ref-years: needs two years or more "
                          "(a query is never its own reference)")
-    paths = xtime.rasters(naip_dir)
-    for y in how.ref_years + how.focus_years:
-        if y not in paths:
-            raise ValueError(f"year {y}: no raster of it in {naip_dir}")
+    _need_years(how.ref_years + how.focus_years, xtime.rasters(naip_dir), naip_dir)
     if threads:
         torch.set_num_threads(threads)
     os.makedirs(out_dir, exist_ok=True)
@@ -570,9 +574,7 @@ def band_scan(model_path: str, naip_dir: str, *, val_band: str = "south",
     rasters = open_rasters(naip_dir)
     if query_years is None:
         query_years = tuple(y for y in rasters if y < min(map_years))
-    for y in map_years + query_years:
-        if y not in rasters:
-            raise ValueError(f"year {y}: no raster of it in {naip_dir}")
+    _need_years(map_years + query_years, rasters, naip_dir)
     geo = Geometry(net, layer)
     ground = Ground(rasters, net, layer, "val", geo, val_band)
     n, mask = geo.n, geo.mask.reshape(-1).bool()

@@ -529,7 +529,7 @@ def make_flights(naip_dir, out_dir, region: str = "east", flights: int = 20, fra
     ref, opened = Raster.open(paths[REFERENCE_YEAR]), {}
     xa, ya, xb, yb = centre_range(ref, region)
     m = FLIGHT_MARGIN_M
-    box = (xa + m, ya + m if band is None else VAL_NORTH_NORTHING, xb - m, yb - m)
+    box = (xa + m, ya + m if band is None else dense_northings("val", band)[0], xb - m, yb - m)
     order = np.random.default_rng(seed).permutation(years)
     stats = {"km": 0.0, "redrawn": 0}
 
@@ -674,10 +674,12 @@ def water_change(naip_dir, ref_year: int = REFERENCE_YEAR, step_m: float = 10.0)
     xs, ys = np.meshgrid(np.arange(x0 + step_m / 2, x1, step_m),
                          np.arange(y0 + step_m / 2, y1, step_m))
     west = xs <= X_SPLIT - BUFFER_M
-    parts = {CHANGE_PARTS[0]: west & (ys >= VAL_NORTHING + VAL_BUFFER_M),
-             CHANGE_PARTS[1]: west & (ys < VAL_NORTHING),
-             CHANGE_PARTS[2]: west & (ys >= VAL_NORTH_NORTHING),
-             CHANGE_PARTS[3]: xs >= X_SPLIT}
+
+    def band(part, held_out):
+        lo, hi = dense_northings(part, held_out)
+        return west & (ys >= lo) & (ys < hi)
+    parts = {CHANGE_PARTS[0]: band("train", "south"), CHANGE_PARTS[1]: band("val", "south"),
+             CHANGE_PARTS[2]: band("val", "north"), CHANGE_PARTS[3]: xs >= X_SPLIT}
 
     def read(year):
         mask, gt = masks[year]
