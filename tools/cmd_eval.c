@@ -80,7 +80,8 @@ static void usage(FILE *f) {
              "  --fixed-lag N       also score the track smoothed N frames late (0-30)\n"
              "  --max-speed V       the vehicle's top speed, m/s (default 25)\n"
              "  --track-temperature T, --track-reacquire E, --lock-confidence C,\n"
-             "  --lost-confidence C, --lock-frames N, --lost-frames N, --hint-confidence C\n"
+             "  --lost-confidence C, --lock-frames N, --lost-frames N, --hint-confidence C,\n"
+             "  --track-spread M, --velocity-sigma V\n"
              "                      the tracker's parameters (src/track/track.h)\n"
              "\n");
   fprintf(f, "Metrics:\n"
@@ -463,6 +464,10 @@ static int eval_option(void *opts, int opt, const char *flag, const char *arg) {
     return gl_cli_double(flag, arg, 0, 1, &o->track.hint_confidence);
   case 2010:
     return gl_cli_u32(flag, arg, 0, GL_TRACK_MAX_LAG, &o->track.fixed_lag);
+  case 2012:
+    return gl_cli_double(flag, arg, 0, 10000, &o->track.base_sigma_m);
+  case 2013:
+    return gl_cli_double(flag, arg, 0, 100, &o->track.velocity_sigma_mps);
   case 'a':
   case 'e':
   case 'K':
@@ -504,6 +509,8 @@ static int eval_parse(int argc, char **argv, struct eval_opts *o) {
       {"lock-frames", required_argument, NULL, 2007},
       {"lost-frames", required_argument, NULL, 2008},
       {"hint-confidence", required_argument, NULL, 2011},
+      {"track-spread", required_argument, NULL, 2012},
+      {"velocity-sigma", required_argument, NULL, 2013},
       {"fixed-lag", required_argument, NULL, 2010},
       GL_CLI_TLS_OPTIONS,
       GL_CLI_FINE_OPTIONS,

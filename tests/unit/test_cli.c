@@ -277,6 +277,8 @@ static void test_commands_refuse_bad_numbers(void) {
       {"eval --model m --map p --labels l.csv --batch 65", "--batch: \"65\""},
       {"eval --model m --map p --labels l.csv --prior-m 0", "--prior-m: \"0\""},
       {"eval --model m --map p --labels l.csv --lock-frames 1x", "--lock-frames: \"1x\""},
+      {"eval --model m --map p --labels l.csv --track-spread -1", "--track-spread: \"-1\""},
+      {"eval --model m --map p --labels l.csv --velocity-sigma 101", "--velocity-sigma: \"101\""},
       {"encode --model m --batch 0 x.png", "--batch: \"0\""},
       {"encode --model m --threads 2.5 x.png", "--threads: \"2.5\""},
       {"map build --model m --ortho o.tif --out o.map --threads lots", "--threads: \"lots\""},
