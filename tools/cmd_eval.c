@@ -64,6 +64,7 @@ static void usage(FILE *f) {
              "                      column, plus --heading-noise\n"
              "  --heading-noise D   add a deterministic error uniform in +-D degrees to each\n"
              "                      heading (default 0)\n"
+             "  --heading-seed S    another draw of those errors (default 0)\n"
              GL_CLI_FINE_USAGE
              "  --by-year           also a row per year of the labels' date column (YYYY-MM-DD):\n"
              "                      frames, success within 25 and 100 m, median error (and\n"
@@ -116,6 +117,7 @@ struct eval_opts {
   bool per_frame, csv, by_year;
   bool use_heading, no_fine;
   double heading_noise;
+  uint64_t heading_seed;
   struct gl_loc_fine_params fine;
   const char *flights;
   char *flights_labels;
@@ -127,10 +129,11 @@ struct eval_opts {
 
 /* Frame i's compass heading for --use-heading: the label's, plus a
  * deterministic error uniform in +-heading_noise degrees (splitmix64 of the
- * frame's index), as a real compass would add. NaN for an empty heading. */
+ * frame's index and --heading-seed; seed 0 is the original draw), as a real
+ * compass would add. NaN for an empty heading. */
 static double eval_heading(const struct eval_opts *o, const struct gl_cli_eval *ev, size_t i) {
   double h = ev->labels.v[i].heading_deg;
-  uint64_t z = (uint64_t)i + 0x9e3779b97f4a7c15ull;
+  uint64_t z = (uint64_t)i + 0x9e3779b97f4a7c15ull * (o->heading_seed + 1);
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
   z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
   z ^= z >> 31;
@@ -431,6 +434,12 @@ static int eval_option(void *opts, int opt, const char *flag, const char *arg) {
     return GL_OK;
   case 'N':
     return gl_cli_double(flag, arg, 0, 180, &o->heading_noise);
+  case 2015: {
+    uint32_t seed;
+    int rc = gl_cli_u32(flag, arg, 0, UINT32_MAX, &seed);
+    o->heading_seed = seed;
+    return rc;
+  }
   case 1000:
   case 1001:
   case 1002:
@@ -499,6 +508,7 @@ static int eval_parse(int argc, char **argv, struct eval_opts *o) {
       {"by-year", no_argument, NULL, 'Y'},
       {"use-heading", no_argument, NULL, 'u'},
       {"heading-noise", required_argument, NULL, 'N'},
+      {"heading-seed", required_argument, NULL, 2015},
       {"flights", required_argument, NULL, 2000},
       {"use-velocity", no_argument, NULL, 2001},
       {"max-speed", required_argument, NULL, 2002},

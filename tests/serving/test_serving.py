@@ -678,6 +678,24 @@ class TrackServing(unittest.TestCase):
         finally:
             self.assertEqual(d.stop(), 0, d.log_text())
 
+    def test_heading_seed_draws_other_compass_errors(self):
+        """`geoloc eval --heading-seed`: seed 0 is the default draw of the
+        compass errors; another seed draws others, which change what the
+        fine stage finds (errors of up to 90 degrees, searched +-20)."""
+        def run(*extra):
+            r = subprocess.run([GEOLOC, "eval", "--model", self.model, "--map", self.map,
+                                "--flights", self.flight, "--use-heading", "--heading-noise", "90",
+                                "--per-frame", "--format", "csv", *extra],
+                               capture_output=True, text=True, timeout=300)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            rows = list(csv.DictReader(io.StringIO(r.stdout)))
+            self.assertEqual(len(rows), len(self.labels))
+            return [(x["est_lat"], x["est_lon"], x["track_status"], x["track_error_m"])
+                    for x in rows]
+        default = run()
+        self.assertEqual(run("--heading-seed", "0"), default)
+        self.assertNotEqual(run("--heading-seed", "3"), default)
+
     def test_tracked_frames_need_time_in_order(self):
         """A tracked stream: a frame without capture_time_us, one whose time
         goes back, and one with half a velocity get Error{BAD_REQUEST} (not
