@@ -117,7 +117,7 @@ struct eval_opts {
   bool per_frame, csv, by_year;
   bool use_heading, no_fine;
   double heading_noise;
-  uint64_t heading_seed;
+  uint32_t heading_seed;
   struct gl_loc_fine_params fine;
   const char *flights;
   char *flights_labels;
@@ -133,7 +133,7 @@ struct eval_opts {
  * compass would add. NaN for an empty heading. */
 static double eval_heading(const struct eval_opts *o, const struct gl_cli_eval *ev, size_t i) {
   double h = ev->labels.v[i].heading_deg;
-  uint64_t z = (uint64_t)i + 0x9e3779b97f4a7c15ull * (o->heading_seed + 1);
+  uint64_t z = (uint64_t)i + 0x9e3779b97f4a7c15ull * ((uint64_t)o->heading_seed + 1);
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
   z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
   z ^= z >> 31;
@@ -434,12 +434,8 @@ static int eval_option(void *opts, int opt, const char *flag, const char *arg) {
     return GL_OK;
   case 'N':
     return gl_cli_double(flag, arg, 0, 180, &o->heading_noise);
-  case 2015: {
-    uint32_t seed;
-    int rc = gl_cli_u32(flag, arg, 0, UINT32_MAX, &seed);
-    o->heading_seed = seed;
-    return rc;
-  }
+  case 2015:
+    return gl_cli_u32(flag, arg, 0, UINT32_MAX, &o->heading_seed);
   case 1000:
   case 1001:
   case 1002:
