@@ -79,7 +79,8 @@ static int encode_dense(const struct gl_nn_model *model, uint32_t layer, const d
   uint8_t *pix = NULL, *base = NULL;
   void *scratch = NULL;
   struct gl_image warped[ENCODE_MAX_HEADINGS];
-  uint32_t S = gl_nn_model_input_size(model), rows, cols, ch, stride;
+  uint32_t S = gl_nn_model_fine_size(model, layer), rows, cols, ch, stride;
+  const uint32_t margin = gl_nn_model_feature_margin(model, layer);
   int status = 1;
   for (uint32_t h = 0; h < nh; h++)
     hd[h] = (float)headings[h];
@@ -91,8 +92,8 @@ static int encode_dense(const struct gl_nn_model *model, uint32_t layer, const d
                                  .max_batch = nh ? nh : 1,
                                  .threads = threads,
                                  .feature_layer = layer,
-                                 .input_w = nh ? S : 640,
-                                 .input_h = nh ? S : 640};
+                                 .input_w = nh ? S : 512 + 2 * margin,
+                                 .input_h = nh ? S : 512 + 2 * margin};
   if (gl_nn_engine_create(model, &eo, &e, err, sizeof err) != GL_OK) {
     fprintf(stderr, "geoloc encode: %s\n", err);
     goto done;
@@ -113,7 +114,7 @@ static int encode_dense(const struct gl_nn_model *model, uint32_t layer, const d
     gl_loc_fine_warp(&img, hd, nh, S, base, warped);
     rc = gl_nn_engine_features(e, warped, nh, out);
   } else {
-    rc = gl_nn_engine_features_tiled(e, 64, &img, scratch, out);
+    rc = gl_nn_engine_features_tiled(e, margin, &img, scratch, out);
   }
   if (rc != GL_OK) {
     report(path, rc == GL_EINVAL ? "the image's sides must be multiples of the layer's stride"

@@ -41,8 +41,9 @@ static void usage(FILE *f) {
           "  --batch N        tiles per encoder call (default 16)\n"
           "  --threads N      encoder threads (default: all cores)\n"
           "  --dense-layer L  backbone block whose features form the pack's dense layer for\n"
-          "                   the fine stage (default 6: 32 channels, one cell per 8 model\n"
-          "                   pixels); 0 builds a pack without one\n"
+          "                   the fine stage (default: the model's dense head's block, else\n"
+          "                   6: 32 channels, one cell per 8 model pixels); 0 builds a pack\n"
+          "                   without one\n"
           "  --bbox W,S,E,N   keep only the tiles whose centre (WGS84 degrees, as written to\n"
           "                   tiles.sqlite) lies inside the box, edges included\n"
           "inspect: prints the manifest summary (tiling, years, sources with their capture\n"
@@ -211,7 +212,7 @@ static int cmd_build(int argc, char **argv) {
   struct build_opts b = {.orthos = orthos,
                          .bo = {.tile_m = 320, .stride_m = 80, .orthos = orthos},
                          .batch = 16,
-                         .dense_layer = 6};
+                         .dense_layer = GL_MAP_DENSE_MODEL_LAYER};
   if (!orthos)
     return 1;
   int status = build_parse(argc, argv, &b);

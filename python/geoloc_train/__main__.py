@@ -326,7 +326,8 @@ def main(argv=None) -> int:
     s.add_argument("--image", required=True, help="canvas; sides multiples of the layer's stride")
     s.add_argument("--layer", type=int, default=6, help="backbone feature index (default 6)")
     s.add_argument("--block", type=int, default=512)
-    s.add_argument("--margin", type=int, default=64)
+    s.add_argument("--margin", type=int, default=None,
+                   help="context on each side of a block (default: fine.layer_margin)")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_dense)
 

@@ -97,9 +97,12 @@ class ModelConfig:
     # stage (train_dense.py; OPS.md 3.5): null = none (the fine stage uses
     # the raw block features), else {"layer": L, "dim": D, "hidden": H}, all
     # integers: L the backbone block it reads (1..17), D >= that block's
-    # channels the output channels, H >= 1 the hidden channels. Left out of
-    # the JSON when null, so configs and model files without a head read
-    # as before.
+    # channels the output channels, H >= 1 the hidden channels; optionally
+    # "size": S, the fine stage's square input in pixels (a multiple of
+    # block L's stride, 16..1024; absent: input_size), so that the head can
+    # read a deeper block at the same cell size in metres. Left out of the
+    # JSON when null, so configs and model files without a head read as
+    # before.
     dense_head: Optional[dict] = None
 
     # ------------------------------------------------------------------------
@@ -161,18 +164,19 @@ class ModelConfig:
         return self
 
     DENSE_HEAD_KEYS = ("layer", "dim", "hidden")
+    DENSE_HEAD_OPTIONAL = ("size",)
 
     def _validate_dense_head(self, bad) -> None:
         h = self.dense_head
         if not isinstance(h, dict):
             bad("dense_head", 'must be null or an object {"layer": L, "dim": D, "hidden": H}')
-        unknown = sorted(set(h) - set(self.DENSE_HEAD_KEYS))
+        unknown = sorted(set(h) - set(self.DENSE_HEAD_KEYS) - set(self.DENSE_HEAD_OPTIONAL))
         if unknown:
             bad("dense_head", f"unknown key(s) {', '.join(unknown)}")
         missing = [k for k in self.DENSE_HEAD_KEYS if k not in h]
         if missing:
             bad("dense_head", f"missing key(s) {', '.join(missing)}")
-        for k in self.DENSE_HEAD_KEYS:
+        for k in self.DENSE_HEAD_KEYS + tuple(k for k in self.DENSE_HEAD_OPTIONAL if k in h):
             if not isinstance(h[k], int) or isinstance(h[k], bool):
                 bad("dense_head", f"{k} must be an integer")
         if not 1 <= h["layer"] <= MOBILENET_V2_LAST - 1:
@@ -182,6 +186,12 @@ class ModelConfig:
         c = self.block_channels()[h["layer"]]
         if h["dim"] < c:
             bad("dense_head", f"dim must be at least the {c} channels of block {h['layer']}")
+        if "size" in h:
+            from .fine import layer_strides                    # fine imports this module
+            s = layer_strides()[h["layer"]]
+            if not 16 <= h["size"] <= 1024 or h["size"] % s:
+                bad("dense_head", f"size must be 16..1024 and a multiple of block "
+                                  f"{h['layer']}'s stride {s}")
 
     def block_channels(self) -> List[int]:
         """Channels of the backbone's feature indices 0..18 at this width

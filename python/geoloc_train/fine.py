@@ -35,7 +35,7 @@ from .model import MOBILENET_V2_STAGES
 
 DEFAULT_LAYER = 6        # MobileNetV2 block 6: 32 channels at stride 8
 DEFAULT_BLOCK = 512      # dense features: block side in pixels
-DEFAULT_MARGIN = 64      # dense features: context on each side of a block
+MIN_MARGIN = 64          # dense features: least context on each side of a block
 MAX_AA = 4               # warp: at most MAX_AA x MAX_AA samples per pixel
 
 
@@ -131,6 +131,25 @@ def layer_strides() -> List[int]:
     return out
 
 
+def layer_margin(layer: int) -> int:
+    """The dense features' context on each side of a block for feature
+    `layer` (dense_raw_features): the layer's reach (half its receptive
+    field, (R - 1) / 2), plus one cell for a dense head's 3x3, rounded up to
+    a multiple of its stride, and at least MIN_MARGIN: 64 pixels for
+    blocks 1-6 (R = 59 for block 6), 112 for block 10 (R = 171).  With
+    this much context, blocks join exactly."""
+    strides = layer_strides()
+    if not 0 <= layer < len(strides):
+        raise ValueError(f"layer {layer!r} is not a backbone feature index")
+    rf = 3                                  # features[0]: 3x3
+    for i in range(1, layer + 1):
+        if i < len(strides) - 1:            # each block's 3x3 depthwise conv
+            rf += 2 * strides[i - 1]
+    s = strides[layer]
+    reach = (rf - 1) // 2 + s
+    return max(MIN_MARGIN, -(-reach // s) * s)
+
+
 def layer_stride(model, layer: int) -> int:
     """Stride s of feature `layer` of the model's backbone (8 for layer 6)."""
     if model.cfg.backbone != "mobilenet_v2":
@@ -202,14 +221,14 @@ def l2n(x):
 
 
 def dense_features(model, canvas: np.ndarray, layer: int = DEFAULT_LAYER,
-                   block: int = DEFAULT_BLOCK, margin: int = DEFAULT_MARGIN) -> np.ndarray:
+                   block: int = DEFAULT_BLOCK, margin: int = None) -> np.ndarray:
     """dense_raw_features, L2-normalised per cell (the reference's dense
     layer): see there."""
     return l2n(dense_raw_features(model, canvas, layer, block, margin))
 
 
 def dense_raw_features(model, canvas: np.ndarray, layer: int = DEFAULT_LAYER,
-                       block: int = DEFAULT_BLOCK, margin: int = DEFAULT_MARGIN,
+                       block: int = DEFAULT_BLOCK, margin: int = None,
                        head: bool = True) -> np.ndarray:
     """Step 3: float32 [H/s, W/s, C] cells of a uint8 (H, W, 3) canvas, H
     and W multiples of the layer's stride s (C: feature_channels).
@@ -223,9 +242,11 @@ def dense_raw_features(model, canvas: np.ndarray, layer: int = DEFAULT_LAYER,
     one pass over the canvas reflect-padded by margin.  A dense head on the
     layer (unless `head` is false) runs on each block's feature map, its 3x3
     zero padding at the block's edges (in the margin, cropped away).
-    dense_raw_features is not normalised."""
+    margin None: layer_margin(layer).  dense_raw_features is not
+    normalised."""
     _check_dense_model(model)
     s = layer_stride(model, layer)
+    margin = layer_margin(layer) if margin is None else margin
     canvas = np.asarray(canvas)
     if canvas.ndim != 3 or canvas.shape[2] != 3 or canvas.dtype != np.uint8:
         raise ValueError(f"expected a uint8 (H, W, 3) canvas, got {canvas.dtype} {canvas.shape}")
@@ -251,8 +272,12 @@ def dense_raw_features(model, canvas: np.ndarray, layer: int = DEFAULT_LAYER,
     return out
 
 
-def model_size(model) -> int:
-    """S: the model's square input size."""
+def model_size(model, layer: int = DEFAULT_LAYER) -> int:
+    """S: the fine stage's square input size for `layer`: the dense head's
+    size (config dense_head.size) when the head reads that layer and has
+    one, else the model's input_size."""
+    if head_applies(model, layer) and "size" in model.cfg.dense_head:
+        return model.cfg.dense_head["size"]
     hh, ww = model.cfg.input_size
     if hh != ww:
         raise ConfigError(f"the fine stage needs a square input_size, not {model.cfg.input_size}")
@@ -265,7 +290,7 @@ def query_features(model, rgb: np.ndarray, headings: Sequence[float],
     to 2S x 2S (warp at heading 0), that image warped to each heading at S =
     the model's input size, layer_features (with the dense head, if the
     model has one on this layer), l2n."""
-    size = model_size(model)
+    size = model_size(model, layer)
     s = layer_stride(model, layer)
     if size % s:
         raise ValueError(f"input size {size} is not a multiple of layer {layer}'s stride {s}")

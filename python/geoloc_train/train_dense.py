@@ -99,7 +99,7 @@ class Geometry:
     """The fine stage's sizes for a model and layer."""
 
     def __init__(self, model: M.GeoNet, layer: int):
-        self.size = fine.model_size(model)                 # S
+        self.size = fine.model_size(model, layer)          # S
         self.stride = fine.layer_stride(model, layer)      # s
         self.px_m = views.TILE_M / self.size               # 5 m
         self.cell_m = self.stride * self.px_m              # 40 m
@@ -363,10 +363,14 @@ def true_placement(ground: Ground, samples: dict) -> torch.Tensor:
     return torch.from_numpy(np.stack([r, c], axis=1))
 
 
-def with_head(base: M.GeoNet, layer: int, dim: int, hidden: int, seed: int) -> M.GeoNet:
-    """base's config and tensors plus an identity-start dense head."""
-    cfg = ModelConfig.from_dict({**json.loads(base.cfg.to_json()),
-                                 "dense_head": {"layer": layer, "dim": dim, "hidden": hidden}})
+def with_head(base: M.GeoNet, layer: int, dim: int, hidden: int, seed: int,
+              size: Optional[int] = None) -> M.GeoNet:
+    """base's config and tensors plus an identity-start dense head (its
+    config's size: the fine stage's input, when given)."""
+    head = {"layer": layer, "dim": dim, "hidden": hidden}
+    if size is not None:
+        head["size"] = size
+    cfg = ModelConfig.from_dict({**json.loads(base.cfg.to_json()), "dense_head": head})
     net = M.GeoNet(cfg)
     net.dense_head.reset_identity(torch.Generator().manual_seed(seed))
     state = {k: v for k, v in M.model_tensors(base).items()}
@@ -392,7 +396,8 @@ def _grounds(model_path: str, naip_dir: str, base: M.GeoNet, layer: int, geo: Ge
     """(rasters, train Ground, val Ground), kept for the process's next run
     on the same files (the tests train several times)."""
     paths = xtime.rasters(naip_dir)
-    key = (os.path.realpath(model_path), os.path.getmtime(model_path), layer, band,
+    key = (os.path.realpath(model_path), os.path.getmtime(model_path), layer, geo.size,
+           band,
            tuple((y, os.path.realpath(p), os.path.getmtime(p)) for y, p in sorted(paths.items())))
     if key not in _CACHE:
         _CACHE.clear()
@@ -414,7 +419,7 @@ def train_dense(model_path: str, naip_dir: str, out_dir: str, *, steps: int, bat
                 resume: bool = False, layer: int = 6, dim: int = 64, hidden: int = 56,
                 temperature: float = 0.05, cell_temperature: float = 0.1,
                 val_count: int = VAL_COUNT, val_band: str = "south",
-                how: YearDraw = YearDraw(),
+                how: YearDraw = YearDraw(), size: Optional[int] = None,
                 stop_after: Optional[int] = None,
                 log=print) -> str:
     """Trains the head; writes out_dir/model.safetensors (the base model
@@ -439,7 +444,7 @@ def train_dense(model_path: str, naip_dir: str, out_dir: str, *, steps: int, bat
     base = M.load_model(model_path)
     if base.cfg.dense_head is not None:
         raise ValueError(f"{model_path} already has a dense head")
-    net = with_head(base, layer, dim, hidden, seed)
+    net = with_head(base, layer, dim, hidden, seed, size)
     geo = Geometry(net, layer)
     head = net.dense_head
     rasters, ground, vground = _grounds(model_path, naip_dir, base, layer, geo, val_band)
@@ -473,7 +478,8 @@ def train_dense(model_path: str, naip_dir: str, out_dir: str, *, steps: int, bat
                                         "cell_temperature": cell_temperature,
                                         "val_band": val_band, "ref_years": list(how.ref_years),
                                         "focus_years": list(how.focus_years),
-                                        "focus_share": how.focus_share}}) + "\n")
+                                        "focus_share": how.focus_share,
+                                        "size": geo.size}}) + "\n")
         logf.flush()
     t0 = time.time()
     avg = None
@@ -531,6 +537,10 @@ def main_args(p) -> None:
     p.add_argument("--ckpt-every", type=int, default=100)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--layer", type=int, default=6, help="backbone block the head reads")
+    p.add_argument("--size", type=int, default=None,
+                   help="the fine stage's input in pixels for the head (config dense_head.size; "
+                        "default: the model's input_size), e.g. 128 with --layer 10: cells of the "
+                        "same ground size from a deeper block")
     p.add_argument("--dim", type=int, default=64, help="head output channels")
     p.add_argument("--hidden", type=int, default=56, help="head hidden channels")
     p.add_argument("--temperature", type=float, default=0.05, help="placement InfoNCE")
@@ -649,6 +659,7 @@ def run(a) -> int:
                        layer=a.layer, dim=a.dim, hidden=a.hidden, temperature=a.temperature,
                        cell_temperature=a.cell_temperature, val_count=a.val_count,
                        val_band=a.val_band,
-                       how=YearDraw(a.ref_years, a.focus_years, a.focus_share))
+                       how=YearDraw(a.ref_years, a.focus_years, a.focus_share),
+                       size=a.size)
     print(f"wrote {path}")
     return 0

@@ -634,7 +634,7 @@ int gl_loc_fine_frame_create(const struct gl_nn_model *model, uint32_t layer,
     return gl_fail(err, errlen, GL_ENOMEM, "out of memory");
   ff->p = *p;
   ff->layer = layer;
-  ff->S = gl_nn_model_input_size(model);
+  ff->S = gl_nn_model_fine_size(model, layer);
   ff->max_h = (uint32_t)lround(360.0 / p->step_deg);
   uint32_t k = (uint32_t)floor(p->tolerance_deg / p->step_deg + 1e-9);
   if (2 * k + 1 > ff->max_h)
@@ -642,7 +642,9 @@ int gl_loc_fine_frame_create(const struct gl_nn_model *model, uint32_t layer,
   struct gl_nn_engine_opts eo = {.backend = GL_NN_BACKEND_CPU,
                                  .max_batch = ff->max_h,
                                  .threads = threads,
-                                 .feature_layer = layer};
+                                 .feature_layer = layer,
+                                 .input_w = ff->S,
+                                 .input_h = ff->S};
   uint32_t rows, cols, ch, stride;
   if ((rc = gl_nn_engine_create(model, &eo, &ff->engine, err, errlen)))
     goto fail;

@@ -8,9 +8,10 @@
  * sub-tile position and a heading. python/geoloc_train/fine.py is the
  * reference of every step below; tests hold the two together.
  *
- * Notation. The model's input is S x S pixels (S = input_size, 64 for the
- * shipped model) and covers one map tile, tile_m metres, so a model pixel is
- * p = tile_m / S metres. Feature layer L of the backbone (MobileNetV2
+ * Notation. The fine stage's input is S x S pixels (S = input_size, 64 for
+ * the shipped model, or the dense head's own size, config dense_head.size,
+ * when the model's head reads the layer: gl_nn_model_fine_size) and covers
+ * one map tile, tile_m metres, so a model pixel is p = tile_m / S metres. Feature layer L of the backbone (MobileNetV2
  * block L; 6 by default: 32 channels at stride s = 8) turns an image into a
  * grid of cells of s x s pixels, c = s * p metres each (40 m by default), C
  * channels a cell.
@@ -40,9 +41,10 @@
  *  3. Reference features (map.h, "dense layer"). Each source raster is read
  *     at p metres per pixel on a canvas aligned to the pack's grid (origin
  *     on multiples of c) and run through the same layers in blocks of 512 x
- *     512 pixels with a 64-pixel margin of context on each side (the layer's
- *     receptive field is 59 pixels, so blocks join exactly); pixels outside
- *     the canvas are reflected. D_y[r][q] is the L2-normalised cell at row
+ *     512 pixels with a margin of context on each side
+ *     (gl_nn_model_feature_margin: 64 pixels for block 6, whose receptive
+ *     field is 59 pixels, 112 for block 10's 171), so blocks join
+ *     exactly; pixels outside the canvas are reflected. D_y[r][q] is the L2-normalised cell at row
  *     r, column q of source y; cells with missing imagery are zero.
  *  4. Score. For heading h and a placement of the query's top-left cell on
  *     reference cell (r, q):

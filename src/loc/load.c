@@ -45,7 +45,6 @@ int gl_loc_load_fine(const struct gl_nn_model *model, const struct gl_map *map,
                      const struct gl_loc_fine_params *p, uint32_t threads,
                      struct gl_loc_fine_frame **fine, bool *used, char *err, size_t errlen) {
   const struct gl_map_dense *d = gl_map_dense(map);
-  const uint32_t input = gl_nn_model_input_size(model);
   *used = false;
   if (!d) {
     snprintf(err, errlen, "no dense layer");
@@ -56,6 +55,7 @@ int gl_loc_load_fine(const struct gl_nn_model *model, const struct gl_map *map,
     return rc;
   /* The stage compares a frame's cells with the map's: both must come from
    * the same block at the same scale. */
+  const uint32_t input = gl_nn_model_fine_size(model, gl_loc_fine_frame_layer(*fine));
   if (d->layer != gl_loc_fine_frame_layer(*fine) || d->input_px != input) {
     snprintf(err, errlen,
              "dense layer of block %u at %u px, not the fine stage's block %u at %u px", d->layer,

@@ -48,7 +48,8 @@ int gl__map_dense_write(const struct gl__map_grid *g, const struct gl__map_sourc
                         uint32_t n_src, const struct gl_map_encoder *enc, const double ext[4],
                         const char *dir, struct gl__manifest_dense *d, char *err, size_t errlen) {
   const uint32_t s = enc->dense_stride, C = enc->dense_channels;
-  const double p = g->tile_m / enc->width, cell = p * s;
+  const uint32_t size = enc->dense_size ? enc->dense_size : enc->width;
+  const double p = g->tile_m / size, cell = p * s;
   /* Cells on multiples of the cell size, covering every tile. */
   double x0 = floor(ext[0] / cell + 1e-9) * cell, x1 = ceil(ext[2] / cell - 1e-9) * cell;
   double y0 = ceil(ext[3] / cell - 1e-9) * cell, y1 = floor(ext[1] / cell + 1e-9) * cell;
@@ -63,7 +64,7 @@ int gl__map_dense_write(const struct gl__map_grid *g, const struct gl__map_sourc
       .layer = enc->dense_layer,
       .stride_px = s,
       .channels = C,
-      .input_px = enc->width,
+      .input_px = size,
       .m_per_px = p,
       .cell_m = cell,
       .rows = rows,

@@ -16,17 +16,17 @@ struct gl__map_nn {
   struct gl_nn_engine *engine;
   struct gl_nn_engine *features; /* the dense layer's, or NULL */
   void *scratch;
+  uint32_t margin; /* the tiled pass's context, pixels */
 };
 
-/* The dense layer's tiled pass: blocks of 512 pixels with 64 pixels of
- * context each side, more than half the receptive field of the layers the
- * fine stage uses (59 pixels for block 6), so blocks join exactly. */
+/* The dense layer's tiled pass: blocks of 512 pixels with the layer's
+ * margin of context each side (gl_nn_model_feature_margin: 64 pixels for
+ * block 6), so blocks join exactly. */
 #define GL__DENSE_BLOCK 512u
-#define GL__DENSE_MARGIN 64u
 
 static int gl__nn_features_tiled(void *ctx, const struct gl_image *image, float *out) {
   struct gl__map_nn *nn = ctx;
-  return gl_nn_engine_features_tiled(nn->features, GL__DENSE_MARGIN, image, nn->scratch, out);
+  return gl_nn_engine_features_tiled(nn->features, nn->margin, image, nn->scratch, out);
 }
 
 static int gl__nn_encode(void *ctx, const struct gl_image *images, uint32_t n, float *out) {
@@ -78,18 +78,22 @@ int gl_map_encoder_enable_dense(struct gl_map_encoder *enc, uint32_t layer, char
   uint32_t stride, ch;
   if (!nn)
     return gl_fail(err, errlen, GL_EINVAL, "the encoder has no model");
+  if (layer == GL_MAP_DENSE_MODEL_LAYER)
+    layer = gl_nn_model_dense_layer(nn->model);
   if (gl_nn_model_feature_shape(nn->model, layer, &stride, &ch) != 0)
     return gl_fail(err, errlen, GL_EINVAL, "dense layer %u: not a backbone block (1..17)", layer);
-  if (enc->width % stride || enc->height % stride || GL__DENSE_MARGIN % stride)
+  const uint32_t size = gl_nn_model_fine_size(nn->model, layer);
+  nn->margin = gl_nn_model_feature_margin(nn->model, layer);
+  if (size % stride)
     return gl_fail(err, errlen, GL_EINVAL,
-                   "dense layer %u: its stride %u does not divide the model input %ux%u", layer,
-                   stride, enc->width, enc->height);
+                   "dense layer %u: its stride %u does not divide the fine stage's input %u", layer,
+                   stride, size);
   struct gl_nn_engine_opts eo = {
       .backend = GL_NN_BACKEND_CPU,
       .max_batch = 1,
       .feature_layer = layer,
-      .input_w = GL__DENSE_BLOCK + 2 * GL__DENSE_MARGIN,
-      .input_h = GL__DENSE_BLOCK + 2 * GL__DENSE_MARGIN,
+      .input_w = GL__DENSE_BLOCK + 2 * nn->margin,
+      .input_h = GL__DENSE_BLOCK + 2 * nn->margin,
   };
   int rc = gl_nn_engine_create(nn->model, &eo, &nn->features, err, errlen);
   if (rc)
@@ -103,7 +107,8 @@ int gl_map_encoder_enable_dense(struct gl_map_encoder *enc, uint32_t layer, char
   enc->dense_stride = stride;
   enc->dense_channels = ch;
   enc->dense_block = GL__DENSE_BLOCK;
-  enc->dense_margin = GL__DENSE_MARGIN;
+  enc->dense_margin = nn->margin;
+  enc->dense_size = size;
   enc->features_tiled = gl__nn_features_tiled;
   return 0;
 }

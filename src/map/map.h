@@ -69,6 +69,9 @@ struct gl_map_encoder {
    * cells of an image whose sides are multiples of the stride
    * (gl_nn_engine_features_tiled). */
   uint32_t dense_layer, dense_stride, dense_channels, dense_block, dense_margin;
+  /* The side of the square input the layer's cells are computed at (the
+   * canvas is read at tile_m / dense_size metres a pixel; 0: width). */
+  uint32_t dense_size;
   int (*features_tiled)(void *ctx, const struct gl_image *image, float *out);
 };
 
@@ -80,10 +83,14 @@ struct gl_map_encoder {
 int gl_map_encoder_init_model(struct gl_map_encoder *enc, const char *model_path, uint32_t threads,
                               uint32_t max_batch, char *err, size_t errlen);
 
-/* Adds the dense layer of backbone block `layer` (1..17; fine.h) to an
- * encoder from gl_map_encoder_init_model: packs built with it carry the
- * layer. Returns 0, GL_EINVAL (no such layer, or a model whose input is
- * not a multiple of its stride) or the engine's error. */
+/* Adds the dense layer of backbone block `layer` (1..17, or
+ * GL_MAP_DENSE_MODEL_LAYER: the model's dense head's block, else 6; fine.h)
+ * to an encoder from gl_map_encoder_init_model: packs built with it carry
+ * the layer, computed at the fine stage's input size for that block
+ * (gl_nn_model_fine_size). Returns 0, GL_EINVAL (no such layer, or a
+ * model whose fine-stage input is not a multiple of its stride) or the
+ * engine's error. */
+#define GL_MAP_DENSE_MODEL_LAYER UINT32_MAX
 int gl_map_encoder_enable_dense(struct gl_map_encoder *enc, uint32_t layer, char *err,
                                 size_t errlen);
 

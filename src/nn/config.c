@@ -197,26 +197,30 @@ static int gl__field(struct gl__nn_config *c, const char *name, const cJSON *j, 
       return gl__bad(err, errlen, name, "must be 1, 2 or 4", j);
     c->ref_rotations = (uint32_t)iv;
   } else if (strcmp(name, "dense_head") == 0) {
-    /* null, or {"layer": L, "dim": D, "hidden": H}; absent keys take 6, 64
-     * and 56 (config.py's defaults). */
+    /* null, or {"layer": L, "dim": D, "hidden": H, "size": S}; absent keys
+     * take 6, 64 and 56 (config.py's defaults), and no size the input's. */
     c->dh_layer = 0;
+    c->dh_size = 0;
     if (cJSON_IsNull(j))
       return 0;
     if (!cJSON_IsObject(j))
-      return gl__bad(err, errlen, name, "must be null or {layer, dim, hidden}", j);
-    static const char *const keys[] = {"layer", "dim", "hidden"};
-    uint32_t *dst[] = {&c->dh_layer, &c->dh_dim, &c->dh_hidden};
-    const uint32_t def[] = {6, 64, 56}, max[] = {GL__NN_LAST_FEATURE - 1, 4096, 4096};
+      return gl__bad(err, errlen, name, "must be null or {layer, dim, hidden[, size]}", j);
+    static const char *const keys[] = {"layer", "dim", "hidden", "size"};
+    uint32_t *dst[] = {&c->dh_layer, &c->dh_dim, &c->dh_hidden, &c->dh_size};
+    const uint32_t def[] = {6, 64, 56, 0},
+                   max[] = {GL__NN_LAST_FEATURE - 1, 4096, 4096, 1024};
     const cJSON *k;
     cJSON_ArrayForEach(k, j) {
-      if (strcmp(k->string, "layer") && strcmp(k->string, "dim") && strcmp(k->string, "hidden"))
-        return gl__bad(err, errlen, name, "has a key other than layer, dim and hidden", j);
+      if (strcmp(k->string, "layer") && strcmp(k->string, "dim") && strcmp(k->string, "hidden") &&
+          strcmp(k->string, "size"))
+        return gl__bad(err, errlen, name, "has a key other than layer, dim, hidden and size", j);
     }
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < 4; i++) {
       const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, keys[i]);
       *dst[i] = def[i];
-      if (v && (!gl__int(v, &iv) || iv < 1 || iv > max[i]))
-        return gl__bad(err, errlen, name, "layer must be 1..17, dim and hidden positive", j);
+      if (v && (!gl__int(v, &iv) || iv < (i == 3 ? 16 : 1) || iv > max[i]))
+        return gl__bad(err, errlen, name,
+                       "layer must be 1..17, dim and hidden positive, size 16..1024", j);
       if (v)
         *dst[i] = (uint32_t)iv;
     }
@@ -284,6 +288,15 @@ int gl__nn_config_parse(const char *json, struct gl__nn_config *cfg, char *err, 
       rc = gl_fail(err, errlen, GL_EFORMAT,
                    "config field 'dense_head': dim %u is below block %u's %u channels",
                    cfg->dh_dim, cfg->dh_layer, a.cout[cfg->dh_layer]);
+      goto out;
+    }
+    uint32_t stride = 1;
+    for (uint32_t k = 0; k <= cfg->dh_layer; k++)
+      stride *= a.stride[k];
+    if (cfg->dh_size % stride) {
+      rc = gl_fail(err, errlen, GL_EFORMAT,
+                   "config field 'dense_head': size %u is not a multiple of block %u's stride %u",
+                   cfg->dh_size, cfg->dh_layer, stride);
       goto out;
     }
   }

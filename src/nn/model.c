@@ -214,6 +214,26 @@ const char *gl_nn_model_sha256(const struct gl_nn_model *m) { return m->st.sha25
 
 uint32_t gl_nn_model_input_size(const struct gl_nn_model *m) { return m->cfg.input_w; }
 
+uint32_t gl_nn_model_fine_size(const struct gl_nn_model *m, uint32_t layer) {
+  return layer == m->cfg.dh_layer && m->cfg.dh_size ? m->cfg.dh_size : m->cfg.input_w;
+}
+
+uint32_t gl_nn_model_dense_layer(const struct gl_nn_model *m) {
+  return m->cfg.dh_layer ? m->cfg.dh_layer : 6;
+}
+
+uint32_t gl_nn_model_feature_margin(const struct gl_nn_model *m, uint32_t layer) {
+  if (layer == 0 || layer >= GL__NN_LAST_FEATURE)
+    return 0;
+  uint32_t rf = 1, jump = 1; /* features 0..17: one 3x3 conv each (stem, depthwise) */
+  for (uint32_t f = 0; f <= layer; f++) {
+    rf += 2 * jump;
+    jump *= m->arch.stride[f];
+  }
+  uint32_t reach = (rf - 1) / 2 + jump, margin = (reach + jump - 1) / jump * jump;
+  return margin < 64 ? 64 : margin;
+}
+
 void gl_nn_model_input_dims(const struct gl_nn_model *m, uint32_t *width, uint32_t *height) {
   *width = m->cfg.input_w;
   *height = m->cfg.input_h;

@@ -42,9 +42,9 @@ struct gl__nn_config {
   uint32_t descriptor_dim;
   uint32_t ref_rotations; /* headings the map encodes each tile at: 1, 2 or 4 */
   /* The dense head (config dense_head; OPS.md): on backbone block dh_layer,
-   * dh_dim output channels, dh_hidden in its residual branch. dh_layer 0:
-   * no head. */
-  uint32_t dh_layer, dh_dim, dh_hidden;
+   * dh_dim output channels, dh_hidden in its residual branch, the fine
+   * stage's input dh_size pixels (0: input_w). dh_layer 0: no head. */
+  uint32_t dh_layer, dh_dim, dh_hidden, dh_size;
 };
 
 /* The MobileNetV2 shape that a config implies (model.py's MobileNetV2). */

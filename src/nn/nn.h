@@ -40,6 +40,21 @@ void gl_nn_model_input_dims(const struct gl_nn_model *m, uint32_t *width, uint32
 /* Its width: the side of the square input the fine stage, the daemon and
  * the map builder's dense layer take. */
 uint32_t gl_nn_model_input_size(const struct gl_nn_model *m);
+/* The side of the square input the fine stage runs backbone block `layer`
+ * on (queries, and the map's dense layer at tile_m / that metres a pixel):
+ * the dense head's size (config dense_head.size) when the head reads that
+ * block and has one, else gl_nn_model_input_size. */
+uint32_t gl_nn_model_fine_size(const struct gl_nn_model *m, uint32_t layer);
+/* The block the fine stage reads by default: the dense head's (config
+ * dense_head.layer), else 6. */
+uint32_t gl_nn_model_dense_layer(const struct gl_nn_model *m);
+/* Context in pixels on each side of a block in a tiled pass over block
+ * `layer` (gl_nn_engine_features_tiled) so that blocks join exactly: the
+ * block's reach ((receptive field - 1) / 2) plus one cell for a dense
+ * head's 3x3, rounded up to a multiple of its stride, and at least 64 (64
+ * for blocks 1-6, 112 for block 10; fine.py layer_margin). 0 for a layer
+ * outside 1..17. */
+uint32_t gl_nn_model_feature_margin(const struct gl_nn_model *m, uint32_t layer);
 /* Total stride (pixels per cell) and channels of backbone block `layer`
  * (1..17); for the block the model's dense head reads (config dense_head),
  * the head's output channels, which a feature engine of that block

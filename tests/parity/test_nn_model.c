@@ -504,6 +504,14 @@ static void test_metadata_and_config(void) {
   expect_mut(&(struct mut){.config = "{\"ref_rotations\": 4, \"input_size\": [64, 96]}"},
              "config field 'ref_rotations': needs a square input_size");
   expect_mut(&(struct mut){.config = "[1, 2]"}, "config must be a JSON object");
+  /* The dense head's fine-stage input: a multiple of its block's stride. */
+  expect_mut(&(struct mut){.config = "{\"dense_head\": {\"layer\": 10, \"size\": 120}}"},
+             "config field 'dense_head': size 120 is not a multiple of block 10's stride 16");
+  expect_mut(&(struct mut){.config = "{\"dense_head\": {\"layer\": 10, \"size\": 8}}"},
+             "config field 'dense_head': layer must be 1..17, dim and hidden positive, size "
+             "16..1024");
+  expect_mut(&(struct mut){.config = "{\"dense_head\": {\"layer\": 10, \"sizes\": 128}}"},
+             "config field 'dense_head': has a key other than layer, dim, hidden and size");
   /* A config that differs from the tensors: the tensor-set check says so. */
   expect_mut(&(struct mut){.config = "{}"}, "tensors do not match the config");
   /* 36 million tensors implied by 66 bytes (found by fuzz_model_config):

@@ -46,6 +46,10 @@ class Config(unittest.TestCase):
         self.assertEqual(json.loads(c.to_json())["dense_head"], HEAD)
         head_cfg(layer=13, dim=96, hidden=1)                     # dim = the block's channels
         ModelConfig.from_dict({"dense_head": {"layer": 1, "dim": 16, "hidden": 3}})
+        # The fine stage's own input size: kept, and written back.
+        c = head_cfg(layer=10, size=128)
+        self.assertEqual(json.loads(c.to_json())["dense_head"], dict(HEAD, layer=10, size=128))
+        self.assertEqual(ModelConfig.from_json(c.to_json()), c)
 
     def test_none_is_left_out(self):
         # Configs without a head serialise as before the field existed.
@@ -56,7 +60,9 @@ class Config(unittest.TestCase):
         bad = [[6], "6", {"layer": 6, "dim": 64}, dict(HEAD, extra=1), dict(HEAD, layer=0),
                dict(HEAD, layer=18), dict(HEAD, layer=6.0), dict(HEAD, dim=31),
                dict(HEAD, hidden=0), dict(HEAD, hidden=True), dict(HEAD, dim="64"),
-               dict(HEAD, layer=13, dim=64)]
+               dict(HEAD, layer=13, dim=64), dict(HEAD, layer=10, size=120),
+               dict(HEAD, size=8), dict(HEAD, size=2048), dict(HEAD, size=True),
+               dict(HEAD, size=64.0)]
         for h in bad:
             with self.subTest(dense_head=h), self.assertRaises(ConfigError) as e:
                 ModelConfig.from_dict({"dense_head": h})

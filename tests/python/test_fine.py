@@ -179,6 +179,19 @@ class Features(unittest.TestCase):
         self.assertLess(float(np.abs(got - one).max()), 1e-5)
         np.testing.assert_allclose(np.linalg.norm(got, axis=-1), 1.0, atol=1e-5)
 
+    def test_blocks_equal_one_pass_on_a_deeper_block(self):
+        """Block 10 (stride 16, receptive field 171 pixels): its default
+        margin (layer_margin: 112) joins blocks exactly, 64 does not."""
+        self.assertEqual([fine.layer_margin(k) for k in (1, 6, 7, 10, 13)], [64, 64, 64, 112, 160])
+        canvas = picture(320, 352, 8)
+        got = fine.dense_features(self.model, canvas, 10, block=128)
+        self.assertEqual(got.shape, (20, 22, 64))
+        padded = np.pad(canvas, ((112, 112), (112, 112), (0, 0)), mode="reflect")
+        one = fine.l2n(fine.layer_features(self.model, padded[None], 10)[0, 7:-7, 7:-7]).numpy()
+        self.assertLess(float(np.abs(got - one).max()), 1e-5)
+        short = fine.dense_features(self.model, canvas, 10, block=128, margin=64)
+        self.assertGreater(float(np.abs(short - one).max()), 1e-3)
+
     def test_canvas_smaller_than_margin(self):
         canvas = picture(40, 48, 6)
         got = fine.dense_features(self.model, canvas, 6, block=32, margin=64)

@@ -83,9 +83,9 @@ class FineC(unittest.TestCase):
         return f"{lon[0]:.7f},{lat[0]:.7f},{lon[1]:.7f},{lat[1]:.7f}"
 
     @classmethod
-    def build(cls, name, *orthos, extra=()):
+    def build(cls, name, *orthos, extra=(), model=MODEL):
         out = os.path.join(cls.tmp.name, name)
-        args = ["map", "build", "--model", MODEL, "--bbox", cls.bbox, "--out", out, *extra]
+        args = ["map", "build", "--model", model, "--bbox", cls.bbox, "--out", out, *extra]
         for o in orthos:
             args += ["--ortho", o]
         geoloc(*args)
@@ -105,8 +105,8 @@ class FineC(unittest.TestCase):
         q = np.fromfile(os.path.join(pack, d["layers"][layer]["file"]), np.int8)
         return d, q.reshape(d["rows"], d["cols"], d["channels"]).astype(np.float32) / 127
 
-    def locate(self, pack, image, *extra):
-        out = geoloc("locate", "--model", MODEL, "--map", pack, "--format", "csv", "--top-k", "1",
+    def locate(self, pack, image, *extra, model=MODEL):
+        out = geoloc("locate", "--model", model, "--map", pack, "--format", "csv", "--top-k", "1",
                      *extra, image)
         return next(csv.DictReader(io.StringIO(out)))
 
@@ -163,6 +163,45 @@ class FineC(unittest.TestCase):
         p = fine.dense_features(model, np.asarray(Image.open(canvas).convert("RGB")), 6)
         self.assertGreater(cosines(c, p).min(), 0.9999)
 
+    def test_head_on_a_deeper_block_at_its_own_size(self):
+        """A head on block 10 (stride 16) whose config gives the fine stage
+        an input of 128 pixels (dense_head.size): cells of 40 m again, from
+        a deeper block. Query cells at 128 pixels, a canvas wider than one
+        tiled block (512 pixels, 112 of margin), and a pack built with it
+        (its dense layer at 2.5 m a pixel, scored as the reference scores
+        it), all against the reference."""
+        from _common import run_cli
+        cfg = self.path("head10.json")
+        with open(cfg, "w") as f:
+            f.write('{"input_size": [64, 64], '
+                    '"dense_head": {"layer": 10, "dim": 64, "hidden": 24, "size": 128}}')
+        model_path = self.path("head10.safetensors")
+        run_cli("export-random", "--config", cfg, "--seed", "6", "--out", model_path)
+        model = M.load_model(model_path)
+        self.assertEqual((fine.model_size(model, 10), fine.layer_margin(10)), (128, 112))
+        img = self.save("h10.png", view(self.r, PX, PY, 111.0))
+        out = self.path("h10.f32")
+        shape = geoloc("encode", "--model", model_path, "--dense", "10", "--heading", "0,111",
+                       "--out", out, img).split()
+        self.assertEqual(shape, ["2", "8", "8", "64"])
+        c = np.fromfile(out, np.float32).reshape(2, 8, 8, 64)
+        p = fine.query_features(model, np.asarray(Image.open(img).convert("RGB")), [0, 111], 10)
+        self.assertGreater(cosines(c, p).min(), 0.9999)
+        canvas = self.save("h10c.png", self.r.rgb[40:40 + 528, 16:16 + 592])
+        self.assertEqual(geoloc("encode", "--model", model_path, "--dense", "10", "--out", out,
+                                canvas).split(), ["33", "37", "64"])
+        c = np.fromfile(out, np.float32).reshape(33, 37, 64)
+        p = fine.dense_features(model, np.asarray(Image.open(canvas).convert("RGB")), 10)
+        self.assertGreater(cosines(c, p).min(), 0.9999)
+        # The pack: block 10 by default (the head's), read at 128 px a tile.
+        pack = self.build("head10.map", R2020, model=model_path)
+        meta, d = self.dense(pack)
+        self.assertEqual((meta["layer"], meta["input_px"], meta["stride_px"], meta["cell_m"],
+                          meta["m_per_px"], meta["margin_px"], d.shape[2]),
+                         (10, 128, 16, 40, 2.5, 112, 64))
+        self.check_scores("h10s.png", 37, [17, 27, 37, 47, 57], 0.0,
+                          model=(model_path, model), pack=pack, layer=10)
+
     def test_dense_cells_match_the_reference(self):
         canvas = self.save("canvas.png", self.r.rgb[40:40 + 584, 16:16 + 528])
         out = self.path("d.f32")
@@ -198,17 +237,21 @@ class FineC(unittest.TestCase):
         self.assertLess(np.median(cosines(a[8:8 + rows, 8:8 + cols],
                                           b[8 + dr:8 + dr + rows, 7 + dq:7 + dq + cols])), 0.9)
 
-    def check_scores(self, name, heading, headings, centring):
+    def check_scores(self, name, heading, headings, centring, model=None, pack=None, layer=6):
         """The best score and placement of a full scan of the pack (at a
         compass heading, or None: every heading) against the reference's
         scores over the pack's own cells at `headings`, each placement's
-        scores lowered by `centring` times their mean over headings."""
+        scores lowered by `centring` times their mean over headings.
+        model: (path, loaded model), default the shipped one and its pack."""
+        path, model = model or (MODEL, self.model)
+        pack = pack or self.pack
         img = self.save(name, view(self.r, PX, PY, 37.0))
         args = ("--heading", str(heading)) if heading is not None else ()
-        row = self.locate(self.pack, img, *args, "--fine-full-scan", "100000")
-        meta, d = self.dense(self.pack)
-        q = fine.query_features(self.model, np.asarray(Image.open(img).convert("RGB")), headings, 6)
-        s = fine.scores(q, d, fine.disc_mask(8, 8, 64))
+        row = self.locate(pack, img, *args, "--fine-full-scan", "100000", model=path)
+        meta, d = self.dense(pack)
+        q = fine.query_features(model, np.asarray(Image.open(img).convert("RGB")), headings, layer)
+        size, stride = fine.model_size(model, layer), fine.layer_stride(model, layer)
+        s = fine.scores(q, d, fine.disc_mask(size // stride, stride, size))
         s = s - centring * s.mean(axis=0, keepdims=True)
         h, r, c = np.unravel_index(np.argmax(s), s.shape)
         self.assertAlmostEqual(float(row["score"]), float(s.max()), places=4)
