@@ -396,8 +396,7 @@ def _grounds(model_path: str, naip_dir: str, base: M.GeoNet, layer: int, geo: Ge
     """(rasters, train Ground, val Ground), kept for the process's next run
     on the same files (the tests train several times)."""
     paths = xtime.rasters(naip_dir)
-    key = (os.path.realpath(model_path), os.path.getmtime(model_path), layer, geo.size,
-           band,
+    key = (os.path.realpath(model_path), os.path.getmtime(model_path), layer, geo.size, band,
            tuple((y, os.path.realpath(p), os.path.getmtime(p)) for y, p in sorted(paths.items())))
     if key not in _CACHE:
         _CACHE.clear()

@@ -11,7 +11,8 @@
  * Notation. The fine stage's input is S x S pixels (S = input_size, 64 for
  * the shipped model, or the dense head's own size, config dense_head.size,
  * when the model's head reads the layer: gl_nn_model_fine_size) and covers
- * one map tile, tile_m metres, so a model pixel is p = tile_m / S metres. Feature layer L of the backbone (MobileNetV2
+ * one map tile, tile_m metres, so a model pixel is p = tile_m / S metres.
+ * Feature layer L of the backbone (MobileNetV2
  * block L; 6 by default: 32 channels at stride s = 8) turns an image into a
  * grid of cells of s x s pixels, c = s * p metres each (40 m by default), C
  * channels a cell.
@@ -44,8 +45,9 @@
  *     512 pixels with a margin of context on each side
  *     (gl_nn_model_feature_margin: 64 pixels for block 6, whose receptive
  *     field is 59 pixels, 112 for block 10's 171), so blocks join
- *     exactly; pixels outside the canvas are reflected. D_y[r][q] is the L2-normalised cell at row
- *     r, column q of source y; cells with missing imagery are zero.
+ *     exactly; pixels outside the canvas are reflected. D_y[r][q] is the
+ *     L2-normalised cell at row r, column q of source y; cells with missing
+ *     imagery are zero.
  *  4. Score. For heading h and a placement of the query's top-left cell on
  *     reference cell (r, q):
  *        score_y(h, r, q) = 1/|K_q| sum over (a, b) in K_q of

@@ -290,9 +290,7 @@ int gl__nn_config_parse(const char *json, struct gl__nn_config *cfg, char *err, 
                    cfg->dh_dim, cfg->dh_layer, a.cout[cfg->dh_layer]);
       goto out;
     }
-    uint32_t stride = 1;
-    for (uint32_t k = 0; k <= cfg->dh_layer; k++)
-      stride *= a.stride[k];
+    const uint32_t stride = gl__nn_arch_stride(&a, cfg->dh_layer);
     if (cfg->dh_size % stride) {
       rc = gl_fail(err, errlen, GL_EFORMAT,
                    "config field 'dense_head': size %u is not a multiple of block %u's stride %u",

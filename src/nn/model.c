@@ -239,11 +239,15 @@ void gl_nn_model_input_dims(const struct gl_nn_model *m, uint32_t *width, uint32
   *height = m->cfg.input_h;
 }
 
-uint32_t gl__nn_feature_stride(const struct gl_nn_model *m, uint32_t layer) {
+uint32_t gl__nn_arch_stride(const struct gl__nn_arch *a, uint32_t layer) {
   uint32_t s = 1;
   for (uint32_t f = 0; f <= layer && f < GL__NN_FEATURES; f++)
-    s *= m->arch.stride[f];
+    s *= a->stride[f];
   return s;
+}
+
+uint32_t gl__nn_feature_stride(const struct gl_nn_model *m, uint32_t layer) {
+  return gl__nn_arch_stride(&m->arch, layer);
 }
 
 int gl_nn_model_feature_shape(const struct gl_nn_model *m, uint32_t layer, uint32_t *stride,

@@ -100,7 +100,9 @@ struct gl_nn_model {
 const float *gl__nn_model_tensor(const struct gl_nn_model *m, const char *name);
 /* The folded conv unit with this prefix ("backbone.features.3.dw"), or NULL. */
 const struct gl__nn_unit *gl__nn_model_unit(const struct gl_nn_model *m, const char *prefix);
-/* Total stride of backbone block `layer` (product of the strides up to it). */
+/* Total stride of backbone block `layer` (product of the strides up to it),
+ * of an architecture and of a loaded model. */
+uint32_t gl__nn_arch_stride(const struct gl__nn_arch *a, uint32_t layer);
 uint32_t gl__nn_feature_stride(const struct gl_nn_model *m, uint32_t layer);
 
 #endif

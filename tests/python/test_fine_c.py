@@ -137,31 +137,43 @@ class FineC(unittest.TestCase):
             p = fine.query_features(self.model, rgb, [0, 37, 250], 6)
             self.assertGreater(cosines(c, p).min(), 0.9999, size)
 
+    def check_head(self, name, head, seed, canvas_box, canvas_cells):
+        """A random model with this dense head config: the C feature engine
+        computes query cells (two headings) and a canvas's cells (the
+        raster's rows and columns canvas_box = (y, x, h, w)) as the
+        reference does. Returns (model path, loaded model)."""
+        from _common import run_cli
+        layer = head["layer"]
+        cfg = self.path(f"{name}.json")
+        with open(cfg, "w") as f:
+            json.dump({"input_size": [64, 64], "dense_head": head}, f)
+        model_path = self.path(f"{name}.safetensors")
+        run_cli("export-random", "--config", cfg, "--seed", str(seed), "--out", model_path)
+        model = M.load_model(model_path)
+        img = self.save(f"{name}.png", view(self.r, PX, PY, 111.0))
+        out = self.path(f"{name}.f32")
+        shape = geoloc("encode", "--model", model_path, "--dense", str(layer), "--heading",
+                       "0,111", "--out", out, img).split()
+        self.assertEqual(shape, ["2", "8", "8", "64"])
+        c = np.fromfile(out, np.float32).reshape(2, 8, 8, 64)
+        p = fine.query_features(model, np.asarray(Image.open(img).convert("RGB")), [0, 111],
+                                layer)
+        self.assertGreater(cosines(c, p).min(), 0.9999)
+        y, x, h, w = canvas_box
+        canvas = self.save(f"{name}c.png", self.r.rgb[y:y + h, x:x + w])
+        self.assertEqual(geoloc("encode", "--model", model_path, "--dense", str(layer), "--out",
+                                out, canvas).split(), [*map(str, canvas_cells), "64"])
+        c = np.fromfile(out, np.float32).reshape(*canvas_cells, 64)
+        p = fine.dense_features(model, np.asarray(Image.open(canvas).convert("RGB")), layer)
+        self.assertGreater(cosines(c, p).min(), 0.9999)
+        return model_path, model
+
     def test_dense_head_matches_the_reference(self):
         """A model with a dense head (random, non-trivial weights): the C
         feature engine computes the head as the reference does, for query
         cells and canvas cells alike."""
-        from _common import run_cli
-        cfg = self.path("head.json")
-        with open(cfg, "w") as f:
-            f.write('{"input_size": [64, 64], "dense_head": {"layer": 6, "dim": 64, "hidden": 56}}')
-        model_path = self.path("head.safetensors")
-        run_cli("export-random", "--config", cfg, "--seed", "5", "--out", model_path)
-        model = M.load_model(model_path)
-        img = self.save("h.png", view(self.r, PX, PY, 111.0))
-        out = self.path("h.f32")
-        shape = geoloc("encode", "--model", model_path, "--dense", "6", "--heading", "0,111",
-                       "--out", out, img).split()
-        self.assertEqual(shape, ["2", "8", "8", "64"])
-        c = np.fromfile(out, np.float32).reshape(2, 8, 8, 64)
-        p = fine.query_features(model, np.asarray(Image.open(img).convert("RGB")), [0, 111], 6)
-        self.assertGreater(cosines(c, p).min(), 0.9999)
-        canvas = self.save("hc.png", self.r.rgb[40:40 + 136, 16:16 + 200])
-        self.assertEqual(geoloc("encode", "--model", model_path, "--dense", "6", "--out", out,
-                                canvas).split(), ["17", "25", "64"])
-        c = np.fromfile(out, np.float32).reshape(17, 25, 64)
-        p = fine.dense_features(model, np.asarray(Image.open(canvas).convert("RGB")), 6)
-        self.assertGreater(cosines(c, p).min(), 0.9999)
+        self.check_head("head", {"layer": 6, "dim": 64, "hidden": 56}, 5, (40, 16, 136, 200),
+                        (17, 25))
 
     def test_head_on_a_deeper_block_at_its_own_size(self):
         """A head on block 10 (stride 16) whose config gives the fine stage
@@ -170,29 +182,10 @@ class FineC(unittest.TestCase):
         tiled block (512 pixels, 112 of margin), and a pack built with it
         (its dense layer at 2.5 m a pixel, scored as the reference scores
         it), all against the reference."""
-        from _common import run_cli
-        cfg = self.path("head10.json")
-        with open(cfg, "w") as f:
-            f.write('{"input_size": [64, 64], '
-                    '"dense_head": {"layer": 10, "dim": 64, "hidden": 24, "size": 128}}')
-        model_path = self.path("head10.safetensors")
-        run_cli("export-random", "--config", cfg, "--seed", "6", "--out", model_path)
-        model = M.load_model(model_path)
+        model_path, model = self.check_head(
+            "head10", {"layer": 10, "dim": 64, "hidden": 24, "size": 128}, 6,
+            (40, 16, 528, 592), (33, 37))
         self.assertEqual((fine.model_size(model, 10), fine.layer_margin(10)), (128, 112))
-        img = self.save("h10.png", view(self.r, PX, PY, 111.0))
-        out = self.path("h10.f32")
-        shape = geoloc("encode", "--model", model_path, "--dense", "10", "--heading", "0,111",
-                       "--out", out, img).split()
-        self.assertEqual(shape, ["2", "8", "8", "64"])
-        c = np.fromfile(out, np.float32).reshape(2, 8, 8, 64)
-        p = fine.query_features(model, np.asarray(Image.open(img).convert("RGB")), [0, 111], 10)
-        self.assertGreater(cosines(c, p).min(), 0.9999)
-        canvas = self.save("h10c.png", self.r.rgb[40:40 + 528, 16:16 + 592])
-        self.assertEqual(geoloc("encode", "--model", model_path, "--dense", "10", "--out", out,
-                                canvas).split(), ["33", "37", "64"])
-        c = np.fromfile(out, np.float32).reshape(33, 37, 64)
-        p = fine.dense_features(model, np.asarray(Image.open(canvas).convert("RGB")), 10)
-        self.assertGreater(cosines(c, p).min(), 0.9999)
         # The pack: block 10 by default (the head's), read at 128 px a tile.
         pack = self.build("head10.map", R2020, model=model_path)
         meta, d = self.dense(pack)
