@@ -39,7 +39,7 @@ static void usage(FILE *f) {
              "Writes the L2-normalised feature cells of backbone block L as raw float32 to\n"
              "F.f32 and their shape to stdout: with --heading, the image warped north-up at each\n"
              "heading (the fine stage's query, [headings][rows][cols][channels]); without, the\n"
-             "whole image as a map canvas in 512-pixel blocks with 64 pixels of context\n"
+             "whole image as a map canvas in 512-pixel blocks with the block's context\n"
              "([rows][cols][channels]; sides multiples of the layer's stride), as the map\n"
              "builder computes a pack's dense layer.\n");
 }
@@ -74,13 +74,11 @@ static int encode_dense(const struct gl_nn_model *model, uint32_t layer, const d
                         uint32_t nh, uint32_t threads, const char *path, const char *out_path) {
   char err[512];
   struct gl_image img = {0};
-  struct gl_nn_engine *e = NULL;
+  struct gl_nn_cells *e = NULL;
   float hd[ENCODE_MAX_HEADINGS], *out = NULL;
   uint8_t *pix = NULL, *base = NULL;
-  void *scratch = NULL;
   struct gl_image warped[ENCODE_MAX_HEADINGS];
-  uint32_t S = gl_nn_model_fine_size(model, layer), rows, cols, ch, stride;
-  const uint32_t margin = gl_nn_model_feature_margin(model, layer);
+  uint32_t S, side, ch, stride;
   int status = 1;
   for (uint32_t h = 0; h < nh; h++)
     hd[h] = (float)headings[h];
@@ -88,23 +86,16 @@ static int encode_dense(const struct gl_nn_model *model, uint32_t layer, const d
     report(path, err);
     return 1;
   }
-  struct gl_nn_engine_opts eo = {.backend = GL_NN_BACKEND_CPU,
-                                 .max_batch = nh ? nh : 1,
-                                 .threads = threads,
-                                 .feature_layer = layer,
-                                 .input_w = nh ? S : 512 + 2 * margin,
-                                 .input_h = nh ? S : 512 + 2 * margin};
-  if (gl_nn_engine_create(model, &eo, &e, err, sizeof err) != GL_OK) {
+  if (gl_nn_cells_create(model, layer, nh, threads, &e, err, sizeof err) != GL_OK) {
     fprintf(stderr, "geoloc encode: %s\n", err);
     goto done;
   }
-  gl_nn_engine_feature_shape(e, &rows, &cols, &ch, &stride);
-  size_t n_out = nh ? (size_t)nh * rows * cols * ch
+  gl_nn_cells_shape(e, &S, &side, &ch, &stride);
+  size_t n_out = nh ? (size_t)nh * side * side * ch
                     : (size_t)(img.height / stride) * (img.width / stride) * ch;
   int rc;
   if (!(out = malloc(n_out * sizeof *out)) || !(pix = malloc((size_t)(nh ? nh : 1) * S * S * 3)) ||
-      !(base = malloc((size_t)4 * S * S * 3)) ||
-      !(scratch = malloc(gl_nn_tiled_scratch_bytes(e)))) {
+      !(base = malloc((size_t)4 * S * S * 3))) {
     fprintf(stderr, "geoloc encode: out of memory\n");
     goto done;
   }
@@ -112,9 +103,9 @@ static int encode_dense(const struct gl_nn_model *model, uint32_t layer, const d
     for (uint32_t h = 0; h < nh; h++)
       warped[h] = (struct gl_image){pix + (size_t)h * S * S * 3, S, S};
     gl_loc_fine_warp(&img, hd, nh, S, base, warped);
-    rc = gl_nn_engine_features(e, warped, nh, out);
+    rc = gl_nn_cells_compute(e, warped, nh, out);
   } else {
-    rc = gl_nn_engine_features_tiled(e, margin, &img, scratch, out);
+    rc = gl_nn_cells_tiled(e, &img, out);
   }
   if (rc != GL_OK) {
     report(path, rc == GL_EINVAL ? "the image's sides must be multiples of the layer's stride"
@@ -122,7 +113,7 @@ static int encode_dense(const struct gl_nn_model *model, uint32_t layer, const d
     goto done;
   }
   if (nh)
-    printf("%u %u %u %u\n", nh, rows, cols, ch);
+    printf("%u %u %u %u\n", nh, side, side, ch);
   else
     printf("%u %u %u\n", img.height / stride, img.width / stride, ch);
   FILE *f = fopen(out_path, "wb");
@@ -134,11 +125,10 @@ static int encode_dense(const struct gl_nn_model *model, uint32_t layer, const d
   }
   status = fclose(f) == 0 ? 0 : 1;
 done:
-  free(scratch);
   free(base);
   free(pix);
   free(out);
-  gl_nn_engine_destroy(e);
+  gl_nn_cells_destroy(e);
   gl_img_free(&img);
   return status;
 }

@@ -197,6 +197,22 @@ def cmd_dense(a) -> int:
     return 0
 
 
+def cmd_fuse_dense(a) -> int:
+    """A copy of a model whose dense head fuses block a.layer (config
+    dense_head.fuse_layer, fuse_weight; fine.cells), or none with --layer 0."""
+    model = M.load_model(a.model)
+    if model.cfg.dense_head is None:
+        raise ConfigError("the model has no dense head (config dense_head) to fuse a block with")
+    cfg = json.loads(model.cfg.to_json())
+    head = {k: v for k, v in cfg["dense_head"].items() if not k.startswith("fuse_")}
+    if a.layer:
+        head.update(fuse_layer=a.layer, fuse_weight=a.weight)
+    net = M.GeoNet(ModelConfig.from_dict({**cfg, "dense_head": head}))
+    net.load_state_dict(M.model_tensors(model))
+    M.save_model(net.eval(), a.out)
+    return 0
+
+
 def _parse_headings(text: str):
     try:
         return [float(v) for v in text.split(",")]
@@ -340,6 +356,16 @@ def main(argv=None) -> int:
     s.add_argument("--layer", type=int, default=6, help="backbone feature index (default 6)")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_query_features)
+
+    s = sub.add_parser("fuse-dense", help="fine stage: a copy of a model whose cells join its "
+                       "dense head's with a deeper block's raw cells")
+    s.add_argument("--model", required=True)
+    s.add_argument("--layer", type=int, required=True,
+                   help="the block to fuse (config dense_head.fuse_layer; 0: none)")
+    s.add_argument("--weight", type=float, default=0.5,
+                   help="its share of a cell's cosine (config dense_head.fuse_weight)")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_fuse_dense)
 
     s = sub.add_parser("train", help="train the geo model on the naip-xtime training region")
     train.main_args(s)

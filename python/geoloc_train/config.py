@@ -100,9 +100,12 @@ class ModelConfig:
     # channels the output channels, H >= 1 the hidden channels; optionally
     # "size": S, the fine stage's square input in pixels (a multiple of
     # block L's stride, 16..1024; absent: input_size), so that the head can
-    # read a deeper block at the same cell size in metres. Left out of the
-    # JSON when null, so configs and model files without a head read as
-    # before.
+    # read a deeper block at the same cell size in metres; optionally
+    # "fuse_layer": B and "fuse_weight": w (together, 0 < w < 1): the fine
+    # stage's cells join the head's with block B's raw cells at k times the
+    # detail (k = B's stride / L's), so that a cosine is (1 - w) times the
+    # head's plus w times block B's (fine.cells). Left out of the JSON when
+    # null, so configs and model files without a head read as before.
     dense_head: Optional[dict] = None
 
     # ------------------------------------------------------------------------
@@ -164,7 +167,7 @@ class ModelConfig:
         return self
 
     DENSE_HEAD_KEYS = ("layer", "dim", "hidden")
-    DENSE_HEAD_OPTIONAL = ("size",)
+    DENSE_HEAD_OPTIONAL = ("size", "fuse_layer", "fuse_weight")
 
     def _validate_dense_head(self, bad) -> None:
         h = self.dense_head
@@ -176,7 +179,7 @@ class ModelConfig:
         missing = [k for k in self.DENSE_HEAD_KEYS if k not in h]
         if missing:
             bad("dense_head", f"missing key(s) {', '.join(missing)}")
-        for k in self.DENSE_HEAD_KEYS + tuple(k for k in self.DENSE_HEAD_OPTIONAL if k in h):
+        for k in self.DENSE_HEAD_KEYS + tuple(k for k in ("size", "fuse_layer") if k in h):
             if not isinstance(h[k], int) or isinstance(h[k], bool):
                 bad("dense_head", f"{k} must be an integer")
         if not 1 <= h["layer"] <= MOBILENET_V2_LAST - 1:
@@ -192,6 +195,22 @@ class ModelConfig:
             if not 16 <= h["size"] <= 1024 or h["size"] % s:
                 bad("dense_head", f"size must be 16..1024 and a multiple of block "
                                   f"{h['layer']}'s stride {s}")
+        if ("fuse_layer" in h) != ("fuse_weight" in h):
+            bad("dense_head", "fuse_layer and fuse_weight go together")
+        if "fuse_layer" in h:
+            from .fine import layer_strides                    # fine imports this module
+            w, b = h["fuse_weight"], h["fuse_layer"]
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w < 1:
+                bad("dense_head", "fuse_weight must be a number strictly between 0 and 1")
+            if not 1 <= b <= MOBILENET_V2_LAST - 1:
+                bad("dense_head", f"fuse_layer must be a backbone block 1..{MOBILENET_V2_LAST - 1}")
+            st = layer_strides()
+            sa, sb = st[h["layer"]], st[b]
+            size = h.get("size", self.input_size[1]) * (sb // sa)
+            if b == h["layer"] or sb % sa or size > 1024:
+                bad("dense_head", f"fuse_layer must be another block whose stride ({sb}) is a "
+                                  f"multiple of block {h['layer']}'s ({sa}), the fused input at "
+                                  f"most 1024 pixels ({size})")
 
     def block_channels(self) -> List[int]:
         """Channels of the backbone's feature indices 0..18 at this width

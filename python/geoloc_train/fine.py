@@ -220,11 +220,81 @@ def l2n(x):
     return F.normalize(x, p=2.0, dim=-1, eps=ops.L2_EPS)
 
 
+def fused(model, layer: int):
+    """(B, w, k) when the model's dense head reads `layer` and fuses block B
+    with weight w (config dense_head.fuse_layer, fuse_weight), k = B's
+    stride / layer's; else None."""
+    h = model.cfg.dense_head
+    if not head_applies(model, layer) or "fuse_layer" not in h:
+        return None
+    b = h["fuse_layer"]
+    return b, float(h["fuse_weight"]), layer_stride(model, b) // layer_stride(model, layer)
+
+
+def cell_stride(model, layer: int) -> int:
+    """Input pixels per cell of the fine stage's cells of `layer` (`cells`):
+    the layer's stride, times k for a fused block."""
+    f = fused(model, layer)
+    return layer_stride(model, layer) * (f[2] if f else 1)
+
+
+def cell_channels(model, layer: int) -> int:
+    """Floats per cell of `cells`: feature_channels, plus the fused block's."""
+    f = fused(model, layer)
+    return feature_channels(model, layer) + (layer_channels(model, f[0]) if f else 0)
+
+
+def box(x: np.ndarray, k: int) -> np.ndarray:
+    """uint8 [..., H/k, W/k, 3]: the mean of each k x k block of a uint8
+    [..., H, W, 3] array, rounded half up (H and W multiples of k)."""
+    x = np.asarray(x)
+    if k == 1:
+        return x
+    *lead, h, w, c = x.shape
+    s = x.reshape(*lead, h // k, k, w // k, k, c).astype(np.int32).sum(axis=(-4, -2))
+    return ((s + k * k // 2) // (k * k)).astype(np.uint8)
+
+
+def _join(model, a, b, w) -> np.ndarray:
+    """[sqrt(1 - w) a, sqrt(w) b] along the last axis, float32."""
+    return np.concatenate([np.float32(np.sqrt(1 - w)) * a, np.float32(np.sqrt(w)) * b], -1)
+
+
+def cells(model, imgs: np.ndarray, layer: int = DEFAULT_LAYER) -> np.ndarray:
+    """float32 [B, n, n, C]: the fine stage's unit cells of a uint8 batch [B,
+    F, F, 3] (F = model_size): l2n(layer_features), or for a fused block
+    (config dense_head.fuse_layer B, fuse_weight w) the head's unit cells of
+    box(imgs, k) times sqrt(1 - w) joined with block B's raw unit cells of
+    imgs times sqrt(w): a cosine of two cells is then (1 - w) times the
+    head's plus w times block B's."""
+    f = fused(model, layer)
+    if f is None:
+        return l2n(layer_features(model, imgs, layer)).numpy()
+    b, w, k = f
+    return _join(model, l2n(layer_features(model, box(imgs, k), layer)).numpy(),
+                 l2n(layer_features(model, imgs, b, head=False)).numpy(), w)
+
+
 def dense_features(model, canvas: np.ndarray, layer: int = DEFAULT_LAYER,
                    block: int = DEFAULT_BLOCK, margin: int = None) -> np.ndarray:
     """dense_raw_features, L2-normalised per cell (the reference's dense
-    layer): see there."""
-    return l2n(dense_raw_features(model, canvas, layer, block, margin))
+    layer): see there. For a fused block (see `cells`), the head's on
+    box(canvas, k) joined with block B's raw cells of the canvas, each in
+    blocks of `block` pixels with its own layer_margin (margin must be
+    None); the canvas's sides multiples of cell_stride."""
+    f = fused(model, layer)
+    if f is None:
+        return l2n(dense_raw_features(model, canvas, layer, block, margin))
+    if margin is not None:
+        raise ValueError("a fused block takes each block's own margin (margin=None)")
+    b, w, k = f
+    canvas = np.asarray(canvas)
+    if canvas.ndim != 3 or canvas.shape[0] % (k * layer_stride(model, layer)) or \
+            canvas.shape[1] % (k * layer_stride(model, layer)):
+        raise ValueError(f"canvas {list(canvas.shape)}: sides must be multiples of "
+                         f"{k * layer_stride(model, layer)}")
+    return _join(model, l2n(dense_raw_features(model, box(canvas, k), layer, block)),
+                 l2n(dense_raw_features(model, canvas, b, block, head=False)), w)
 
 
 def dense_raw_features(model, canvas: np.ndarray, layer: int = DEFAULT_LAYER,
@@ -273,32 +343,35 @@ def dense_raw_features(model, canvas: np.ndarray, layer: int = DEFAULT_LAYER,
 
 
 def model_size(model, layer: int = DEFAULT_LAYER) -> int:
-    """S: the fine stage's square input size for `layer`: the dense head's
-    size (config dense_head.size) when the head reads that layer and has
-    one, else the model's input_size."""
+    """S: the fine stage's square input size for `layer`: when the dense
+    head reads that layer, its size (config dense_head.size, else the
+    model's input_size) times k for a fused block (`fused`); else the
+    model's input_size."""
+    f = fused(model, layer)
     if head_applies(model, layer) and "size" in model.cfg.dense_head:
-        return model.cfg.dense_head["size"]
-    hh, ww = model.cfg.input_size
-    if hh != ww:
-        raise ConfigError(f"the fine stage needs a square input_size, not {model.cfg.input_size}")
-    return hh
+        size = model.cfg.dense_head["size"]
+    else:
+        size, ww = model.cfg.input_size
+        if size != ww:
+            raise ConfigError(f"the fine stage needs a square input_size, not "
+                              f"{model.cfg.input_size}")
+    return size * (f[2] if f else 1)
 
 
 def query_features(model, rgb: np.ndarray, headings: Sequence[float],
                    layer: int = DEFAULT_LAYER) -> np.ndarray:
     """Step 2: float32 [len(headings), S/s, S/s, C]: the frame resized once
     to 2S x 2S (warp at heading 0), that image warped to each heading at S =
-    the model's input size, layer_features (with the dense head, if the
-    model has one on this layer), l2n."""
+    model_size, then `cells` (s = cell_stride)."""
     size = model_size(model, layer)
-    s = layer_stride(model, layer)
+    s = cell_stride(model, layer)
     if size % s:
         raise ValueError(f"input size {size} is not a multiple of layer {layer}'s stride {s}")
     if not len(headings):
         raise ValueError("no headings")
     base = warp(rgb, 0.0, 2 * size)
     imgs = np.stack([warp(base, float(h), size) for h in headings])
-    return l2n(layer_features(model, imgs, layer)).numpy()
+    return cells(model, imgs, layer)
 
 
 def disc_mask(n_cells: int, s: int, size: int) -> np.ndarray:

@@ -69,7 +69,7 @@ import torch
 import torch.nn.functional as F
 
 from . import fine, model as M, views, xtime
-from .config import ModelConfig
+from .config import ConfigError, ModelConfig
 
 WIN = 20                  # reference window side, cells
 VAL_SEED = 20260
@@ -99,8 +99,11 @@ class Geometry:
     """The fine stage's sizes for a model and layer."""
 
     def __init__(self, model: M.GeoNet, layer: int):
+        if fine.fused(model, layer):
+            raise ConfigError("the model fuses a second block (config dense_head.fuse_layer): "
+                              "train and scan its head on a model without it")
         self.size = fine.model_size(model, layer)          # S
-        self.stride = fine.layer_stride(model, layer)      # s
+        self.stride = fine.cell_stride(model, layer)       # s
         self.px_m = views.TILE_M / self.size               # 5 m
         self.cell_m = self.stride * self.px_m              # 40 m
         self.n = self.size // self.stride                  # query cells a side (8)

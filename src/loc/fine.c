@@ -610,7 +610,7 @@ void gl_loc_fine_warp(const struct gl_image *frame, const float *headings, uint3
 }
 
 struct gl_loc_fine_frame {
-  struct gl_nn_engine *engine; /* feature engine: S x S inputs */
+  struct gl_nn_cells *cells; /* the fine stage's cells of S x S inputs */
   struct gl_loc_fine *fine;
   struct gl_loc_fine_params p;
   uint32_t layer, S, max_h;
@@ -634,32 +634,25 @@ int gl_loc_fine_frame_create(const struct gl_nn_model *model, uint32_t layer,
     return gl_fail(err, errlen, GL_ENOMEM, "out of memory");
   ff->p = *p;
   ff->layer = layer;
-  ff->S = gl_nn_model_fine_size(model, layer);
   ff->max_h = (uint32_t)lround(360.0 / p->step_deg);
   uint32_t k = (uint32_t)floor(p->tolerance_deg / p->step_deg + 1e-9);
   if (2 * k + 1 > ff->max_h)
     ff->max_h = 2 * k + 1;
-  struct gl_nn_engine_opts eo = {.backend = GL_NN_BACKEND_CPU,
-                                 .max_batch = ff->max_h,
-                                 .threads = threads,
-                                 .feature_layer = layer,
-                                 .input_w = ff->S,
-                                 .input_h = ff->S};
-  uint32_t rows, cols, ch, stride;
-  if ((rc = gl_nn_engine_create(model, &eo, &ff->engine, err, errlen)))
+  uint32_t side, ch, stride;
+  if ((rc = gl_nn_cells_create(model, layer, ff->max_h, threads, &ff->cells, err, errlen)))
     goto fail;
-  gl_nn_engine_feature_shape(ff->engine, &rows, &cols, &ch, &stride);
+  gl_nn_cells_shape(ff->cells, &ff->S, &side, &ch, &stride);
   size_t S = ff->S;
   if (!(ff->pix = malloc((size_t)ff->max_h * S * S * 3)) || !(ff->base = malloc(4 * S * S * 3)) ||
       !(ff->imgs = calloc(ff->max_h, sizeof *ff->imgs)) ||
       !(ff->headings = malloc(ff->max_h * sizeof(float))) ||
-      !(ff->qfeat = malloc((size_t)ff->max_h * rows * cols * ch * sizeof(float)))) {
+      !(ff->qfeat = malloc((size_t)ff->max_h * side * side * ch * sizeof(float)))) {
     rc = gl_fail(err, errlen, GL_ENOMEM, "out of memory");
     goto fail;
   }
   for (uint32_t h = 0; h < ff->max_h; h++)
     ff->imgs[h] = (struct gl_image){ff->pix + h * S * S * 3, ff->S, ff->S};
-  if ((rc = gl_loc_fine_create(p, ff->max_h, rows, ch, &ff->fine, err, errlen)))
+  if ((rc = gl_loc_fine_create(p, ff->max_h, side, ch, &ff->fine, err, errlen)))
     goto fail;
   *out = ff;
   return 0;
@@ -671,7 +664,7 @@ fail:
 void gl_loc_fine_frame_destroy(struct gl_loc_fine_frame *ff) {
   if (!ff)
     return;
-  gl_nn_engine_destroy(ff->engine);
+  gl_nn_cells_destroy(ff->cells);
   gl_loc_fine_destroy(ff->fine);
   free(ff->pix);
   free(ff->base);
@@ -699,7 +692,7 @@ int gl_loc_fine_frame(struct gl_loc_fine_frame *ff, struct gl_map *map,
                    d ? d->layer : 0, d ? d->input_px : 0, ff->layer, ff->S);
   uint32_t H = ff->H = gl_loc_fine_headings(&ff->p, heading_deg, ff->headings, ff->max_h);
   gl_loc_fine_warp(frame, ff->headings, H, ff->S, ff->base, ff->imgs);
-  int rc = gl_nn_engine_features(ff->engine, ff->imgs, H, ff->qfeat);
+  int rc = gl_nn_cells_compute(ff->cells, ff->imgs, H, ff->qfeat);
   if (rc)
     return gl_fail(err, errlen, rc, "fine stage features: %s", gl_strerror(rc));
   return gl_loc_fine_run(ff->fine, map, ff->qfeat, ff->headings, H, hits, n_hits, prior, out,

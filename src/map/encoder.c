@@ -14,19 +14,12 @@
 struct gl__map_nn {
   struct gl_nn_model *model;
   struct gl_nn_engine *engine;
-  struct gl_nn_engine *features; /* the dense layer's, or NULL */
-  void *scratch;
-  uint32_t margin; /* the tiled pass's context, pixels */
+  struct gl_nn_cells *cells; /* the dense layer's tiled pass, or NULL */
 };
-
-/* The dense layer's tiled pass: blocks of 512 pixels with the layer's
- * margin of context each side (gl_nn_model_feature_margin: 64 pixels for
- * block 6), so blocks join exactly. */
-#define GL__DENSE_BLOCK 512u
 
 static int gl__nn_features_tiled(void *ctx, const struct gl_image *image, float *out) {
   struct gl__map_nn *nn = ctx;
-  return gl_nn_engine_features_tiled(nn->features, nn->margin, image, nn->scratch, out);
+  return gl_nn_cells_tiled(nn->cells, image, out);
 }
 
 static int gl__nn_encode(void *ctx, const struct gl_image *images, uint32_t n, float *out) {
@@ -75,39 +68,20 @@ fail:
 int gl_map_encoder_enable_dense(struct gl_map_encoder *enc, uint32_t layer, char *err,
                                 size_t errlen) {
   struct gl__map_nn *nn = enc->encode == gl__nn_encode ? enc->ctx : NULL;
-  uint32_t stride, ch;
+  uint32_t size, side, stride, ch;
   if (!nn)
     return gl_fail(err, errlen, GL_EINVAL, "the encoder has no model");
   if (layer == GL_MAP_DENSE_MODEL_LAYER)
     layer = gl_nn_model_dense_layer(nn->model);
-  if (gl_nn_model_feature_shape(nn->model, layer, &stride, &ch) != 0)
-    return gl_fail(err, errlen, GL_EINVAL, "dense layer %u: not a backbone block (1..17)", layer);
-  const uint32_t size = gl_nn_model_fine_size(nn->model, layer);
-  nn->margin = gl_nn_model_feature_margin(nn->model, layer);
-  if (size % stride)
-    return gl_fail(err, errlen, GL_EINVAL,
-                   "dense layer %u: its stride %u does not divide the fine stage's input %u", layer,
-                   stride, size);
-  struct gl_nn_engine_opts eo = {
-      .backend = GL_NN_BACKEND_CPU,
-      .max_batch = 1,
-      .feature_layer = layer,
-      .input_w = GL__DENSE_BLOCK + 2 * nn->margin,
-      .input_h = GL__DENSE_BLOCK + 2 * nn->margin,
-  };
-  int rc = gl_nn_engine_create(nn->model, &eo, &nn->features, err, errlen);
+  int rc = gl_nn_cells_create(nn->model, layer, 0, 0, &nn->cells, err, errlen);
   if (rc)
     return rc;
-  if (!(nn->scratch = malloc(gl_nn_tiled_scratch_bytes(nn->features)))) {
-    gl_nn_engine_destroy(nn->features);
-    nn->features = NULL;
-    return gl_fail(err, errlen, GL_ENOMEM, "out of memory");
-  }
+  gl_nn_cells_shape(nn->cells, &size, &side, &ch, &stride);
   enc->dense_layer = layer;
   enc->dense_stride = stride;
   enc->dense_channels = ch;
-  enc->dense_block = GL__DENSE_BLOCK;
-  enc->dense_margin = nn->margin;
+  enc->dense_block = 512;
+  enc->dense_margin = gl_nn_cells_margin(nn->cells);
   enc->dense_size = size;
   enc->features_tiled = gl__nn_features_tiled;
   return 0;
@@ -116,8 +90,7 @@ int gl_map_encoder_enable_dense(struct gl_map_encoder *enc, uint32_t layer, char
 void gl_map_encoder_fini(struct gl_map_encoder *enc) {
   struct gl__map_nn *nn = enc->encode == gl__nn_encode ? enc->ctx : NULL;
   if (nn) {
-    gl_nn_engine_destroy(nn->features);
-    free(nn->scratch);
+    gl_nn_cells_destroy(nn->cells);
     gl_nn_engine_destroy(nn->engine);
     gl_nn_model_destroy(nn->model);
     free(nn);

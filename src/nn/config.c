@@ -197,33 +197,49 @@ static int gl__field(struct gl__nn_config *c, const char *name, const cJSON *j, 
       return gl__bad(err, errlen, name, "must be 1, 2 or 4", j);
     c->ref_rotations = (uint32_t)iv;
   } else if (strcmp(name, "dense_head") == 0) {
-    /* null, or {"layer": L, "dim": D, "hidden": H, "size": S}; absent keys
-     * take 6, 64 and 56 (config.py's defaults), and no size the input's. */
+    /* null, or {"layer": L, "dim": D, "hidden": H, "size": S, "fuse_layer": B,
+     * "fuse_weight": W}; absent keys take 6, 64 and 56 (config.py's
+     * defaults), no size the input's, no fuse_layer no fused block. */
     c->dh_layer = 0;
     c->dh_size = 0;
+    c->dh_fuse_layer = 0;
+    c->dh_fuse_weight = 0;
     if (cJSON_IsNull(j))
       return 0;
     if (!cJSON_IsObject(j))
-      return gl__bad(err, errlen, name, "must be null or {layer, dim, hidden[, size]}", j);
-    static const char *const keys[] = {"layer", "dim", "hidden", "size"};
-    uint32_t *dst[] = {&c->dh_layer, &c->dh_dim, &c->dh_hidden, &c->dh_size};
-    const uint32_t def[] = {6, 64, 56, 0},
-                   max[] = {GL__NN_LAST_FEATURE - 1, 4096, 4096, 1024};
+      return gl__bad(err, errlen, name,
+                     "must be null or {layer, dim, hidden[, size][, fuse_layer, fuse_weight]}", j);
+    static const char *const keys[] = {"layer", "dim", "hidden", "size", "fuse_layer"};
+    uint32_t *dst[] = {&c->dh_layer, &c->dh_dim, &c->dh_hidden, &c->dh_size, &c->dh_fuse_layer};
+    const uint32_t def[] = {6, 64, 56, 0, 0},
+                   min[] = {1, 1, 1, 16, 1},
+                   max[] = {GL__NN_LAST_FEATURE - 1, 4096, 4096, 1024, GL__NN_LAST_FEATURE - 1};
     const cJSON *k;
     cJSON_ArrayForEach(k, j) {
-      if (strcmp(k->string, "layer") && strcmp(k->string, "dim") && strcmp(k->string, "hidden") &&
-          strcmp(k->string, "size"))
-        return gl__bad(err, errlen, name, "has a key other than layer, dim, hidden and size", j);
+      bool known = strcmp(k->string, "fuse_weight") == 0;
+      for (int i = 0; i < 5; i++)
+        known |= strcmp(k->string, keys[i]) == 0;
+      if (!known)
+        return gl__bad(err, errlen, name,
+                       "has a key other than layer, dim, hidden, size, fuse_layer and fuse_weight",
+                       j);
     }
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < 5; i++) {
       const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, keys[i]);
       *dst[i] = def[i];
-      if (v && (!gl__int(v, &iv) || iv < (i == 3 ? 16 : 1) || iv > max[i]))
+      if (v && (!gl__int(v, &iv) || iv < min[i] || iv > max[i]))
         return gl__bad(err, errlen, name,
-                       "layer must be 1..17, dim and hidden positive, size 16..1024", j);
+                       "layer and fuse_layer must be 1..17, dim and hidden positive, size 16..1024",
+                       j);
       if (v)
         *dst[i] = (uint32_t)iv;
     }
+    const cJSON *w = cJSON_GetObjectItemCaseSensitive(j, "fuse_weight");
+    if (!w != !c->dh_fuse_layer)
+      return gl__bad(err, errlen, name, "fuse_layer and fuse_weight go together", j);
+    if (w && (!gl__num(w, &c->dh_fuse_weight) || !(c->dh_fuse_weight > 0) ||
+              !(c->dh_fuse_weight < 1)))
+      return gl__bad(err, errlen, name, "fuse_weight must be a number strictly between 0 and 1", j);
   } else if (strcmp(name, "branches") == 0) {
     if (!cJSON_IsString(j) || strcmp(j->valuestring, "shared") != 0)
       return gl__bad(err, errlen, name, "only 'shared' is implemented", j);
@@ -296,6 +312,21 @@ int gl__nn_config_parse(const char *json, struct gl__nn_config *cfg, char *err, 
                    "config field 'dense_head': size %u is not a multiple of block %u's stride %u",
                    cfg->dh_size, cfg->dh_layer, stride);
       goto out;
+    }
+    /* A fused block must give the head's grid at an integer scale: its
+     * stride a multiple of the head block's (gl_nn_cells, nn.h). */
+    const uint32_t fl = cfg->dh_fuse_layer;
+    if (fl) {
+      const uint32_t fs = gl__nn_arch_stride(&a, fl);
+      const uint32_t size = (cfg->dh_size ? cfg->dh_size : cfg->input_w) * (fs / stride);
+      if (fl == cfg->dh_layer || fs % stride || size > 1024) {
+        rc = gl_fail(err, errlen, GL_EFORMAT,
+                     "config field 'dense_head': fuse_layer %u must be another block whose stride "
+                     "(%u) is a multiple of block %u's (%u), the fused input at most 1024 "
+                     "pixels (%u)",
+                     fl, fs, cfg->dh_layer, stride, size);
+        goto out;
+      }
     }
   }
   if (cfg->osm_dim % cfg->osm_groups) {

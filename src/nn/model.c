@@ -215,7 +215,12 @@ const char *gl_nn_model_sha256(const struct gl_nn_model *m) { return m->st.sha25
 uint32_t gl_nn_model_input_size(const struct gl_nn_model *m) { return m->cfg.input_w; }
 
 uint32_t gl_nn_model_fine_size(const struct gl_nn_model *m, uint32_t layer) {
-  return layer == m->cfg.dh_layer && m->cfg.dh_size ? m->cfg.dh_size : m->cfg.input_w;
+  if (layer != m->cfg.dh_layer)
+    return m->cfg.input_w;
+  const uint32_t s = m->cfg.dh_size ? m->cfg.dh_size : m->cfg.input_w;
+  return m->cfg.dh_fuse_layer ? s * (gl__nn_feature_stride(m, m->cfg.dh_fuse_layer) /
+                                     gl__nn_feature_stride(m, layer))
+                              : s;
 }
 
 uint32_t gl_nn_model_dense_layer(const struct gl_nn_model *m) {

@@ -43,8 +43,11 @@ struct gl__nn_config {
   uint32_t ref_rotations; /* headings the map encodes each tile at: 1, 2 or 4 */
   /* The dense head (config dense_head; OPS.md): on backbone block dh_layer,
    * dh_dim output channels, dh_hidden in its residual branch, the fine
-   * stage's input dh_size pixels (0: input_w). dh_layer 0: no head. */
-  uint32_t dh_layer, dh_dim, dh_hidden, dh_size;
+   * stage's input dh_size pixels (0: input_w). dh_layer 0: no head.
+   * dh_fuse_layer: a block whose raw cells join the head's with weight
+   * dh_fuse_weight (gl_nn_cells), 0 for none. */
+  uint32_t dh_layer, dh_dim, dh_hidden, dh_size, dh_fuse_layer;
+  double dh_fuse_weight;
 };
 
 /* The MobileNetV2 shape that a config implies (model.py's MobileNetV2). */

@@ -40,10 +40,11 @@ void gl_nn_model_input_dims(const struct gl_nn_model *m, uint32_t *width, uint32
 /* Its width: the side of the square input the fine stage, the daemon and
  * the map builder's dense layer take. */
 uint32_t gl_nn_model_input_size(const struct gl_nn_model *m);
-/* The side of the square input the fine stage runs backbone block `layer`
- * on (queries, and the map's dense layer at tile_m / that metres a pixel):
- * the dense head's size (config dense_head.size) when the head reads that
- * block and has one, else gl_nn_model_input_size. */
+/* The side of the square input the fine stage's cells of backbone block
+ * `layer` are computed from (queries, and the map's dense layer at tile_m /
+ * that metres a pixel; gl_nn_cells): when the dense head reads that block,
+ * its size (config dense_head.size, else gl_nn_model_input_size) times k
+ * for a fused block (k below), else gl_nn_model_input_size. */
 uint32_t gl_nn_model_fine_size(const struct gl_nn_model *m, uint32_t layer);
 /* The block the fine stage reads by default: the dense head's (config
  * dense_head.layer), else 6. */
@@ -121,6 +122,49 @@ void gl_nn_engine_feature_shape(const struct gl_nn_engine *e, uint32_t *rows, ui
 size_t gl_nn_tiled_scratch_bytes(const struct gl_nn_engine *e);
 int gl_nn_engine_features_tiled(struct gl_nn_engine *e, uint32_t margin,
                                 const struct gl_image *image, void *scratch, float *out);
+
+/* --- the fine stage's cells ------------------------------------------------ */
+
+/* What the fine stage compares (src/loc/fine.h, steps 2-3): the
+ * L2-normalised cells of backbone block `layer` (through the model's dense
+ * head when the head reads that block) on a square input of
+ * gl_nn_model_fine_size pixels. When the head fuses a second block (config
+ * dense_head.fuse_layer B, fuse_weight w), the input is k times the head's
+ * size, k = block B's stride / the head block's: the head sees the image
+ * averaged over k x k pixels (each mean rounded half up), block B the image
+ * itself, so both give one grid of cells, and a cell is the head's unit
+ * cell times sqrt(1 - w) followed by block B's raw unit cell times sqrt(w):
+ * still a unit vector, and the cosine of two such cells is (1 - w) times the
+ * head's cosine plus w times block B's. fine.py's cells and dense_features
+ * are the reference. */
+struct gl_nn_cells;
+
+/* Cells of block `layer` of m: for batches of up to max_batch images
+ * (gl_nn_cells_compute), or with max_batch 0 for the tiled pass over map
+ * canvases (gl_nn_cells_tiled). threads: CPU threads (0: all cores).
+ * Returns 0, GL_EINVAL (no such block, or an input that is not a multiple
+ * of its stride) or the engine's error. */
+int gl_nn_cells_create(const struct gl_nn_model *m, uint32_t layer, uint32_t max_batch,
+                       uint32_t threads, struct gl_nn_cells **out, char *err, size_t errlen);
+void gl_nn_cells_destroy(struct gl_nn_cells *c);
+/* The input side in pixels, the cells a side of one input, floats per cell,
+ * and input pixels per cell. */
+void gl_nn_cells_shape(const struct gl_nn_cells *c, uint32_t *size, uint32_t *side,
+                       uint32_t *channels, uint32_t *stride);
+/* The most context, in input pixels, that the tiled pass reads around a
+ * block (gl_nn_model_feature_margin, at the input's scale). */
+uint32_t gl_nn_cells_margin(const struct gl_nn_cells *c);
+/* The cells of n images of exactly size x size pixels (n <= max_batch):
+ * n * side * side * channels floats. Allocates nothing. Returns 0,
+ * GL_EINVAL or the engine's error. */
+int gl_nn_cells_compute(struct gl_nn_cells *c, const struct gl_image *images, uint32_t n,
+                        float *out);
+/* The cells of a canvas whose sides are multiples of the stride, by
+ * gl_nn_engine_features_tiled (blocks of 512 pixels with each block's
+ * margin): (height / stride) * (width / stride) * channels floats. A fused
+ * pass allocates a canvas's worth of buffers: for building maps, not for
+ * serving. Returns 0, GL_EINVAL, GL_ENOMEM or the engine's error. */
+int gl_nn_cells_tiled(struct gl_nn_cells *c, const struct gl_image *image, float *out);
 
 /* The backend in use ("cpu-onednn", "cuda"). */
 const char *gl_nn_engine_backend_name(const struct gl_nn_engine *e);

@@ -508,10 +508,29 @@ static void test_metadata_and_config(void) {
   expect_mut(&(struct mut){.config = "{\"dense_head\": {\"layer\": 10, \"size\": 120}}"},
              "config field 'dense_head': size 120 is not a multiple of block 10's stride 16");
   expect_mut(&(struct mut){.config = "{\"dense_head\": {\"layer\": 10, \"size\": 8}}"},
-             "config field 'dense_head': layer must be 1..17, dim and hidden positive, size "
+             "config field 'dense_head': layer and fuse_layer must be 1..17, dim and hidden "
+             "positive, size "
              "16..1024");
   expect_mut(&(struct mut){.config = "{\"dense_head\": {\"layer\": 10, \"sizes\": 128}}"},
-             "config field 'dense_head': has a key other than layer, dim, hidden and size");
+             "config field 'dense_head': has a key other than layer, dim, hidden, size, "
+             "fuse_layer and fuse_weight");
+  /* A fused block: with its weight in (0, 1), another block whose stride is
+   * a multiple of the head's, the fused input at most 1024 pixels. */
+  expect_mut(&(struct mut){.config = "{\"dense_head\": {\"fuse_layer\": 10}}"},
+             "config field 'dense_head': fuse_layer and fuse_weight go together");
+  expect_mut(&(struct mut){.config =
+                               "{\"dense_head\": {\"fuse_layer\": 10, \"fuse_weight\": 1}}"},
+             "config field 'dense_head': fuse_weight must be a number strictly between 0 and 1");
+  expect_mut(&(struct mut){.config =
+                               "{\"dense_head\": {\"fuse_layer\": 6, \"fuse_weight\": 0.5}}"},
+             "config field 'dense_head': fuse_layer 6 must be another block whose stride (8) is "
+             "a multiple of block 6's (8), the fused input at most 1024 pixels (224)");
+  expect_mut(&(struct mut){.config =
+                               "{\"dense_head\": {\"fuse_layer\": 2, \"fuse_weight\": 0.5}}"},
+             "config field 'dense_head': fuse_layer 2 must be another block whose stride (4)");
+  expect_mut(&(struct mut){.config = "{\"dense_head\": {\"size\": 512, \"fuse_layer\": 17, "
+                                     "\"fuse_weight\": 0.5}}"},
+             "the fused input at most 1024 pixels (2048)");
   /* A config that differs from the tensors: the tensor-set check says so. */
   expect_mut(&(struct mut){.config = "{}"}, "tensors do not match the config");
   /* 36 million tensors implied by 66 bytes (found by fuzz_model_config):

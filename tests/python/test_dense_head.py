@@ -50,6 +50,12 @@ class Config(unittest.TestCase):
         c = head_cfg(layer=10, size=128)
         self.assertEqual(json.loads(c.to_json())["dense_head"], dict(HEAD, layer=10, size=128))
         self.assertEqual(ModelConfig.from_json(c.to_json()), c)
+        # A fused block and its weight: kept, and written back.
+        c = head_cfg(fuse_layer=10, fuse_weight=0.5)
+        self.assertEqual(json.loads(c.to_json())["dense_head"],
+                         dict(HEAD, fuse_layer=10, fuse_weight=0.5))
+        self.assertEqual(ModelConfig.from_json(c.to_json()), c)
+        head_cfg(fuse_layer=5, fuse_weight=0.25)               # the same stride: k = 1
 
     def test_none_is_left_out(self):
         # Configs without a head serialise as before the field existed.
@@ -62,7 +68,17 @@ class Config(unittest.TestCase):
                dict(HEAD, hidden=0), dict(HEAD, hidden=True), dict(HEAD, dim="64"),
                dict(HEAD, layer=13, dim=64), dict(HEAD, layer=10, size=120),
                dict(HEAD, size=8), dict(HEAD, size=2048), dict(HEAD, size=True),
-               dict(HEAD, size=64.0)]
+               dict(HEAD, size=64.0),
+               # A fused block: with its weight, in (0, 1), another block,
+               # its stride a multiple of the head's, the input <= 1024.
+               dict(HEAD, fuse_layer=10), dict(HEAD, fuse_weight=0.5),
+               dict(HEAD, fuse_layer=10, fuse_weight=0), dict(HEAD, fuse_layer=10, fuse_weight=1),
+               dict(HEAD, fuse_layer=10, fuse_weight="0.5"),
+               dict(HEAD, fuse_layer=10, fuse_weight=True),
+               dict(HEAD, fuse_layer=6, fuse_weight=0.5), dict(HEAD, fuse_layer=2, fuse_weight=0.5),
+               dict(HEAD, fuse_layer=18, fuse_weight=0.5),
+               dict(HEAD, fuse_layer=10.0, fuse_weight=0.5),
+               dict(HEAD, size=512, fuse_layer=17, fuse_weight=0.5)]
         for h in bad:
             with self.subTest(dense_head=h), self.assertRaises(ConfigError) as e:
                 ModelConfig.from_dict({"dense_head": h})
@@ -182,6 +198,45 @@ class Files(unittest.TestCase):
         b = fine.dense_features(start, canvas, 6)
         np.testing.assert_allclose(b[..., :32], a, atol=1e-6)
         np.testing.assert_allclose(b[..., 32:], 0.0, atol=1e-6)
+
+
+    def test_fused_cells(self):
+        """A fused block (dense_head.fuse_layer 10, fuse_weight w): the cells
+        of an F = 128 pixel input are the head's cells of its 2 x 2 means
+        times sqrt(1 - w) joined with block 10's raw cells times sqrt(w), so
+        a cosine of two cells is (1 - w) times the head's plus w times block
+        10's; the map's cells of a canvas are made the same way, and join
+        across tiled blocks."""
+        w = 0.3
+        m = testvectors.random_model(head_cfg(fuse_layer=10, fuse_weight=w), 6)
+        self.assertEqual((fine.fused(m, 6), fine.model_size(m, 6), fine.cell_stride(m, 6),
+                          fine.cell_channels(m, 6)), ((10, w, 2), 128, 16, 64 + 64))
+        self.assertIsNone(fine.fused(m, 10))                   # only the head's block fuses
+        rng = np.random.default_rng(3)
+        imgs = rng.integers(0, 256, (2, 128, 128, 3), dtype=np.uint8)
+        # The means: rounded half up.
+        self.assertEqual(fine.box(np.array([[[[1] * 3, [2] * 3], [[2] * 3, [2] * 3]]], np.uint8),
+                                  2).ravel().tolist(), [2, 2, 2])
+        self.assertEqual(fine.box(np.array([[[[1] * 3, [1] * 3], [[1] * 3, [2] * 3]]], np.uint8),
+                                  2).ravel().tolist(), [1, 1, 1])
+        c = fine.cells(m, imgs, 6)
+        self.assertEqual(c.shape, (2, 8, 8, 128))
+        np.testing.assert_allclose(np.linalg.norm(c, axis=-1), 1.0, rtol=1e-5)
+        a = fine.l2n(fine.layer_features(m, fine.box(imgs, 2), 6)).numpy()
+        b = fine.l2n(fine.layer_features(m, imgs, 10, head=False)).numpy()
+        cos = lambda x: (x[0] * x[1]).sum(-1)                 # noqa: E731
+        np.testing.assert_allclose(cos(c), (1 - w) * cos(a) + w * cos(b), atol=1e-5)
+        q = fine.query_features(m, imgs[0], [0.0, 90.0])
+        self.assertEqual(q.shape, (2, 8, 8, 128))
+        canvas = rng.integers(0, 256, (224, 256, 3), dtype=np.uint8)
+        d = fine.dense_features(m, canvas, 6)
+        self.assertEqual(d.shape, (14, 16, 128))
+        np.testing.assert_allclose(np.linalg.norm(d, axis=-1), 1.0, rtol=1e-5)
+        np.testing.assert_allclose(d, fine.dense_features(m, canvas, 6, block=128), atol=1e-5)
+        with self.assertRaises(ValueError):                    # each block takes its own margin
+            fine.dense_features(m, canvas, 6, margin=64)
+        with self.assertRaises(ValueError):                    # not a multiple of 16
+            fine.dense_features(m, canvas[:216], 6)
 
 
 class YearDraws(unittest.TestCase):

@@ -137,7 +137,7 @@ class FineC(unittest.TestCase):
             p = fine.query_features(self.model, rgb, [0, 37, 250], 6)
             self.assertGreater(cosines(c, p).min(), 0.9999, size)
 
-    def check_head(self, name, head, seed, canvas_box, canvas_cells):
+    def check_head(self, name, head, seed, canvas_box, canvas_cells, channels=64):
         """A random model with this dense head config: the C feature engine
         computes query cells (two headings) and a canvas's cells (the
         raster's rows and columns canvas_box = (y, x, h, w)) as the
@@ -154,16 +154,16 @@ class FineC(unittest.TestCase):
         out = self.path(f"{name}.f32")
         shape = geoloc("encode", "--model", model_path, "--dense", str(layer), "--heading",
                        "0,111", "--out", out, img).split()
-        self.assertEqual(shape, ["2", "8", "8", "64"])
-        c = np.fromfile(out, np.float32).reshape(2, 8, 8, 64)
+        self.assertEqual(shape, ["2", "8", "8", str(channels)])
+        c = np.fromfile(out, np.float32).reshape(2, 8, 8, channels)
         p = fine.query_features(model, np.asarray(Image.open(img).convert("RGB")), [0, 111],
                                 layer)
         self.assertGreater(cosines(c, p).min(), 0.9999)
         y, x, h, w = canvas_box
         canvas = self.save(f"{name}c.png", self.r.rgb[y:y + h, x:x + w])
         self.assertEqual(geoloc("encode", "--model", model_path, "--dense", str(layer), "--out",
-                                out, canvas).split(), [*map(str, canvas_cells), "64"])
-        c = np.fromfile(out, np.float32).reshape(*canvas_cells, 64)
+                                out, canvas).split(), [*map(str, canvas_cells), str(channels)])
+        c = np.fromfile(out, np.float32).reshape(*canvas_cells, channels)
         p = fine.dense_features(model, np.asarray(Image.open(canvas).convert("RGB")), layer)
         self.assertGreater(cosines(c, p).min(), 0.9999)
         return model_path, model
@@ -194,6 +194,25 @@ class FineC(unittest.TestCase):
                          (10, 128, 16, 40, 2.5, 112, 64))
         self.check_scores("h10s.png", 37, [17, 27, 37, 47, 57], 0.0,
                           model=(model_path, model), pack=pack, layer=10)
+
+    def test_fused_block_matches_the_reference(self):
+        """A head on block 6 fusing block 10's raw cells (dense_head.fuse_layer,
+        fuse_weight): query cells of a 128-pixel input, a canvas wider than
+        one tiled block of either block, and a pack built with it (its cells
+        joined at 2.5 m a pixel, scored as the reference scores them), all
+        against the reference."""
+        head = {"layer": 6, "dim": 64, "hidden": 24, "fuse_layer": 10, "fuse_weight": 0.4}
+        model_path, model = self.check_head("fused", head, 7, (40, 16, 528, 592), (33, 37),
+                                            channels=128)
+        pack = self.build("fused.map", R2020, model=model_path)
+        meta, d = self.dense(pack)
+        self.assertEqual((meta["layer"], meta["input_px"], meta["stride_px"], meta["cell_m"],
+                          meta["m_per_px"], meta["margin_px"], d.shape[2]),
+                         (6, 128, 16, 40, 2.5, 128, 128))
+        self.check_scores("fuseds.png", 37, [17, 27, 37, 47, 57], 0.0,
+                          model=(model_path, model), pack=pack)
+        self.check_scores("fusedu.png", None, list(range(0, 360, 10)), 0.5,
+                          model=(model_path, model), pack=pack)
 
     def test_dense_cells_match_the_reference(self):
         canvas = self.save("canvas.png", self.r.rgb[40:40 + 584, 16:16 + 528])
@@ -243,7 +262,7 @@ class FineC(unittest.TestCase):
         row = self.locate(pack, img, *args, "--fine-full-scan", "100000", model=path)
         meta, d = self.dense(pack)
         q = fine.query_features(model, np.asarray(Image.open(img).convert("RGB")), headings, layer)
-        size, stride = fine.model_size(model, layer), fine.layer_stride(model, layer)
+        size, stride = fine.model_size(model, layer), fine.cell_stride(model, layer)
         s = fine.scores(q, d, fine.disc_mask(size // stride, stride, size))
         s = s - centring * s.mean(axis=0, keepdims=True)
         h, r, c = np.unravel_index(np.argmax(s), s.shape)

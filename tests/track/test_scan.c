@@ -31,7 +31,7 @@ int main(int argc, char **argv) {
   struct gl_map *map = NULL;
   struct gl_image frame = {0};
   struct gl_loc_fine_frame *ff = NULL;
-  struct gl_nn_engine *eng = NULL;
+  struct gl_nn_cells *cells = NULL;
   CHECK_EQ_INT(gl_nn_model_load(argv[1], &model, err, sizeof err), 0);
   CHECK_EQ_INT(gl_map_open(argv[2], gl_nn_model_sha256(model), &map, err, sizeof err), 0);
   CHECK_EQ_INT(gl_img_load(argv[3], 1u << 24, &frame, err, sizeof err), 0);
@@ -82,8 +82,12 @@ int main(int argc, char **argv) {
     gl_loc_fine_frame_destroy(fw);
   }
 
-  /* Brute force: the same query cells from a feature engine of our own. */
-  const uint32_t S = gl_nn_model_input_size(model), H = 36;
+  /* Brute force: the same query cells, computed here. */
+  const uint32_t H = 36;
+  uint32_t S, fside, ch, stride;
+  CHECK_EQ_INT(gl_nn_cells_create(model, d->layer, H, 2, &cells, err, sizeof err), 0);
+  gl_nn_cells_shape(cells, &S, &fside, &ch, &stride);
+  CHECK_EQ_INT(fside, side);
   float headings[36];
   for (uint32_t h = 0; h < H; h++)
     headings[h] = (float)(10 * h);
@@ -92,14 +96,8 @@ int main(int argc, char **argv) {
   for (uint32_t h = 0; h < H; h++)
     imgs[h] = (struct gl_image){pix + (size_t)h * S * S * 3, S, S};
   gl_loc_fine_warp(&frame, headings, H, S, base, imgs);
-  struct gl_nn_engine_opts eo = {
-      .backend = GL_NN_BACKEND_CPU, .max_batch = H, .threads = 2, .feature_layer = d->layer};
-  CHECK_EQ_INT(gl_nn_engine_create(model, &eo, &eng, err, sizeof err), 0);
-  uint32_t fr, fc, ch, stride;
-  gl_nn_engine_feature_shape(eng, &fr, &fc, &ch, &stride);
-  CHECK_EQ_INT(fr, side);
-  float *q = malloc((size_t)H * fr * fc * ch * sizeof(float));
-  CHECK_EQ_INT(gl_nn_engine_features(eng, imgs, H, q), 0);
+  float *q = malloc((size_t)H * side * side * ch * sizeof(float));
+  CHECK_EQ_INT(gl_nn_cells_compute(cells, imgs, H, q), 0);
   double worst = 0;
   int off_map = 0, compared = 0;
   for (int32_t a = 0; a < BOX; a++)
@@ -177,7 +175,7 @@ int main(int argc, char **argv) {
   free(q);
   free(pix);
   free(base);
-  gl_nn_engine_destroy(eng);
+  gl_nn_cells_destroy(cells);
   gl_loc_fine_frame_destroy(ff);
   gl_img_free(&frame);
   gl_map_close(map);
