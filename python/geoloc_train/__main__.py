@@ -35,7 +35,7 @@ import sys
 
 import torch
 
-from . import image, model as M, testvectors, tflite, train, train_dense, xtime
+from . import image, model as M, safetensors, testvectors, tflite, train, train_dense, xtime
 from .config import ConfigError, ModelConfig
 from .safetensors import SafetensorsError
 
@@ -209,7 +209,11 @@ def cmd_fuse_dense(a) -> int:
         head.update(fuse_layer=a.layer, fuse_weight=a.weight)
     net = M.GeoNet(ModelConfig.from_dict({**cfg, "dense_head": head}))
     net.load_state_dict(M.model_tensors(model))
-    M.save_model(net.eval(), a.out)
+    # The tensors as stored: a float16 file stays float16 (exactly, since
+    # they were read from it).
+    tensors, _ = safetensors.load(a.model)
+    half = any(t.dtype == torch.float16 for t in tensors.values())
+    M.save_model(net.eval(), a.out, dtype=torch.float16 if half else torch.float32)
     return 0
 
 

@@ -35,7 +35,10 @@
  *     (n = 2): a frame of 2S pixels or less is warped exactly as above, a
  *     larger one is antialiased in two steps at a fraction of the cost.
  *  2. Query features. The network runs on every warped image up to layer L:
- *     Q_h, an (S/s) x (S/s) grid (8 x 8) of C-vectors, each L2-normalised.
+ *     Q_h, an (S/s) x (S/s) grid (8 x 8) of C-vectors, each L2-normalised
+ *     (gl_nn_cells; with a fused block, config dense_head.fuse_layer, S is
+ *     the fused block's input, s its stride, and each cell joins the head's
+ *     cell of the image's k x k means with the fused block's: nn.h).
  *     Only the cells whose centre lies within S/2 pixels of the image
  *     centre are used (the disc the frame covers at every heading: 52 of
  *     64 cells); K_q is their set.

@@ -8,7 +8,11 @@
  * manifest's "dense" object holds the layer, stride, channels, cell size,
  * the geotransform of the cell grid in the pack's grid CRS
  * [x0, cell_m, 0, y0, 0, -cell_m] and each file's sha256 and byte count;
- * packs without it open without a fine stage. int8 rather than float16: the
+ * packs without it open without a fine stage. The cells are the model's
+ * fine-stage cells (gl_nn_cells, nn.h): for a head that fuses a second
+ * block, the joined cells, the layer the head's block, stride_px and
+ * input_px the fused input's (16 and 128 for the shipped model) and
+ * channels both blocks' (64 + 64). int8 rather than float16: the
  * cells are unit vectors, so a fixed scale loses nothing measurable (the
  * cosine of a cell with its int8 copy is above 0.9998) at half the size. */
 #ifndef GL_MAP_DENSE_H

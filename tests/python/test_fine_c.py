@@ -67,8 +67,8 @@ class FineC(unittest.TestCase):
             raise unittest.SkipTest(f"{GEOLOC} is missing (set GEOLOC_BIN)")
         cls.tmp = tempfile.TemporaryDirectory()
         cls.model = M.load_model(MODEL)
-        head = cls.model.cfg.dense_head
-        cls.channels = head["dim"] if head else 32
+        cls.channels = fine.cell_channels(cls.model, 6)
+        cls.stride = fine.cell_stride(cls.model, 6)
         cls.r = V.Raster.open(R2020)
         cls.bbox = cls.lonlat_box(BOX)
         cls.pack = cls.build("one.map", R2020)
@@ -130,7 +130,7 @@ class FineC(unittest.TestCase):
             out = self.path("c.f32")
             shape = geoloc("encode", "--model", MODEL, "--dense", "6", "--heading", "0,37,250",
                            "--out", out, img).split()
-            # The shipped model's dense head: 64 channels on block 6's grid.
+            # The shipped model's cells: 8 x 8 of 40 m.
             self.assertEqual(shape, ["3", "8", "8", str(self.channels)])
             c = np.fromfile(out, np.float32).reshape(3, 8, 8, self.channels)
             rgb = np.asarray(Image.open(img).convert("RGB"))
@@ -215,11 +215,12 @@ class FineC(unittest.TestCase):
                           model=(model_path, model), pack=pack)
 
     def test_dense_cells_match_the_reference(self):
-        canvas = self.save("canvas.png", self.r.rgb[40:40 + 584, 16:16 + 528])
+        canvas = self.save("canvas.png", self.r.rgb[40:40 + 576, 16:16 + 528])
         out = self.path("d.f32")
+        rows, cols = 576 // self.stride, 528 // self.stride
         self.assertEqual(geoloc("encode", "--model", MODEL, "--dense", "6", "--out", out,
-                                canvas).split(), ["73", "66", str(self.channels)])
-        c = np.fromfile(out, np.float32).reshape(73, 66, self.channels)
+                                canvas).split(), [str(rows), str(cols), str(self.channels)])
+        c = np.fromfile(out, np.float32).reshape(rows, cols, self.channels)
         p = fine.dense_features(self.model, np.asarray(Image.open(canvas).convert("RGB")), 6)
         self.assertGreater(cosines(c, p).min(), 0.9999)
 
