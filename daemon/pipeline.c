@@ -103,8 +103,9 @@ static void gl__finish_on_loop(struct gl_pipeline *p, struct gl_job *job) {
 
 /* A frame with a camera: the decoded frame is replaced by its crop to the
  * ground of one of the map's tiles (footprint.h), sized by the footprint
- * and never more than 2 S pixels a side (S the model's input side, the
- * most the fine stage uses), so at most 12 S^2 bytes a job. False when the
+ * and never more than rt->crop_side pixels a side (gl_loc_crop_side: twice
+ * the fine stage's input, 256 for the shipped model), so at most 3
+ * crop_side^2 bytes a job besides the decoded frame. False when the
  * footprint is refused (BAD_REQUEST) or memory runs out; the job's result
  * and error say which. */
 static bool gl__decode_crop(struct gl_job *job) {
@@ -112,7 +113,7 @@ static bool gl__decode_crop(struct gl_job *job) {
   const uint32_t s = rt->input_size;
   struct gl_img_footprint fp;
   if (gl_img_footprint(job->image.width, job->image.height, &job->camera,
-                       gl_map_tile_m(rt->maps[job->map].map), (s + 1) / 2, 2 * s, &fp,
+                       gl_map_tile_m(rt->maps[job->map].map), (s + 1) / 2, rt->crop_side, &fp,
                        job->error, sizeof job->error) != GL_OK) {
     job->result = GL_JOB_BAD_REQUEST;
     return false;

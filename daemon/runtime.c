@@ -137,6 +137,7 @@ int gl_runtime_load(const struct gl_config *cfg, uint32_t search_threads, struct
              cfg->maps[i].path);
   }
   rt->input_size = gl_nn_model_input_size(rt->model);
+  rt->crop_side = gl_loc_crop_side(rt->model);
   rc = gl__runtime_fine(rt, cfg, search_threads, why, sizeof why);
   if (rc != GL_OK) {
     snprintf(err, errlen, "[search] fine stage: %s", why);

@@ -34,6 +34,7 @@ struct gl_runtime {
   uint32_t search_tiles;
   double bandwidth_m; /* 0: each map's tile size */
   uint32_t input_size; /* the model's input side: frames with a heading are warped to it */
+  uint32_t crop_side;  /* the most a frame with a camera is cropped to (gl_loc_crop_side) */
   /* The fine stage, when [search] fine is on and a map has a dense layer
    * (the first such map's layer): one per search thread (fine[0] ..
    * fine[search_threads - 1]), each used by its thread only; none (NULL)

@@ -40,7 +40,7 @@ static void usage(FILE *f) {
              "F.f32 and their shape to stdout: with --heading, the image warped north-up at each\n"
              "heading (the fine stage's query, [headings][rows][cols][channels]); without, the\n"
              "whole image as a map canvas in 512-pixel blocks with the block's context\n"
-             "([rows][cols][channels]; sides multiples of the layer's stride), as the map\n"
+             "([rows][cols][channels]; sides multiples of the cells' stride), as the map\n"
              "builder computes a pack's dense layer.\n");
 }
 
@@ -108,7 +108,7 @@ static int encode_dense(const struct gl_nn_model *model, uint32_t layer, const d
     rc = gl_nn_cells_tiled(e, &img, out);
   }
   if (rc != GL_OK) {
-    report(path, rc == GL_EINVAL ? "the image's sides must be multiples of the layer's stride"
+    report(path, rc == GL_EINVAL ? "the image's sides must be multiples of the cells' stride"
                                  : gl_strerror(rc));
     goto done;
   }

@@ -176,10 +176,10 @@ static int locate_run(const struct locate_opts *lo) {
                          lo->tiles, lo->no_fine ? NULL : &lo->fine) != GL_OK)
     goto done;
   /* A frame with a camera is cropped to one tile, as geolocd does: at most
-   * 2 S pixels a side (S the model's input), at least S / 2. */
-  const uint32_t S = ip.S;
+   * ip.crop_side pixels a side (gl_loc_crop_side), at least S / 2. */
+  const uint32_t S = ip.S, M = ip.crop_side;
   const double tile_m = gl_map_tile_m(ip.map);
-  if (!(crop = malloc((size_t)4 * S * S * 3))) {
+  if (!(crop = malloc((size_t)M * M * 3))) {
     fprintf(stderr, "geoloc locate: out of memory\n");
     goto done;
   }
@@ -214,7 +214,7 @@ static int locate_run(const struct locate_opts *lo) {
     frame = img;
     if (c.photo.has_camera) {
       struct gl_img_footprint fp;
-      if (gl_img_footprint(img.width, img.height, &c.photo.camera, tile_m, (S + 1) / 2, 2 * S,
+      if (gl_img_footprint(img.width, img.height, &c.photo.camera, tile_m, (S + 1) / 2, M,
                            &fp, err, sizeof err) != GL_OK) {
         fprintf(stderr, "geoloc locate: %s: %s\n", c.path, err);
         gl_img_free(&img);

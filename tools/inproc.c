@@ -58,6 +58,7 @@ int gl_cli_inproc_open(struct gl_cli_inproc *ip, const char *prog, const char *m
   }
   ip->dim = gl_nn_model_descriptor_dim(ip->model);
   ip->S = gl_nn_model_input_size(ip->model);
+  ip->crop_side = gl_loc_crop_side(ip->model);
   ip->desc = malloc((size_t)batch * ip->dim * sizeof(float));
   ip->northup = malloc((size_t)batch * ip->S * ip->S * 3);
   ip->enc = calloc(batch, sizeof *ip->enc);

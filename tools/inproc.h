@@ -25,6 +25,7 @@ struct gl_cli_inproc {
   struct gl_loc_locator *loc;
   struct gl_loc_fine_frame *fine; /* NULL: no fine stage */
   uint32_t batch, tiles, dim, S;
+  uint32_t crop_side; /* the most a frame with a camera is cropped to (gl_loc_crop_side) */
   float *desc;
   uint8_t *northup;            /* [batch][S][S][3] */
   struct gl_image *enc;        /* [batch]: what the global stage encodes */

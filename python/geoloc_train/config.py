@@ -207,6 +207,10 @@ class ModelConfig:
             st = layer_strides()
             sa, sb = st[h["layer"]], st[b]
             size = h.get("size", self.input_size[1]) * (sb // sa)
+            cb = self.block_channels()[b]
+            if h["dim"] + cb > 4096:
+                bad("dense_head", f"dim {h['dim']} and block {b}'s {cb} channels are more "
+                                  f"than 4096 a cell")
             if b == h["layer"] or sb % sa or size > 1024:
                 bad("dense_head", f"fuse_layer must be another block whose stride ({sb}) is a "
                                   f"multiple of block {h['layer']}'s ({sa}), the fused input at "

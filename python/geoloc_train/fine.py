@@ -255,7 +255,7 @@ def box(x: np.ndarray, k: int) -> np.ndarray:
     return ((s + k * k // 2) // (k * k)).astype(np.uint8)
 
 
-def _join(model, a, b, w) -> np.ndarray:
+def _join(a, b, w) -> np.ndarray:
     """[sqrt(1 - w) a, sqrt(w) b] along the last axis, float32."""
     return np.concatenate([np.float32(np.sqrt(1 - w)) * a, np.float32(np.sqrt(w)) * b], -1)
 
@@ -271,7 +271,7 @@ def cells(model, imgs: np.ndarray, layer: int = DEFAULT_LAYER) -> np.ndarray:
     if f is None:
         return l2n(layer_features(model, imgs, layer)).numpy()
     b, w, k = f
-    return _join(model, l2n(layer_features(model, box(imgs, k), layer)).numpy(),
+    return _join(l2n(layer_features(model, box(imgs, k), layer)).numpy(),
                  l2n(layer_features(model, imgs, b, head=False)).numpy(), w)
 
 
@@ -293,7 +293,7 @@ def dense_features(model, canvas: np.ndarray, layer: int = DEFAULT_LAYER,
             canvas.shape[1] % (k * layer_stride(model, layer)):
         raise ValueError(f"canvas {list(canvas.shape)}: sides must be multiples of "
                          f"{k * layer_stride(model, layer)}")
-    return _join(model, l2n(dense_raw_features(model, box(canvas, k), layer, block)),
+    return _join(l2n(dense_raw_features(model, box(canvas, k), layer, block)),
                  l2n(dense_raw_features(model, canvas, b, block, head=False)), w)
 
 

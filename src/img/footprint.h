@@ -24,8 +24,9 @@
  *
  * resampled into a square image of side n = min(round(w), max_side): the
  * scale of the frame's finer axis, never more than max_side (callers pass
- * 2 S, the most either consumer uses: the global stage resizes to S, the
- * fine stage to 2 S). Only the centre's scale is used: a tilted frame's
+ * gl_loc_crop_side: twice the largest input of the two stages, the most
+ * either uses, since the fine stage first resizes the frame to twice its
+ * input). Only the centre's scale is used: a tilted frame's
  * far half is coarser and its near half finer (a trapezoid), which the
  * model's training views (views.py, tilts to 30 degrees) include.
  *

@@ -41,6 +41,12 @@ int gl_loc_load_map(const struct gl_nn_model *model, const char *path, struct gl
   return gl_map_open(path, gl_nn_model_sha256(model), out, err, errlen);
 }
 
+uint32_t gl_loc_crop_side(const struct gl_nn_model *model) {
+  const uint32_t s = gl_nn_model_input_size(model),
+                 f = gl_nn_model_fine_size(model, gl_nn_model_dense_layer(model));
+  return 2 * (s > f ? s : f);
+}
+
 int gl_loc_load_fine(const struct gl_nn_model *model, const struct gl_map *map,
                      const struct gl_loc_fine_params *p, uint32_t threads,
                      struct gl_loc_fine_frame **fine, bool *used, char *err, size_t errlen) {

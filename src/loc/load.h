@@ -50,4 +50,11 @@ int gl_loc_load_fine(const struct gl_nn_model *model, const struct gl_map *map,
                      const struct gl_loc_fine_params *p, uint32_t threads,
                      struct gl_loc_fine_frame **fine, bool *used, char *err, size_t errlen);
 
+/* The most pixels a side a frame with a camera is cropped to (footprint.h):
+ * twice the largest input a stage takes, the model's own (the global stage)
+ * or the fine stage's for its dense layer (gl_nn_model_fine_size: 128 for
+ * the shipped model's fused cells), since the fine stage warps from a
+ * frame resized to twice its input. */
+uint32_t gl_loc_crop_side(const struct gl_nn_model *model);
+
 #endif

@@ -80,7 +80,7 @@ int gl_map_encoder_enable_dense(struct gl_map_encoder *enc, uint32_t layer, char
   enc->dense_layer = layer;
   enc->dense_stride = stride;
   enc->dense_channels = ch;
-  enc->dense_block = 512;
+  enc->dense_block = GL_NN_CELLS_BLOCK;
   enc->dense_margin = gl_nn_cells_margin(nn->cells);
   enc->dense_size = size;
   enc->features_tiled = gl__nn_features_tiled;

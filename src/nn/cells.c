@@ -11,7 +11,7 @@
 
 /* Blocks of the tiled pass over a canvas: 512 pixels, with each block's
  * margin of context (gl_nn_model_feature_margin) on every side. */
-#define GL__CELLS_BLOCK 512u
+#define GL__CELLS_BLOCK GL_NN_CELLS_BLOCK
 
 struct gl_nn_cells {
   struct gl_nn_engine *a, *b; /* the head's block; the fused block (NULL: none) */
@@ -71,12 +71,12 @@ int gl_nn_cells_create(const struct gl_nn_model *m, uint32_t layer, uint32_t max
     return gl_fail(err, errlen, GL_EINVAL, "block %u is not a backbone block (1..17)", layer);
   const uint32_t fuse = layer == m->cfg.dh_layer ? m->cfg.dh_fuse_layer : 0;
   if (fuse)
-    gl_nn_model_feature_shape(m, fuse, &sb, &cb);
+    (void)gl_nn_model_feature_shape(m, fuse, &sb, &cb); /* a block: the config checked it */
   const uint32_t size = gl_nn_model_fine_size(m, layer), k = fuse ? sb / sa : 1;
   if (size % (sa * k))
     return gl_fail(err, errlen, GL_EINVAL,
-                   "block %u: its stride %u does not divide the fine stage's input %u", layer,
-                   sa * k, size);
+                   "block %u: its cells' stride %u does not divide the fine stage's input %u",
+                   layer, sa * k, size);
   struct gl_nn_cells *c = calloc(1, sizeof *c);
   if (!c)
     return gl_fail(err, errlen, GL_ENOMEM, "out of memory");
@@ -170,7 +170,8 @@ int gl_nn_cells_compute(struct gl_nn_cells *c, const struct gl_image *images, ui
 }
 
 int gl_nn_cells_tiled(struct gl_nn_cells *c, const struct gl_image *image, float *out) {
-  if (c->max_batch || !image || image->width % c->stride || image->height % c->stride)
+  if (c->max_batch || !image || !image->rgb || !image->width || !image->height ||
+      image->width % c->stride || image->height % c->stride)
     return GL_EINVAL;
   if (!c->b)
     return gl_nn_engine_features_tiled(c->a, c->ma, image, c->scratch_a, out);

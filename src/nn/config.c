@@ -319,6 +319,13 @@ int gl__nn_config_parse(const char *json, struct gl__nn_config *cfg, char *err, 
     if (fl) {
       const uint32_t fs = gl__nn_arch_stride(&a, fl);
       const uint32_t size = (cfg->dh_size ? cfg->dh_size : cfg->input_w) * (fs / stride);
+      if (cfg->dh_dim + a.cout[fl] > 4096) {
+        rc = gl_fail(err, errlen, GL_EFORMAT,
+                     "config field 'dense_head': dim %u and block %u's %u channels are more "
+                     "than 4096 a cell",
+                     cfg->dh_dim, fl, a.cout[fl]);
+        goto out;
+      }
       if (fl == cfg->dh_layer || fs % stride || size > 1024) {
         rc = gl_fail(err, errlen, GL_EFORMAT,
                      "config field 'dense_head': fuse_layer %u must be another block whose stride "

@@ -139,11 +139,16 @@ int gl_nn_engine_features_tiled(struct gl_nn_engine *e, uint32_t margin,
  * are the reference. */
 struct gl_nn_cells;
 
+/* The tiled pass's blocks: this many pixels of each engine's own input
+ * (for a fused head's block, of the input's k x k means), with the
+ * block's margin of context on every side. */
+#define GL_NN_CELLS_BLOCK 512u
+
 /* Cells of block `layer` of m: for batches of up to max_batch images
  * (gl_nn_cells_compute), or with max_batch 0 for the tiled pass over map
  * canvases (gl_nn_cells_tiled). threads: CPU threads (0: all cores).
  * Returns 0, GL_EINVAL (no such block, or an input that is not a multiple
- * of its stride) or the engine's error. */
+ * of its cells' stride), GL_ENOMEM or the engine's error. */
 int gl_nn_cells_create(const struct gl_nn_model *m, uint32_t layer, uint32_t max_batch,
                        uint32_t threads, struct gl_nn_cells **out, char *err, size_t errlen);
 void gl_nn_cells_destroy(struct gl_nn_cells *c);

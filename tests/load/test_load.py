@@ -244,6 +244,7 @@ class Load(unittest.TestCase):
         fps = frames / took
         # Queueing: CLIENTS * WINDOW frames in flight are served at fps.
         decode_s = slowest_decode_s(d.mport)
+        self.assertLessEqual(decode_s, 10.0, "a decode took more than 10 s")
         slack = max(LATENCY_SLACK_S, 2 * decode_s)
         bound = LATENCY_FACTOR * base_p99 + 2 * CLIENTS * WINDOW / fps + slack
         warm = [k for t, k in rss if t >= min(3.0, DURATION / 4)]

@@ -531,6 +531,9 @@ static void test_metadata_and_config(void) {
   expect_mut(&(struct mut){.config = "{\"dense_head\": {\"size\": 512, \"fuse_layer\": 17, "
                                      "\"fuse_weight\": 0.5}}"},
              "the fused input at most 1024 pixels (2048)");
+  expect_mut(&(struct mut){.config = "{\"dense_head\": {\"dim\": 4090, \"fuse_layer\": 10, "
+                                     "\"fuse_weight\": 0.5}}"},
+             "dim 4090 and block 10's 64 channels are more than 4096 a cell");
   /* A config that differs from the tensors: the tensor-set check says so. */
   expect_mut(&(struct mut){.config = "{}"}, "tensors do not match the config");
   /* 36 million tensors implied by 66 bytes (found by fuzz_model_config):

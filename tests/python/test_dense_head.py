@@ -78,7 +78,8 @@ class Config(unittest.TestCase):
                dict(HEAD, fuse_layer=6, fuse_weight=0.5), dict(HEAD, fuse_layer=2, fuse_weight=0.5),
                dict(HEAD, fuse_layer=18, fuse_weight=0.5),
                dict(HEAD, fuse_layer=10.0, fuse_weight=0.5),
-               dict(HEAD, size=512, fuse_layer=17, fuse_weight=0.5)]
+               dict(HEAD, size=512, fuse_layer=17, fuse_weight=0.5),
+               dict(HEAD, dim=4090, fuse_layer=10, fuse_weight=0.5)]
         for h in bad:
             with self.subTest(dense_head=h), self.assertRaises(ConfigError) as e:
                 ModelConfig.from_dict({"dense_head": h})

@@ -160,7 +160,9 @@ class PhotoMeta(unittest.TestCase):
         self.assertEqual(float(used["tilt_deg"]), 0.0)
         self.assertIn("(from the photo: heading, altitude, hfov, tilt)", text)
         fp, _ = lines["footprint"]
-        self.assertEqual(fp["side"], "128")
+        # Cropped to at most twice the fine stage's input (128 pixels for
+        # the shipped model's fused cells: gl_loc_crop_side).
+        self.assertEqual(fp["side"], "256")
         self.assertEqual(fp["tile_m"], "100")
         self.near(row)
         self.assertRegex(err, r"the photo's GPS [-0-9.]+,[-0-9.]+ is \d+ m from the estimate")
