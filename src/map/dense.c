@@ -107,10 +107,10 @@ int gl__map_dense_write(const struct gl__map_grid *g, const struct gl__map_sourc
     char sha[65];
     uint64_t bytes = 0;
     rc = gl__map_write_file(path, q, cells * C);
-    if (!rc)
-      rc = gl__map_sha256_file(path, sha, &bytes);
     if (rc)
-      gl_fail(err, errlen, rc, "%s: cannot write it", path);
+      gl_fail(err, errlen, rc, "%s: cannot write it: %s", path, strerror(errno));
+    else if ((rc = gl__map_sha256_file(path, sha, &bytes)))
+      gl_fail(err, errlen, rc, "%s: cannot read it back", path);
     free(path);
     if (rc)
       goto cleanup;

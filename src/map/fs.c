@@ -101,15 +101,19 @@ int gl__map_write_file(const char *path, const void *data, size_t len) {
     if (n < 0 && errno == EINTR)
       continue;
     if (n <= 0) {
+      const int e = n < 0 ? errno : ENOSPC; /* a write of 0 bytes: no room */
       close(fd);
+      errno = e;
       return GL_EIO;
     }
     p += n;
     len -= (size_t)n;
   }
-  int rc = fsync(fd) == 0 ? 0 : GL_EIO;
+  int rc = fsync(fd) == 0 ? 0 : GL_EIO, e = errno;
   if (close(fd) != 0)
     rc = GL_EIO;
+  else if (rc)
+    errno = e; /* fsync's reason, not close's */
   return rc;
 }
 

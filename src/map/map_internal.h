@@ -176,7 +176,7 @@ int gl__map_fsync_path(const char *path);
 int gl__map_rmtree(const char *path);
 
 /* Writes len bytes to path (created or truncated, mode 0644) and fsyncs it.
- * Returns 0 or GL_EIO. */
+ * Returns 0 or GL_EIO with errno saying why (ENOSPC for a full disk). */
 int gl__map_write_file(const char *path, const void *data, size_t len);
 
 /* Reads the whole file at path (at most max bytes) into a malloc'd,
