@@ -288,11 +288,9 @@ def dense_features(model, canvas: np.ndarray, layer: int = DEFAULT_LAYER,
     if margin is not None:
         raise ValueError("a fused block takes each block's own margin (margin=None)")
     b, w, k = f
-    canvas = np.asarray(canvas)
-    if canvas.ndim != 3 or canvas.shape[0] % (k * layer_stride(model, layer)) or \
-            canvas.shape[1] % (k * layer_stride(model, layer)):
-        raise ValueError(f"canvas {list(canvas.shape)}: sides must be multiples of "
-                         f"{k * layer_stride(model, layer)}")
+    canvas, s = np.asarray(canvas), cell_stride(model, layer)
+    if canvas.ndim != 3 or canvas.shape[0] % s or canvas.shape[1] % s:
+        raise ValueError(f"canvas {list(canvas.shape)}: sides must be multiples of {s}")
     return _join(l2n(dense_raw_features(model, box(canvas, k), layer, block)),
                  l2n(dense_raw_features(model, canvas, b, block, head=False)), w)
 

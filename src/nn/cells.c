@@ -9,10 +9,6 @@
 #include "nn/model.h"
 #include "nn/nn.h"
 
-/* Blocks of the tiled pass over a canvas: 512 pixels, with each block's
- * margin of context (gl_nn_model_feature_margin) on every side. */
-#define GL__CELLS_BLOCK GL_NN_CELLS_BLOCK
-
 struct gl_nn_cells {
   struct gl_nn_engine *a, *b; /* the head's block; the fused block (NULL: none) */
   uint32_t size, side, stride, ca, cb, k, max_batch;
@@ -106,10 +102,10 @@ int gl_nn_cells_create(const struct gl_nn_model *m, uint32_t layer, uint32_t max
     for (uint32_t i = 0; fuse && i < max_batch; i++)
       c->imgs[i] = (struct gl_image){c->small + (size_t)i * sq * sq * 3, sq, sq};
   } else {
-    if ((rc = gl__engine(m, layer, GL__CELLS_BLOCK + 2 * c->ma, 1, threads, &c->a, err,
-                         errlen)) ||
-        (fuse && (rc = gl__engine(m, fuse, GL__CELLS_BLOCK + 2 * c->mb, 1, threads, &c->b, err,
-                                  errlen))))
+    if ((rc =
+             gl__engine(m, layer, GL_NN_CELLS_BLOCK + 2 * c->ma, 1, threads, &c->a, err, errlen)) ||
+        (fuse &&
+         (rc = gl__engine(m, fuse, GL_NN_CELLS_BLOCK + 2 * c->mb, 1, threads, &c->b, err, errlen))))
       goto fail;
     if (!(c->scratch_a = malloc(gl_nn_tiled_scratch_bytes(c->a))) ||
         (fuse && !(c->scratch_b = malloc(gl_nn_tiled_scratch_bytes(c->b)))))

@@ -168,6 +168,16 @@ class FineC(unittest.TestCase):
         self.assertGreater(cosines(c, p).min(), 0.9999)
         return model_path, model
 
+    def check_pack(self, name, model_path, want):
+        """A pack of the 2020 raster built with model_path: its dense layer's
+        (layer, input_px, stride_px, cell_m, m_per_px, margin_px, channels)
+        are want. Returns the pack."""
+        pack = self.build(name, R2020, model=model_path)
+        meta, d = self.dense(pack)
+        self.assertEqual((meta["layer"], meta["input_px"], meta["stride_px"], meta["cell_m"],
+                          meta["m_per_px"], meta["margin_px"], d.shape[2]), want)
+        return pack
+
     def test_dense_head_matches_the_reference(self):
         """A model with a dense head (random, non-trivial weights): the C
         feature engine computes the head as the reference does, for query
@@ -187,11 +197,7 @@ class FineC(unittest.TestCase):
             (40, 16, 528, 592), (33, 37))
         self.assertEqual((fine.model_size(model, 10), fine.layer_margin(10)), (128, 112))
         # The pack: block 10 by default (the head's), read at 128 px a tile.
-        pack = self.build("head10.map", R2020, model=model_path)
-        meta, d = self.dense(pack)
-        self.assertEqual((meta["layer"], meta["input_px"], meta["stride_px"], meta["cell_m"],
-                          meta["m_per_px"], meta["margin_px"], d.shape[2]),
-                         (10, 128, 16, 40, 2.5, 112, 64))
+        pack = self.check_pack("head10.map", model_path, (10, 128, 16, 40, 2.5, 112, 64))
         self.check_scores("h10s.png", 37, [17, 27, 37, 47, 57], 0.0,
                           model=(model_path, model), pack=pack, layer=10)
 
@@ -204,11 +210,7 @@ class FineC(unittest.TestCase):
         head = {"layer": 6, "dim": 64, "hidden": 24, "fuse_layer": 10, "fuse_weight": 0.4}
         model_path, model = self.check_head("fused", head, 7, (40, 16, 528, 592), (33, 37),
                                             channels=128)
-        pack = self.build("fused.map", R2020, model=model_path)
-        meta, d = self.dense(pack)
-        self.assertEqual((meta["layer"], meta["input_px"], meta["stride_px"], meta["cell_m"],
-                          meta["m_per_px"], meta["margin_px"], d.shape[2]),
-                         (6, 128, 16, 40, 2.5, 128, 128))
+        pack = self.check_pack("fused.map", model_path, (6, 128, 16, 40, 2.5, 128, 128))
         self.check_scores("fuseds.png", 37, [17, 27, 37, 47, 57], 0.0,
                           model=(model_path, model), pack=pack)
         self.check_scores("fusedu.png", None, list(range(0, 360, 10)), 0.5,
