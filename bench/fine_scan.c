@@ -98,7 +98,8 @@ int main(int argc, char **argv) {
         for (int w = 0; w < WAYS; w++) {
           double t0 = now_s();
           for (int i = 0; i < reps; i++)
-            if (gl_loc_fine_frame_scan(ff[w], map, r0, q0, n, n, score, head, err, sizeof err)) {
+            if (gl_loc_fine_frame_scan(ff[w], map, r0, q0, n, n, NAN, 0, score, head, err,
+                                       sizeof err)) {
               fprintf(stderr, "fine_scan: %s\n", err);
               goto done;
             }

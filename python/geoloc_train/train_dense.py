@@ -616,10 +616,10 @@ def band_scan(model_path: str, naip_dir: str, *, val_band: str = "south",
             imgs = np.stack([fine.warp(base, float(h), geo.size) for h in hs])
             q = apply_head(head, query_raw(net, layer, imgs))
             q = q.reshape(len(hs), q.shape[1], n * n)[:, :, mask]
-            sc = torch.stack([torch.einsum("hdk,dkp->hp", q, c) for c in cells]).max(0).values
-            sc = sc / mask.sum()
-            if kind == "unknown":
-                sc = sc - CENTERING * sc.mean(0, keepdim=True)
+            sc = torch.stack([torch.einsum("hdk,dkp->hp", q, c) for c in cells]) / mask.sum()
+            if kind == "unknown":  # each year centred on its mean over headings (fine.h)
+                sc = sc - CENTERING * sc.mean(1, keepdim=True)
+            sc = sc.max(0).values
             best = int(sc.max(0).values.argmax())
             out[kind][i] = abs(best // pc - tr) <= 1 and abs(best % pc - tc) <= 1
     return out

@@ -84,7 +84,8 @@ struct gl_loc_fine {
   struct gl_loc_fine_params p;
   uint32_t max_h, side, ch, nk;
   int32_t kr[GL__MAX_QSIDE * GL__MAX_QSIDE], kc[GL__MAX_QSIDE * GL__MAX_QSIDE];
-  float *q; /* [max_h * nk][ch]: the masked query cells */
+  float *q; /* [max_h + 1][nk][ch]: the masked query cells of the headings
+               scored, then (when centring) their mean over every heading */
   /* Sized to the largest map seen (grown, never per frame). */
   size_t grid_cap;  /* cells of that map */
   uint32_t *stamp;  /* per reference cell: frame stamp when in reach */
@@ -94,18 +95,25 @@ struct gl_loc_fine {
   uint32_t frame;
   size_t last_p;       /* placements scored by the last run or scan */
   uint32_t last_h;     /* and its headings */
+  /* The last gl_loc_fine_run's scores are still in score[] (no scan since):
+   * its placements carry pstamp run_stamp, its H headings run_h. */
+  bool run_valid;
+  uint32_t run_stamp, run_h;
+  const struct gl_map_dense *run_d;
   size_t cap_p, cap_c; /* placements and cells in reach */
   int32_t *pr, *pq;    /* placements */
   int64_t *ptile;      /* the candidate tile a placement came from */
   int32_t *pk;         /* [nk][P]: product column of placement p's cell k */
   size_t *cell;        /* [C_reach]: the reference cell of each product column */
   float *score;        /* [P][H] */
+  float *ymean;        /* [years][P]: centring's term, per source (reach) */
+  size_t ymean_cap;
   float *acc;          /* [P] */
   float *dsub;         /* [years * C_reach][ch] gathered reference cells */
   float *prod;         /* [nk][years * C_reach]: one heading's products */
   size_t dsub_cap, prod_cap;
   float *patch; /* [GL__CHUNK][nk * ch]: gathered placements' cells */
-  float *gprod; /* [max_h][GL__CHUNK]: their scores */
+  float *gprod; /* [max_h + 1][GL__CHUNK]: their scores */
   float *best;       /* [P] best over headings */
   uint32_t *besth;   /* [P] */
   uint8_t *taken;    /* [P] */
@@ -151,14 +159,14 @@ int gl_loc_fine_create(const struct gl_loc_fine_params *p, uint32_t max_headings
   f->cap_c = f->cap_p + (size_t)p->top_k * (side + win) * (side + win);
   if (f->cap_c < (size_t)(64 + side) * (64 + side)) /* a 64 x 64 scan (gl_loc_fine_scan) */
     f->cap_c = (size_t)(64 + side) * (64 + side);
-  if (!(f->q = malloc((size_t)max_headings * f->nk * channels * sizeof(float))) ||
+  if (!(f->q = malloc((size_t)(max_headings + 1) * f->nk * channels * sizeof(float))) ||
       !(f->pr = malloc(f->cap_p * sizeof(int32_t))) ||
       !(f->pq = malloc(f->cap_p * sizeof(int32_t))) ||
       !(f->ptile = malloc(f->cap_p * sizeof(int64_t))) ||
       !(f->pk = malloc(f->cap_p * f->nk * sizeof(int32_t))) ||
       !(f->cell = malloc(f->cap_c * sizeof(size_t))) ||
       !(f->patch = malloc((size_t)GL__CHUNK * f->nk * channels * sizeof(float))) ||
-      !(f->gprod = malloc((size_t)max_headings * GL__CHUNK * sizeof(float))) ||
+      !(f->gprod = malloc((size_t)(max_headings + 1) * GL__CHUNK * sizeof(float))) ||
       !(f->score = malloc(f->cap_p * max_headings * sizeof(float))) ||
       !(f->acc = malloc(f->cap_p * sizeof(float))) ||
       !(f->best = malloc(f->cap_p * sizeof(float))) ||
@@ -186,6 +194,7 @@ void gl_loc_fine_destroy(struct gl_loc_fine *f) {
   free(f->patch);
   free(f->gprod);
   free(f->score);
+  free(f->ymean);
   free(f->acc);
   free(f->dsub);
   free(f->prod);
@@ -225,6 +234,12 @@ static int gl__fit_map(struct gl_loc_fine *f, const struct gl_map_dense *d, size
     free(f->prod);
     f->prod_cap = (f->prod = malloc(prod_n * sizeof(float))) ? prod_n : 0;
     if (!f->prod_cap)
+      return GL_ENOMEM;
+  }
+  if (need > f->ymean_cap) { /* years * cap_p <= years * cap_c */
+    free(f->ymean);
+    f->ymean_cap = (f->ymean = malloc(need * sizeof(float))) ? need : 0;
+    if (!f->ymean_cap)
       return GL_ENOMEM;
   }
   if (max_out > f->esupport_cap) {
@@ -276,25 +291,28 @@ static double gl__parabola(double a, double b, double c) {
   return d < -0.5 ? -0.5 : d > 0.5 ? 0.5 : d;
 }
 
-/* Step 4 by correlation: for each heading, its query cells against every
- * cell in reach (one GEMM per year: prod[k][y * cap_c + c]), then the
- * scores as sums along the product's diagonals. A heading at a time keeps
- * the product small enough for the cache. */
+/* Step 4 by correlation: for each query row (a heading, or centring's
+ * mean row, first), its query cells against every cell in reach (one GEMM
+ * per year: prod[k][y * cap_c + c]), then the scores as sums along the
+ * product's diagonals. A row at a time keeps the product small enough for
+ * the cache. H headings, then the mean row when cw > 0. */
 static void gl__score_reach(struct gl_loc_fine *f, const struct gl_map_dense *d, uint32_t H,
-                            size_t P, size_t NC) {
-  const uint32_t nk = f->nk, C = f->ch;
+                            double cw, size_t P, size_t NC) {
+  const uint32_t nk = f->nk, C = f->ch, rows = H + (cw > 0);
   for (uint32_t y = 0; y < d->years; y++)
     for (size_t i = 0; i < NC; i++)
       memcpy(f->dsub + ((size_t)y * f->cap_c + i) * C,
              d->cells + ((size_t)y * d->rows * d->cols + f->cell[i]) * C, C * sizeof(float));
   const size_t ld = (size_t)d->years * f->cap_c;
   const float inv = 1.0f / (float)nk;
-  for (uint32_t h = 0; h < H; h++) {
+  for (uint32_t j = 0; j < rows; j++) {
+    const uint32_t h = cw > 0 ? (j == 0 ? H : j - 1) : j;
     for (uint32_t y = 0; y < d->years; y++)
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nk, (int)NC, (int)C, 1.0f,
                   f->q + (size_t)h * nk * C, (int)C, f->dsub + (size_t)y * f->cap_c * C, (int)C,
                   0.0f, f->prod + (size_t)y * f->cap_c, (int)ld);
     for (uint32_t y = 0; y < d->years; y++) {
+      float *ym = f->ymean + (size_t)y * P;
       memset(f->acc, 0, P * sizeof(float));
       for (uint32_t k = 0; k < nk; k++) {
         const float *row = f->prod + (size_t)k * ld + (size_t)y * f->cap_c;
@@ -302,9 +320,16 @@ static void gl__score_reach(struct gl_loc_fine *f, const struct gl_map_dense *d,
         for (size_t p = 0; p < P; p++)
           f->acc[p] += row[idx[p]];
       }
-      for (size_t p = 0; p < P; p++)
-        if (f->acc[p] * inv > f->score[p * H + h])
-          f->score[p * H + h] = f->acc[p] * inv;
+      if (h == H) {
+        for (size_t p = 0; p < P; p++)
+          ym[p] = (float)cw * f->acc[p] * inv;
+        continue;
+      }
+      for (size_t p = 0; p < P; p++) {
+        float v = f->acc[p] * inv - (cw > 0 ? ym[p] : 0.0f);
+        if (v > f->score[p * H + h])
+          f->score[p * H + h] = v;
+      }
     }
   }
 }
@@ -312,12 +337,12 @@ static void gl__score_reach(struct gl_loc_fine *f, const struct gl_map_dense *d,
 /* Step 4 by gathering: a placement's score at heading h is one dot product
  * of the heading's query cells (|K_q| * C floats, f->q) with the cells
  * under the placement, gathered in the same order; GL__CHUNK placements are
- * gathered at a time and one GEMM scores them at every heading. It
- * multiplies only the pairs a score needs, but copies each cell once for
- * every placement over it. */
+ * gathered at a time and one GEMM scores them at every heading (and at the
+ * mean row when cw > 0). It multiplies only the pairs a score needs, but
+ * copies each cell once for every placement over it. */
 static void gl__score_gathered(struct gl_loc_fine *f, const struct gl_map_dense *d, uint32_t H,
-                               size_t P) {
-  const uint32_t nk = f->nk, C = f->ch;
+                               double cw, size_t P) {
+  const uint32_t nk = f->nk, C = f->ch, rows = H + (cw > 0);
   const size_t row = (size_t)nk * C;
   const int32_t *cidx = f->pk; /* [nk][P]: product columns, f->cell their cells */
   for (size_t p0 = 0; p0 < P; p0 += GL__CHUNK) {
@@ -328,29 +353,32 @@ static void gl__score_gathered(struct gl_loc_fine *f, const struct gl_map_dense 
         for (uint32_t k = 0; k < nk; k++)
           memcpy(f->patch + i * row + (size_t)k * C,
                  cells + f->cell[cidx[(size_t)k * f->cap_p + p0 + i]] * C, C * sizeof(float));
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)H, (int)m, (int)row,
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)m, (int)row,
                   1.0f / (float)nk, f->q, (int)row, f->patch, (int)row, 0.0f, f->gprod,
                   (int)GL__CHUNK);
-      for (uint32_t h = 0; h < H; h++) /* best year */
-        for (size_t i = 0; i < m; i++) {
-          float v = f->gprod[(size_t)h * GL__CHUNK + i], *sc = &f->score[(p0 + i) * H + h];
+      for (size_t i = 0; i < m; i++) { /* centred, best year */
+        const float mean = cw > 0 ? (float)cw * f->gprod[(size_t)H * GL__CHUNK + i] : 0.0f;
+        for (uint32_t h = 0; h < H; h++) {
+          float v = f->gprod[(size_t)h * GL__CHUNK + i] - mean, *sc = &f->score[(p0 + i) * H + h];
           if (v > *sc)
             *sc = v;
         }
+      }
     }
   }
 }
 
-/* Steps 2-4 for the first P placements of f's list: gathers the reference
+/* Steps 2-4 for the first P placements of f's list, at S of the frame's H
+ * headings (sel: their indices; NULL: all, S = H): gathers the reference
  * cells they cover, scores every (heading, placement) the cheaper of two
- * ways, centres full-circle scans, and leaves each placement's best score
- * and heading in best/besth. Returns the number of placements scored (fewer
- * than P when the cells in reach outgrow the scratch; the rest are
- * dropped). */
+ * ways, centring when the H headings span the circle, and leaves each
+ * placement's best score and heading (an index into sel) in best/besth.
+ * Returns the number of placements scored (fewer than P when the cells in
+ * reach outgrow the scratch; the rest are dropped). */
 static size_t gl__score(struct gl_loc_fine *f, const struct gl_map_dense *d, const float *qfeat,
-                        uint32_t H, size_t P) {
+                        uint32_t H, const uint32_t *sel, uint32_t S, size_t P) {
   const uint32_t n = f->side, nk = f->nk, C = f->ch;
-  f->last_h = H;
+  f->last_h = S;
   /* 2. The reference cells those placements cover: product columns. */
   size_t NC = 0;
   for (size_t p = 0; p < P; p++) {
@@ -371,39 +399,54 @@ static size_t gl__score(struct gl_loc_fine *f, const struct gl_map_dense *d, con
 gathered:
   if (P == 0)
     return 0;
-  for (uint32_t h = 0; h < H; h++)
+  /* The query rows: the S headings scored, then, when centring, the mean
+   * of every heading's cells, whose score is the mean score over headings
+   * (the score is linear in the query cells). */
+  const bool circle = fabs(H * f->p.step_deg - 360.0) < 1e-6;
+  const double cw = circle ? f->p.centering : 0;
+  for (uint32_t j = 0; j < S; j++)
     for (uint32_t k = 0; k < nk; k++)
-      memcpy(f->q + ((size_t)h * nk + k) * C,
-             qfeat + (((size_t)h * n + (size_t)f->kr[k]) * n + (size_t)f->kc[k]) * C,
+      memcpy(f->q + ((size_t)j * nk + k) * C,
+             qfeat + ((((size_t)(sel ? sel[j] : j)) * n + (size_t)f->kr[k]) * n +
+                      (size_t)f->kc[k]) * C,
              C * sizeof(float));
-  for (size_t i = 0; i < P * H; i++)
+  if (cw > 0) {
+    float *restrict mq = f->q + (size_t)S * nk * C;
+    memset(mq, 0, (size_t)nk * C * sizeof(float));
+    for (uint32_t h = 0; h < H; h++)
+      for (uint32_t k = 0; k < nk; k++) {
+        const float *restrict src =
+            qfeat + (((size_t)h * n + (size_t)f->kr[k]) * n + (size_t)f->kc[k]) * C;
+#pragma omp simd
+        for (uint32_t c = 0; c < C; c++)
+          mq[(size_t)k * C + c] += src[c];
+      }
+    const float inv = 1.0f / (float)H;
+#pragma omp simd
+    for (size_t i = 0; i < (size_t)nk * C; i++)
+      mq[i] *= inv;
+  }
+  for (size_t i = 0; i < P * S; i++)
     f->score[i] = -INFINITY;
-  /* 3-4. The correlation multiplies H * NC * |K_q| * C; gathering H * P *
-   * |K_q| * C and copies P * |K_q| * C floats. Few placements next to the
-   * cells they cover (the candidates' windows, a tracking box) or many
-   * headings favour gathering; a dense region (a prior's circle) with a
-   * compass favours the correlation. */
-  bool gather = (double)P * (H + GL__GATHER_COST) < (double)H * (double)NC;
+  /* 3-4. The correlation multiplies R * NC * |K_q| * C, R the query rows;
+   * gathering R * P * |K_q| * C and copies P * |K_q| * C floats. Few
+   * placements next to the cells they cover (the candidates' windows, a
+   * tracking box) or many headings favour gathering; a dense region (a
+   * prior's circle) with a compass favours the correlation. */
+  const double R = S + (cw > 0);
+  bool gather = (double)P * (R + GL__GATHER_COST) < R * (double)NC;
   if (f->p.scoring != GL_LOC_FINE_SCORE_AUTO)
     gather = f->p.scoring == GL_LOC_FINE_SCORE_GATHER;
   if (gather)
-    gl__score_gathered(f, d, H, P);
+    gl__score_gathered(f, d, S, cw, P);
   else
-    gl__score_reach(f, d, H, P, NC);
-  const bool circle = fabs(H * f->p.step_deg - 360.0) < 1e-6;
-  const double cw = circle ? f->p.centering : 0;
+    gl__score_reach(f, d, S, cw, P, NC);
   for (size_t p = 0; p < P; p++) {
     uint32_t bh = 0;
-    double mean = 0;
-    for (uint32_t h = 1; h < H; h++)
-      if (f->score[p * H + h] > f->score[p * H + bh])
+    for (uint32_t h = 1; h < S; h++)
+      if (f->score[p * S + h] > f->score[p * S + bh])
         bh = h;
-    for (uint32_t h = 0; h < H; h++)
-      mean += f->score[p * H + h] / H;
-    if (cw > 0)
-      for (uint32_t h = 0; h < H; h++)
-        f->score[p * H + h] -= (float)(cw * mean);
-    f->best[p] = f->score[p * H + bh];
+    f->best[p] = f->score[p * S + bh];
     f->besth[p] = bh;
     f->taken[p] = 0;
   }
@@ -420,34 +463,62 @@ static int gl__begin(struct gl_loc_fine *f, const struct gl_map_dense *d, size_t
     f->frame = 1;
   }
   f->last_p = 0;
+  f->run_valid = false;
   return 0;
 }
 
 int gl_loc_fine_scan(struct gl_loc_fine *f, struct gl_map *map, const float *qfeat,
-                     const float *headings, uint32_t H, int32_t r0, int32_t q0, uint32_t rows,
-                     uint32_t cols, float *score, float *heading, char *err, size_t errlen) {
+                     const float *headings, uint32_t H, const uint32_t *sel, uint32_t S,
+                     bool same_query, int32_t r0, int32_t q0, uint32_t rows, uint32_t cols,
+                     float *score, float *heading, char *err, size_t errlen) {
   const struct gl_map_dense *d = gl_map_dense(map);
   if (!d || d->channels != f->ch || H == 0 || H > f->max_h || !qfeat || !headings)
     return gl_fail(err, errlen, GL_EINVAL, "fine scan: no dense layer or a mismatched query");
+  if (!sel)
+    S = H;
+  for (uint32_t j = 0; sel && j < S; j++)
+    if (sel[j] >= H)
+      return gl_fail(err, errlen, GL_EINVAL, "fine scan: heading %u of %u", sel[j], H);
+  if (S == 0 || S > H)
+    return gl_fail(err, errlen, GL_EINVAL, "fine scan: %u of %u headings", S, H);
   if ((size_t)rows * cols > f->cap_p || (size_t)(rows + f->side) * (cols + f->side) > f->cap_c)
     return gl_fail(err, errlen, GL_EINVAL, "fine scan: %ux%u placements exceed the stage's %zu",
                    rows, cols, f->cap_p);
   for (size_t i = 0; i < (size_t)rows * cols; i++)
     score[i] = heading[i] = NAN;
+  if (d->rows < f->side || d->cols < f->side)
+    return gl__begin(f, d, 1) ? gl_fail(err, errlen, GL_ENOMEM, "out of memory") : 0;
+  const uint32_t PR = d->rows - f->side + 1, PC = d->cols - f->side + 1;
+  /* The placements the last run of this query scored (the candidates'
+   * windows often overlap the track's box) are taken from its scores: the
+   * same numbers, not computed twice. */
+  const bool reuse = same_query && f->run_valid && f->run_d == d && f->run_h == H;
+  for (int64_t r = r0; reuse && r < (int64_t)r0 + rows; r++)
+    for (int64_t q = q0; q < (int64_t)q0 + cols; q++) {
+      if (r < 0 || q < 0 || r >= PR || q >= PC || f->pstamp[(size_t)r * PC + q] != f->run_stamp)
+        continue;
+      const float *sc = f->score + (size_t)f->pidx[(size_t)r * PC + q] * H;
+      uint32_t bh = sel ? sel[0] : 0;
+      for (uint32_t j = 1; j < S; j++)
+        if (sc[sel ? sel[j] : j] > sc[bh])
+          bh = sel ? sel[j] : j;
+      size_t i = (size_t)(r - r0) * cols + (size_t)(q - q0);
+      score[i] = sc[bh];
+      heading[i] = headings[bh];
+    }
   if (gl__begin(f, d, 1))
     return gl_fail(err, errlen, GL_ENOMEM, "out of memory for the fine stage");
-  if (d->rows < f->side || d->cols < f->side)
-    return 0;
-  const uint32_t PR = d->rows - f->side + 1, PC = d->cols - f->side + 1;
   size_t P = 0;
   for (int64_t r = r0; r < (int64_t)r0 + rows; r++)
     for (int64_t q = q0; q < (int64_t)q0 + cols; q++)
-      gl__add(f, &P, PR, PC, r, q, -1);
-  P = gl__score(f, d, qfeat, H, P);
+      if (!(r >= 0 && q >= 0 && r < PR && q < PC) ||
+          isnan(score[(size_t)(r - r0) * cols + (size_t)(q - q0)]))
+        gl__add(f, &P, PR, PC, r, q, -1);
+  P = gl__score(f, d, qfeat, H, sel, S, P);
   for (size_t p = 0; p < P; p++) {
     size_t i = (size_t)(f->pr[p] - r0) * cols + (size_t)(f->pq[p] - q0);
     score[i] = f->best[p];
-    heading[i] = headings[f->besth[p]];
+    heading[i] = headings[sel ? sel[f->besth[p]] : f->besth[p]];
   }
   f->last_p = P;
   return 0;
@@ -519,8 +590,12 @@ int gl_loc_fine_run(struct gl_loc_fine *f, struct gl_map *map, const float *qfea
     }
   }
 
-  if ((f->last_p = P = gl__score(f, d, qfeat, H, P)) == 0)
+  if ((f->last_p = P = gl__score(f, d, qfeat, H, NULL, H, P)) == 0)
     return 0;
+  f->run_valid = true;
+  f->run_stamp = f->frame;
+  f->run_h = H;
+  f->run_d = d;
   const bool circle = fabs(H * f->p.step_deg - 360.0) < 1e-6;
 
   /* 5. Estimates: the best placement, then the best one far enough from
@@ -620,6 +695,8 @@ struct gl_loc_fine_frame {
   float *headings;       /* [max_h] */
   float *qfeat;          /* [max_h][side][side][C] */
   uint32_t H;            /* headings of the last frame */
+  uint32_t *sel;         /* [max_h]: the headings the last scan scored, */
+  float *sel_deg;        /* [max_h]  and their degrees */
 };
 
 int gl_loc_fine_frame_create(const struct gl_nn_model *model, uint32_t layer,
@@ -646,6 +723,8 @@ int gl_loc_fine_frame_create(const struct gl_nn_model *model, uint32_t layer,
   if (!(ff->pix = malloc((size_t)ff->max_h * S * S * 3)) || !(ff->base = malloc(4 * S * S * 3)) ||
       !(ff->imgs = calloc(ff->max_h, sizeof *ff->imgs)) ||
       !(ff->headings = malloc(ff->max_h * sizeof(float))) ||
+      !(ff->sel = malloc(ff->max_h * sizeof(uint32_t))) ||
+      !(ff->sel_deg = malloc(ff->max_h * sizeof(float))) ||
       !(ff->qfeat = malloc((size_t)ff->max_h * side * side * ch * sizeof(float)))) {
     rc = gl_fail(err, errlen, GL_ENOMEM, "out of memory");
     goto fail;
@@ -670,6 +749,8 @@ void gl_loc_fine_frame_destroy(struct gl_loc_fine_frame *ff) {
   free(ff->base);
   free(ff->imgs);
   free(ff->headings);
+  free(ff->sel);
+  free(ff->sel_deg);
   free(ff->qfeat);
   free(ff);
 }
@@ -690,7 +771,9 @@ int gl_loc_fine_frame(struct gl_loc_fine_frame *ff, struct gl_map *map,
                    "the map's dense layer (block %u at %u px) is not this stage's (block %u at "
                    "%u px)",
                    d ? d->layer : 0, d ? d->input_px : 0, ff->layer, ff->S);
+  ff->fine->run_valid = false; /* a new query: the last run's scores are not its */
   uint32_t H = ff->H = gl_loc_fine_headings(&ff->p, heading_deg, ff->headings, ff->max_h);
+  memcpy(ff->sel_deg, ff->headings, H * sizeof(float)); /* the run scores every heading */
   gl_loc_fine_warp(frame, ff->headings, H, ff->S, ff->base, ff->imgs);
   int rc = gl_nn_cells_compute(ff->cells, ff->imgs, H, ff->qfeat);
   if (rc)
@@ -699,18 +782,30 @@ int gl_loc_fine_frame(struct gl_loc_fine_frame *ff, struct gl_map *map,
                          max_out, n_out, err, errlen);
 }
 
+/* The absolute difference of two headings, degrees, 0..180. */
+static double gl__angle(double a, double b) { return fabs(fmod(a - b + 540.0, 360.0) - 180.0); }
+
 int gl_loc_fine_frame_scan(struct gl_loc_fine_frame *ff, struct gl_map *map, int32_t r0, int32_t q0,
-                           uint32_t rows, uint32_t cols, float *score, float *heading, char *err,
-                           size_t errlen) {
+                           uint32_t rows, uint32_t cols, double hc, double tol, float *score,
+                           float *heading, char *err, size_t errlen) {
   if (!ff->H)
     return gl_fail(err, errlen, GL_EINVAL, "fine scan before any frame");
-  return gl_loc_fine_scan(ff->fine, map, ff->qfeat, ff->headings, ff->H, r0, q0, rows, cols, score,
-                          heading, err, errlen);
+  uint32_t S = 0;
+  for (uint32_t h = 0; h < ff->H && !isnan(hc); h++)
+    if (gl__angle(ff->headings[h], hc) <= tol)
+      ff->sel[S++] = h;
+  if (S == 0) /* no heading that close, or none given: every heading */
+    for (; S < ff->H; S++)
+      ff->sel[S] = S;
+  for (uint32_t j = 0; j < S; j++)
+    ff->sel_deg[j] = ff->headings[ff->sel[j]];
+  return gl_loc_fine_scan(ff->fine, map, ff->qfeat, ff->headings, ff->H, ff->sel, S, true, r0, q0,
+                          rows, cols, score, heading, err, errlen);
 }
 
 size_t gl_loc_fine_frame_scores(const struct gl_loc_fine_frame *ff, const int32_t **r,
                                 const int32_t **q, const float **score, const float **headings,
                                 uint32_t *H) {
-  *headings = ff->headings;
+  *headings = ff->sel_deg;
   return gl_loc_fine_scores(ff->fine, r, q, score, H);
 }

@@ -55,13 +55,17 @@
  *     reference cell (r, q):
  *        score_y(h, r, q) = 1/|K_q| sum over (a, b) in K_q of
  *                           <Q_h[a][b], D_y[r + a][q + b]>
- *     and score(h, r, q) = max over sources y (a multi-year map scores each
- *     place by its best year). It is the mean cosine similarity of the
- *     aligned cells, in [-1, 1]. When the headings span the full circle
- *     (no compass), each placement's scores are lowered by `centering`
- *     times their mean over all headings: a place that matches equally at
- *     every heading (a uniform field, a blurred frame) is not a match, and
- *     on the validation split this took success@100 m from 62 % to 67 %.
+ *     the mean cosine similarity of the aligned cells, in [-1, 1]. When the
+ *     headings span the full circle (no compass), each source's scores
+ *     are lowered by `centering` times their mean over all headings:
+ *        score_y(h, r, q) -= centering * mean over h' of score_y(h', r, q),
+ *     a place that matches equally at every heading (a uniform field, a
+ *     blurred frame) is not a match; on the validation split this took
+ *     success@100 m from 62 % to 67 %. The mean is the score of the mean
+ *     of the headings' query cells (the score is linear in them), one more
+ *     query row, so a scan of a few headings (a locked track's) centres on
+ *     all of them at the cost of one. Then score(h, r, q) = max over
+ *     sources y: a multi-year map scores each place by its best year.
  *     With a compass the few headings scanned say nothing of that, and it
  *     is not done. The scores are computed the cheaper of two ways
  *     (fine.c, gl__score): a correlation of every query cell with every
@@ -166,19 +170,25 @@ int gl_loc_fine_run(struct gl_loc_fine *f, struct gl_map *map, const float *qfea
 /* Scores of a box of placements, for the tracker (src/track): for every
  * placement (r, q) with r0 <= r < r0 + rows and q0 <= q < q0 + cols (the
  * top-left cell of the query on the dense grid, as in step 4), its best
- * score over the headings and years, step 4's centring included, into
- * score[(r - r0) * cols + (q - q0)], and that heading into heading[];
+ * score over the headings sel[0..S) (indices into the frame's H headings;
+ * NULL: all of them) and the years, step 4's centring over all H included,
+ * into score[(r - r0) * cols + (q - q0)], and that heading into heading[];
  * NaN for placements off the map. rows * cols is at most 4096 and (rows +
  * side) * (cols + side) within the stage's reach (64 x 64 always fits).
- * Returns 0 or GL_EINVAL/GL_ENOMEM with err set. */
+ * same_query: qfeat and headings are those of f's last gl_loc_fine_run on
+ * this map, whose scores are then taken for the placements it scored
+ * instead of being computed again (when no scan came between). Returns 0
+ * or GL_EINVAL/GL_ENOMEM with err set. */
 int gl_loc_fine_scan(struct gl_loc_fine *f, struct gl_map *map, const float *qfeat,
-                     const float *headings, uint32_t H, int32_t r0, int32_t q0, uint32_t rows,
-                     uint32_t cols, float *score, float *heading, char *err, size_t errlen);
+                     const float *headings, uint32_t H, const uint32_t *sel, uint32_t S,
+                     bool same_query, int32_t r0, int32_t q0, uint32_t rows, uint32_t cols,
+                     float *score, float *heading, char *err, size_t errlen);
 
-/* The placements the last run or scan of f scored: returns their number P,
+/* The placements the last run or scan of f scored (a scan: those it did
+ * not take from the run): returns their number P,
  * points r, q (top-left cells) at P entries and score at the P x H scores
- * (placement-major; step 4's, centring included) of its H headings, valid
- * until f's next run or scan. */
+ * (placement-major; step 4's, centring included) of the H headings it
+ * scored, valid until f's next run or scan. */
 size_t gl_loc_fine_scores(const struct gl_loc_fine *f, const int32_t **r, const int32_t **q,
                           const float **score, uint32_t *H);
 
@@ -222,11 +232,13 @@ int gl_loc_fine_frame(struct gl_loc_fine_frame *ff, struct gl_map *map,
                       size_t *n_out, char *err, size_t errlen);
 
 /* gl_loc_fine_scan and gl_loc_fine_scores for the frame the last
- * gl_loc_fine_frame call ran (its query cells and headings; headings gets
- * its H headings, degrees). */
+ * gl_loc_fine_frame call ran (its query cells and headings). The scan
+ * scores the frame's headings within tol degrees of hc, or all of them when
+ * hc is NaN or none is that close; headings gets the H headings the last
+ * run or scan scored, degrees. */
 int gl_loc_fine_frame_scan(struct gl_loc_fine_frame *ff, struct gl_map *map, int32_t r0, int32_t q0,
-                           uint32_t rows, uint32_t cols, float *score, float *heading, char *err,
-                           size_t errlen);
+                           uint32_t rows, uint32_t cols, double hc, double tol, float *score,
+                           float *heading, char *err, size_t errlen);
 size_t gl_loc_fine_frame_scores(const struct gl_loc_fine_frame *ff, const int32_t **r,
                                 const int32_t **q, const float **score, const float **headings,
                                 uint32_t *H);

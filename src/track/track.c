@@ -634,33 +634,22 @@ int gl_track_grid(const struct gl_map *map, const struct gl_loc_fine_frame *ff, 
 }
 
 /* The angle between headings a and b, degrees in [0, 180]. */
-static double gl__angle(double a, double b) { return fabs(fmod(a - b + 540.0, 360.0) - 180.0); }
-
-/* The placements the fine stage ff scored last, those in the window, into
- * the window's measurement: each its best score over the headings within
- * tol degrees of hc (every heading when hc is NaN or none is that close). */
-static void gl__take(struct gl_track *t, const struct gl_loc_fine_frame *ff, double hc,
-                     double tol) {
+/* The placements the fine stage's run of the frame scored, those in the
+ * window, into the window's measurement: each its best over the headings. */
+static void gl__take(struct gl_track *t, const struct gl_loc_fine_frame *ff) {
   const int32_t *pr, *pq;
   const float *score, *headings;
   uint32_t H;
   size_t P = gl_loc_fine_frame_scores(ff, &pr, &pq, &score, &headings, &H);
-  bool any = false;
-  for (uint32_t h = 0; h < H && !isnan(hc) && !any; h++)
-    any = gl__angle(headings[h], hc) <= tol;
   for (size_t p = 0; p < P; p++) {
     int64_t r = pr[p] - t->r0, q = pq[p] - t->q0;
     if (r < 0 || r >= t->wr || q < 0 || q >= t->wc)
       continue;
-    float best = -INFINITY;
     uint32_t bh = 0;
-    for (uint32_t h = 0; h < H; h++)
-      if (score[p * H + h] > best &&
-          (!any || gl__angle(headings[h], hc) <= tol)) {
-        best = score[p * H + h];
+    for (uint32_t h = 1; h < H; h++)
+      if (score[p * H + h] > score[p * H + bh])
         bh = h;
-      }
-    t->score[r * t->wc + q] = best;
+    t->score[r * t->wc + q] = score[p * H + bh];
     t->head[r * t->wc + q] = headings[bh];
   }
 }
@@ -690,15 +679,23 @@ int gl_track_frame(struct gl_track *t, struct gl_loc_fine_frame *ff, struct gl_m
    * headings a placement may take (step 2). */
   double hc = t->status == GL_TRACK_LOCKED ? t->heading : NAN;
   double tol = t->p.heading_window_deg + t->p.turn_rate_dps * t->dt;
-  gl__take(t, ff, NAN, 0);
+  gl__take(t, ff);
   int32_t br, bq;
   uint32_t brows, bcols;
   gl_track_scan_box(t, &br, &bq, &brows, &bcols);
   if (brows && bcols) {
-    if ((rc = gl_loc_fine_frame_scan(ff, map, br, bq, brows, bcols, t->bscore, t->bhead, err,
-                                     errlen)))
+    if ((rc = gl_loc_fine_frame_scan(ff, map, br, bq, brows, bcols, hc, tol, t->bscore, t->bhead,
+                                     err, errlen)))
       return rc;
-    gl__take(t, ff, hc, tol);
+    for (uint32_t a = 0; a < brows; a++)
+      for (uint32_t b = 0; b < bcols; b++) {
+        int64_t r = (int64_t)br + a - t->r0, q = (int64_t)bq + b - t->q0;
+        float v = t->bscore[a * bcols + b];
+        if (isnan(v) || r < 0 || r >= t->wr || q < 0 || q >= t->wc)
+          continue;
+        t->score[r * t->wc + q] = v;
+        t->head[r * t->wc + q] = t->bhead[a * bcols + b];
+      }
   }
   gl_track_update(t, &out->s);
   x = d->x0 + (out->s.q + half) * cell;

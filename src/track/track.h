@@ -41,10 +41,12 @@
  *     (gl_track_scan_box: the bounding box of the cells holding more than
  *     1e-4 of the largest probability, at most scan_cells a side around the
  *     mode; none while the mass is spread over more). While the track is
- *     locked, a placement of the box scores its best over the headings within
+ *     locked, the box is scanned only at the headings within
  *     heading_window_deg + turn_rate_dps dt of the track's heading (a
  *     vehicle turns only so fast; every heading when none is that close),
- *     which denies a wrong place the freedom to match at any heading.
+ *     which denies a wrong place the freedom to match at any heading and,
+ *     without a compass, scans 9 or so headings instead of 36 (each still
+ *     centred on its mean over all of them, fine.h step 4).
  *     Unscored cells get
  *     the lowest score seen, s_bg. With s_max the highest,
  *        P(r, q) <- P(r, q) exp((s(r, q) - s_max) / temperature),
@@ -90,7 +92,8 @@
  *
  * Cost: a prediction is two 1-D convolutions of the window (a few taps at
  * frame rate); the measurement is the fine stage's scan of the small box
- * around the track, which reuses the frame's query cells. Memory: five
+ * around the track, which reuses the frame's query cells and is most of
+ * the tracker's time. Memory: five
  * window-sized float arrays and the scan box, allocated at creation
  * (window_cells 96: about 190 KB a stream), and with a fixed lag of L,
  * 2 (L + 1) + 3 more (L 10: 0.9 MB a stream at 96 cells); nothing per frame.

@@ -1,8 +1,10 @@
 /* The fine stage's windowed scan (gl_loc_fine_scan, which the tracker
  * measures with) against brute force on a real pack: every placement of a
  * box scored directly from the query cells and the dense layer's cells, as
- * fine.h step 4 defines the score, centring included; and the tracker
- * stepping through the frame on that pack.
+ * fine.h step 4 defines the score (each year centred on its mean over the
+ * 36 headings, then the best year), at every heading and at the few a
+ * locked track scans; and the tracker stepping through the frame on that
+ * pack.
  *
  * usage: test_scan MODEL.safetensors PACK.map FRAME.png
  * (tests/python/test_track_c.py builds the pack and the frame) */
@@ -20,6 +22,9 @@
 #include "track/track.h"
 
 #define BOX 12
+/* A locked track's headings: within TOL degrees of HC (90..150). */
+#define HC 123.0
+#define TOL 35.0
 
 int main(int argc, char **argv) {
   if (argc != 4) {
@@ -44,38 +49,67 @@ int main(int argc, char **argv) {
   CHECK_EQ_INT(gl_loc_fine_frame_create(model, d->layer, &p, 2, &ff, err, sizeof err), 0);
 
   /* The frame's own run (unknown heading: 36 headings, centred), then a
-   * box about the map's middle. */
+   * box west of the map's middle, part inside the prior's circle. */
   struct gl_loc_estimate est[4];
   size_t ne = 0;
   struct gl_map_prior prior = {0};
   double lat, lon;
   gl_map_xy_to_wgs84(map, d->x0 + d->cols * d->cell_m / 2, d->y0 - d->rows * d->cell_m / 2, &lat,
                      &lon);
-  prior = (struct gl_map_prior){lat, lon, 200};
+  prior = (struct gl_map_prior){lat, lon, 400};
   CHECK_EQ_INT(gl_loc_fine_frame(ff, map, &frame, NAN, NULL, 0, &prior, est, 4, &ne, err,
                                  sizeof err),
                0);
   const uint32_t side = gl_loc_fine_frame_side(ff);
   const int32_t r0 = (int32_t)(d->rows - side) / 2 - BOX / 2 - 3, q0 = -2; /* runs off the west edge */
-  float score[BOX * BOX], head[BOX * BOX];
-  CHECK_EQ_INT(gl_loc_fine_frame_scan(ff, map, r0, q0, BOX, BOX, score, head, err, sizeof err), 0);
+  /* Each scan right after the frame's run, which scored the placements of
+   * the prior's circle: the box's placements in it are taken from the run,
+   * the others scored afresh (the forced ways below, scanning twice,
+   * score their second scan all afresh). */
+  float score[BOX * BOX], head[BOX * BOX], sscore[BOX * BOX], shead[BOX * BOX];
+  const int32_t *pr, *pq;
+  const float *sc, *hs;
+  uint32_t hn;
+  CHECK_EQ_INT(gl_loc_fine_frame_scan(ff, map, r0, q0, BOX, BOX, NAN, 0, score, head, err,
+                                      sizeof err),
+               0);
+  size_t fresh = gl_loc_fine_frame_scores(ff, &pr, &pq, &sc, &hs, &hn), on_map = 0;
+  for (int i = 0; i < BOX * BOX; i++)
+    on_map += !isnan(score[i]);
+  printf("scan: %zu placements on the map, %zu from the frame's run\n", on_map, on_map - fresh);
+  CHECK(fresh > 0 && fresh < on_map);
+  CHECK_EQ_INT(gl_loc_fine_frame(ff, map, &frame, NAN, NULL, 0, &prior, est, 4, &ne, err,
+                                 sizeof err),
+               0);
+  CHECK_EQ_INT(gl_loc_fine_frame_scan(ff, map, r0, q0, BOX, BOX, HC, TOL, sscore, shead, err,
+                                      sizeof err),
+               0);
+  CHECK_EQ_INT(gl_loc_fine_frame_scores(ff, &pr, &pq, &sc, &hs, &hn), fresh);
+  CHECK_EQ_INT(hn, 7); /* 90, 100, .., 150 */
+  CHECK(hn > 0 && hs[0] == 90.0f && hs[hn - 1] == 150.0f);
   /* The two ways of scoring (fine.h step 4), each forced: the same scores
    * as the way the stage chose, to float rounding. */
   for (int way = GL_LOC_FINE_SCORE_GATHER; way <= GL_LOC_FINE_SCORE_CORRELATE; way++) {
     struct gl_loc_fine_params pw = p;
     struct gl_loc_fine_frame *fw = NULL;
-    float sw[BOX * BOX], hw[BOX * BOX];
+    float sw[BOX * BOX], hw[BOX * BOX], ssw[BOX * BOX], shw[BOX * BOX];
     pw.scoring = (enum gl_loc_fine_scoring)way;
     CHECK_EQ_INT(gl_loc_fine_frame_create(model, d->layer, &pw, 2, &fw, err, sizeof err), 0);
     CHECK_EQ_INT(gl_loc_fine_frame(fw, map, &frame, NAN, NULL, 0, &prior, est, 4, &ne, err,
                                    sizeof err),
                  0);
-    CHECK_EQ_INT(gl_loc_fine_frame_scan(fw, map, r0, q0, BOX, BOX, sw, hw, err, sizeof err), 0);
+    CHECK_EQ_INT(gl_loc_fine_frame_scan(fw, map, r0, q0, BOX, BOX, NAN, 0, sw, hw, err,
+                                        sizeof err),
+                 0);
+    CHECK_EQ_INT(gl_loc_fine_frame_scan(fw, map, r0, q0, BOX, BOX, HC, TOL, ssw, shw, err,
+                                        sizeof err),
+                 0);
     double diff = 0;
     for (int i = 0; i < BOX * BOX; i++) {
       CHECK_EQ_INT(isnan(sw[i]), isnan(score[i]));
+      CHECK_EQ_INT(isnan(ssw[i]), isnan(sscore[i]));
       if (!isnan(sw[i]))
-        diff = fmax(diff, fabs((double)sw[i] - score[i]));
+        diff = fmax(diff, fmax(fabs((double)sw[i] - score[i]), fabs((double)ssw[i] - sscore[i])));
     }
     printf("scan, scoring way %d: worst |difference| to the chosen way %.2e\n", way, diff);
     CHECK(diff < 1e-5);
@@ -109,10 +143,11 @@ int main(int argc, char **argv) {
         off_map++;
         continue;
       }
-      double s[36], mean = 0;
-      for (uint32_t h = 0; h < H; h++) {
-        s[h] = -INFINITY;
-        for (uint32_t y = 0; y < d->years; y++) {
+      double s[36], sy[8][36];
+      CHECK(d->years <= 8);
+      for (uint32_t y = 0; y < d->years && y < 8; y++) {
+        double mean = 0;
+        for (uint32_t h = 0; h < H; h++) {
           double acc = 0;
           uint32_t nk = 0;
           for (uint32_t i = 0; i < side; i++)
@@ -133,18 +168,34 @@ int main(int argc, char **argv) {
               acc += n2 > 0 ? dot / sqrt(n2) : 0;
               nk++;
             }
-          s[h] = fmax(s[h], acc / nk);
+          sy[y][h] = acc / nk;
+          mean += sy[y][h] / H;
         }
-        mean += s[h] / H;
+        for (uint32_t h = 0; h < H; h++) /* centred on its own mean */
+          sy[y][h] -= p.centering * mean;
       }
-      double best = -INFINITY;
-      for (uint32_t h = 0; h < H; h++)
-        best = fmax(best, s[h] - p.centering * mean);
-      worst = fmax(worst, fabs(best - got));
+      for (uint32_t h = 0; h < H; h++) { /* the best year */
+        s[h] = -INFINITY;
+        for (uint32_t y = 0; y < d->years && y < 8; y++)
+          s[h] = fmax(s[h], sy[y][h]);
+      }
+      double best = -INFINITY, sbest = -INFINITY;
+      uint32_t sh = 0;
+      for (uint32_t h = 0; h < H; h++) {
+        best = fmax(best, s[h]);
+        if (fabs(fmod(headings[h] - HC + 540.0, 360.0) - 180.0) <= TOL && s[h] > sbest) {
+          sbest = s[h];
+          sh = h;
+        }
+      }
+      worst = fmax(worst, fmax(fabs(best - got), fabs(sbest - sscore[a * BOX + b])));
+      if (fabs(sbest - sscore[a * BOX + b]) < 1e-4 && headings[sh] != shead[a * BOX + b])
+        CHECK(fabs(s[(uint32_t)lround(shead[a * BOX + b] / 10) % 36] - sbest) < 1e-4); /* a tie */
       compared++;
     }
-  printf("scan: %d placements compared, %d off the map, worst |difference| %.2e\n", compared,
-         off_map, worst);
+  printf("scan: %d placements compared at 36 headings and at %g +- %g, %d off the map, worst "
+         "|difference| %.2e\n",
+         compared, HC, TOL, off_map, worst);
   CHECK(off_map > 0 && compared > BOX * BOX / 2);
   CHECK(worst < 1e-4);
 
