@@ -495,7 +495,9 @@ int gl_loc_fine_scan(struct gl_loc_fine *f, struct gl_map *map, const float *qfe
   const bool reuse = same_query && f->run_valid && f->run_d == d && f->run_h == H;
   for (int64_t r = r0; reuse && r < (int64_t)r0 + rows; r++)
     for (int64_t q = q0; q < (int64_t)q0 + cols; q++) {
-      if (r < 0 || q < 0 || r >= PR || q >= PC || f->pstamp[(size_t)r * PC + q] != f->run_stamp)
+      /* (A placement listed past the run's last_p was dropped unscored.) */
+      if (r < 0 || q < 0 || r >= PR || q >= PC || f->pstamp[(size_t)r * PC + q] != f->run_stamp ||
+          (size_t)f->pidx[(size_t)r * PC + q] >= f->last_p)
         continue;
       const float *sc = f->score + (size_t)f->pidx[(size_t)r * PC + q] * H;
       uint32_t bh = sel ? sel[0] : 0;
