@@ -491,7 +491,8 @@ int gl_loc_fine_scan(struct gl_loc_fine *f, struct gl_map *map, const float *qfe
   const uint32_t PR = d->rows - f->side + 1, PC = d->cols - f->side + 1;
   /* The placements the last run of this query scored (the candidates'
    * windows often overlap the track's box) are taken from its scores: the
-   * same numbers, not computed twice. */
+   * same numbers (to float rounding: the run may have taken the other way
+   * of scoring), not computed twice. */
   const bool reuse = same_query && f->run_valid && f->run_d == d && f->run_h == H;
   for (int64_t r = r0; reuse && r < (int64_t)r0 + rows; r++)
     for (int64_t q = q0; q < (int64_t)q0 + cols; q++) {
@@ -799,10 +800,11 @@ int gl_loc_fine_frame_scan(struct gl_loc_fine_frame *ff, struct gl_map *map, int
   if (S == 0) /* no heading that close, or none given: every heading */
     for (; S < ff->H; S++)
       ff->sel[S] = S;
-  for (uint32_t j = 0; j < S; j++)
+  int rc = gl_loc_fine_scan(ff->fine, map, ff->qfeat, ff->headings, ff->H, ff->sel, S, true, r0,
+                            q0, rows, cols, score, heading, err, errlen);
+  for (uint32_t j = 0; !rc && j < S; j++) /* (a refused scan leaves the run's scores) */
     ff->sel_deg[j] = ff->headings[ff->sel[j]];
-  return gl_loc_fine_scan(ff->fine, map, ff->qfeat, ff->headings, ff->H, ff->sel, S, true, r0, q0,
-                          rows, cols, score, heading, err, errlen);
+  return rc;
 }
 
 size_t gl_loc_fine_frame_scores(const struct gl_loc_fine_frame *ff, const int32_t **r,

@@ -633,7 +633,6 @@ int gl_track_grid(const struct gl_map *map, const struct gl_loc_fine_frame *ff, 
   return 0;
 }
 
-/* The angle between headings a and b, degrees in [0, 180]. */
 /* The placements the fine stage's run of the frame scored, those in the
  * window, into the window's measurement: each its best over the headings. */
 static void gl__take(struct gl_track *t, const struct gl_loc_fine_frame *ff) {

@@ -45,8 +45,9 @@
  *     heading_window_deg + turn_rate_dps dt of the track's heading (a
  *     vehicle turns only so fast; every heading when none is that close),
  *     which denies a wrong place the freedom to match at any heading and,
- *     without a compass, scans 9 or so headings instead of 36 (each still
- *     centred on its mean over all of them, fine.h step 4).
+ *     without a compass, scans 7 (at 10 frames a second) to 13 (at one)
+ *     headings instead of 36 (each still centred on the mean over all of
+ *     them, fine.h step 4).
  *     Unscored cells get
  *     the lowest score seen, s_bg. With s_max the highest,
  *        P(r, q) <- P(r, q) exp((s(r, q) - s_max) / temperature),
