@@ -657,7 +657,11 @@ class TrackServing(unittest.TestCase):
                            capture_output=True, text=True, timeout=300)
         self.assertEqual(r.returncode, 0, r.stderr)
         local = list(csv.DictReader(io.StringIO(r.stdout)))
-        d = Daemon(model=self.model, map_path=self.map, model_extra="[search]\nthreads = 3")
+        # Never stale: under this load a frame of the flight can wait longer
+        # than the default 1 s and be dropped (rightly, but then its track is
+        # not the in-process one); what is tested here is the order.
+        d = Daemon("stale_after_ms = 0", model=self.model, map_path=self.map,
+                   model_extra="[search]\nthreads = 3")
         try:
             frames = [os.path.join(self.flight, x["file"]) for x in self.labels[:8]]
             load = subprocess.Popen([GEOLOC, "bench", "--connect", "127.0.0.1:%d" % d.port,
