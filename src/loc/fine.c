@@ -95,10 +95,10 @@ struct gl_loc_fine {
   uint32_t frame;
   size_t last_p;       /* placements scored by the last run or scan */
   uint32_t last_h;     /* and its headings */
-  /* The last gl_loc_fine_run's scores are still in score[] (no scan since):
-   * its placements carry pstamp run_stamp, its H headings run_h. */
+  /* The last gl_loc_fine_run's scores, on map run_d, are still in score[]
+   * (nothing since: its stamp is still frame, its P and H last_p and
+   * last_h). */
   bool run_valid;
-  uint32_t run_stamp, run_h;
   const struct gl_map_dense *run_d;
   size_t cap_p, cap_c; /* placements and cells in reach */
   int32_t *pr, *pq;    /* placements */
@@ -493,14 +493,13 @@ int gl_loc_fine_scan(struct gl_loc_fine *f, struct gl_map *map, const float *qfe
    * windows often overlap the track's box) are taken from its scores: the
    * same numbers (to float rounding: the run may have taken the other way
    * of scoring), not computed twice. */
-  const bool reuse = same_query && f->run_valid && f->run_d == d && f->run_h == H;
+  const bool reuse = same_query && f->run_valid && f->run_d == d && f->last_h == H;
   for (int64_t r = r0; reuse && r < (int64_t)r0 + rows; r++)
     for (int64_t q = q0; q < (int64_t)q0 + cols; q++) {
-      /* (A placement listed past the run's last_p was dropped unscored.) */
-      if (r < 0 || q < 0 || r >= PR || q >= PC || f->pstamp[(size_t)r * PC + q] != f->run_stamp ||
-          (size_t)f->pidx[(size_t)r * PC + q] >= f->last_p)
+      const int32_t k = gl__placement(f, PR, PC, f->last_p, r, q);
+      if (k < 0)
         continue;
-      const float *sc = f->score + (size_t)f->pidx[(size_t)r * PC + q] * H;
+      const float *sc = f->score + (size_t)k * H;
       uint32_t bh = sel ? sel[0] : 0;
       for (uint32_t j = 1; j < S; j++)
         if (sc[sel ? sel[j] : j] > sc[bh])
@@ -514,8 +513,7 @@ int gl_loc_fine_scan(struct gl_loc_fine *f, struct gl_map *map, const float *qfe
   size_t P = 0;
   for (int64_t r = r0; r < (int64_t)r0 + rows; r++)
     for (int64_t q = q0; q < (int64_t)q0 + cols; q++)
-      if (!(r >= 0 && q >= 0 && r < PR && q < PC) ||
-          isnan(score[(size_t)(r - r0) * cols + (size_t)(q - q0)]))
+      if (isnan(score[(size_t)(r - r0) * cols + (size_t)(q - q0)])) /* not taken from the run */
         gl__add(f, &P, PR, PC, r, q, -1);
   P = gl__score(f, d, qfeat, H, sel, S, P);
   for (size_t p = 0; p < P; p++) {
@@ -596,8 +594,6 @@ int gl_loc_fine_run(struct gl_loc_fine *f, struct gl_map *map, const float *qfea
   if ((f->last_p = P = gl__score(f, d, qfeat, H, NULL, H, P)) == 0)
     return 0;
   f->run_valid = true;
-  f->run_stamp = f->frame;
-  f->run_h = H;
   f->run_d = d;
   const bool circle = fabs(H * f->p.step_deg - 360.0) < 1e-6;
 
