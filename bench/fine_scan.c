@@ -38,6 +38,21 @@ static double now_s(void) {
   return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
+/* Seconds a scan of the n x n box at (r0, q0) takes, over reps scans, at the
+ * headings within tol of hc (NaN: all); -1 with the error printed when a
+ * scan fails. */
+static double time_scan(struct gl_loc_fine_frame *ff, struct gl_map *map, int32_t r0, int32_t q0,
+                        uint32_t n, double hc, double tol, int reps, float *score, float *head) {
+  char err[512];
+  double t0 = now_s();
+  for (int i = 0; i < reps; i++)
+    if (gl_loc_fine_frame_scan(ff, map, r0, q0, n, n, hc, tol, score, head, err, sizeof err)) {
+      fprintf(stderr, "fine_scan: %s\n", err);
+      return -1;
+    }
+  return (now_s() - t0) / reps;
+}
+
 int main(int argc, char **argv) {
   if (argc < 4 || argc > 5) {
     fprintf(stderr, "usage: fine_scan MODEL.safetensors PACK.map FRAME [reps]\n");
@@ -100,14 +115,10 @@ int main(int argc, char **argv) {
       double best[WAYS] = {INFINITY, INFINITY, INFINITY};
       for (int round = 0; round < ROUNDS; round++)
         for (int w = 0; w < WAYS; w++) {
-          double t0 = now_s();
-          for (int i = 0; i < reps; i++)
-            if (gl_loc_fine_frame_scan(ff[w], map, r0, q0, n, n, NAN, 0, score, head, err,
-                                       sizeof err)) {
-              fprintf(stderr, "fine_scan: %s\n", err);
-              goto done;
-            }
-          best[w] = fmin(best[w], (now_s() - t0) / reps);
+          double t = time_scan(ff[w], map, r0, q0, n, NAN, 0, reps, score, head);
+          if (t < 0)
+            goto done;
+          best[w] = fmin(best[w], t);
         }
       printf("%-8s %4u %10.3f %10.3f %10.3f %16.2f %16.2f\n", compass ? "compass" : "unknown", n,
              best[0] * 1e3, best[1] * 1e3, best[2] * 1e3, best[1] / best[0], best[2] / best[0]);
@@ -132,14 +143,10 @@ int main(int argc, char **argv) {
       double best[3] = {INFINITY, INFINITY, INFINITY};
       for (int round = 0; round < ROUNDS; round++)
         for (int k = 0; k < 3; k++) {
-          double t0 = now_s();
-          for (int i = 0; i < reps; i++)
-            if (gl_loc_fine_frame_scan(ff[0], map, r0, q0, n, n, 90.0, tol[k], score, head, err,
-                                       sizeof err)) {
-              fprintf(stderr, "fine_scan: %s\n", err);
-              goto done;
-            }
-          best[k] = fmin(best[k], (now_s() - t0) / reps);
+          double t = time_scan(ff[0], map, r0, q0, n, 90.0, tol[k], reps, score, head);
+          if (t < 0)
+            goto done;
+          best[k] = fmin(best[k], t);
         }
       printf("%26s %4u %10.3f %10.3f %10.3f %12.2f %12.2f\n", "", n, best[0] * 1e3,
              best[1] * 1e3, best[2] * 1e3, best[0] / best[1], best[0] / best[2]);
