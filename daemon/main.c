@@ -10,6 +10,7 @@
 #include "core/config.h"
 #include "core/err.h"
 #include "core/log.h"
+#include "core/omp.h"
 #include "gl_build_config.h"
 #include "pipeline.h"
 #include "runtime.h"
@@ -52,6 +53,7 @@ static int check_config(const struct gl_config *cfg) {
 }
 
 int main(int argc, char **argv) {
+  gl_omp_wait_passive(argv);
   static const struct option opts[] = {
       {"config", required_argument, NULL, 'c'},
       {"check-config", no_argument, NULL, 't'},

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "commands.h"
+#include "core/omp.h"
 #include "gl_build_config.h"
 
 static int cmd_version(int argc, char **argv) {
@@ -38,6 +39,7 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
+  gl_omp_wait_passive(argv);
   if (argc < 2) {
     usage(stderr);
     return 2;

@@ -169,6 +169,16 @@ class Serving(unittest.TestCase):
             self.assertEqual(d.metric('geoloc_frames_total{status="ok"}'), len(FIX.frames))
             self.assertEqual(urllib.request.urlopen(
                 "http://127.0.0.1:%d/readyz" % d.mport).status, 200)
+            # geolocd ran itself again with OpenMP's idle threads asleep
+            # (src/core/omp.h), under its own name; a value set by the
+            # user is kept. /proc/PID/environ is what the program was run
+            # with, so only a new run shows there.
+            with open("/proc/%d/environ" % d.proc.pid, "rb") as f:
+                env = dict(v.split(b"=", 1) for v in f.read().split(b"\0") if b"=" in v)
+            self.assertEqual(env.get(b"OMP_WAIT_POLICY"),
+                             os.environb.get(b"OMP_WAIT_POLICY", b"passive"))
+            with open("/proc/%d/comm" % d.proc.pid) as f:
+                self.assertEqual(f.read().strip(), "geolocd")
         finally:
             self.assertEqual(d.stop(), 0, d.log_text())
 
