@@ -256,9 +256,30 @@ def scores_of(q: torch.Tensor, win: torch.Tensor, mask: torch.Tensor) -> torch.T
     return out / mask.sum()
 
 
+def cross_scores(q: torch.Tensor, win: torch.Tensor, mask: torch.Tensor,
+                 cells: np.ndarray) -> torch.Tensor:
+    """Each view against every placement of the other views' windows, for
+    q [B, D, n, n] and win [B, D, WIN, WIN] as scores_of takes them and the
+    windows' top-left cells [B, 2] on one grid: [B, B * P * P], row i the
+    scores of view i at window 0's placements, then window 1's, and so on;
+    -inf for its own window and every window that overlaps it (they may
+    hold its true place)."""
+    m = mask.to(q.dtype)
+    allsc = F.conv2d(win, q * m) / m.sum()                       # [j, i, P, P]
+    c = torch.from_numpy(np.asarray(cells))
+    far = ((c[:, None, 0] - c[None, :, 0]).abs() >= WIN) | \
+          ((c[:, None, 1] - c[None, :, 1]).abs() >= WIN)          # [j, i]
+    allsc = allsc.masked_fill(~far[:, :, None, None], float("-inf"))
+    return allsc.permute(1, 0, 2, 3).reshape(q.shape[0], -1)
+
+
 def losses(head, batch_q, batch_w, batch_win, geo: Geometry, temperature: float,
-           cell_temperature: float):
-    """(loss (a), loss (b), placement scores [B, P, P], wrong-heading score [B])."""
+           cell_temperature: float, cells: Optional[np.ndarray] = None, hardest: bool = False):
+    """(loss (a), loss (b), placement scores [B, P, P], wrong-heading score [B]).
+    cells: the windows' top-left cells [B, 2] on one ground; with them every
+    placement of the other samples' windows that do not overlap a view's
+    own is one more negative of loss (a) (other places, not only shifts),
+    or with hardest only the best-scoring placement of each such window."""
     q = apply_head(head, batch_q)
     qw = apply_head(head, batch_w)
     win = apply_head(head, batch_win)[:, :, 1:-1, 1:-1]
@@ -268,7 +289,13 @@ def losses(head, batch_q, batch_w, batch_win, geo: Geometry, temperature: float,
     ref = win[:, :, k:k + n, k:k + n]
     m = geo.mask.to(q.dtype)
     wrong = (qw * ref * m).sum(dim=(1, 2, 3)) / m.sum()
-    logits = torch.cat([sc.reshape(b, -1), wrong[:, None]], dim=1) / temperature
+    parts = [sc.reshape(b, -1), wrong[:, None]]
+    if cells is not None:
+        cross = cross_scores(q, win, geo.mask, cells)
+        if hardest:
+            cross = cross.reshape(b, b, -1).max(dim=2).values
+        parts.append(cross)
+    logits = torch.cat(parts, dim=1) / temperature
     target = torch.full((b,), k * geo.places + k, dtype=torch.long)
     la = F.cross_entropy(logits, target)
     # (b): each masked query cell against every window cell.
@@ -422,7 +449,7 @@ def train_dense(model_path: str, naip_dir: str, out_dir: str, *, steps: int, bat
                 temperature: float = 0.05, cell_temperature: float = 0.1,
                 val_count: int = VAL_COUNT, val_band: str = "south",
                 how: YearDraw = YearDraw(), size: Optional[int] = None,
-                stop_after: Optional[int] = None,
+                stop_after: Optional[int] = None, batch_negatives: str = "",
                 log=print) -> str:
     """Trains the head; writes out_dir/model.safetensors (the base model
     plus the head), checkpoint.pt, model-NNNNNN.safetensors at checkpoints
@@ -432,6 +459,8 @@ def train_dense(model_path: str, naip_dir: str, out_dir: str, *, steps: int, bat
         raise ValueError(f"need steps >= 0 and batch >= 1 (got {steps}, {batch})")
     if val_band not in xtime.VAL_BANDS:
         raise ValueError(f"--val-band {val_band!r}: one of {', '.join(xtime.VAL_BANDS)}")
+    if batch_negatives not in ("", "all", "hardest"):
+        raise ValueError(f"batch_negatives {batch_negatives!r}: '', 'all' or 'hardest'")
     if not 0.0 <= how.focus_share <= 1.0:
         raise ValueError(f"--focus-share {how.focus_share}: needs 0..1")
     if how.ref_years and len(how.ref_years) < 2:
@@ -481,6 +510,7 @@ def train_dense(model_path: str, naip_dir: str, out_dir: str, *, steps: int, bat
                                         "val_band": val_band, "ref_years": list(how.ref_years),
                                         "focus_years": list(how.focus_years),
                                         "focus_share": how.focus_share,
+                                        "batch_negatives": batch_negatives,
                                         "size": geo.size}}) + "\n")
         logf.flush()
     t0 = time.time()
@@ -490,7 +520,9 @@ def train_dense(model_path: str, naip_dir: str, out_dir: str, *, steps: int, bat
         rng = np.random.default_rng([seed, step])
         s = draw_samples(rng, ground, rasters, batch, how)
         bq, bw = query_raw(base, layer, s["true"]), query_raw(base, layer, s["wrong"])
-        la, lb, _, _ = losses(head, bq, bw, s["win"], geo, temperature, cell_temperature)
+        la, lb, _, _ = losses(head, bq, bw, s["win"], geo, temperature, cell_temperature,
+                              s["cell"] if batch_negatives else None,
+                              batch_negatives == "hardest")
         loss = la + lb
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -554,6 +586,10 @@ def main_args(p) -> None:
     p.add_argument("--focus-years", type=xtime.parse_years, default=(),
                    help="draw this share (--focus-share) of the training queries from these years")
     p.add_argument("--focus-share", type=float, default=0.0)
+    p.add_argument("--batch-negatives", choices=["all", "hardest"], default="",
+                   help="the batch's other windows (those that do not overlap a view's own) "
+                        "as more negatives of the placement InfoNCE: every placement, or the "
+                        "best-scoring one of each window")
     p.add_argument("--val-band", choices=xtime.VAL_BANDS, default="south",
                    help="the band of the training ground held out for validation "
                         "(xtime.dense_northings; default south)")
@@ -662,6 +698,6 @@ def run(a) -> int:
                        cell_temperature=a.cell_temperature, val_count=a.val_count,
                        val_band=a.val_band,
                        how=YearDraw(a.ref_years, a.focus_years, a.focus_share),
-                       size=a.size)
+                       size=a.size, batch_negatives=a.batch_negatives)
     print(f"wrote {path}")
     return 0

@@ -240,6 +240,35 @@ class Files(unittest.TestCase):
             fine.dense_features(m, canvas[:216], 6)
 
 
+@need_gdal
+class CrossScores(unittest.TestCase):
+    def test_against_brute_force(self):
+        # train-dense --batch-negatives: view i at placement (r, c) of
+        # window j is the mean over the disc's cells of the cosines (here
+        # plain dot products) of its cells with the window's, and windows
+        # that overlap view i's own (itself included) are left out.
+        g = torch.Generator().manual_seed(4)
+        n, d, b, W = 8, 5, 3, T.WIN
+        mask = torch.from_numpy(fine.disc_mask(n, 8, 64)).float()
+        q = torch.randn(b, d, n, n, generator=g, dtype=torch.float64)
+        win = torch.randn(b, d, W, W, generator=g, dtype=torch.float64)
+        cells = np.array([[3, 3], [3 + W - 1, 3 + W - 1], [3 + 2 * W, 3]])  # 0, 1 overlap
+        got = T.cross_scores(q, win, mask, cells)
+        P = W - n + 1
+        self.assertEqual(tuple(got.shape), (b, b * P * P))
+        for i in range(b):
+            for j in range(b):
+                blk = got[i, j * P * P:(j + 1) * P * P].reshape(P, P)
+                if {i, j} in ({0}, {1}, {2}, {0, 1}):
+                    self.assertTrue(bool(torch.isneginf(blk).all()), (i, j))
+                    continue
+                want = torch.empty(P, P, dtype=torch.float64)
+                for r in range(P):
+                    for c in range(P):
+                        want[r, c] = (q[i] * win[j, :, r:r + n, c:c + n] * mask).sum() / mask.sum()
+                torch.testing.assert_close(blk, want, rtol=0, atol=1e-12)
+
+
 class YearDraws(unittest.TestCase):
     YEARS = [2009, 2010, 2012, 2014, 2015, 2016, 2017, 2018, 2019, 2020]
 
