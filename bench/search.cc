@@ -48,7 +48,9 @@
 #include <string>
 #include <vector>
 
-#include <unistd.h>
+extern "C" {
+#include "core/omp.h"
+}
 
 namespace {
 
@@ -326,14 +328,9 @@ int main(int argc, char **argv) {
   // FAISS runs its loops on OpenMP threads and Debian's default OpenBLAS
   // runs sgemm on its own pthreads. libgomp's threads spin while they wait,
   // and on 2 cores they starved the BLAS threads: batch-32 Flat search on 10k
-  // ran at 190-1000 queries/s instead of 4900. libgomp reads
-  // OMP_WAIT_POLICY when the program is loaded, so the only way to set it
-  // from here is to run again with it; a value the user set is kept.
-  if (!std::getenv("OMP_WAIT_POLICY")) {
-    setenv("OMP_WAIT_POLICY", "passive", 1);
-    execv("/proc/self/exe", argv);
-    // Without /proc the run goes on with spinning threads, just slower.
-  }
+  // ran at 190-1000 queries/s instead of 4900. So the program runs again
+  // with OMP_WAIT_POLICY=passive unless it is set (src/core/omp.h).
+  gl_omp_wait_passive(argv);
   Options o = parse(argc, argv);
   if (o.threads > 0)
     omp_set_num_threads(o.threads);
