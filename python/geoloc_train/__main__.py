@@ -20,7 +20,8 @@
   train --naip DIR --out RUN [--steps N] [--batch B] [--seed S] [--loss L] [--near N]
         [--ref-rotations R] [--lr LR] [--resume]    (--steps 0: the untrained model)
   train-dense --model BASE --naip DIR --out RUN [--steps N] [--batch B] [--seed S] [--lr LR]
-        [--layer 6] [--dim 64] [--hidden 56] [--resume]
+        [--layer 6] [--dim 64] [--hidden 56] [--fuse-layer 10 [--fuse-weight W]] [--init M]
+        [--resume]
                                         the fine stage's dense head on BASE's frozen backbone
   dense-scan --model M --naip DIR [--val-band B] [--map-years 2018,2019,2020] [--count N]
         [--raw]                         validation: the held-out band scanned whole

@@ -50,6 +50,15 @@ of its reference year (27 x 49 cells, 20 x 42 placements, as the fine
 stage searches a map): `wide_top1`, `wide_near1` (within one cell); for
 the head and for the raw features (the identity head).
 
+Fused cells (config dense_head.fuse_layer B, fuse_weight w; --fuse-layer,
+--fuse-weight): the fine stage's cells join the head's unit cells,
+times sqrt(1 - w), with block B's raw unit cells, times sqrt(w)
+(fine.cells). Training then scores the joined cells, as the fine stage
+does: S and the canvas's pixel are those of the fused input (k times the
+head's: 128 pixels, 2.5 m), the head reads block L of their k x k means
+(fine.box) and block B the fused input itself; block B's cells are
+frozen, so the head learns what to add to them.
+
 Everything random comes from --seed: step k draws its samples from
 numpy's default_rng([seed, k]), so a resumed run gives the same bytes as an
 uninterrupted one (same machine and threads).
@@ -99,9 +108,8 @@ class Geometry:
     """The fine stage's sizes for a model and layer."""
 
     def __init__(self, model: M.GeoNet, layer: int):
-        if fine.fused(model, layer):
-            raise ConfigError("the model fuses a second block (config dense_head.fuse_layer): "
-                              "train and scan its head on a model without it")
+        self.fuse = fine.fused(model, layer)               # (B, w, k) or None
+        self.k = self.fuse[2] if self.fuse else 1          # head input = S / k
         self.size = fine.model_size(model, layer)          # S
         self.stride = fine.cell_stride(model, layer)       # s
         self.px_m = views.TILE_M / self.size               # 5 m
@@ -116,7 +124,9 @@ class Ground:
     """One part (train or val) of the training ground, holding out `band`
     (xtime.dense_northings): per year the raw block-L features of its
     canvas, [C, rows, cols] float32, and the grid: cell (r, c) spans x0 +
-    cell (c, c + 1), y_top - cell (r + 1, r)."""
+    cell (c, c + 1), y_top - cell (r + 1, r). For fused cells also
+    `fused`: per year block B's unit cells times sqrt(w), [CB, rows, cols]
+    (the head's features are then those of the canvas's k x k means)."""
 
     def __init__(self, rasters: Dict[int, views.Raster], model: M.GeoNet, layer: int,
                  part: str, geo: Geometry, band: str = "south"):
@@ -137,10 +147,15 @@ class Ground:
                              f"than a window")
         s = geo.stride
         self.feats: Dict[int, torch.Tensor] = {}
+        self.fused: Dict[int, torch.Tensor] = {}
         for year, r in sorted(rasters.items()):
             canvas = render_canvas(r, self.x0, y1, self.cols * s, self.rows * s, geo.px_m)
-            f = fine.dense_raw_features(model, canvas, layer, head=False)
+            f = fine.dense_raw_features(model, fine.box(canvas, geo.k), layer, head=False)
             self.feats[year] = torch.from_numpy(f).permute(2, 0, 1).contiguous()
+            if geo.fuse:
+                fb = fine.l2n(fine.dense_raw_features(model, canvas, geo.fuse[0], head=False))
+                self.fused[year] = torch.from_numpy(
+                    fb * np.float32(math.sqrt(geo.fuse[1]))).permute(2, 0, 1).contiguous()
 
     def ok(self, corners) -> bool:
         return xtime.dense_ok(corners, self.part, self.band)
@@ -196,12 +211,13 @@ def draw_samples(rng: np.random.Generator, ground: Ground, rasters: Dict[int, vi
     query and reference years, view centres and footprints, each window's
     top-left cell (row, col) on the ground's grid (the context cell not
     counted), the views warped to 2S at heading 0 [count, 2S, 2S, 3] and
-    their true headings."""
+    their true headings; for fused cells "fwin", the reference year's
+    windows of Ground.fused [count, CB, WIN, WIN] (else None)."""
     g = ground.geo
     years = sorted(rasters)
     xa, ya, xb, yb = ground.centre_range()
-    true_imgs, wrong_imgs, wins, qyears, ryears, centres, footprints, cells = \
-        [], [], [], [], [], [], [], []
+    true_imgs, wrong_imgs, wins, fwins, qyears, ryears, centres, footprints, cells = \
+        [], [], [], [], [], [], [], [], []
     bases, headings = [], []
     tries = 0
     while len(true_imgs) < count:
@@ -223,6 +239,8 @@ def draw_samples(rng: np.random.Generator, ground: Ground, rasters: Dict[int, vi
         wrong_imgs.append(fine.warp(base, p.heading_deg + wrong, g.size))
         r, c = w
         wins.append(ground.feats[ry][:, r - 1:r + WIN + 1, c - 1:c + WIN + 1])
+        if g.fuse:
+            fwins.append(ground.fused[ry][:, r:r + WIN, c:c + WIN])
         qyears.append(qy)
         ryears.append(ry)
         bases.append(base)
@@ -231,7 +249,8 @@ def draw_samples(rng: np.random.Generator, ground: Ground, rasters: Dict[int, vi
         footprints.append(views.footprint(p))
         cells.append((r, c))
     return {"true": np.stack(true_imgs), "wrong": np.stack(wrong_imgs),
-            "win": torch.stack(wins), "qyear": np.array(qyears), "ryear": np.array(ryears),
+            "win": torch.stack(wins), "fwin": torch.stack(fwins) if fwins else None,
+            "qyear": np.array(qyears), "ryear": np.array(ryears),
             "centre": np.array(centres),
             "footprint": np.stack(footprints), "cell": np.array(cells),
             "base": np.stack(bases), "heading": np.array(headings)}
@@ -240,6 +259,31 @@ def draw_samples(rng: np.random.Generator, ground: Ground, rasters: Dict[int, vi
 def query_raw(model: M.GeoNet, layer: int, imgs: np.ndarray) -> torch.Tensor:
     """Raw block-L features [B, C, n, n] of uint8 images [B, S, S, 3]."""
     return fine.layer_features(model, imgs, layer, head=False).permute(0, 3, 1, 2).contiguous()
+
+
+def query_inputs(model: M.GeoNet, geo: Geometry, layer: int, imgs: np.ndarray):
+    """What `cells_of` takes for uint8 images [B, S, S, 3] (S = geo.size):
+    (block L's raw features of their k x k means [B, C, n, n], block B's
+    unit cells times sqrt(w) [B, CB, n, n] for fused cells, else None)."""
+    raw = query_raw(model, layer, fine.box(imgs, geo.k))
+    if not geo.fuse:
+        return raw, None
+    b, w, _ = geo.fuse
+    fb = F.normalize(query_raw(model, b, imgs), p=2.0, dim=1, eps=1e-12)
+    return raw, fb * math.sqrt(w)
+
+
+def cells_of(head: Optional[M.DenseHead], geo: Geometry, raw: torch.Tensor,
+             fixed: Optional[torch.Tensor], crop: int = 0) -> torch.Tensor:
+    """The fine stage's unit cells [B, D, h, w]: apply_head(head, raw),
+    `crop` cells cut from each side after the head, joined (times sqrt(1 -
+    w)) with the fused block's cells `fixed` when there are any."""
+    h = apply_head(head, raw)
+    if crop:
+        h = h[:, :, crop:-crop, crop:-crop]
+    if fixed is None:
+        return h
+    return torch.cat([h * math.sqrt(1.0 - geo.fuse[1]), fixed], dim=1)
 
 
 def apply_head(head: Optional[M.DenseHead], f: torch.Tensor) -> torch.Tensor:
@@ -276,13 +320,15 @@ def cross_scores(q: torch.Tensor, win: torch.Tensor, mask: torch.Tensor,
 def losses(head, batch_q, batch_w, batch_win, geo: Geometry, temperature: float,
            cell_temperature: float, cells: Optional[np.ndarray] = None, hardest: bool = False):
     """(loss (a), loss (b), placement scores [B, P, P], wrong-heading score [B]).
+    batch_q, batch_w: query_inputs of the true and wrong-heading views;
+    batch_win: (the windows with their context cell, "fwin" or None).
     cells: the windows' top-left cells [B, 2] on one ground; with them every
     placement of the other samples' windows that do not overlap a view's
     own is one more negative of loss (a) (other places, not only shifts),
     or with hardest only the best-scoring placement of each such window."""
-    q = apply_head(head, batch_q)
-    qw = apply_head(head, batch_w)
-    win = apply_head(head, batch_win)[:, :, 1:-1, 1:-1]
+    q = cells_of(head, geo, *batch_q)
+    qw = cells_of(head, geo, *batch_w)
+    win = cells_of(head, geo, *batch_win, crop=1)
     b, d, n, _ = q.shape
     sc = scores_of(q, win, geo.mask)
     k = geo.pos
@@ -341,8 +387,9 @@ def wide_metrics(head, val: dict, geo: Geometry) -> dict:
     the head runs on the whole map, zero padding at its edges), as the fine
     stage's search over a map: `wide_top1` the best placement is the
     positive, `wide_near1` within one cell of it (per axis)."""
-    q = apply_head(head, val["q"])
-    maps = {y: apply_head(head, f[None])[0] for y, f in val["maps"].items()}
+    q = cells_of(head, geo, *val["q"])
+    maps = {y: cells_of(head, geo, f[None], val["fmaps"][y][None] if geo.fuse else None)[0]
+            for y, f in val["maps"].items()}
     m = geo.mask.to(q.dtype)
     hit = near = 0
     for n in range(q.shape[0]):
@@ -394,12 +441,16 @@ def true_placement(ground: Ground, samples: dict) -> torch.Tensor:
 
 
 def with_head(base: M.GeoNet, layer: int, dim: int, hidden: int, seed: int,
-              size: Optional[int] = None) -> M.GeoNet:
+              size: Optional[int] = None, fuse_layer: int = 0,
+              fuse_weight: float = 0.5) -> M.GeoNet:
     """base's config and tensors plus an identity-start dense head (its
-    config's size: the fine stage's input, when given)."""
+    config's size: the fine stage's input, when given; fuse_layer: the
+    block its cells fuse, with fuse_weight)."""
     head = {"layer": layer, "dim": dim, "hidden": hidden}
     if size is not None:
         head["size"] = size
+    if fuse_layer:
+        head.update(fuse_layer=fuse_layer, fuse_weight=fuse_weight)
     cfg = ModelConfig.from_dict({**json.loads(base.cfg.to_json()), "dense_head": head})
     net = M.GeoNet(cfg)
     net.dense_head.reset_identity(torch.Generator().manual_seed(seed))
@@ -409,6 +460,24 @@ def with_head(base: M.GeoNet, layer: int, dim: int, hidden: int, seed: int,
                          for k in missing):
         raise ValueError(f"base tensors do not fit: {unexpected[:3]} {missing[:3]}")
     return net.eval()
+
+
+def init_head(path: str, net: M.GeoNet) -> dict:
+    """The dense head's tensors of the model at path, to start net's head
+    from: its head must read the same block with the same sizes, and its
+    other tensors must be net's (the same frozen backbone)."""
+    other = M.load_model(path)
+    h, mine = other.cfg.dense_head, net.cfg.dense_head
+    keys = ("layer", "dim", "hidden")
+    if h is None or any(h[k] != mine[k] for k in keys) or \
+            h.get("size", net.cfg.input_size[0]) != mine.get("size", net.cfg.input_size[0]):
+        raise ValueError(f"--init {path}: its dense head ({h}) is not one of "
+                         f"{ {k: mine[k] for k in keys} }")
+    theirs, ours = M.model_tensors(other), M.model_tensors(net)
+    for k, v in ours.items():
+        if not k.startswith("dense_head.") and not torch.equal(theirs[k], v):
+            raise ValueError(f"--init {path}: tensor {k} differs from the base model's")
+    return {k[len("dense_head."):]: v for k, v in theirs.items() if k.startswith("dense_head.")}
 
 
 def open_rasters(naip_dir: str) -> Dict[int, views.Raster]:
@@ -426,7 +495,8 @@ def _grounds(model_path: str, naip_dir: str, base: M.GeoNet, layer: int, geo: Ge
     """(rasters, train Ground, val Ground), kept for the process's next run
     on the same files (the tests train several times)."""
     paths = xtime.rasters(naip_dir)
-    key = (os.path.realpath(model_path), os.path.getmtime(model_path), layer, geo.size, band,
+    key = (os.path.realpath(model_path), os.path.getmtime(model_path), layer, geo.size,
+           geo.fuse, band,
            tuple((y, os.path.realpath(p), os.path.getmtime(p)) for y, p in sorted(paths.items())))
     if key not in _CACHE:
         _CACHE.clear()
@@ -450,6 +520,7 @@ def train_dense(model_path: str, naip_dir: str, out_dir: str, *, steps: int, bat
                 val_count: int = VAL_COUNT, val_band: str = "south",
                 how: YearDraw = YearDraw(), size: Optional[int] = None,
                 stop_after: Optional[int] = None, batch_negatives: str = "",
+                fuse_layer: int = 0, fuse_weight: float = 0.5, init: str = "",
                 log=print) -> str:
     """Trains the head; writes out_dir/model.safetensors (the base model
     plus the head), checkpoint.pt, model-NNNNNN.safetensors at checkpoints
@@ -475,14 +546,18 @@ def train_dense(model_path: str, naip_dir: str, out_dir: str, *, steps: int, bat
     base = M.load_model(model_path)
     if base.cfg.dense_head is not None:
         raise ValueError(f"{model_path} already has a dense head")
-    net = with_head(base, layer, dim, hidden, seed, size)
+    net = with_head(base, layer, dim, hidden, seed, size, fuse_layer, fuse_weight)
     geo = Geometry(net, layer)
     head = net.dense_head
+    if init:
+        head.load_state_dict(init_head(init, net))
     rasters, ground, vground = _grounds(model_path, naip_dir, base, layer, geo, val_band)
     vs = draw_samples(np.random.default_rng(VAL_SEED), vground, rasters, val_count)
-    val = {"q": query_raw(base, layer, vs["true"]), "w": query_raw(base, layer, vs["wrong"]),
-           "win": vs["win"], "qyear": vs["qyear"], "frac": true_placement(vground, vs),
-           "ryear": vs["ryear"], "cell": vs["cell"], "maps": vground.feats}
+    val = {"q": query_inputs(base, geo, layer, vs["true"]),
+           "w": query_inputs(base, geo, layer, vs["wrong"]),
+           "win": (vs["win"], vs["fwin"]), "qyear": vs["qyear"],
+           "frac": true_placement(vground, vs), "ryear": vs["ryear"], "cell": vs["cell"],
+           "maps": vground.feats, "fmaps": vground.fused}
     raw = validate(None, val, geo)
     log(f"cached features of {len(rasters)} years ({ground.cols}x{ground.rows} train, "
         f"{vground.cols}x{vground.rows} val cells) and {val_count} validation samples in "
@@ -511,7 +586,8 @@ def train_dense(model_path: str, naip_dir: str, out_dir: str, *, steps: int, bat
                                         "focus_years": list(how.focus_years),
                                         "focus_share": how.focus_share,
                                         "batch_negatives": batch_negatives,
-                                        "size": geo.size}}) + "\n")
+                                        "size": geo.size, "fuse": geo.fuse,
+                                        "init": init}}) + "\n")
         logf.flush()
     t0 = time.time()
     avg = None
@@ -519,8 +595,10 @@ def train_dense(model_path: str, naip_dir: str, out_dir: str, *, steps: int, bat
     for step in range(start, steps):
         rng = np.random.default_rng([seed, step])
         s = draw_samples(rng, ground, rasters, batch, how)
-        bq, bw = query_raw(base, layer, s["true"]), query_raw(base, layer, s["wrong"])
-        la, lb, _, _ = losses(head, bq, bw, s["win"], geo, temperature, cell_temperature,
+        bq = query_inputs(base, geo, layer, s["true"])
+        bw = query_inputs(base, geo, layer, s["wrong"])
+        la, lb, _, _ = losses(head, bq, bw, (s["win"], s["fwin"]), geo, temperature,
+                              cell_temperature,
                               s["cell"] if batch_negatives else None,
                               batch_negatives == "hardest")
         loss = la + lb
@@ -593,6 +671,15 @@ def main_args(p) -> None:
     p.add_argument("--val-band", choices=xtime.VAL_BANDS, default="south",
                    help="the band of the training ground held out for validation "
                         "(xtime.dense_northings; default south)")
+    p.add_argument("--fuse-layer", type=int, default=0,
+                   help="train the head within fused cells: the head's cells joined with "
+                        "this block's raw cells (config dense_head.fuse_layer), as the fine "
+                        "stage scores them (default: the head's cells alone)")
+    p.add_argument("--fuse-weight", type=float, default=0.5,
+                   help="the fused block's share of the cosine (with --fuse-layer)")
+    p.add_argument("--init", default="",
+                   help="start the head from this model's (the same base and head sizes) "
+                        "instead of the identity")
 
 
 CENTERING = 0.5  # the fine stage's default (src/loc/fine.h step 4)
@@ -628,7 +715,8 @@ def band_scan(model_path: str, naip_dir: str, *, val_band: str = "south",
     n, mask = geo.n, geo.mask.reshape(-1).bool()
     cells = []
     for y in map_years:
-        d = apply_head(head, ground.feats[y][None])[0]
+        d = cells_of(head, geo, ground.feats[y][None],
+                     ground.fused[y][None] if geo.fuse else None)[0]
         cells.append(F.unfold(d[None], n)[0].reshape(d.shape[0], n * n, -1)[:, mask, :])
     pc = ground.cols - n + 1
     rng = np.random.default_rng(seed)
@@ -650,7 +738,7 @@ def band_scan(model_path: str, naip_dir: str, *, val_band: str = "south",
         for kind, hs in (("compass", hc + np.arange(-20, 21, 10.0)),
                          ("unknown", np.arange(0, 360, 10.0))):
             imgs = np.stack([fine.warp(base, float(h), geo.size) for h in hs])
-            q = apply_head(head, query_raw(net, layer, imgs))
+            q = cells_of(head, geo, *query_inputs(net, geo, layer, imgs))
             q = q.reshape(len(hs), q.shape[1], n * n)[:, :, mask]
             sc = torch.stack([torch.einsum("hdk,dkp->hp", q, c) for c in cells]) / mask.sum()
             if kind == "unknown":  # each year centred on its mean over headings (fine.h)
@@ -698,6 +786,7 @@ def run(a) -> int:
                        cell_temperature=a.cell_temperature, val_count=a.val_count,
                        val_band=a.val_band,
                        how=YearDraw(a.ref_years, a.focus_years, a.focus_share),
-                       size=a.size, batch_negatives=a.batch_negatives)
+                       size=a.size, batch_negatives=a.batch_negatives,
+                       fuse_layer=a.fuse_layer, fuse_weight=a.fuse_weight, init=a.init)
     print(f"wrote {path}")
     return 0

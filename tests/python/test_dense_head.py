@@ -1,7 +1,8 @@
 """The fine stage's dense descriptor head (config dense_head, model.DenseHead,
 OPS.md 3.5) and train-dense (geoloc_train.train_dense): config validation,
 the head's math, model files with a head, export-random, fine.py with a
-head, and train-dense's determinism, frozen backbone and held-out band.
+head, and train-dense's determinism, frozen backbone, held-out band and
+fused cells.
 
 The train-dense checks need GDAL's Python bindings and skip without them."""
 
@@ -404,6 +405,43 @@ class TrainDense(unittest.TestCase):
         self.assertTrue(lines[0].startswith("3 views of 2009 (3 of 2009-2010) in the north band"),
                         lines[0])
         self.assertTrue(lines[1].startswith("compass  all ") and lines[2].startswith("unknown  all "))
+
+    def test_fused(self):
+        # Trained within fused cells (--fuse-layer 10): the model carries
+        # the fuse config, and the cells it trains and scans are the fine
+        # stage's (fine.cells, fine.dense_features), queries and canvas.
+        out = self.run_once(os.path.join(self.tmp.name, "f"), fuse_layer=10, fuse_weight=0.25)
+        m = M.load_model(out)
+        self.assertEqual(m.cfg.dense_head, dict(HEAD, fuse_layer=10, fuse_weight=0.25))
+        self.assertGreater(float(m.dense_head.b3.weight.abs().max()), 0.0)
+        geo = T.Geometry(m, 6)
+        self.assertEqual((geo.fuse, geo.k, geo.size, geo.stride, geo.n, geo.px_m),
+                         ((10, 0.25, 2), 2, 128, 16, 8, 2.5))
+        imgs = np.random.default_rng(1).integers(0, 256, (2, 128, 128, 3), dtype=np.uint8)
+        with torch.no_grad():
+            mine = T.cells_of(m.dense_head, geo, *T.query_inputs(m, geo, 6, imgs))
+        ref = torch.from_numpy(fine.cells(m, imgs, 6)).permute(0, 3, 1, 2)
+        self.assertEqual(mine.shape, (2, 128, 8, 8))
+        torch.testing.assert_close(mine, ref, atol=2e-5, rtol=0)
+        rasters, _, v = T._grounds(out, self.naip, m, 6, geo, "south")
+        canvas = T.render_canvas(rasters[2009], v.x0, v.y_top, v.cols * 16, v.rows * 16, 2.5)
+        with torch.no_grad():
+            mine = T.cells_of(m.dense_head, geo, v.feats[2009][None], v.fused[2009][None])[0]
+        ref = torch.from_numpy(fine.dense_features(m, canvas, 6)).permute(2, 0, 1)
+        # Inside the canvas's border cells (the head's zero padding differs there).
+        torch.testing.assert_close(mine[:, 1:-1, 1:-1], ref[:, 1:-1, 1:-1], atol=2e-5, rtol=0)
+        # The band scan of fused cells: views of 2020 found on 2020's cells.
+        same = T.band_scan(out, self.naip, map_years=(2020,), query_years=(2020,), count=8)
+        self.assertGreaterEqual(same["compass"].mean(), 7 / 8)
+        # --init: the head starts from another model's head of the same sizes.
+        net = T.with_head(M.load_model(self.base), 6, 64, 56, 0, None, 10, 0.25)
+        got = T.init_head(out, net)
+        for k, t in m.dense_head.state_dict().items():
+            self.assertTrue(torch.equal(got[k], t), k)
+        with self.assertRaisesRegex(ValueError, "--init .* is not one of"):
+            T.init_head(self.base, net)
+        with self.assertRaisesRegex(ValueError, "--init .* is not one of"):
+            T.init_head(out, T.with_head(M.load_model(self.base), 6, 32, 56, 0))
 
     def test_held_out_band(self):
         base = M.load_model(self.base)
