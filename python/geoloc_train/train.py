@@ -195,6 +195,21 @@ def pair_loss(q: torch.Tensor, r: torch.Tensor, kind: str, temperature: float = 
 
 
 @torch.no_grad()
+def one_cycle(opt: torch.optim.Optimizer, max_lr, steps: int):
+    """The one-cycle schedule of both trainers over `steps` (at least 1),
+    warming up over 5 % of them. torch divides by the length of each phase,
+    so a run of 3 steps or more warms up for at least 2 steps and ends
+    after at least 1 more (5 % of 20 steps is 1 step: torch fails on it);
+    where 5 % is a whole number of steps, as in the recipes, this is
+    exactly pct_start 0.05."""
+    total = max(steps, 1)
+    pct = 0.05
+    if total >= 3:
+        pct = min(max(2, round(0.05 * total)), total - 1) / total
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=total,
+                                               pct_start=pct)
+
+
 def recall_at_1(net: M.GeoNet, q: torch.Tensor, r: torch.Tensor) -> float:
     net.eval()
     sim = (net(q) @ net(r).t()).cpu()
@@ -225,8 +240,7 @@ def train(naip_dir: str, out_dir: str, *, steps: int, batch: int, seed: int, los
     body = [p for n, p in net.named_parameters() if n.startswith("backbone.")]
     opt = torch.optim.AdamW([{"params": body, "lr": lr}, {"params": head, "lr": lr * 10}],
                             weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[lr, lr * 10],
-                                                total_steps=max(steps, 1), pct_start=0.05)
+    sched = one_cycle(opt, [lr, lr * 10], steps)
     sampler = PairSampler(naip_dir, cfg.input_size[0], seed, ref_rotations=cfg.ref_rotations,
                           near=near)
     val_q, val_r = (t.to(dev) for t in PairSampler(naip_dir, cfg.input_size[0], seed + 1,

@@ -79,6 +79,7 @@ import torch.nn.functional as F
 
 from . import fine, model as M, views, xtime
 from .config import ConfigError, ModelConfig
+from .train import one_cycle
 
 WIN = 20                  # reference window side, cells
 VAL_SEED = 20260
@@ -564,8 +565,7 @@ def train_dense(model_path: str, naip_dir: str, out_dir: str, *, steps: int, bat
         f"{time.time() - t_start:.1f} s; raw features: {raw}")
 
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1),
-                                                pct_start=0.05)
+    sched = one_cycle(opt, lr, steps)
     ckpt = os.path.join(out_dir, "checkpoint.pt")
     start = 0
     if resume and os.path.exists(ckpt):

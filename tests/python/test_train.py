@@ -62,6 +62,30 @@ class Losses(unittest.TestCase):
             T.pair_loss(torch.eye(2), torch.eye(2), "hinge")
 
 
+class Schedule(unittest.TestCase):
+    def test_one_cycle_any_length(self):
+        # Every run length steps through (torch's OneCycleLR alone fails at
+        # 20 steps: a warm-up of 5 % is one step); the recipes' lengths
+        # keep exactly pct_start 0.05; the rate peaks after the warm-up and
+        # ends far below it.
+        for steps in list(range(1, 61)) + [1000, 1500]:
+            p = torch.nn.Parameter(torch.zeros(1))
+            opt = torch.optim.SGD([p], lr=0.1)
+            sched = T.one_cycle(opt, 0.1, steps)
+            rates = []
+            for _ in range(steps):
+                rates.append(sched.get_last_lr()[0])  # this step's rate
+                opt.step()
+                sched.step()
+            if steps >= 3:
+                self.assertAlmostEqual(max(rates), 0.1, places=9, msg=steps)
+                self.assertLess(rates[-1], 1e-4, steps)
+        for steps in (600, 1000, 1500, 5000):
+            opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+            self.assertEqual(T.one_cycle(opt, 0.1, steps)._schedule_phases[0]["end_step"],
+                             0.05 * steps - 1, steps)
+
+
 class Sampler(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
