@@ -194,7 +194,6 @@ def pair_loss(q: torch.Tensor, r: torch.Tensor, kind: str, temperature: float = 
     raise ValueError(f"unknown loss {kind!r}; one of {', '.join(LOSSES)}")
 
 
-@torch.no_grad()
 def one_cycle(opt: torch.optim.Optimizer, max_lr, steps: int):
     """The one-cycle schedule of both trainers over `steps` (at least 1),
     warming up over 5 % of them. torch divides by the length of each phase,
@@ -210,6 +209,7 @@ def one_cycle(opt: torch.optim.Optimizer, max_lr, steps: int):
                                                pct_start=pct)
 
 
+@torch.no_grad()
 def recall_at_1(net: M.GeoNet, q: torch.Tensor, r: torch.Tensor) -> float:
     net.eval()
     sim = (net(q) @ net(r).t()).cpu()

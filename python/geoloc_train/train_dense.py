@@ -126,8 +126,8 @@ class Ground:
     (xtime.dense_northings): per year the raw block-L features of its
     canvas, [C, rows, cols] float32, and the grid: cell (r, c) spans x0 +
     cell (c, c + 1), y_top - cell (r + 1, r). For fused cells also
-    `fused`: per year block B's unit cells times sqrt(w), [CB, rows, cols]
-    (the head's features are then those of the canvas's k x k means)."""
+    `fused`: per year block B's unit cells, [CB, rows, cols] (the head's
+    features are then those of the canvas's k x k means)."""
 
     def __init__(self, rasters: Dict[int, views.Raster], model: M.GeoNet, layer: int,
                  part: str, geo: Geometry, band: str = "south"):
@@ -155,8 +155,7 @@ class Ground:
             self.feats[year] = torch.from_numpy(f).permute(2, 0, 1).contiguous()
             if geo.fuse:
                 fb = fine.l2n(fine.dense_raw_features(model, canvas, geo.fuse[0], head=False))
-                self.fused[year] = torch.from_numpy(
-                    fb * np.float32(math.sqrt(geo.fuse[1]))).permute(2, 0, 1).contiguous()
+                self.fused[year] = torch.from_numpy(fb).permute(2, 0, 1).contiguous()
 
     def ok(self, corners) -> bool:
         return xtime.dense_ok(corners, self.part, self.band)
@@ -265,26 +264,27 @@ def query_raw(model: M.GeoNet, layer: int, imgs: np.ndarray) -> torch.Tensor:
 def query_inputs(model: M.GeoNet, geo: Geometry, layer: int, imgs: np.ndarray):
     """What `cells_of` takes for uint8 images [B, S, S, 3] (S = geo.size):
     (block L's raw features of their k x k means [B, C, n, n], block B's
-    unit cells times sqrt(w) [B, CB, n, n] for fused cells, else None)."""
+    unit cells [B, CB, n, n] for fused cells, else None)."""
     raw = query_raw(model, layer, fine.box(imgs, geo.k))
     if not geo.fuse:
         return raw, None
-    b, w, _ = geo.fuse
-    fb = F.normalize(query_raw(model, b, imgs), p=2.0, dim=1, eps=1e-12)
-    return raw, fb * math.sqrt(w)
+    fb = fine.l2n(fine.layer_features(model, imgs, geo.fuse[0], head=False))
+    return raw, fb.permute(0, 3, 1, 2).contiguous()
 
 
 def cells_of(head: Optional[M.DenseHead], geo: Geometry, raw: torch.Tensor,
              fixed: Optional[torch.Tensor], crop: int = 0) -> torch.Tensor:
     """The fine stage's unit cells [B, D, h, w]: apply_head(head, raw),
-    `crop` cells cut from each side after the head, joined (times sqrt(1 -
-    w)) with the fused block's cells `fixed` when there are any."""
+    `crop` cells cut from each side after the head, and for fused cells
+    joined with block B's unit cells `fixed` as fine.cells joins them
+    ([sqrt(1 - w) head, sqrt(w) block B])."""
     h = apply_head(head, raw)
     if crop:
         h = h[:, :, crop:-crop, crop:-crop]
     if fixed is None:
         return h
-    return torch.cat([h * math.sqrt(1.0 - geo.fuse[1]), fixed], dim=1)
+    w = geo.fuse[1]
+    return torch.cat([h * math.sqrt(1.0 - w), fixed * math.sqrt(w)], dim=1)
 
 
 def apply_head(head: Optional[M.DenseHead], f: torch.Tensor) -> torch.Tensor:
