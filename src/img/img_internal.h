@@ -2,6 +2,7 @@
 #ifndef GL_IMG_IMG_INTERNAL_H
 #define GL_IMG_IMG_INTERNAL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -25,6 +26,14 @@ int gl__img_decode_jpeg(const uint8_t *data, size_t len, uint64_t max_pixels, st
 void gl__img_resample(const struct gl_image *src, double ch, double sh, double ox, double oy,
                       double sx, double sy, uint32_t nx, uint32_t ny, uint32_t out_w,
                       uint32_t out_h, uint8_t *out);
+/* The same with the vector path (AVX2, four output columns at a time)
+ * allowed or not: both give the same bytes; the scalar path is the
+ * fallback on CPUs without AVX2 and the peer tests and bench/warp.c hold
+ * the vector path to. gl__img_simd: whether this CPU takes the vector path. */
+void gl__img_resample_by(const struct gl_image *src, double ch, double sh, double ox, double oy,
+                         double sx, double sy, uint32_t nx, uint32_t ny, uint32_t out_w,
+                         uint32_t out_h, uint8_t *out, bool simd);
+bool gl__img_simd(void);
 
 /* snprintf into err (which may be NULL or errlen 0); returns code. */
 #if defined(__GNUC__)

@@ -54,49 +54,222 @@ static inline __attribute__((always_inline)) void gl__sample(const struct gl_ima
 /* Output columns summed at a time (their sums live on the stack). */
 #define GL__COLS 64
 
-void gl__img_resample(const struct gl_image *src, double ch, double sh, double ox, double oy,
-                      double sx, double sy, uint32_t nx, uint32_t ny, uint32_t out_w,
-                      uint32_t out_h, uint8_t *out) {
-  /* The sub-sample offsets, and the terms of a row, computed once; each
-   * pixel's samples are still summed in the reference's order (a, then b). */
+/* Sums per channel of a run of output columns, one array a channel so that
+ * the vector path loads and stores them four at a time. */
+struct gl__acc {
+  double c[3][GL__COLS];
+};
+
+/* Adds the samples at sub-row offset v (already v + dv[a]) of output columns
+ * j0..j1 - 1 to their sums (acc holds columns jb on), one column at a
+ * time, in the reference's order (b). */
+static inline __attribute__((always_inline)) void
+gl__row_scalar(const struct gl_image *src, double ch, double sh, double ox, double oy, double sx,
+               double sy, const double *du, uint32_t nx, double v, uint32_t out_w, uint32_t j0,
+               uint32_t j1, uint32_t jb, struct gl__acc *acc) {
+  const double shv = sh * v, chv = ch * v;
+  for (uint32_t j = j0; j < j1; j++) {
+    const double uj = j + 0.5 - out_w / 2.0;
+    double s[3] = {acc->c[0][j - jb], acc->c[1][j - jb], acc->c[2][j - jb]};
+    if (nx == 2) { /* the fine stage's turns: unrolled */
+      const double u0 = uj + du[0], u1 = uj + du[1];
+      gl__sample(src, (ox + ch * u0 + shv) * sx - 0.5, (oy - sh * u0 + chv) * sy - 0.5, s);
+      gl__sample(src, (ox + ch * u1 + shv) * sx - 0.5, (oy - sh * u1 + chv) * sy - 0.5, s);
+    } else
+      for (uint32_t b = 0; b < nx; b++) {
+        const double u = uj + du[b];
+        gl__sample(src, (ox + ch * u + shv) * sx - 0.5, (oy - sh * u + chv) * sy - 0.5, s);
+      }
+    for (int c = 0; c < 3; c++)
+      acc->c[c][j - jb] = s[c];
+  }
+}
+
+/* Writes columns k0..k1 - 1 of acc as pixels: each sum over its n samples,
+ * rounded to nearest (floor(v + 1/2)) and clipped to 0..255. */
+static void gl__round_scalar(const struct gl__acc *acc, uint32_t n, uint32_t k0, uint32_t k1,
+                             uint8_t *o) {
+  for (uint32_t k = k0; k < k1; k++)
+    for (int c = 0; c < 3; c++) {
+      double val = floor(acc->c[c][k] / n + 0.5);
+      o[k * 3 + c] = (uint8_t)(val < 0 ? 0 : val > 255 ? 255 : val);
+    }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define GL__HAVE_AVX2_PATH 1
+
+/* The same sums for four columns at once with AVX2: every lane does the
+ * scalar path's operations in its order (no FMA: the target is avx2 alone,
+ * and ISO C does not contract), so the results are the same to the last
+ * bit (tests/img/test_warp.c holds the two paths together). A lane whose
+ * coordinate needs reflecting is reflected by gl__reflect; a group that
+ * would read the image's last pixel (a 4-byte gather there reads one byte
+ * past it) is done by the scalar path. Bounded to images under 2^31 bytes
+ * (the caller checks). */
+__attribute__((target("avx2"))) static void gl__row_avx2(const struct gl_image *src, double ch,
+                                                         double sh, double ox, double oy, double sx,
+                                                         double sy, const double *du, uint32_t nx,
+                                                         double v, uint32_t out_w, uint32_t j0,
+                                                         uint32_t j1, struct gl__acc *acc) {
+  const uint32_t W = src->width, H = src->height;
+  const int32_t last = (int32_t)((size_t)W * H * 3 - 3); /* the last pixel's offset */
+  const double shv = sh * v, chv = ch * v;
+  const __m256d one = _mm256_set1_pd(1.0), half = _mm256_set1_pd(0.5);
+  const __m256d zero = _mm256_setzero_pd(), wmax = _mm256_set1_pd(W - 1.0),
+                hmax = _mm256_set1_pd(H - 1.0);
+  const __m128i row = _mm_set1_epi32((int32_t)W * 3), three = _mm_set1_epi32(3),
+                one_i = _mm_set1_epi32(1), wm1 = _mm_set1_epi32((int32_t)W - 1),
+                hm1 = _mm_set1_epi32((int32_t)H - 1), lastv = _mm_set1_epi32(last),
+                byte = _mm_set1_epi32(0xff);
+  const int *base = (const int *)(const void *)src->rgb;
+  uint32_t j = j0;
+  for (; j + 4 <= j1; j += 4) {
+    const __m256d uj =
+        _mm256_sub_pd(_mm256_add_pd(_mm256_set_pd(j + 3.0, j + 2.0, j + 1.0, j + 0.0), half),
+                      _mm256_set1_pd(out_w / 2.0));
+    __m256d s[3];
+    for (int c = 0; c < 3; c++)
+      s[c] = _mm256_loadu_pd(&acc->c[c][j - j0]);
+    bool scalar = false;
+    for (uint32_t b = 0; b < nx && !scalar; b++) {
+      const __m256d u = _mm256_add_pd(uj, _mm256_set1_pd(du[b]));
+      __m256d x = _mm256_sub_pd(
+          _mm256_mul_pd(
+              _mm256_add_pd(_mm256_add_pd(_mm256_set1_pd(ox), _mm256_mul_pd(_mm256_set1_pd(ch), u)),
+                            _mm256_set1_pd(shv)),
+              _mm256_set1_pd(sx)),
+          half);
+      __m256d y = _mm256_sub_pd(
+          _mm256_mul_pd(
+              _mm256_add_pd(_mm256_sub_pd(_mm256_set1_pd(oy), _mm256_mul_pd(_mm256_set1_pd(sh), u)),
+                            _mm256_set1_pd(chv)),
+              _mm256_set1_pd(sy)),
+          half);
+      const __m256d in = _mm256_and_pd(
+          _mm256_and_pd(_mm256_cmp_pd(x, zero, _CMP_GE_OQ), _mm256_cmp_pd(x, wmax, _CMP_LE_OQ)),
+          _mm256_and_pd(_mm256_cmp_pd(y, zero, _CMP_GE_OQ), _mm256_cmp_pd(y, hmax, _CMP_LE_OQ)));
+      if (_mm256_movemask_pd(in) != 0xf) { /* near an edge: reflect lane by lane */
+        double xs[4], ys[4];
+        _mm256_storeu_pd(xs, x);
+        _mm256_storeu_pd(ys, y);
+        for (int l = 0; l < 4; l++) {
+          xs[l] = gl__reflect(xs[l], W);
+          ys[l] = gl__reflect(ys[l], H);
+        }
+        x = _mm256_loadu_pd(xs);
+        y = _mm256_loadu_pd(ys);
+      }
+      const __m128i x0 = _mm256_cvttpd_epi32(x), y0 = _mm256_cvttpd_epi32(y);
+      const __m256d fx = _mm256_sub_pd(x, _mm256_cvtepi32_pd(x0));
+      const __m256d fy = _mm256_sub_pd(y, _mm256_cvtepi32_pd(y0));
+      const __m128i x1 = _mm_min_epi32(_mm_add_epi32(x0, one_i), wm1);
+      const __m128i y1 = _mm_min_epi32(_mm_add_epi32(y0, one_i), hm1);
+      const __m128i r0 = _mm_mullo_epi32(y0, row), r1 = _mm_mullo_epi32(y1, row);
+      const __m128i c0 = _mm_mullo_epi32(x0, three), c1 = _mm_mullo_epi32(x1, three);
+      const __m128i o11 = _mm_add_epi32(r1, c1);
+      if (!_mm_testz_si128(_mm_cmpeq_epi32(o11, lastv), _mm_cmpeq_epi32(o11, lastv))) {
+        scalar = true; /* this group reads the last pixel: redo it below */
+        break;
+      }
+      const __m128i p00 = _mm_i32gather_epi32(base, _mm_add_epi32(r0, c0), 1);
+      const __m128i p01 = _mm_i32gather_epi32(base, _mm_add_epi32(r0, c1), 1);
+      const __m128i p10 = _mm_i32gather_epi32(base, _mm_add_epi32(r1, c0), 1);
+      const __m128i p11 = _mm_i32gather_epi32(base, o11, 1);
+      const __m256d gx = _mm256_sub_pd(one, fx), gy = _mm256_sub_pd(one, fy);
+      for (int c = 0; c < 3; c++) {
+        const __m256d d00 = _mm256_cvtepi32_pd(_mm_and_si128(_mm_srli_epi32(p00, 8 * c), byte));
+        const __m256d d01 = _mm256_cvtepi32_pd(_mm_and_si128(_mm_srli_epi32(p01, 8 * c), byte));
+        const __m256d d10 = _mm256_cvtepi32_pd(_mm_and_si128(_mm_srli_epi32(p10, 8 * c), byte));
+        const __m256d d11 = _mm256_cvtepi32_pd(_mm_and_si128(_mm_srli_epi32(p11, 8 * c), byte));
+        const __m256d top = _mm256_add_pd(_mm256_mul_pd(gx, d00), _mm256_mul_pd(fx, d01));
+        const __m256d bot = _mm256_add_pd(_mm256_mul_pd(gx, d10), _mm256_mul_pd(fx, d11));
+        s[c] = _mm256_add_pd(s[c], _mm256_add_pd(_mm256_mul_pd(gy, top), _mm256_mul_pd(fy, bot)));
+      }
+    }
+    if (scalar) /* the sums of these four columns are still those loaded */
+      gl__row_scalar(src, ch, sh, ox, oy, sx, sy, du, nx, v, out_w, j, j + 4, j0, acc);
+    else
+      for (int c = 0; c < 3; c++)
+        _mm256_storeu_pd(&acc->c[c][j - j0], s[c]);
+  }
+  if (j < j1)
+    gl__row_scalar(src, ch, sh, ox, oy, sx, sy, du, nx, v, out_w, j, j1, j0, acc);
+}
+
+/* gl__round_scalar four columns at a time (the same division, floor and
+ * clip: exact operations). */
+__attribute__((target("avx2"))) static void gl__round_avx2(const struct gl__acc *acc, uint32_t n,
+                                                           uint32_t k1, uint8_t *o) {
+  const __m256d dn = _mm256_set1_pd(n), half = _mm256_set1_pd(0.5), lo = _mm256_setzero_pd(),
+                hi = _mm256_set1_pd(255);
+  uint32_t k = 0;
+  for (; k + 4 <= k1; k += 4) {
+    int32_t v[3][4];
+    for (int c = 0; c < 3; c++) {
+      __m256d x =
+          _mm256_floor_pd(_mm256_add_pd(_mm256_div_pd(_mm256_loadu_pd(&acc->c[c][k]), dn), half));
+      x = _mm256_min_pd(_mm256_max_pd(x, lo), hi);
+      _mm_storeu_si128((__m128i *)(void *)v[c], _mm256_cvttpd_epi32(x));
+    }
+    for (int l = 0; l < 4; l++)
+      for (int c = 0; c < 3; c++)
+        o[(k + l) * 3 + c] = (uint8_t)v[c][l];
+  }
+  gl__round_scalar(acc, n, k, k1, o);
+}
+#endif
+
+bool gl__img_simd(void) {
+#ifdef GL__HAVE_AVX2_PATH
+  return __builtin_cpu_supports("avx2");
+#else
+  return false;
+#endif
+}
+
+void gl__img_resample_by(const struct gl_image *src, double ch, double sh, double ox, double oy,
+                         double sx, double sy, uint32_t nx, uint32_t ny, uint32_t out_w,
+                         uint32_t out_h, uint8_t *out, bool simd) {
+  /* The sub-sample offsets computed once; each pixel's samples are still
+   * summed in the reference's order (a, then b). */
   double du[GL__IMG_MAX_SAMPLES], dv[GL__IMG_MAX_SAMPLES];
   for (uint32_t b = 0; b < nx; b++)
     du[b] = (b + 0.5) / nx - 0.5;
   for (uint32_t a = 0; a < ny; a++)
     dv[a] = (a + 0.5) / ny - 0.5;
+  simd = simd && gl__img_simd() && (size_t)src->width * src->height * 3 < INT32_MAX;
   for (uint32_t i = 0; i < out_h; i++) {
     for (uint32_t j0 = 0; j0 < out_w; j0 += GL__COLS) {
       const uint32_t j1 = out_w - j0 > GL__COLS ? j0 + GL__COLS : out_w;
-      double acc[GL__COLS][3] = {{0}};
+      struct gl__acc acc = {{{0}}};
       for (uint32_t a = 0; a < ny; a++) {
         const double v = i + 0.5 - out_h / 2.0 + dv[a];
-        const double shv = sh * v, chv = ch * v;
-        for (uint32_t j = j0; j < j1; j++) {
-          const double uj = j + 0.5 - out_w / 2.0;
-          if (nx == 2) { /* the fine stage's turns: unrolled */
-            const double u0 = uj + du[0], u1 = uj + du[1];
-            gl__sample(src, (ox + ch * u0 + shv) * sx - 0.5, (oy - sh * u0 + chv) * sy - 0.5,
-                       acc[j - j0]);
-            gl__sample(src, (ox + ch * u1 + shv) * sx - 0.5, (oy - sh * u1 + chv) * sy - 0.5,
-                       acc[j - j0]);
-            continue;
-          }
-          for (uint32_t b = 0; b < nx; b++) {
-            const double u = uj + du[b];
-            gl__sample(src, (ox + ch * u + shv) * sx - 0.5, (oy - sh * u + chv) * sy - 0.5,
-                       acc[j - j0]);
-          }
+#ifdef GL__HAVE_AVX2_PATH
+        if (simd) {
+          gl__row_avx2(src, ch, sh, ox, oy, sx, sy, du, nx, v, out_w, j0, j1, &acc);
+          continue;
         }
+#endif
+        gl__row_scalar(src, ch, sh, ox, oy, sx, sy, du, nx, v, out_w, j0, j1, j0, &acc);
       }
-      for (uint32_t j = j0; j < j1; j++) {
-        uint8_t *o = out + ((size_t)i * out_w + j) * 3;
-        for (int c = 0; c < 3; c++) {
-          double val = floor(acc[j - j0][c] / (nx * ny) + 0.5);
-          o[c] = (uint8_t)(val < 0 ? 0 : val > 255 ? 255 : val);
-        }
+      uint8_t *o = out + ((size_t)i * out_w + j0) * 3;
+#ifdef GL__HAVE_AVX2_PATH
+      if (simd) {
+        gl__round_avx2(&acc, nx * ny, j1 - j0, o);
+        continue;
       }
+#endif
+      gl__round_scalar(&acc, nx * ny, 0, j1 - j0, o);
     }
   }
+}
+
+void gl__img_resample(const struct gl_image *src, double ch, double sh, double ox, double oy,
+                      double sx, double sy, uint32_t nx, uint32_t ny, uint32_t out_w,
+                      uint32_t out_h, uint8_t *out) {
+  gl__img_resample_by(src, ch, sh, ox, oy, sx, sy, nx, ny, out_w, out_h, out, true);
 }
 
 void gl_img_warp(const struct gl_image *src, double heading_deg, uint32_t out_w, uint32_t out_h,
