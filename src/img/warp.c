@@ -91,8 +91,11 @@ static void gl__round_scalar(const struct gl__acc *acc, uint32_t n, uint32_t k0,
                              uint8_t *o) {
   for (uint32_t k = k0; k < k1; k++)
     for (int c = 0; c < 3; c++) {
-      double val = floor(acc->c[c][k] / n + 0.5);
-      o[k * 3 + c] = (uint8_t)(val < 0 ? 0 : val > 255 ? 255 : val);
+      /* floor(v) is the truncation of v >= 0, without a call to libm's
+       * floor (baseline x86-64 has no rounding instruction); a negative v
+       * (a sum of pixels cannot be one) is clipped to 0 first. */
+      const double v = acc->c[c][k] / n + 0.5;
+      o[k * 3 + c] = (uint8_t)(v < 0 ? 0 : v >= 255 ? 255 : (uint32_t)v);
     }
 }
 
