@@ -103,10 +103,22 @@ static void gl__round_scalar(const struct gl__acc *acc, uint32_t n, uint32_t k0,
 #include <immintrin.h>
 #define GL__HAVE_AVX2_PATH 1
 
+/* Whether all four lanes' (x, y) lie in [0, W - 1] x [0, H - 1] (a NaN
+ * does not). */
+__attribute__((target("avx2"), always_inline)) static inline bool
+gl__inside(__m256d x, __m256d y, __m256d wmax, __m256d hmax) {
+  const __m256d z = _mm256_setzero_pd();
+  const __m256d in = _mm256_and_pd(
+      _mm256_and_pd(_mm256_cmp_pd(x, z, _CMP_GE_OQ), _mm256_cmp_pd(x, wmax, _CMP_LE_OQ)),
+      _mm256_and_pd(_mm256_cmp_pd(y, z, _CMP_GE_OQ), _mm256_cmp_pd(y, hmax, _CMP_LE_OQ)));
+  return _mm256_movemask_pd(in) == 0xf;
+}
+
 /* The same sums for four columns at once with AVX2: every lane does the
- * scalar path's operations in its order (no FMA: the target is avx2 alone,
- * and ISO C does not contract), so the results are the same to the last
- * bit (tests/img/test_warp.c holds the two paths together). A lane whose
+ * scalar path's operations in its order, and no multiply-add is fused (the
+ * target is avx2 without fma, and the project builds with
+ * -ffp-contract=off), so the results are the same to the last bit
+ * (tests/img/test_warp.c holds the two paths together). A lane whose
  * coordinate needs reflecting is reflected by gl__reflect; a group that
  * would read the image's last pixel (a 4-byte gather there reads one byte
  * past it) is done by the scalar path. Bounded to images under 2^31 bytes
@@ -120,8 +132,7 @@ __attribute__((target("avx2"))) static void gl__row_avx2(const struct gl_image *
   const int32_t last = (int32_t)((size_t)W * H * 3 - 3); /* the last pixel's offset */
   const double shv = sh * v, chv = ch * v;
   const __m256d one = _mm256_set1_pd(1.0), half = _mm256_set1_pd(0.5);
-  const __m256d zero = _mm256_setzero_pd(), wmax = _mm256_set1_pd(W - 1.0),
-                hmax = _mm256_set1_pd(H - 1.0);
+  const __m256d wmax = _mm256_set1_pd(W - 1.0), hmax = _mm256_set1_pd(H - 1.0);
   const __m128i row = _mm_set1_epi32((int32_t)W * 3), three = _mm_set1_epi32(3),
                 one_i = _mm_set1_epi32(1), wm1 = _mm_set1_epi32((int32_t)W - 1),
                 hm1 = _mm_set1_epi32((int32_t)H - 1), lastv = _mm_set1_epi32(last),
@@ -150,10 +161,7 @@ __attribute__((target("avx2"))) static void gl__row_avx2(const struct gl_image *
                             _mm256_set1_pd(chv)),
               _mm256_set1_pd(sy)),
           half);
-      const __m256d in = _mm256_and_pd(
-          _mm256_and_pd(_mm256_cmp_pd(x, zero, _CMP_GE_OQ), _mm256_cmp_pd(x, wmax, _CMP_LE_OQ)),
-          _mm256_and_pd(_mm256_cmp_pd(y, zero, _CMP_GE_OQ), _mm256_cmp_pd(y, hmax, _CMP_LE_OQ)));
-      if (_mm256_movemask_pd(in) != 0xf) { /* near an edge: reflect lane by lane */
+      if (!gl__inside(x, y, wmax, hmax)) { /* near an edge: reflect lane by lane */
         double xs[4], ys[4];
         _mm256_storeu_pd(xs, x);
         _mm256_storeu_pd(ys, y);
@@ -163,6 +171,12 @@ __attribute__((target("avx2"))) static void gl__row_avx2(const struct gl_image *
         }
         x = _mm256_loadu_pd(xs);
         y = _mm256_loadu_pd(ys);
+        /* A coordinate that is still outside (NaN, from parameters no
+         * caller passes) would send the gather anywhere: the scalar path. */
+        if (!gl__inside(x, y, wmax, hmax)) {
+          scalar = true;
+          break;
+        }
       }
       const __m128i x0 = _mm256_cvttpd_epi32(x), y0 = _mm256_cvttpd_epi32(y);
       const __m256d fx = _mm256_sub_pd(x, _mm256_cvtepi32_pd(x0));
