@@ -26,13 +26,16 @@ int gl__img_decode_jpeg(const uint8_t *data, size_t len, uint64_t max_pixels, st
 void gl__img_resample(const struct gl_image *src, double ch, double sh, double ox, double oy,
                       double sx, double sy, uint32_t nx, uint32_t ny, uint32_t out_w,
                       uint32_t out_h, uint8_t *out);
-/* The same with the vector path (AVX2, four output columns at a time)
- * allowed or not: both give the same bytes; the scalar path is the
- * fallback on CPUs without AVX2 and the peer tests and bench/warp.c hold
- * the vector path to. gl__img_simd: whether this CPU takes the vector path. */
+/* The same, and gl_img_warp, with the vector path (AVX2, four output
+ * columns at a time) allowed or not: both give the same bytes; the scalar
+ * path is the fallback on CPUs without AVX2 and the peer tests and
+ * bench/warp.c hold the vector path to. gl__img_simd: whether this CPU
+ * takes the vector path. */
 void gl__img_resample_by(const struct gl_image *src, double ch, double sh, double ox, double oy,
                          double sx, double sy, uint32_t nx, uint32_t ny, uint32_t out_w,
                          uint32_t out_h, uint8_t *out, bool simd);
+void gl__img_warp_by(const struct gl_image *src, double heading_deg, uint32_t out_w, uint32_t out_h,
+                     uint8_t *out, bool simd);
 bool gl__img_simd(void);
 
 /* snprintf into err (which may be NULL or errlen 0); returns code. */

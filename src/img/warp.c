@@ -289,15 +289,21 @@ void gl__img_resample(const struct gl_image *src, double ch, double sh, double o
   gl__img_resample_by(src, ch, sh, ox, oy, sx, sy, nx, ny, out_w, out_h, out, true);
 }
 
-void gl_img_warp(const struct gl_image *src, double heading_deg, uint32_t out_w, uint32_t out_h,
-                 uint8_t *out) {
+void gl__img_warp_by(const struct gl_image *src, double heading_deg, uint32_t out_w, uint32_t out_h,
+                     uint8_t *out, bool simd) {
   const double h = heading_deg * (M_PI / 180.0);
   const double sx = (double)src->width / out_w, sy = (double)src->height / out_h;
   double f = fmax(sx, sy);
   uint32_t n = f > 1 ? (uint32_t)ceil(f) : 1;
   if (n > 4)
     n = 4;
-  gl__img_resample(src, cos(h), sin(h), out_w / 2.0, out_h / 2.0, sx, sy, n, n, out_w, out_h, out);
+  gl__img_resample_by(src, cos(h), sin(h), out_w / 2.0, out_h / 2.0, sx, sy, n, n, out_w, out_h,
+                      out, simd);
+}
+
+void gl_img_warp(const struct gl_image *src, double heading_deg, uint32_t out_w, uint32_t out_h,
+                 uint8_t *out) {
+  gl__img_warp_by(src, heading_deg, out_w, out_h, out, true);
 }
 
 void gl_img_orient(const struct gl_image *src, unsigned orientation, struct gl_image *dst) {
